@@ -1,0 +1,107 @@
+"""``build_*`` functions: assemble SAM2, the fuser and AuralSAM2 from configs and weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from sam2.build_sam import build_sam2
+from sam2.modeling.sam2_base import SAM2Base
+
+from .fuser import AuralFuser
+from .model import AuralSAM2, MaskChoice
+
+#: Short names for the configs the ``sam2`` package ships (Hiera t/s/b+/l, SAM2 and SAM2.1).
+SAM2_CONFIGS: dict[str, str] = {
+    f"{family}_hiera_{size}": f"configs/{family}/{family}_hiera_{size}.yaml"
+    for family in ("sam2", "sam2.1") for size in ("t", "s", "b+", "l")
+}
+DEFAULT_SAM2_CONFIG = "sam2_hiera_l"  # the published AuralSAM2 backbone
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available; "
+                           "use --device cpu (or auto)")
+    return device
+
+
+def _config_name(config: str) -> str:
+    if config in SAM2_CONFIGS:
+        return SAM2_CONFIGS[config]
+    if config in SAM2_CONFIGS.values():
+        return config
+    raise ValueError(f"unknown SAM2 config {config!r}; choose one of {sorted(SAM2_CONFIGS)} "
+                     "or give a path to a .yaml file")
+
+
+def _compose_external(path: Path, overrides: list[str]):
+    """Build from a yaml outside the sam2 package, then restore sam2's own Hydra search path."""
+    from hydra import initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(path.parent.resolve()), version_base="1.2"):
+            return build_sam2(path.name, device="cpu", mode="eval",
+                              hydra_overrides_extra=overrides, apply_postprocessing=False)
+    finally:
+        GlobalHydra.instance().clear()
+        initialize_config_module("sam2", version_base="1.2")
+
+
+def build_sam2_model(config: str = DEFAULT_SAM2_CONFIG, checkpoint: str | os.PathLike | None
+                     = None, *, image_size: int | None = None,
+                     device: str | torch.device = "cpu") -> SAM2Base:
+    """A SAM2 from a shipped config name (``sam2_hiera_t`` ... ``sam2.1_hiera_l``) or a yaml
+    path, optionally at another ``image_size`` (a multiple of 32; tests use small sizes), with
+    Meta's checkpoint (``{"model": state_dict}``) loaded strictly when given."""
+    overrides: list[str] = []
+    if image_size is not None:
+        if image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
+        g = image_size // 16
+        overrides = [f"++model.image_size={image_size}",
+                     f"++model.memory_attention.layer.self_attention.feat_sizes=[{g},{g}]",
+                     f"++model.memory_attention.layer.cross_attention.feat_sizes=[{g},{g}]"]
+    if str(config).endswith((".yaml", ".yml")) and Path(config).is_file():
+        sam2 = _compose_external(Path(config), overrides)
+    else:
+        sam2 = build_sam2(_config_name(str(config)), device="cpu", mode="eval",
+                          hydra_overrides_extra=overrides, apply_postprocessing=False)
+    if checkpoint is not None:
+        from .checkpoint import load_into, read_state_dict, sam2_checkpoint_filter
+
+        load_into(sam2, sam2_checkpoint_filter(read_state_dict(checkpoint)),
+                  what=f"SAM2 ({config})", source=str(checkpoint))
+    return sam2.to(resolve_device(device)).eval()
+
+
+def build_fuser(checkpoint: str | os.PathLike | None = None, config: dict | None = None
+                ) -> AuralFuser:
+    """The AuralFuser (authors' AVS configuration unless ``config`` says otherwise), with a
+    released or trained checkpoint loaded strictly when given."""
+    fuser = AuralFuser.from_official_config(config)
+    if checkpoint is not None:
+        from .checkpoint import fuser_checkpoint_filter, load_into, read_state_dict
+
+        load_into(fuser, fuser_checkpoint_filter(read_state_dict(checkpoint)),
+                  what="AuralFuser", source=str(checkpoint))
+    return fuser
+
+
+def build_auralsam2(sam2_config: str = DEFAULT_SAM2_CONFIG, *,
+                    sam2_checkpoint: str | os.PathLike | None = None,
+                    fuser_checkpoint: str | os.PathLike | None = None,
+                    fuser_config: dict | None = None, image_size: int | None = None,
+                    device: str | torch.device = "auto",
+                    mask_choice: MaskChoice = "iou_select") -> AuralSAM2:
+    """SAM2 + AuralFuser, in eval mode on ``device`` ("auto": CUDA when available)."""
+    device = resolve_device(device)
+    sam2 = build_sam2_model(sam2_config, sam2_checkpoint, image_size=image_size, device=device)
+    fuser = build_fuser(fuser_checkpoint, fuser_config)
+    return AuralSAM2(sam2, fuser, mask_choice=mask_choice).to(device).eval()

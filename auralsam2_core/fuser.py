@@ -1,0 +1,353 @@
+"""AuralFuser: the audio-visual add-on that turns SAM2's FPN maps and VGGish audio into prompts.
+
+Written from the published description and the numerics documented in
+``shared/reference/OFFICIAL_NUMERICS.md`` so that the authors' released checkpoints load
+strictly and give the authors' outputs. Module and parameter names are therefore fixed by the
+checkpoints (``f_blocks``, ``a_blocks``, ``fusion_modules``, ``W_z``...), and several
+behaviours that look like bugs are kept on purpose; each is marked ``Quirk``.
+
+Shapes: ``N`` frames (the whole clip, all videos of a batch flattened), ``h`` the token grid
+side (image_size / 16), ``C = 256``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sam2.modeling.position_encoding import PositionEmbeddingSine
+from torch import nn
+
+from .vggish import VGGish
+
+#: The released AVS configuration, under the authors' names (official_arch.json).
+OFFICIAL_AVS_CONFIG: dict[str, Any] = {
+    "patch_cfgs": [[4, 4], [2, 2], [1, 1]],
+    "f_depths": [3, 6, 12],
+    "block_kw": {
+        "dim": 256, "num_heads": 4, "mlp_ratio": 4, "qkv_bias": True, "qk_scale": None,
+        "drop": 0.1, "attn_drop": 0.1, "drop_path": 0.0, "sr_ratio": 4, "linear": False,
+    },
+    "one_d_kw": {
+        "dim": 256, "num_heads": 4, "mlp_ratio": 4, "qkv_bias": True, "qk_scale": None,
+        "drop": 0.1, "attn_drop": 0.1, "drop_path": 0.0, "sr_ratio": 4, "linear": False,
+    },
+}
+
+CHANNELS = 256  # FPN width of every SAM2 config and the fuser's width (fixed by the design)
+AUDIO_LEVEL_DEPTH = 3  # audio blocks per level, hard-coded by the authors
+
+
+def _init_block_weights(m: nn.Module) -> None:
+    """The authors' initialisation of transformer blocks (PVTv2 style)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def _check_block_kw(kw: Mapping[str, Any]) -> dict[str, Any]:
+    kw = dict(kw)
+    if kw.pop("linear", False):
+        raise ValueError("linear=True (PVTv2-li attention) is not part of AuralSAM2")
+    if kw.pop("drop_path", 0.0):
+        raise ValueError("drop_path > 0 is not supported (the released configuration uses 0)")
+    if kw.get("dim", CHANNELS) != CHANNELS:
+        raise ValueError(f"block dim must be {CHANNELS} (the SAM2 FPN width)")
+    return kw
+
+
+class _DWConv(nn.Module):
+    """3x3 depthwise conv over the token grid (PVTv2's positional MLP)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        n, _, c = x.shape
+        x = self.dwconv(x.transpose(1, 2).reshape(n, c, h, w))
+        return x.flatten(2).transpose(1, 2)
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float, use_dwconv: bool) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        # Registered in the audio blocks too (the checkpoints carry it) but only used on grids.
+        self.dwconv = _DWConv(hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+        self.use_dwconv = use_dwconv
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.use_dwconv:
+            x = self.dwconv(x, *hw)
+        x = self.drop(self.act(x))
+        return self.drop(self.fc2(x))
+
+
+class _Attention(nn.Module):
+    """Multi-head attention with PVT's spatial reduction of keys/values.
+
+    In the audio blocks (``spatial=False``) the reduction layers exist only for checkpoint
+    compatibility; attention then runs over the rows of a 2-D input as one sequence.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, qk_scale: float | None,
+                 attn_drop: float, proj_drop: float, sr_ratio: int, spatial: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.sr_ratio = sr_ratio
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+        self.spatial = spatial
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        if not self.spatial:
+            # Quirk: the audio vectors of all N frames (every clip of the batch) form ONE
+            # sequence, so frames attend across the batch.
+            seq = x.unsqueeze(0)
+            return self._attend(seq, seq).squeeze(0)
+        kv_in = x
+        if self.sr_ratio > 1:
+            b, n, c = x.shape
+            grid = self.sr(x.transpose(1, 2).reshape(b, c, *hw))
+            kv_in = self.norm(grid.flatten(2).transpose(1, 2))
+        return self._attend(x, kv_in)
+
+    def _attend(self, x: torch.Tensor, kv_in: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q = self._heads(self.q(x))
+        k, v = self.kv(kv_in).chunk(2, dim=-1)
+        out = F.scaled_dot_product_attention(
+            q, self._heads(k), self._heads(v),
+            dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale,
+        )
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block; ``spatial=True`` is the PVTv2 visual block (``f_blocks``),
+    ``spatial=False`` the audio block (``a_blocks``) with the same parameters."""
+
+    def __init__(self, dim: int = CHANNELS, num_heads: int = 4, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, qk_scale: float | None = None, drop: float = 0.0,
+                 attn_drop: float = 0.0, sr_ratio: int = 1, spatial: bool = True) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, sr_ratio,
+                               spatial)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _Mlp(dim, int(dim * mlp_ratio), drop, use_dwconv=spatial)
+        self.apply(_init_block_weights)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), hw)
+        return x + self.mlp(self.norm2(x), hw)
+
+
+class AudioVisualFusion(nn.Module):
+    """Bidirectional dot-product non-local block between a level's tokens and the audio.
+
+    No softmax; products are divided by ``N*h*h``. Registered-but-unused layers (``g``,
+    ``align_channel_back``) are kept so checkpoints load strictly.
+    """
+
+    def __init__(self, channels: int = CHANNELS) -> None:
+        super().__init__()
+        inter = channels // 2
+        self.inter = inter
+        self.align_channel = nn.Conv1d(CHANNELS, channels, 1)
+        self.align_channel_back = nn.Conv1d(channels, 128, 1)  # unused
+        self.norm_layer = nn.LayerNorm(channels)
+        self.g = nn.Conv3d(channels, inter, 1)  # unused
+        self.W_z = nn.Sequential(nn.Conv3d(inter, channels, 1), nn.BatchNorm3d(channels))
+        self.W_z2 = nn.Sequential(nn.Conv1d(inter, channels, 1), nn.BatchNorm1d(channels))
+        for bn in (self.W_z[1], self.W_z2[1]):  # attention paths start as zero residuals
+            nn.init.zeros_(bn.weight)
+            nn.init.zeros_(bn.bias)
+        self.norm_layer2 = nn.LayerNorm(channels)
+        self.q_frame = nn.Conv3d(channels, inter, 1)
+        self.k_frame = nn.Conv3d(channels, inter, 1)
+        self.v_frame = nn.Conv3d(channels, inter, 1)
+        self.q_audio = nn.Conv1d(channels, inter, 1)
+        self.k_audio = nn.Conv1d(channels, inter, 1)
+        self.v_audio = nn.Conv1d(channels, inter, 1)
+
+    def forward(self, tokens: torch.Tensor, hw: tuple[int, int], audio: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, c = tokens.shape
+        h, w = hw
+        ci = self.inter
+        frame = tokens.transpose(1, 2).reshape(n, c, 1, h, w)
+        audio = self.align_channel(audio.unsqueeze(-1))  # (N, C, 1)
+
+        # Quirk: channel-first conv outputs are reshaped to (1, N*h*w, ci) WITHOUT a permute,
+        # so channels and positions are interleaved into "tokens". Needed for the weights.
+        q_f, k_f, v_f = (m(frame).reshape(1, -1, ci) for m in (self.q_frame, self.k_frame,
+                                                               self.v_frame))
+        q_a, k_a, v_a = (m(audio).reshape(1, -1, ci) for m in (self.q_audio, self.k_audio,
+                                                               self.v_audio))
+        length = q_f.shape[1]  # N*h*w: the normaliser, over the whole batch
+
+        frame_attn = ((q_f @ k_a.mT) / length) @ v_a  # (1, N*h*w, ci)
+        # Quirk: raw reinterpretation of the (ci, N*h*w) layout as (N, ci, 1, h, w).
+        frame_attn = frame_attn.transpose(1, 2).reshape(n, ci, 1, h, w)
+        frame = self.norm_layer((self.W_z(frame_attn) + frame).permute(0, 2, 3, 4, 1))
+        tokens_out = frame.reshape(n, h * w, c)
+
+        audio_attn = ((q_a @ k_f.mT) / length) @ v_f  # (1, N, ci)
+        audio_attn = audio_attn.transpose(1, 2).reshape(n, ci, 1)  # Quirk: raw view again
+        # The residual is the channel-aligned audio, not the module's input.
+        audio_out = self.norm_layer2((self.W_z2(audio_attn) + audio).squeeze(-1))
+        return tokens_out, audio_out
+
+
+class ProjectionHead(nn.Module):
+    """1x1 conv -> BN -> 1x1 conv -> L2 norm; feeds only the training contrastive loss."""
+
+    def __init__(self, dim_in: int, proj_dim: int, one_d: bool) -> None:
+        super().__init__()
+        conv, bn = (nn.Conv1d, nn.BatchNorm1d) if one_d else (nn.Conv2d, nn.BatchNorm2d)
+        self.proj = nn.Sequential(conv(dim_in, proj_dim, 1), bn(proj_dim),
+                                  conv(proj_dim, proj_dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(x), p=2, dim=1)
+
+
+def audio_position_vector(dim: int, device=None, dtype=None) -> torch.Tensor:
+    """Quirk: the authors' "position encoding" for audio is a 1-D sine PE of length 1, i.e. the
+    constant [sin 0, cos 0, ...] = [0, 1, 0, 1, ...]; it carries no temporal information."""
+    pos = torch.zeros(dim, device=device, dtype=dtype)
+    pos[1::2] = 1.0
+    return pos
+
+
+class AuralFuser(nn.Module):
+    """SAM2 FPN maps + stereo log-mel -> visual prompts [a, b, c] and audio prompts [d1, d2, d3].
+
+    Outputs depend on the whole batch (all ``N`` frames are mixed in the audio blocks and the
+    fusion modules), exactly as in the authors' code: feed one clip (``N = T``) at a time to
+    reproduce their numbers.
+    """
+
+    def __init__(self, patch_cfgs: Sequence[Sequence[int]] = ((4, 4), (2, 2), (1, 1)),
+                 f_depths: Sequence[int] = (3, 6, 12),
+                 block_kw: Mapping[str, Any] | None = None,
+                 one_d_kw: Mapping[str, Any] | None = None,
+                 freeze_vggish: bool = True) -> None:
+        super().__init__()
+        if len(patch_cfgs) != len(f_depths):
+            raise ValueError("patch_cfgs and f_depths must have one entry per FPN level")
+        block_kw = _check_block_kw(block_kw or OFFICIAL_AVS_CONFIG["block_kw"])
+        one_d_kw = _check_block_kw(one_d_kw or OFFICIAL_AVS_CONFIG["one_d_kw"])
+        self.vgg = VGGish()
+        if freeze_vggish:
+            self.vgg.requires_grad_(False)
+        self.position_encoding = PositionEmbeddingSine(CHANNELS, normalize=True,
+                                                       warmup_cache=False)
+        levels = len(f_depths)
+        self.patch_embeds = nn.ModuleList(
+            nn.Conv2d(CHANNELS, CHANNELS, kernel_size=k, stride=s) for k, s in patch_cfgs)
+        self.f_blocks = nn.ModuleList(
+            nn.ModuleList(Block(**block_kw) for _ in range(depth)) for depth in f_depths)
+        self.a_blocks = nn.ModuleList(
+            nn.ModuleList(Block(**one_d_kw, spatial=False) for _ in range(AUDIO_LEVEL_DEPTH))
+            for _ in range(levels))
+        self.fusion_modules = nn.ModuleList(AudioVisualFusion() for _ in range(levels))
+        self.smooth_convs = nn.ModuleList(
+            nn.Conv2d(CHANNELS, CHANNELS, kernel_size=1) for _ in range(levels - 1))
+        self.train_proj_v1 = ProjectionHead(CHANNELS, 128, one_d=False)
+        self.train_proj_a1 = ProjectionHead(CHANNELS, 128, one_d=True)
+
+    @classmethod
+    def from_official_config(cls, cfg: Mapping[str, Any] | None = None, **kwargs) -> AuralFuser:
+        """Build from a dict under the authors' names (``official_arch.json["aural_fuser"]``);
+        no argument gives the released AVS configuration."""
+        cfg = dict(OFFICIAL_AVS_CONFIG if cfg is None else cfg)
+        unknown = set(cfg) - {"patch_cfgs", "f_depths", "block_kw", "one_d_kw"}
+        if unknown:
+            raise ValueError(f"unknown AuralFuser config keys: {sorted(unknown)}")
+        return cls(patch_cfgs=cfg.get("patch_cfgs", OFFICIAL_AVS_CONFIG["patch_cfgs"]),
+                   f_depths=cfg.get("f_depths", OFFICIAL_AVS_CONFIG["f_depths"]),
+                   block_kw=cfg.get("block_kw"), one_d_kw=cfg.get("one_d_kw"), **kwargs)
+
+    def embed_audio(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """(N, 2, 96, 64) -> (N, 256): VGGish on left and right separately, concatenated."""
+        if log_mel.dim() != 4 or log_mel.shape[1] != 2:
+            raise ValueError(f"log_mel must be (N, 2, 96, 64), got {tuple(log_mel.shape)}")
+        n = log_mel.shape[0]
+        emb = self.vgg(log_mel.transpose(0, 1).reshape(2 * n, 1, *log_mel.shape[2:]))
+        return torch.cat([emb[:n], emb[n:]], dim=-1)
+
+    def forward(self, backbone_fpn: Sequence[torch.Tensor], log_mel: torch.Tensor, *,
+                projections: bool | None = None):
+        """Return ``(visual, audio, proj)``: ``visual = [a, b, c]`` each ``(N, h*h, 256)``,
+        ``audio = [d1, d2, d3]`` each ``(N, 256)``; ``proj`` holds the contrastive-loss
+        projections (computed in training mode or when ``projections=True``, else None)."""
+        if len(backbone_fpn) != len(self.patch_embeds):
+            raise ValueError(f"expected {len(self.patch_embeds)} FPN maps, got {len(backbone_fpn)}")
+        if backbone_fpn[0].shape[0] != log_mel.shape[0]:
+            raise ValueError("backbone_fpn and log_mel must have the same number of frames")
+        d = self.embed_audio(log_mel)
+        pos = audio_position_vector(d.shape[-1], d.device, d.dtype)
+        visual: list[torch.Tensor] = []
+        audio: list[torch.Tensor] = []
+        for i, fpn in enumerate(backbone_fpn):
+            x = self.patch_embeds[i](fpn)
+            n, c, h, w = x.shape
+            pe = self.position_encoding(x).flatten(2).transpose(1, 2).to(x.dtype)
+            x = x.flatten(2).transpose(1, 2)
+            if visual:  # coarser levels start from the previous level's fused tokens
+                x = x + visual[-1]
+                x = self.smooth_convs[i - 1](x.transpose(1, 2).reshape(n, c, h, w))
+                x = x.flatten(2).transpose(1, 2)
+            x = x + pe
+            d = d + pos
+            for blk in self.f_blocks[i]:
+                x = blk(x, (h, w))
+            for blk in self.a_blocks[i]:
+                d = blk(d)
+            x, d = self.fusion_modules[i](x + pe, (h, w), d + pos)
+            visual.append(x)
+            audio.append(d)
+        if projections is None:
+            projections = self.training
+        proj = self.project(visual, audio) if projections else None
+        return visual, audio, proj
+
+    def project(self, visual: Sequence[torch.Tensor], audio: Sequence[torch.Tensor]):
+        """Contrastive-loss embeddings: ``[[pv(a), pv(b), pv(c)], [pa(d1), pa(d2), pa(d3)]]``."""
+        maps = []
+        for x in visual:
+            n, hw, c = x.shape
+            side = math.isqrt(hw)  # SAM2 inputs are square
+            maps.append(self.train_proj_v1(x.transpose(1, 2).reshape(n, c, side, side)))
+        return [maps, [self.train_proj_a1(d.unsqueeze(-1)) for d in audio]]

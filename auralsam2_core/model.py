@@ -1,0 +1,220 @@
+"""The assembled AuralSAM2: a frozen SAM2 (from the ``sam2`` package) plus the AuralFuser.
+
+``AuralSAM2.forward_clip`` runs one clip of ``T`` frames the way the authors' inference does:
+image encoder on all frames, the fuser on the raw FPN maps (before ``conv_s0/conv_s1``), then
+SAM2's own tracking step per frame with the clip's prompts injected into the mask decoder.
+Frame 0 of a video is the conditioning frame; a :class:`TrackState` carries SAM2's memory
+from one clip to the next, so a long video is processed clip by clip in bounded memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from sam2.modeling.sam2_base import SAM2Base
+from torch import nn
+
+from .fuser import AuralFuser
+from .prompting import FramePrompts, install_prompted_transformer
+
+MaskChoice = Literal["first", "iou_select", "iou_occ_select"]
+MASK_CHOICES: tuple[str, ...] = ("first", "iou_select", "iou_occ_select")
+NO_OBJECT_LOGIT = -1024.0  # SAM2's fill value for masks of frames without the object
+
+# Only these entries of a frame's output are read again by SAM2's memory attention.
+_MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_logits")
+
+
+@dataclass
+class ClipOutput:
+    """Per-frame outputs of one clip (``T`` frames; ``M = 3`` multimask candidates).
+
+    Mask logits are at SAM2's low resolution (image_size / 4); see :func:`upsample_logits`.
+    """
+
+    multimask_logits: torch.Tensor  # (T, M, s, s) after SAM2's no-object masking
+    raw_multimask_logits: torch.Tensor  # (T, M, s, s) straight from the decoder (for losses)
+    ious: torch.Tensor  # (T, M) predicted IoU per candidate
+    object_score_logits: torch.Tensor  # (T, 1) "is the object there" (sounding) logit
+    mask_logits: torch.Tensor  # (T, 1, s, s) the chosen candidate per ``mask_choice``
+    chosen: torch.Tensor  # (T,) index of the chosen candidate
+    projections: list | None = None  # fuser projections for the contrastive loss (training)
+
+
+@dataclass
+class TrackState:
+    """SAM2 memory across clips of one video (``output_dict`` in SAM2's own format).
+
+    Only what memory attention reads is kept, and only for the frames it can still use, so
+    the state does not grow with the video's length.
+    """
+
+    output_dict: dict = field(
+        default_factory=lambda: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}})
+    next_frame: int = 0
+    num_frames: int = 1 << 30  # video length if known; SAM2 uses it only as an upper bound
+
+    def store(self, frame_idx: int, out: dict, is_cond: bool, keep: int) -> None:
+        slim = {k: out[k] for k in _MEMORY_KEYS if k in out}
+        bucket = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
+        self.output_dict[bucket][frame_idx] = slim
+        stale = [t for t in self.output_dict["non_cond_frame_outputs"] if t < frame_idx - keep]
+        for t in stale:
+            del self.output_dict["non_cond_frame_outputs"][t]
+
+
+def choose_masks(multimask_logits: torch.Tensor, ious: torch.Tensor,
+                 object_score_logits: torch.Tensor, mode: MaskChoice
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' mask choices: ``first`` candidate, ``iou_select`` (highest predicted IoU),
+    ``iou_occ_select`` (as iou_select, but empty where the object-score logit is < 0)."""
+    if mode not in MASK_CHOICES:
+        raise ValueError(f"mask_choice must be one of {MASK_CHOICES}, got {mode!r}")
+    if mode == "first":
+        idx = torch.zeros(ious.shape[0], dtype=torch.long, device=ious.device)
+    else:
+        idx = ious.argmax(dim=-1)
+    chosen = multimask_logits[torch.arange(idx.shape[0], device=idx.device), idx].unsqueeze(1)
+    if mode == "iou_occ_select":
+        absent = (object_score_logits < 0).view(-1, 1, 1, 1)
+        chosen = torch.where(absent, torch.full_like(chosen, NO_OBJECT_LOGIT), chosen)
+    return chosen, idx
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Low-resolution mask logits -> logits at ``size`` (bilinear, as SAM2 does)."""
+    return nn.functional.interpolate(logits.float(), size=size, mode="bilinear",
+                                     align_corners=False)
+
+
+@contextlib.contextmanager
+def _capture_outputs(module: nn.Module) -> Iterator[list]:
+    captured: list = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+class AuralSAM2(nn.Module):
+    """SAM2 + AuralFuser. SAM2 stays frozen and in eval mode; only the fuser trains."""
+
+    def __init__(self, sam2: SAM2Base, fuser: AuralFuser, mask_choice: MaskChoice = "iou_select"
+                 ) -> None:
+        super().__init__()
+        if mask_choice not in MASK_CHOICES:
+            raise ValueError(f"mask_choice must be one of {MASK_CHOICES}, got {mask_choice!r}")
+        if sam2.hidden_dim != 256 or sam2.num_feature_levels != 3:
+            raise ValueError("AuralSAM2 needs a SAM2 with 256-d features and 3 FPN levels "
+                             f"(got {sam2.hidden_dim}-d, {sam2.num_feature_levels} levels)")
+        self.sam2 = sam2
+        self.fuser = fuser
+        self.mask_choice = mask_choice
+        self._transformer = install_prompted_transformer(sam2.sam_mask_decoder)
+        # As published: always 3 candidate masks, and the memory encoder sees the binarised
+        # prediction at eval (the authors' build sets this flag and marks masks "from points").
+        sam2.multimask_output_in_sam = True
+        sam2.multimask_output_for_tracking = True
+        sam2.multimask_min_pt_num = 0
+        sam2.binarize_mask_from_pts_for_mem_enc = True
+        self.freeze_sam2()
+
+    @property
+    def image_size(self) -> int:
+        return self.sam2.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.fuser.parameters()).device
+
+    def freeze_sam2(self) -> None:
+        self.sam2.eval()
+        self.sam2.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> AuralSAM2:
+        super().train(mode)
+        self.sam2.eval()  # SAM2 is frozen: never in training mode
+        return self
+
+    def new_state(self, num_frames: int | None = None) -> TrackState:
+        state = TrackState()
+        if num_frames is not None:
+            state.num_frames = num_frames
+        return state
+
+    def _memory_horizon(self) -> int:
+        return max(self.sam2.num_maskmem * self.sam2.memory_temporal_stride_for_eval,
+                   self.sam2.max_obj_ptrs_in_encoder) + 1
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def encode_images(self, frames: torch.Tensor) -> dict:
+        """SAM2's image encoder; ``backbone_fpn`` are the raw maps (no conv_s0/conv_s1)."""
+        return self.sam2.image_encoder(frames)
+
+    def forward_clip(self, frames: torch.Tensor, log_mel: torch.Tensor,
+                     state: TrackState | None = None, *, projections: bool | None = None
+                     ) -> ClipOutput:
+        """Segment the sounding object in one clip.
+
+        ``frames``: ``(T, 3, S, S)`` normalised with ImageNet mean/std at ``S = image_size``;
+        ``log_mel``: ``(T, 2, 96, 64)``, one stereo example per frame. ``state`` continues a
+        video (created fresh when None: the clip's first frame is then the conditioning frame).
+        """
+        t_len = frames.shape[0]
+        if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[-1] != self.image_size \
+                or frames.shape[-2] != self.image_size:
+            raise ValueError(f"frames must be (T, 3, {self.image_size}, {self.image_size}), "
+                             f"got {tuple(frames.shape)}")
+        if log_mel.shape[0] != t_len:
+            raise ValueError(f"need one log-mel example per frame: {t_len} frames, "
+                             f"{log_mel.shape[0]} examples")
+        state = state if state is not None else self.new_state()
+        with self._autocast():
+            enc = self.encode_images(frames)
+            visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, projections=projections)
+            outs = self._track(enc, visual, audio, state)
+        multi, raw, ious, obj = (torch.cat(x) for x in zip(*outs, strict=True))
+        chosen_logits, chosen = choose_masks(multi, ious, obj, self.mask_choice)
+        return ClipOutput(multi, raw, ious.float(), obj.float(), chosen_logits, chosen, proj)
+
+    def _track(self, enc: dict, visual: Sequence[torch.Tensor], audio: Sequence[torch.Tensor],
+               state: TrackState) -> list[tuple[torch.Tensor, ...]]:
+        sam2 = self.sam2
+        decoder = sam2.sam_mask_decoder
+        fpn = list(enc["backbone_fpn"])
+        fpn[0], fpn[1] = decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])
+        _, feats, pos, sizes = sam2._prepare_backbone_features(
+            {"backbone_fpn": fpn, "vision_pos_enc": enc["vision_pos_enc"]})
+        results = []
+        for t in range(fpn[0].shape[0]):
+            frame_idx = state.next_frame
+            is_cond = frame_idx == 0
+            cur_feats = [x[:, t:t + 1] for x in feats]
+            cur_pos = [x[:, t:t + 1] for x in pos]
+            # Lists reversed as in the authors' model: [c, b, a] and [d3, d2, d1].
+            prompts = FramePrompts([v[t] for v in reversed(visual)],
+                                   [d[t] for d in reversed(audio)])
+            with self._transformer.prompts(prompts), _capture_outputs(decoder) as captured:
+                out, sam_out, _, _ = sam2._track_step(
+                    frame_idx, is_cond, cur_feats, cur_pos, sizes, None, None,
+                    state.output_dict, state.num_frames, False, None)
+            multi, _, ious, _, high_res, obj_ptr, obj_logits = sam_out
+            out["obj_ptr"] = obj_ptr
+            out["object_score_logits"] = obj_logits
+            # Quirk: the authors pass a non-None "point input" here so that the memory encoder
+            # gets the binarised mask even though no points were given.
+            sam2._encode_memory_in_output(cur_feats, sizes, True, True, high_res, obj_logits,
+                                          out)
+            state.store(frame_idx, out, is_cond, keep=self._memory_horizon())
+            state.next_frame += 1
+            results.append((multi, captured[-1][0].float(), ious, obj_logits))
+        return results
