@@ -99,11 +99,11 @@ class PromptedTwoWayTransformer(TwoWayTransformer):
 
     @contextlib.contextmanager
     def prompts(self, frame_prompts: FramePrompts) -> Iterator[None]:
-        self.frame_prompts = frame_prompts
+        previous, self.frame_prompts = self.frame_prompts, frame_prompts
         try:
             yield
         finally:
-            self.frame_prompts = None
+            self.frame_prompts = previous
 
 
 def install_prompted_transformer(decoder: MaskDecoder) -> PromptedTwoWayTransformer:

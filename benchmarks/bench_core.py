@@ -1,0 +1,83 @@
+"""Cost of AuralSAM2's additions relative to plain SAM2, measured in one run (ratios).
+
+Prints, per frame at the chosen size: SAM2 image encoder, AuralFuser + VGGish, SAM2 tracking
+step (memory attention + decoder + memory encoder), and the ratios
+``fuser / encoder`` and ``AuralSAM2 clip / (encoder + plain SAM2 tracking)``.
+Baselines: shared/reference/PERFORMANCE.md (fuser/encoder 0.80-0.94 on CPU with Hiera-t;
+FLOP floor of the fuser's share: 18.6 % of a Hiera-t frame, 6.95 % of a Hiera-L frame).
+
+    .venv/bin/python benchmarks/bench_core.py --config sam2.1_hiera_t --size 256 --frames 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from auralsam2_core.build import build_auralsam2
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default="sam2.1_hiera_t")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+
+    torch.manual_seed(0)
+    model = build_auralsam2(args.config, image_size=args.size, device=args.device)
+    dev = model.device
+    frames = torch.randn(args.frames, 3, args.size, args.size, device=dev)
+    log_mel = torch.randn(args.frames, 2, 96, 64, device=dev)
+    with torch.inference_mode(), model._autocast():
+        enc = model.encode_images(frames)
+        t_enc = _median_time(lambda: model.encode_images(frames), args.repeats)
+        t_fuser = _median_time(lambda: model.fuser(enc["backbone_fpn"], log_mel), args.repeats)
+        t_vgg = _median_time(lambda: model.fuser.embed_audio(log_mel), args.repeats)
+        t_clip = _median_time(lambda: model.forward_clip(frames, log_mel), args.repeats)
+        t_plain = _median_time(lambda: _plain_sam2_tracking(model, enc), args.repeats)
+
+    n = args.frames
+    print(f"device={dev} config={args.config} size={args.size} T={n} (median of {args.repeats})")
+    print(f"per frame: encoder {t_enc / n:.3f}s  fuser+vggish {t_fuser / n:.3f}s "
+          f"(vggish {t_vgg / n:.3f}s)  plain tracking {t_plain / n:.3f}s  "
+          f"AuralSAM2 clip {t_clip / n:.3f}s")
+    print(f"ratio fuser/encoder: {t_fuser / t_enc:.2f}")
+    print(f"ratio AuralSAM2 / plain SAM2 (encoder + tracking): {t_clip / (t_enc + t_plain):.2f}")
+
+
+def _plain_sam2_tracking(model, enc) -> None:
+    """SAM2's own tracking of the same frames with no prompts (the baseline to beat)."""
+    sam2 = model.sam2
+    fpn = list(enc["backbone_fpn"])
+    dec = sam2.sam_mask_decoder
+    fpn[0], fpn[1] = dec.conv_s0(fpn[0]), dec.conv_s1(fpn[1])
+    _, feats, pos, sizes = sam2._prepare_backbone_features(
+        {"backbone_fpn": fpn, "vision_pos_enc": enc["vision_pos_enc"]})
+    output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    for t in range(fpn[0].shape[0]):
+        out = sam2.track_step(t, t == 0, [x[:, t:t + 1] for x in feats],
+                              [x[:, t:t + 1] for x in pos], sizes, None, None, output_dict,
+                              fpn[0].shape[0])
+        output_dict["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
+
+
+if __name__ == "__main__":
+    main()
