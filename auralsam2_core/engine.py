@@ -1,0 +1,189 @@
+"""Streaming pre-labelling of whole videos: the one function every adapter calls.
+
+``prelabel(model, video)`` yields one :class:`FrameResult` per frame (or per ``stride``-th
+frame) in order. Frames are decoded and scaled on a background thread while the model runs
+on the previous clip; the fuser sees clips of ``clip_len`` frames (the authors' T = 5) and
+SAM2's memory carries across clips through a :class:`~auralsam2_core.model.TrackState` that
+keeps only what memory attention can still read. Memory use therefore does not grow with the
+video's length (the log-mel frames of the audio, ~3 MB per minute, are the only exception).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .audio_track import AudioTrack
+from .media import MediaError, MediaInfo, iter_frames, probe
+from .model import AuralSAM2, upsample_logits
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PrelabelOptions:
+    clip_len: int = 5  # frames per fuser clip (the authors' T)
+    stride: int = 1  # pre-label every stride-th frame
+    no_audio: Literal["error", "silent"] = "error"  # "silent": every frame is "not sounding"
+    prefetch_clips: int = 2  # decoded clips waiting for the model (bounds memory)
+
+    def __post_init__(self) -> None:
+        if self.clip_len < 1:
+            raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.no_audio not in ("error", "silent"):
+            raise ValueError(f"no_audio must be 'error' or 'silent', got {self.no_audio!r}")
+
+
+@dataclass
+class FrameResult:
+    """One frame's pre-label. ``mask`` is at the video's display resolution."""
+
+    index: int  # 0-based frame index in presentation order
+    time: float  # seconds from the first frame's timestamp
+    mask: np.ndarray  # (H, W) bool
+    sounding_prob: float  # sigmoid of SAM2's object score: is the sounding object visible
+    predicted_iou: float  # SAM2's IoU estimate of the chosen mask
+    mask_score: float  # mean probability inside the mask (0 for an empty mask)
+    review_priority: float  # 0..1, higher = look at this frame first (see review_priority)
+
+
+class NoAudioError(MediaError):
+    """The video has no audio track and ``no_audio="error"``."""
+
+
+def review_priority(sounding_prob: float, predicted_iou: float, stability: float) -> float:
+    """How much a frame needs a human: the largest of the sounding decision's uncertainty
+    (1 at p = 0.5), the predicted mask error (1 - IoU, when sounding) and the instability
+    w.r.t. the previous frame (1 - IoU of the two masks, when either is sounding)."""
+    uncertainty = 1.0 - abs(2.0 * sounding_prob - 1.0)
+    quality = (1.0 - predicted_iou) if sounding_prob >= 0.5 else 0.0
+    return float(max(uncertainty, quality, 1.0 - stability))
+
+
+def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+class _Producer(threading.Thread):
+    """Decodes frames into normalised clips on a background thread (bounded queue)."""
+
+    _END = object()
+
+    def __init__(self, path, size: int, opts: PrelabelOptions, fps_hint: float) -> None:
+        super().__init__(daemon=True)
+        self.path, self.size, self.opts, self.fps_hint = path, size, opts, fps_hint
+        self.q: queue.Queue = queue.Queue(maxsize=opts.prefetch_clips)
+        self.stop = threading.Event()
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+        self.mean, self.std = mean, std
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _emit(self, batch) -> bool:
+        rgb = torch.from_numpy(np.stack([f.rgb for f in batch])).permute(0, 3, 1, 2).float()
+        clip = ((rgb - self.mean) / self.std).contiguous()
+        return self._put(([f.index for f in batch], [f.time for f in batch], clip))
+
+    def run(self) -> None:
+        try:
+            batch = []
+            for frame in iter_frames(self.path, size=self.size, stride=self.opts.stride,
+                                     fps_hint=self.fps_hint):
+                batch.append(frame)
+                if len(batch) == self.opts.clip_len:
+                    if not self._emit(batch):
+                        return
+                    batch = []
+            if batch:
+                self._emit(batch)
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+            self._put(e)
+
+    def clips(self) -> Iterator[tuple[list[int], list[float], torch.Tensor]]:
+        self.start()
+        try:
+            while True:
+                item = self.q.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.stop.set()
+
+
+def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOptions | None = None,
+             *, info: MediaInfo | None = None,
+             on_progress: Callable[[int], None] | None = None) -> Iterator[FrameResult]:
+    """Pre-label one video; yields :class:`FrameResult` in frame order.
+
+    Raises :class:`MediaError` for unusable files and :class:`NoAudioError` for a video
+    without audio unless ``options.no_audio == "silent"``. ``on_progress(n)`` is called with
+    the number of frames finished so far.
+    """
+    opts = options or PrelabelOptions()
+    info = info or probe(video)
+    if not info.has_audio and opts.no_audio == "error":
+        raise NoAudioError(f"{video} has no audio track; AuralSAM2 segments what makes the "
+                           "sound, so there is nothing to hear. Use no_audio='silent' "
+                           "(--no-audio silent) to mark every frame as not sounding.")
+    if not info.has_audio:
+        yield from _silent(video, info, opts, on_progress)
+        return
+    track = AudioTrack.from_file(video)
+    state = model.new_state(num_frames=info.num_frames)
+    shape = (info.height, info.width)
+    done = 0
+    prev: torch.Tensor | None = None
+    producer = _Producer(video, model.image_size, opts, info.fps)
+    for indices, times, clip in producer.clips():
+        with torch.inference_mode():
+            out = model.forward_clip(clip.to(model.device), track.examples_at(times).to(
+                model.device), state)
+        probs = out.object_score_logits.sigmoid().flatten().tolist()
+        ious = out.ious.gather(1, out.chosen[:, None]).flatten().tolist()
+        for j, (index, time) in enumerate(zip(indices, times, strict=True)):
+            low = out.mask_logits[j:j + 1]
+            low_mask = low[0, 0] > 0
+            inside = torch.sigmoid(low[0, 0])[low_mask]
+            stability = _mask_iou(low_mask, prev) if prev is not None else 1.0
+            prev = low_mask
+            mask = (upsample_logits(low, shape)[0, 0] > 0).cpu().numpy()
+            yield FrameResult(
+                index=index, time=time, mask=mask, sounding_prob=probs[j],
+                predicted_iou=ious[j],
+                mask_score=float(inside.mean()) if inside.numel() else 0.0,
+                review_priority=review_priority(probs[j], ious[j], stability))
+            done += 1
+            if on_progress:
+                on_progress(done)
+
+
+def _silent(video, info: MediaInfo, opts: PrelabelOptions, on_progress) -> Iterator[FrameResult]:
+    empty = np.zeros((info.height, info.width), bool)
+    for n, frame in enumerate(iter_frames(video, size=16, stride=opts.stride,
+                                          fps_hint=info.fps), start=1):
+        yield FrameResult(frame.index, frame.time, empty, 0.0, 0.0, 0.0, 0.0)
+        if on_progress:
+            on_progress(n)

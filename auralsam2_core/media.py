@@ -1,0 +1,252 @@
+"""Reading real media with PyAV: probe, stream video frames with timestamps, stream audio.
+
+Nothing here holds a whole video in memory: frames are yielded one at a time (already scaled
+to the model's input size), and audio is decoded in chunks, converted to stereo, resampled to
+16 kHz block by block and handed on.
+
+Channel policy: stereo is kept as is; mono is duplicated to left and right; more channels are
+downmixed to left/right (left-side channels to L, right-side to R, centre and unpaired
+channels at -3 dB to both, LFE dropped; each output normalised so its weights sum to 1).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from .log_mel import VGGISH_SAMPLE_RATE, resample_to_16k
+
+
+class MediaError(ValueError):
+    """A file that cannot be used as a video (missing, empty, corrupt, no video stream...)."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: Path
+    width: int  # display size, after rotation metadata is applied
+    height: int
+    rotation: int  # degrees clockwise applied to decoded frames to display them (0/90/180/270)
+    fps: float  # average frame rate (frame times come from timestamps, not from this)
+    num_frames: int | None  # from the container; None when it does not say
+    duration: float | None  # seconds
+    has_audio: bool
+    audio_sample_rate: int | None
+    audio_channels: int | None
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"video not found: {p}")
+    if p.is_dir():
+        raise MediaError(f"{p} is a directory, not a video file")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p} is empty (0 bytes)")
+    try:
+        return av.open(str(p))
+    except (av.error.InvalidDataError, av.error.ValueError) as e:
+        raise MediaError(f"{p} is not a readable media file ({e})") from e
+    except av.error.FFmpegError as e:
+        raise MediaError(f"cannot open {p}: {e}") from e
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Describe a video file, or raise :class:`MediaError` saying what is wrong with it."""
+    p = Path(path)
+    with _open(p) as c:
+        if not c.streams.video:
+            kinds = ", ".join(s.type for s in c.streams) or "no streams"
+            raise MediaError(f"{p} has no video stream ({kinds})")
+        v = c.streams.video[0]
+        rotation = _first_frame_rotation(c, v)
+        width, height = v.codec_context.width, v.codec_context.height
+        if rotation in (90, 270):
+            width, height = height, width
+        rate = v.average_rate or v.guessed_rate or v.base_rate
+        fps = float(rate) if rate else 0.0
+        duration = None
+        if v.duration is not None and v.time_base is not None:
+            duration = float(v.duration * v.time_base)
+        elif c.duration is not None:
+            duration = c.duration / av.time_base
+        a = c.streams.audio[0] if c.streams.audio else None
+        return MediaInfo(
+            path=p, width=width, height=height, rotation=rotation, fps=fps,
+            num_frames=v.frames or None, duration=duration, has_audio=a is not None,
+            audio_sample_rate=a.codec_context.sample_rate if a else None,
+            audio_channels=a.codec_context.channels if a else None,
+        )
+
+
+def _first_frame_rotation(container, stream) -> int:
+    try:
+        for frame in container.decode(stream):
+            return _clockwise(frame.rotation)
+    except av.error.FFmpegError as e:
+        raise MediaError(f"{container.name}: cannot decode video ({e})") from e
+    raise MediaError(f"{container.name} has a video stream but no decodable frame")
+
+
+def _clockwise(rotation: float | int | None) -> int:
+    """PyAV reports the display matrix rotation counter-clockwise; we rotate clockwise."""
+    return int(round(-(rotation or 0) / 90.0)) % 4 * 90
+
+
+@dataclass
+class Frame:
+    index: int  # 0-based, presentation order
+    time: float  # seconds, from the frame's own timestamp (correct for VFR)
+    rgb: np.ndarray  # (S, S, 3) uint8 when a size was asked for, else (H, W, 3) display size
+
+
+def iter_frames(path: str | os.PathLike, *, size: int | None = None, stride: int = 1,
+                fps_hint: float | None = None) -> Iterator[Frame]:
+    """Yield every ``stride``-th frame with its timestamp, rotated for display and, when
+    ``size`` is given, scaled (area filter) to ``size x size`` as SAM2 expects."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    with _open(path) as c:
+        if not c.streams.video:
+            raise MediaError(f"{path} has no video stream")
+        v = c.streams.video[0]
+        v.thread_type = "AUTO"
+        start = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
+        index = 0
+        try:
+            for frame in c.decode(v):
+                if index % stride == 0:
+                    if frame.pts is not None:
+                        t = float(frame.pts * v.time_base) - start
+                    else:
+                        t = index / (fps_hint or 25.0)
+                    yield Frame(index, max(t, 0.0), _to_rgb(frame, size))
+                index += 1
+        except av.error.FFmpegError as e:
+            if index == 0:
+                raise MediaError(f"{path}: cannot decode video ({e})") from e
+            # A truncated file: keep what decoded, as players do.
+            return
+
+
+def _to_rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
+    turns = _clockwise(frame.rotation) // 90
+    if size is None:
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        rgb = frame.reformat(width=size, height=size, format="rgb24",
+                             interpolation="AREA").to_ndarray()
+    return np.ascontiguousarray(np.rot90(rgb, k=-turns)) if turns else rgb
+
+
+# ----------------------------------------------------------------------------- audio
+
+_SIDE_LEFT = ("FL", "BL", "SL", "FLC", "TFL", "TBL", "WL", "TSL")
+_SIDE_RIGHT = ("FR", "BR", "SR", "FRC", "TFR", "TBR", "WR", "TSR")
+
+
+def downmix_weights(channel_names: list[str]) -> np.ndarray:
+    """(2, C) matrix taking C named channels to stereo (see the module docstring)."""
+    c = len(channel_names)
+    if c == 1:
+        return np.ones((2, 1), np.float32)
+    if c == 2:
+        return np.eye(2, dtype=np.float32)
+    w = np.zeros((2, c), np.float32)
+    for i, name in enumerate(channel_names):
+        name = name.upper()
+        if name in _SIDE_LEFT:
+            w[0, i] = 1.0 if name == "FL" else math.sqrt(0.5)
+        elif name in _SIDE_RIGHT:
+            w[1, i] = 1.0 if name == "FR" else math.sqrt(0.5)
+        elif name.startswith("LFE"):
+            continue
+        else:  # centre and anything unpaired
+            w[:, i] = math.sqrt(0.5)
+    return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-6)
+
+
+class _Resampler16k:
+    """Streams audio to 16 kHz with the same filter as :func:`resample_to_16k`.
+
+    Blocks start on multiples of the input step ``sr / gcd(sr, 16000)`` and carry enough
+    context on both sides for the sinc filter, so the concatenated output equals resampling
+    the whole signal at once (up to float rounding).
+    """
+
+    def __init__(self, sample_rate: int, block_seconds: float = 2.0) -> None:
+        self.sr = sample_rate
+        g = math.gcd(sample_rate, VGGISH_SAMPLE_RATE)
+        self.step_in, self.step_out = sample_rate // g, VGGISH_SAMPLE_RATE // g
+        half_width = math.ceil(64 * sample_rate / (0.9 * min(sample_rate, VGGISH_SAMPLE_RATE)))
+        self.margin = (half_width // self.step_in + 2) * self.step_in
+        self.block = max(1, int(block_seconds * sample_rate) // self.step_in) * self.step_in
+        self.buf = np.zeros((2, self.margin), np.float32)  # left context: silence
+        self.consumed = 0  # input samples already turned into output
+        self.total_in = 0
+
+    def push(self, pcm: np.ndarray) -> list[np.ndarray]:
+        self.buf = np.concatenate([self.buf, pcm], axis=1)
+        self.total_in += pcm.shape[1]
+        out = []
+        while self.buf.shape[1] >= 2 * self.margin + self.block:
+            out.append(self._run(self.block))
+        return out
+
+    def finish(self) -> list[np.ndarray]:
+        n_out_total = int(self.total_in * VGGISH_SAMPLE_RATE / self.sr)
+        produced = self.consumed * self.step_out // self.step_in
+        remaining = self.buf.shape[1] - self.margin
+        if remaining <= 0 or n_out_total <= produced:
+            return []
+        self.buf = np.concatenate([self.buf, np.zeros((2, self.margin), np.float32)], axis=1)
+        padded = math.ceil(remaining / self.step_in) * self.step_in
+        if self.buf.shape[1] < 2 * self.margin + padded:
+            extra = 2 * self.margin + padded - self.buf.shape[1]
+            self.buf = np.concatenate([self.buf, np.zeros((2, extra), np.float32)], axis=1)
+        return [self._run(padded)[:, : n_out_total - produced]]
+
+    def _run(self, n_in: int) -> np.ndarray:
+        if self.sr == VGGISH_SAMPLE_RATE:
+            chunk = self.buf[:, self.margin: self.margin + n_in]
+        else:
+            seg = torch.from_numpy(self.buf[:, : 2 * self.margin + n_in])
+            res = resample_to_16k(seg, self.sr).numpy()
+            m_out = self.margin * self.step_out // self.step_in
+            chunk = res[:, m_out: m_out + n_in * self.step_out // self.step_in]
+        self.buf = self.buf[:, n_in:]
+        self.consumed += n_in
+        return chunk
+
+
+def iter_audio_16k(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Yield the first audio track as ``(2, n)`` float32 chunks at 16 kHz (channel policy
+    above). Raises :class:`MediaError` when there is no audio track."""
+    with _open(path) as c:
+        if not c.streams.audio:
+            raise MediaError(f"{path} has no audio track")
+        a = c.streams.audio[0]
+        if not a.codec_context.sample_rate:
+            raise MediaError(f"{path}: audio track has no sample rate")
+        to_float = av.AudioResampler(format="fltp")
+        resampler: _Resampler16k | None = None
+        weights = None
+        try:
+            for frame in c.decode(a):
+                for f in to_float.resample(frame):
+                    if resampler is None:
+                        resampler = _Resampler16k(f.sample_rate)
+                        weights = downmix_weights([ch.name for ch in f.layout.channels])
+                    pcm = f.to_ndarray().astype(np.float32, copy=False)
+                    yield from resampler.push(weights @ pcm)
+        except av.error.FFmpegError:
+            pass  # truncated audio: keep what decoded
+        if resampler is not None:
+            yield from resampler.finish()
