@@ -104,4 +104,18 @@ def build_auralsam2(sam2_config: str = DEFAULT_SAM2_CONFIG, *,
     device = resolve_device(device)
     sam2 = build_sam2_model(sam2_config, sam2_checkpoint, image_size=image_size, device=device)
     fuser = build_fuser(fuser_checkpoint, fuser_config)
-    return AuralSAM2(sam2, fuser, mask_choice=mask_choice).to(device).eval()
+    model = AuralSAM2(sam2, fuser, mask_choice=mask_choice).to(device).eval()
+    model.meta = {"sam2_config": str(sam2_config), "image_size": model.image_size,
+                  "mask_choice": mask_choice, "fuser_config": fuser_config,
+                  "checkpoints": {"sam2": _describe(sam2_checkpoint),
+                                  "fuser": _describe(fuser_checkpoint)}}
+    return model
+
+
+def _describe(checkpoint) -> dict | None:
+    """Where weights came from, with their sha256, for the results' provenance."""
+    if checkpoint is None:
+        return None
+    from .weights import sha256_file
+
+    return {"path": str(Path(checkpoint).resolve()), "sha256": sha256_file(checkpoint)}

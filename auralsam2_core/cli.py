@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -53,12 +54,8 @@ def _fuser_layout_report(fuser) -> dict:
 
 
 def cmd_check(args) -> int:
-    from .build import build_auralsam2
-
     t0 = time.perf_counter()
-    model = build_auralsam2(args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-                            fuser_checkpoint=args.fuser_checkpoint, image_size=args.image_size,
-                            device=args.device, mask_choice=args.mask_choice)
+    model = _build_model(args)
     layout = _fuser_layout_report(model.fuser)
     frames, log_mel = _synthetic_clip(args.frames, model.image_size)
     t1 = time.perf_counter()
@@ -79,12 +76,41 @@ def cmd_check(args) -> int:
     }
     print(json.dumps(report, indent=2))
     ok = layout["same_keys_in_order"] and not layout["mismatches"]
-    if not (args.sam2_checkpoint and args.fuser_checkpoint):
-        print("note: random weights were used where no checkpoint was given, so masks are "
-              "meaningless; this checks the installation and the model layout.", file=sys.stderr)
     print("check: OK" if ok else "check: FAILED (fuser layout differs from the authors')",
           file=sys.stderr)
     return 0 if ok else 1
+
+
+def _build_model(args):
+    from .build import build_auralsam2
+
+    if not (args.sam2_checkpoint and args.fuser_checkpoint):
+        print("auralsam2: warning: no --sam2-checkpoint/--fuser-checkpoint given; using random "
+              "weights, so the masks are meaningless", file=sys.stderr)
+    return build_auralsam2(args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+                           fuser_checkpoint=args.fuser_checkpoint, image_size=args.image_size,
+                           device=args.device, mask_choice=args.mask_choice)
+
+
+def cmd_prelabel(args) -> int:
+    from .engine import PrelabelOptions
+    from .jobs import OutputOptions, prelabel_videos
+    from .results import Hysteresis
+
+    missing = [v for v in args.videos if not Path(v).is_file()]
+    if missing:
+        raise FileNotFoundError(f"video(s) not found: {', '.join(missing)}")
+    opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio)
+    outs = OutputOptions(png_masks=args.png_masks, overlay=args.overlay,
+                         timeline=args.timeline, overwrite=args.overwrite,
+                         hysteresis=Hysteresis(args.enter, args.exit, args.min_frames))
+    model = _build_model(args)
+    outcomes = prelabel_videos(model, args.videos, args.out, opts, outs,
+                               progress=not args.quiet)
+    for o in outcomes:
+        detail = o.results if o.status != "failed" else o.error
+        print(f"{o.status:8s} {o.video}  {detail}")
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def cmd_weights(args) -> int:
@@ -113,19 +139,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True)
 
+    def model_options(c: argparse.ArgumentParser, image_size: int) -> None:
+        c.add_argument("--sam2-config", default="sam2_hiera_t",
+                       help=f"one of {', '.join(SAM2_CONFIGS)} or a yaml path "
+                            f"(published model: {DEFAULT_SAM2_CONFIG})")
+        c.add_argument("--sam2-checkpoint", help="Meta SAM2 checkpoint (path, URL or registry "
+                                                 "name, e.g. sam2_hiera_large)")
+        c.add_argument("--fuser-checkpoint", help="AuralSAM2 fuser checkpoint (e.g. "
+                                                  "auralsam2_avs_v1m)")
+        c.add_argument("--image-size", type=int, default=image_size,
+                       help="SAM2 input size (published model: 1024)")
+        c.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+        c.add_argument("--mask-choice", default="iou_select", choices=MASK_CHOICES)
+
     c = sub.add_parser("check", help="build the model, verify the authors' layout and run one "
                                      "clip end to end (no downloads)")
-    c.add_argument("--sam2-config", default="sam2_hiera_t",
-                   help=f"one of {', '.join(SAM2_CONFIGS)} or a yaml path "
-                        f"(published model: {DEFAULT_SAM2_CONFIG})")
-    c.add_argument("--sam2-checkpoint", help="Meta SAM2 checkpoint (path, URL or registry name)")
-    c.add_argument("--fuser-checkpoint", help="AuralSAM2 fuser checkpoint")
-    c.add_argument("--image-size", type=int, default=256,
-                   help="SAM2 input size (published: 1024; default small for a quick check)")
+    model_options(c, image_size=256)
     c.add_argument("--frames", type=int, default=5, help="clip length T (authors: 5)")
-    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    c.add_argument("--mask-choice", default="iou_select", choices=MASK_CHOICES)
     c.set_defaults(func=cmd_check)
+
+    pl = sub.add_parser("prelabel", help="pre-label videos: one results JSON per video")
+    pl.add_argument("videos", nargs="+", help="video files (any container/codec FFmpeg reads)")
+    pl.add_argument("--out", required=True, help="results directory (created if needed)")
+    model_options(pl, image_size=1024)
+    pl.add_argument("--clip-len", type=int, default=5, help="frames per fuser clip (authors: 5)")
+    pl.add_argument("--stride", type=int, default=1, help="pre-label every N-th frame")
+    pl.add_argument("--no-audio", choices=("error", "silent"), default="error",
+                    help="video without audio: error (default) or mark every frame silent")
+    pl.add_argument("--png-masks", action="store_true", help="also write one PNG per frame")
+    pl.add_argument("--overlay", action="store_true",
+                    help="also write a review video (tinted masks, original audio)")
+    pl.add_argument("--timeline", action="store_true", help="also write a timeline plot PNG")
+    pl.add_argument("--enter", type=float, default=0.6, help="interval starts at p >= this")
+    pl.add_argument("--exit", type=float, default=0.4, help="interval ends at p < this")
+    pl.add_argument("--min-frames", type=int, default=1, help="shortest interval kept")
+    pl.add_argument("--overwrite", action="store_true", help="redo videos already finished")
+    pl.add_argument("--quiet", action="store_true", help="no progress bar")
+    pl.set_defaults(func=cmd_prelabel)
 
     w = sub.add_parser("weights", help="list the known weight files and the cache")
     w.set_defaults(func=cmd_weights)

@@ -115,6 +115,7 @@ class AuralSAM2(nn.Module):
         self.sam2 = sam2
         self.fuser = fuser
         self.mask_choice = mask_choice
+        self.meta: dict = {}  # provenance (config, checkpoints), filled by build_auralsam2
         self._transformer = install_prompted_transformer(sam2.sam_mask_decoder)
         # As published: always 3 candidate masks, and the memory encoder sees the binarised
         # prediction at eval (the authors' build sets this flag and marks masks "from points").

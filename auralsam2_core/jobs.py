@@ -1,0 +1,106 @@
+"""Pre-label many videos into a results directory: resume, progress, per-video isolation.
+
+This is what ``auralsam2 prelabel`` runs; adapters that want files rather than a stream of
+:class:`~auralsam2_core.engine.FrameResult` call it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .engine import PrelabelOptions, prelabel
+from .media import MediaError, probe
+from .model import AuralSAM2
+from .results import Hysteresis, ResultsWriter, video_record
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    png_masks: bool = False
+    overlay: bool = False
+    timeline: bool = False
+    overwrite: bool = False  # re-run videos whose results already exist
+    hysteresis: Hysteresis = field(default_factory=Hysteresis)
+
+
+@dataclass
+class VideoOutcome:
+    video: Path
+    status: str  # "done", "skipped" (already complete) or "failed"
+    results: Path | None = None
+    error: str | None = None
+
+
+def output_names(videos: list[Path]) -> list[str]:
+    """Readable, unique result names: the file stem, plus a short path hash on collisions."""
+    stems = [v.stem for v in videos]
+    names = []
+    for v, stem in zip(videos, stems, strict=True):
+        if stems.count(stem) > 1:
+            stem = f"{stem}-{hashlib.sha1(str(v.resolve()).encode()).hexdigest()[:8]}"
+        names.append(stem)
+    return names
+
+
+def prelabel_videos(model: AuralSAM2, videos: list[str | os.PathLike],
+                    out_dir: str | os.PathLike, options: PrelabelOptions | None = None,
+                    outputs: OutputOptions | None = None, *, progress: bool = True
+                    ) -> list[VideoOutcome]:
+    """Pre-label each video into ``out_dir/<name>.json`` (+ optional renders).
+
+    A video that fails (corrupt, no audio...) is reported and the others still run.
+    """
+    opts = options or PrelabelOptions()
+    outs = outputs or OutputOptions()
+    paths = [Path(v) for v in videos]
+    outcomes = []
+    for path, name in zip(paths, output_names(paths), strict=True):
+        writer = ResultsWriter(out_dir, name)
+        if writer.is_complete() and not outs.overwrite:
+            outcomes.append(VideoOutcome(path, "skipped", writer.final))
+            continue
+        try:
+            doc = _run_one(model, path, writer, opts, outs, progress)
+        except (MediaError, ValueError, RuntimeError) as e:
+            writer.partial.unlink(missing_ok=True)
+            outcomes.append(VideoOutcome(path, "failed", error=str(e)))
+            print(f"auralsam2: {path}: {e}", file=sys.stderr)
+            continue
+        _render(path, doc, writer, outs)
+        outcomes.append(VideoOutcome(path, "done", writer.final))
+    return outcomes
+
+
+def _run_one(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
+             outs: OutputOptions, progress: bool) -> dict:
+    info = probe(path)
+    total = None
+    if info.num_frames:
+        total = -(-info.num_frames // opts.stride)
+    bar = tqdm(total=total, unit="frame", desc=path.name, disable=not progress,
+               dynamic_ncols=True, leave=True)
+    with writer, bar:
+        for result in prelabel(model, path, opts, info=info):
+            writer.add(result)
+            bar.update(1)
+        model_meta = {**model.meta, "clip_len": opts.clip_len, "stride": opts.stride,
+                      "no_audio": opts.no_audio}
+        return writer.finish(video_record(info), model_meta, outs.hysteresis)
+
+
+def _render(path: Path, doc: dict, writer: ResultsWriter, outs: OutputOptions) -> None:
+    from .review import write_overlay, write_png_masks, write_timeline
+
+    stem = writer.final.with_suffix("")
+    if outs.png_masks:
+        write_png_masks(doc, f"{stem}_masks")
+    if outs.timeline:
+        write_timeline(doc, f"{stem}_timeline.png")
+    if outs.overlay:
+        write_overlay(path, doc, f"{stem}_overlay.mp4")

@@ -1,0 +1,103 @@
+"""Things a reviewer looks at: PNG masks, a tinted overlay video with the original sound, and
+a sounding timeline plot. All are rendered from a results document, after the run."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from .media import iter_frames
+from .results import frame_masks
+from .rle import decode
+
+TINT = np.array([255, 40, 40], np.float32)  # red
+ALPHA = 0.45
+
+
+def write_png_masks(doc: dict, out_dir: str | os.PathLike) -> Path:
+    """One 0/255 PNG per pre-labelled frame: ``<out_dir>/<frame index, 6 digits>.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for index, mask in frame_masks(doc):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{index:06d}.png")
+    return out
+
+
+def _even(n: int) -> int:
+    return max(2, n - n % 2)
+
+
+def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLike, *,
+                  max_side: int = 1280) -> Path:
+    """H.264 review video: masks tinted red, the sounding probability as a bar at the top,
+    and the source's audio stream copied in unchanged (no re-encoding)."""
+    masks = {f["index"]: f for f in doc["frames"]}
+    width, height = doc["video"]["width"], doc["video"]["height"]
+    scale = min(1.0, max_side / max(width, height))
+    w, h = _even(round(width * scale)), _even(round(height * scale))
+    fps = doc["video"]["fps"] or 25.0
+    out_path = Path(out_path)
+    tmp = out_path.with_suffix(".tmp.mp4")
+    with av.open(str(video)) as src, av.open(str(tmp), "w") as dst:
+        vs = dst.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"crf": "23", "preset": "veryfast"}
+        audio_in = src.streams.audio[0] if src.streams.audio else None
+        audio_out = dst.add_stream_from_template(audio_in) if audio_in is not None else None
+        for frame in iter_frames(video, fps_hint=fps):
+            img = np.asarray(Image.fromarray(frame.rgb).resize((w, h), Image.BILINEAR),
+                             np.float32)
+            rec = masks.get(frame.index)
+            if rec is not None:
+                m = np.asarray(Image.fromarray(decode(rec["mask"])).resize((w, h)), bool)
+                img[m] = img[m] * (1 - ALPHA) + TINT * ALPHA
+                bar = int(round(rec["sounding_prob"] * w))
+                img[: max(2, h // 60), :bar] = TINT
+            vf = av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")
+            vf.pts = None
+            for packet in vs.encode(vf):
+                dst.mux(packet)
+        for packet in vs.encode():
+            dst.mux(packet)
+        if audio_out is not None:
+            for packet in src.demux(audio_in):
+                if packet.dts is None:
+                    continue
+                packet.stream = audio_out
+                dst.mux(packet)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def write_timeline(doc: dict, out_path: str | os.PathLike) -> Path:
+    """PNG plot of the sounding probability over time with the detected intervals shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    times = [f["time"] for f in doc["frames"]]
+    probs = [f["sounding_prob"] for f in doc["frames"]]
+    fig, ax = plt.subplots(figsize=(10, 2.6), dpi=100)
+    for iv in doc["intervals"]:
+        ax.axvspan(iv["start_time"], iv["end_time"], color="tab:red", alpha=0.18, lw=0)
+    ax.plot(times, probs, color="tab:red", lw=1.2, label="sounding probability")
+    rule = doc.get("hysteresis", {})
+    for y in (rule.get("enter"), rule.get("exit")):
+        if y is not None:
+            ax.axhline(y, color="grey", lw=0.6, ls="--")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, max(times[-1] if times else 0, doc["video"].get("duration") or 0) or 1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("p(sounding)")
+    ax.set_title(f"{doc['video']['name']}: {len(doc['intervals'])} sounding interval(s)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return Path(out_path)
