@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from sam2.modeling.position_encoding import PositionEmbeddingSine
 from torch import nn
 
+from .tiny_audio import TinyAudioEncoder
 from .vggish import VGGish
 
 #: The released AVS configuration, under the authors' names (official_arch.json).
@@ -37,7 +38,7 @@ OFFICIAL_AVS_CONFIG: dict[str, Any] = {
     },
 }
 
-CHANNELS = 256  # FPN width of every SAM2 config and the fuser's width (fixed by the design)
+CHANNELS = 256  # FPN width of every shipped SAM2 config, and the released fuser's width
 AUDIO_LEVEL_DEPTH = 3  # audio blocks per level, hard-coded by the authors
 
 
@@ -57,14 +58,16 @@ def _init_block_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check_block_kw(kw: Mapping[str, Any]) -> dict[str, Any]:
+def _check_block_kw(kw: Mapping[str, Any], dim: int) -> dict[str, Any]:
     kw = dict(kw)
     if kw.pop("linear", False):
         raise ValueError("linear=True (PVTv2-li attention) is not part of AuralSAM2")
     if kw.pop("drop_path", 0.0):
         raise ValueError("drop_path > 0 is not supported (the released configuration uses 0)")
-    if kw.get("dim", CHANNELS) != CHANNELS:
-        raise ValueError(f"block dim must be {CHANNELS} (the SAM2 FPN width)")
+    kw.setdefault("dim", dim)
+    if kw["dim"] != dim:
+        raise ValueError(f"block dim {kw['dim']} must equal the fuser width {dim} "
+                         "(the SAM2 FPN width)")
     return kw
 
 
@@ -183,8 +186,8 @@ class AudioVisualFusion(nn.Module):
         super().__init__()
         inter = channels // 2
         self.inter = inter
-        self.align_channel = nn.Conv1d(CHANNELS, channels, 1)
-        self.align_channel_back = nn.Conv1d(channels, 128, 1)  # unused
+        self.align_channel = nn.Conv1d(channels, channels, 1)
+        self.align_channel_back = nn.Conv1d(channels, inter, 1)  # unused
         self.norm_layer = nn.LayerNorm(channels)
         self.g = nn.Conv3d(channels, inter, 1)  # unused
         self.W_z = nn.Sequential(nn.Conv3d(inter, channels, 1), nn.BatchNorm3d(channels))
@@ -256,55 +259,80 @@ class AuralFuser(nn.Module):
     Outputs depend on the whole batch (all ``N`` frames are mixed in the audio blocks and the
     fusion modules), exactly as in the authors' code: feed one clip (``N = T``) at a time to
     reproduce their numbers.
+
+    The defaults are the released model. ``dim``, ``audio_depth`` and ``audio_encoder="tiny"``
+    are our extensions for compact models (the bundled demo model): the same architecture at
+    another width (SAM2's FPN width), with a small conv audio encoder instead of VGGish.
     """
 
     def __init__(self, patch_cfgs: Sequence[Sequence[int]] = ((4, 4), (2, 2), (1, 1)),
                  f_depths: Sequence[int] = (3, 6, 12),
                  block_kw: Mapping[str, Any] | None = None,
                  one_d_kw: Mapping[str, Any] | None = None,
-                 freeze_vggish: bool = True) -> None:
+                 freeze_vggish: bool = True, *, dim: int = CHANNELS,
+                 audio_depth: int = AUDIO_LEVEL_DEPTH,
+                 audio_encoder: str = "vggish") -> None:
         super().__init__()
         if len(patch_cfgs) != len(f_depths):
             raise ValueError("patch_cfgs and f_depths must have one entry per FPN level")
-        block_kw = _check_block_kw(block_kw or OFFICIAL_AVS_CONFIG["block_kw"])
-        one_d_kw = _check_block_kw(one_d_kw or OFFICIAL_AVS_CONFIG["one_d_kw"])
-        self.vgg = VGGish()
-        if freeze_vggish:
-            self.vgg.requires_grad_(False)
-        self.position_encoding = PositionEmbeddingSine(CHANNELS, normalize=True,
-                                                       warmup_cache=False)
+        if dim % 2:
+            raise ValueError(f"dim must be even, got {dim}")
+        self.dim = dim
+        block_kw = _check_block_kw(block_kw or OFFICIAL_AVS_CONFIG["block_kw"], dim)
+        one_d_kw = _check_block_kw(one_d_kw or OFFICIAL_AVS_CONFIG["one_d_kw"], dim)
+        if audio_encoder == "vggish":
+            if dim != 2 * 128:
+                raise ValueError("VGGish gives 2 x 128 = 256 audio channels; use dim=256 or "
+                                 "audio_encoder='tiny'")
+            self.vgg = VGGish()
+            if freeze_vggish:
+                self.vgg.requires_grad_(False)
+        elif audio_encoder == "tiny":
+            self.audio_encoder = TinyAudioEncoder(dim // 2)
+        else:
+            raise ValueError(f"audio_encoder must be 'vggish' or 'tiny', got {audio_encoder!r}")
+        self.position_encoding = PositionEmbeddingSine(dim, normalize=True, warmup_cache=False)
         levels = len(f_depths)
         self.patch_embeds = nn.ModuleList(
-            nn.Conv2d(CHANNELS, CHANNELS, kernel_size=k, stride=s) for k, s in patch_cfgs)
+            nn.Conv2d(dim, dim, kernel_size=k, stride=s) for k, s in patch_cfgs)
         self.f_blocks = nn.ModuleList(
             nn.ModuleList(Block(**block_kw) for _ in range(depth)) for depth in f_depths)
         self.a_blocks = nn.ModuleList(
-            nn.ModuleList(Block(**one_d_kw, spatial=False) for _ in range(AUDIO_LEVEL_DEPTH))
+            nn.ModuleList(Block(**one_d_kw, spatial=False) for _ in range(audio_depth))
             for _ in range(levels))
-        self.fusion_modules = nn.ModuleList(AudioVisualFusion() for _ in range(levels))
+        self.fusion_modules = nn.ModuleList(AudioVisualFusion(dim) for _ in range(levels))
         self.smooth_convs = nn.ModuleList(
-            nn.Conv2d(CHANNELS, CHANNELS, kernel_size=1) for _ in range(levels - 1))
-        self.train_proj_v1 = ProjectionHead(CHANNELS, 128, one_d=False)
-        self.train_proj_a1 = ProjectionHead(CHANNELS, 128, one_d=True)
+            nn.Conv2d(dim, dim, kernel_size=1) for _ in range(levels - 1))
+        self.train_proj_v1 = ProjectionHead(dim, dim // 2, one_d=False)
+        self.train_proj_a1 = ProjectionHead(dim, dim // 2, one_d=True)
+
+    #: Our extension keys, accepted next to the authors' names in config dicts.
+    EXTENSION_KEYS = ("dim", "audio_depth", "audio_encoder")
 
     @classmethod
     def from_official_config(cls, cfg: Mapping[str, Any] | None = None, **kwargs) -> AuralFuser:
         """Build from a dict under the authors' names (``official_arch.json["aural_fuser"]``);
-        no argument gives the released AVS configuration."""
+        no argument gives the released AVS configuration. Our extension keys ``dim``,
+        ``audio_depth`` and ``audio_encoder`` may appear too (compact models)."""
         cfg = dict(OFFICIAL_AVS_CONFIG if cfg is None else cfg)
-        unknown = set(cfg) - {"patch_cfgs", "f_depths", "block_kw", "one_d_kw"}
+        unknown = set(cfg) - {"patch_cfgs", "f_depths", "block_kw", "one_d_kw",
+                              *cls.EXTENSION_KEYS}
         if unknown:
             raise ValueError(f"unknown AuralFuser config keys: {sorted(unknown)}")
+        extra = {k: cfg[k] for k in cls.EXTENSION_KEYS if k in cfg}
         return cls(patch_cfgs=cfg.get("patch_cfgs", OFFICIAL_AVS_CONFIG["patch_cfgs"]),
                    f_depths=cfg.get("f_depths", OFFICIAL_AVS_CONFIG["f_depths"]),
-                   block_kw=cfg.get("block_kw"), one_d_kw=cfg.get("one_d_kw"), **kwargs)
+                   block_kw=cfg.get("block_kw"), one_d_kw=cfg.get("one_d_kw"),
+                   **extra, **kwargs)
 
     def embed_audio(self, log_mel: torch.Tensor) -> torch.Tensor:
-        """(N, 2, 96, 64) -> (N, 256): VGGish on left and right separately, concatenated."""
+        """(N, 2, 96, 64) -> (N, dim): VGGish (or the tiny encoder) on left and right
+        separately, concatenated [L, R]."""
         if log_mel.dim() != 4 or log_mel.shape[1] != 2:
             raise ValueError(f"log_mel must be (N, 2, 96, 64), got {tuple(log_mel.shape)}")
         n = log_mel.shape[0]
-        emb = self.vgg(log_mel.transpose(0, 1).reshape(2 * n, 1, *log_mel.shape[2:]))
+        encoder = self.vgg if hasattr(self, "vgg") else self.audio_encoder
+        emb = encoder(log_mel.transpose(0, 1).reshape(2 * n, 1, *log_mel.shape[2:]))
         return torch.cat([emb[:n], emb[n:]], dim=-1)
 
     def forward(self, backbone_fpn: Sequence[torch.Tensor], log_mel: torch.Tensor, *,

@@ -52,7 +52,7 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
         raise MediaError(f"{p} is empty (0 bytes)")
     try:
         return av.open(str(p))
-    except (av.error.InvalidDataError, av.error.ValueError) as e:
+    except av.error.InvalidDataError as e:
         raise MediaError(f"{p} is not a readable media file ({e})") from e
     except av.error.FFmpegError as e:
         raise MediaError(f"cannot open {p}: {e}") from e

@@ -32,7 +32,6 @@ counts of the ``>=`` comparisons, vectorised over all thresholds, with memory O(
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ PR_EPS = 1e-20
 #: Probabilities within this distance outside [0, 1] are accepted (and clamped).
 PROB_TOLERANCE = 1e-6
 #: Pixels per chunk when histogramming threshold indices (bounds the int64 index buffer).
-_CHUNK_PIXELS = 1 << 24
+_CHUNK_PIXELS = 1 << 22
 
 
 def f_thresholds() -> torch.Tensor:
@@ -127,7 +126,7 @@ def _check_prob(prob: Any, gt: Any, what: str, logits: bool) -> tuple[torch.Tens
                              f"[{lo:.6g}, {hi:.6g}] (pass logits=True for raw logits)")
         p = p.clamp(0, 1)
     if g.dtype != torch.bool:
-        if torch.isnan(g.float()).any() if g.is_floating_point() else False:
+        if g.is_floating_point() and torch.isnan(g).any():
             raise ValueError(f"{what}: ground truth contains NaN")
         bad = (g != 0) & (g != 1)
         if bad.any():
@@ -136,6 +135,11 @@ def _check_prob(prob: Any, gt: Any, what: str, logits: bool) -> tuple[torch.Tens
                              f"{vals}; 0/255 masks must be divided by 255 first")
         g = g != 0
     return p, g
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
 
 
 def _normalise_inputs(probs: Any, gts: Any, names: Sequence[str] | None
@@ -232,7 +236,7 @@ def _video_stats(p: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> _Video
                        union=int(union.sum()), frames=t, empty_gt_frames=int(empty.sum()))
 
 
-def _mean_curve(curves: Iterable[torch.Tensor], dtype: torch.dtype) -> torch.Tensor | None:
+def _mean_curve(curves: Iterable[torch.Tensor]) -> torch.Tensor | None:
     """Running-sum mean of F curves, frame by frame like the reference (float32 rounding)."""
     acc, n = None, 0
     for c in curves:
@@ -241,8 +245,8 @@ def _mean_curve(curves: Iterable[torch.Tensor], dtype: torch.dtype) -> torch.Ten
     return None if acc is None else acc / n
 
 
-def _f_from_curves(curves: torch.Tensor, dtype: torch.dtype) -> float:
-    mean = _mean_curve(curves, dtype)
+def _f_from_curves(curves: Iterable[torch.Tensor]) -> float:
+    mean = _mean_curve(curves)
     return 0.0 if mean is None else float(mean.max().item())
 
 
@@ -253,6 +257,7 @@ def video_j(probs: Any, gt: Any, *, logits: bool = False,
             dtype: torch.dtype = torch.float32) -> float:
     """Official per-video J: mean over frames of the IoU of ``prob > 0.5`` (empty-GT frames
     score the background IoU). ``probs``/``gt``: ``(T, H, W)``."""
+    _check_dtype(dtype)
     p, g = _check_prob(probs, gt, "video", logits)
     return float(_video_stats(p, g, dtype).j.item())
 
@@ -261,8 +266,9 @@ def video_f_curve(probs: Any, gt: Any, *, logits: bool = False,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Mean F curve ``(255,)`` over the video's non-empty-GT frames (zeros if none); its max
     is :func:`video_f`. Useful for plots and for checking threshold behaviour."""
+    _check_dtype(dtype)
     p, g = _check_prob(probs, gt, "video", logits)
-    mean = _mean_curve(_video_stats(p, g, dtype).f_curves, dtype)
+    mean = _mean_curve(_video_stats(p, g, dtype).f_curves)
     return torch.zeros(NUM_THRESHOLDS, dtype=dtype) if mean is None else mean.cpu()
 
 
@@ -270,8 +276,9 @@ def video_f(probs: Any, gt: Any, *, logits: bool = False,
             dtype: torch.dtype = torch.float32) -> float:
     """Official per-video F: max over the 255 thresholds of the frame-averaged F curve; 0.0 when
     every ground-truth frame is empty."""
+    _check_dtype(dtype)
     p, g = _check_prob(probs, gt, "video", logits)
-    return _f_from_curves(_video_stats(p, g, dtype).f_curves, dtype)
+    return _f_from_curves(_video_stats(p, g, dtype).f_curves)
 
 
 # --------------------------------------------------------------------------- dataset level
@@ -324,8 +331,7 @@ class MetricsAccumulator:
     """
 
     def __init__(self, *, logits: bool = False, dtype: torch.dtype = torch.float32) -> None:
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        _check_dtype(dtype)
         self.logits = logits
         self.dtype = dtype
         self._j_values: list[torch.Tensor] = []
@@ -341,7 +347,7 @@ class MetricsAccumulator:
         name = f"video_{index}" if name is None else str(name)
         p, g = _check_prob(probs, gt, _label(index, name), self.logits)
         st = _video_stats(p, g, self.dtype)
-        f = _f_from_curves(st.f_curves, self.dtype)
+        f = _f_from_curves(st.f_curves)
         self._j_values.append(st.j.detach().cpu())
         self._f_values.append(f)
         self._curves.extend(st.f_curves.detach().cpu())
@@ -366,7 +372,7 @@ class MetricsAccumulator:
             J=float((j_sum / n).item()),
             F=f_sum / n,
             dataset_J=_pooled_iou(self._inter, self._union),
-            dataset_F=_f_from_curves(self._curves, self.dtype),
+            dataset_F=_f_from_curves(self._curves),
             per_video=list(self.per_video),
         )
 
@@ -574,7 +580,3 @@ def evaluate_dirs(pred_root: str | Path, gt_root: str | Path, *,
     for name, pred, gt in _iter_dir_pairs(pairs, pred_scale):
         acc.add(pred, gt, name)
     return acc.report()
-
-
-def _is_finite(x: float) -> bool:  # pragma: no cover - tiny helper kept for callers
-    return math.isfinite(x)

@@ -109,9 +109,10 @@ class AuralSAM2(nn.Module):
         super().__init__()
         if mask_choice not in MASK_CHOICES:
             raise ValueError(f"mask_choice must be one of {MASK_CHOICES}, got {mask_choice!r}")
-        if sam2.hidden_dim != 256 or sam2.num_feature_levels != 3:
-            raise ValueError("AuralSAM2 needs a SAM2 with 256-d features and 3 FPN levels "
-                             f"(got {sam2.hidden_dim}-d, {sam2.num_feature_levels} levels)")
+        if sam2.hidden_dim != fuser.dim or sam2.num_feature_levels != 3:
+            raise ValueError(f"AuralSAM2 needs a SAM2 with {fuser.dim}-d features (the fuser's "
+                             f"width) and 3 FPN levels (got {sam2.hidden_dim}-d, "
+                             f"{sam2.num_feature_levels} levels)")
         self.sam2 = sam2
         self.fuser = fuser
         self.mask_choice = mask_choice

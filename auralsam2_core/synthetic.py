@@ -39,7 +39,9 @@ import numpy as np
 __all__ = [
     "SHAPES",
     "SIGNATURE_HZ",
+    "SCHEDULES",
     "SyntheticClip",
+    "clip_meta",
     "make_clip",
     "make_dataset",
     "silence",
@@ -163,7 +165,8 @@ def _sample_scene(seed: int, num_objects: int | None, h: int, w: int, noise_leve
     radius = rng.uniform(*_RADIUS_RANGE, size=k) * min(h, w)
     colours = np.stack([_random_colour(rng, base) for _ in range(k)])
     order = rng.permutation(k)
-    freq = np.stack([rng.uniform(0.08, 0.35, (k, 2)), rng.uniform(0.3, 0.9, (k, 2))], axis=2)
+    # Slow + faster term; peak speed <= 2 pi (0.35 * 0.25 + 0.15 * 0.5) ~ 1 travel range / s.
+    freq = np.stack([rng.uniform(0.05, 0.25, (k, 2)), rng.uniform(0.15, 0.5, (k, 2))], axis=2)
     phase = rng.uniform(0, 2 * np.pi, (k, 2, 2))
     motion = np.stack([freq, phase], axis=3)  # (K, axis, term, (f, phase))
     spin = np.stack([rng.uniform(0, 2 * np.pi, k), rng.uniform(-1.0, 1.0, k)], axis=1)
