@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 
@@ -16,14 +17,12 @@ def _sdpa_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
 
 
 # PyTorch counts no FLOPs for the CPU flash-attention kernel (PERFORMANCE.md): register one.
-try:
+with contextlib.suppress(RuntimeError, ValueError):  # already registered (a newer torch)
     register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)(
         lambda query, key, value, *a, out_val=None, **k: _sdpa_flops(
             query.shape if hasattr(query, "shape") else query,
             key.shape if hasattr(key, "shape") else key,
             value.shape if hasattr(value, "shape") else value))
-except (RuntimeError, ValueError):  # already registered (a newer torch)
-    pass
 
 
 def count_flops(fn) -> int:

@@ -1,0 +1,76 @@
+"""Peak memory of pre-labelling a long video vs a short one (target ratio <= 1.1).
+
+Each length runs in its own process (peak RSS is per process), through the same path as
+``auralsam2 prelabel`` (engine + results writer). Prints both peaks and their ratio, and the
+frames/s. Baseline: SAM2's own video predictor grows 11.7 MiB per frame (PERFORMANCE.md).
+
+    .venv/bin/python benchmarks/bench_memory.py --long 600 --short 30 --fps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import make_video  # noqa: E402
+
+
+def _child(args) -> None:
+    import torch
+
+    from auralsam2_core.build import build_auralsam2
+    from auralsam2_core.jobs import OutputOptions, prelabel_videos
+
+    torch.manual_seed(0)
+    fuser_config = json.loads(args.fuser_config) if args.fuser_config else None
+    model = build_auralsam2(args.config, image_size=args.size, fuser_config=fuser_config,
+                            device="cpu")
+    out = Path(tempfile.mkdtemp(prefix="auralsam2-mem-"))
+    t0 = time.perf_counter()
+    prelabel_videos(model, [args.child], out, outputs=OutputOptions(overwrite=True),
+                    progress=False)
+    doc = json.loads((out / f"{Path(args.child).stem}.json").read_text())
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"frames": doc["summary"]["frames"], "peak_mib": peak_mib,
+                      "seconds": time.perf_counter() - t0}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--long", type=float, default=600.0, help="seconds")
+    p.add_argument("--short", type=float, default=30.0, help="seconds")
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--config", default="sam2.1_hiera_t")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--fuser-config", default='{"f_depths": [1, 1, 1]}',
+                   help="JSON fuser config (small by default: this measures memory)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return _child(args)
+
+    tmp = Path(tempfile.gettempdir()) / "auralsam2-bench"
+    results = {}
+    for label, seconds in (("short", args.short), ("long", args.long)):
+        video = make_video(tmp / f"mem_{seconds:g}s_{args.fps}fps.mp4", seconds, args.fps,
+                           size="160x120")
+        cmd = [sys.executable, __file__, "--child", str(video), "--config", args.config,
+               "--size", str(args.size), "--fuser-config", args.fuser_config]
+        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[label] = json.loads(line.strip().splitlines()[-1])
+        r = results[label]
+        print(f"{label:5s} {seconds:6g}s: {r['frames']} frames, peak RSS {r['peak_mib']:.0f} MiB, "
+              f"{r['frames'] / r['seconds']:.1f} frames/s", flush=True)
+    ratio = results["long"]["peak_mib"] / results["short"]["peak_mib"]
+    print(f"peak RSS long / short: {ratio:.3f} (target <= 1.1)")
+
+
+if __name__ == "__main__":
+    main()
