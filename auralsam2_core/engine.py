@@ -153,11 +153,18 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
         return
     track = AudioTrack.from_file(video)
     state = model.new_state(num_frames=info.num_frames)
-    shape = (info.height, info.width)
+    clips = _Producer(video, model.image_size, opts, info.fps).clips()
+    try:
+        yield from _label_clips(model, clips, track, state, (info.height, info.width),
+                                on_progress)
+    finally:
+        clips.close()  # stops the decoding thread even if the caller gives up early
+
+
+def _label_clips(model, clips, track, state, shape, on_progress) -> Iterator[FrameResult]:
     done = 0
     prev: torch.Tensor | None = None
-    producer = _Producer(video, model.image_size, opts, info.fps)
-    for indices, times, clip in producer.clips():
+    for indices, times, clip in clips:
         with torch.inference_mode():
             out = model.forward_clip(clip.to(model.device), track.examples_at(times).to(
                 model.device), state)

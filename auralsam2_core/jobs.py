@@ -72,7 +72,13 @@ def prelabel_videos(model: AuralSAM2, videos: list[str | os.PathLike],
             outcomes.append(VideoOutcome(path, "failed", error=str(e)))
             print(f"auralsam2: {path}: {e}", file=sys.stderr)
             continue
-        _render(path, doc, writer, outs)
+        try:
+            _render(path, doc, writer, outs)
+        except (MediaError, ValueError, RuntimeError, OSError) as e:  # results are kept
+            outcomes.append(VideoOutcome(path, "failed", writer.final,
+                                         error=f"results written, but rendering failed: {e}"))
+            print(f"auralsam2: {path}: rendering failed: {e}", file=sys.stderr)
+            continue
         outcomes.append(VideoOutcome(path, "done", writer.final))
     return outcomes
 

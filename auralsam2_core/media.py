@@ -6,7 +6,9 @@ to the model's input size), and audio is decoded in chunks, converted to stereo,
 
 Channel policy: stereo is kept as is; mono is duplicated to left and right; more channels are
 downmixed to left/right (left-side channels to L, right-side to R, centre and unpaired
-channels at -3 dB to both, LFE dropped; each output normalised so its weights sum to 1).
+channels at -3 dB to both, LFE dropped; each output normalised so its weights sum to 1); a
+track that does not name its channels (PCM in Matroska, plain WAV) gets FFmpeg's default
+layout for its channel count, as the ffmpeg command line does.
 """
 
 from __future__ import annotations
@@ -51,21 +53,25 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
     if p.stat().st_size == 0:
         raise MediaError(f"{p} is empty (0 bytes)")
     try:
-        return av.open(str(p))
+        c = av.open(str(p))
     except av.error.InvalidDataError as e:
         raise MediaError(f"{p} is not a readable media file ({e})") from e
     except av.error.FFmpegError as e:
         raise MediaError(f"cannot open {p}: {e}") from e
+    if c.format.name == "tty":  # FFmpeg renders .txt/.nfo/.ans files as ANSI-art "video"
+        c.close()
+        raise MediaError(f"{p} is a text file, not a video")
+    return c
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Describe a video file, or raise :class:`MediaError` saying what is wrong with it."""
     p = Path(path)
     with _open(p) as c:
-        if not c.streams.video:
-            kinds = ", ".join(s.type for s in c.streams) or "no streams"
-            raise MediaError(f"{p} has no video stream ({kinds})")
-        v = c.streams.video[0]
+        v = video_stream(c)
+        if v is None:
+            kinds = ", ".join("cover art" if _is_cover(s) else s.type for s in c.streams)
+            raise MediaError(f"{p} has no video stream ({kinds or 'no streams'})")
         rotation = _first_frame_rotation(c, v)
         width, height = v.codec_context.width, v.codec_context.height
         if rotation in (90, 270):
@@ -84,6 +90,17 @@ def probe(path: str | os.PathLike) -> MediaInfo:
             audio_sample_rate=a.codec_context.sample_rate if a else None,
             audio_channels=a.codec_context.channels if a else None,
         )
+
+
+def _is_cover(stream) -> bool:
+    return stream.type == "video" and bool(stream.disposition
+                                           & av.stream.Disposition.attached_pic)
+
+
+def video_stream(container: av.container.InputContainer):
+    """The first real video stream: embedded cover art / thumbnails (attached pictures,
+    as in music files or downloaded MP4s) are not the video. None when there is none."""
+    return next((s for s in container.streams.video if not _is_cover(s)), None)
 
 
 def _first_frame_rotation(container, stream) -> int:
@@ -114,9 +131,9 @@ def iter_frames(path: str | os.PathLike, *, size: int | None = None, stride: int
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     with _open(path) as c:
-        if not c.streams.video:
+        v = video_stream(c)
+        if v is None:
             raise MediaError(f"{path} has no video stream")
-        v = c.streams.video[0]
         v.thread_type = "AUTO"
         start = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
         index = 0
@@ -171,6 +188,18 @@ def downmix_weights(channel_names: list[str]) -> np.ndarray:
         else:  # centre and anything unpaired
             w[:, i] = math.sqrt(0.5)
     return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-6)
+
+
+def _channel_names(layout: av.AudioLayout) -> list[str]:
+    """The layout's channel names; an unspecified order (PCM in Matroska or plain WAV says
+    only "6 channels") gets FFmpeg's default layout for that count, as the ffmpeg CLI does."""
+    names = [ch.name for ch in layout.channels]
+    if "NONE" in names and len(names) > 2:
+        try:
+            return [ch.name for ch in av.AudioLayout(f"{len(names)}c").channels]
+        except ValueError:  # no default layout for this count: all channels to both sides
+            pass
+    return names
 
 
 class _Resampler16k:
@@ -228,25 +257,59 @@ class _Resampler16k:
 
 def iter_audio_16k(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """Yield the first audio track as ``(2, n)`` float32 chunks at 16 kHz (channel policy
-    above). Raises :class:`MediaError` when there is no audio track."""
+    above). Raises :class:`MediaError` when there is no audio track.
+
+    Sample 0 is at the video stream's start (the time origin of :func:`iter_frames`): audio
+    that starts later (an ``-itsoffset``, a delayed track) is preceded by silence and audio
+    from before the video starts is dropped, so sound and picture line up as in a player."""
     with _open(path) as c:
         if not c.streams.audio:
             raise MediaError(f"{path} has no audio track")
         a = c.streams.audio[0]
         if not a.codec_context.sample_rate:
             raise MediaError(f"{path}: audio track has no sample rate")
-        to_float = av.AudioResampler(format="fltp")
-        resampler: _Resampler16k | None = None
-        weights = None
-        try:
-            for frame in c.decode(a):
-                for f in to_float.resample(frame):
-                    if resampler is None:
-                        resampler = _Resampler16k(f.sample_rate)
-                        weights = downmix_weights([ch.name for ch in f.layout.channels])
-                    pcm = f.to_ndarray().astype(np.float32, copy=False)
-                    yield from resampler.push(weights @ pcm)
-        except av.error.FFmpegError:
-            pass  # truncated audio: keep what decoded
-        if resampler is not None:
-            yield from resampler.finish()
+        shift = 0
+        if video_stream(c) is not None:
+            offset = _start_seconds(a) - _start_seconds(video_stream(c))
+            shift = round(offset * VGGISH_SAMPLE_RATE)
+        yield from _shifted(_decode_16k(c, a), shift)
+
+
+def _start_seconds(stream) -> float:
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def _shifted(chunks: Iterator[np.ndarray], shift: int) -> Iterator[np.ndarray]:
+    """Delay ``(2, n)`` chunks by ``shift`` samples (silence first) or drop the first
+    ``-shift`` samples."""
+    while shift > 0:  # in bounded blocks: a broken timestamp must not allocate gigabytes
+        n = min(shift, 60 * VGGISH_SAMPLE_RATE)
+        yield np.zeros((2, n), np.float32)
+        shift -= n
+    drop = -shift
+    for chunk in chunks:
+        if drop:
+            cut = min(drop, chunk.shape[1])
+            chunk, drop = chunk[:, cut:], drop - cut
+        if chunk.shape[1]:
+            yield chunk
+
+
+def _decode_16k(c: av.container.InputContainer, a) -> Iterator[np.ndarray]:
+    to_float = av.AudioResampler(format="fltp")
+    resampler: _Resampler16k | None = None
+    weights = None
+    try:
+        for frame in c.decode(a):
+            for f in to_float.resample(frame):
+                if resampler is None:
+                    resampler = _Resampler16k(f.sample_rate)
+                    weights = downmix_weights(_channel_names(f.layout))
+                pcm = f.to_ndarray().astype(np.float32, copy=False)
+                yield from resampler.push(weights @ pcm)
+    except av.error.FFmpegError:
+        pass  # truncated audio: keep what decoded
+    if resampler is not None:
+        yield from resampler.finish()

@@ -56,11 +56,13 @@ def sounding_intervals(frames: Sequence[dict], fps: float, rule: Hysteresis = Hy
     step = 1.0 / fps if fps else 0.0
 
     def close(last: int) -> None:
+        # Exclusive end: the next labelled frame's own time (right for VFR and strides).
+        end = frames[last + 1]["time"] if last + 1 < len(frames) else frames[last]["time"] + step
         if last - start + 1 >= rule.min_frames:
             out.append({"start_frame": frames[start]["index"],
                         "end_frame": frames[last]["index"],
                         "start_time": frames[start]["time"],
-                        "end_time": round(frames[last]["time"] + step, 6),
+                        "end_time": round(end, 6),
                         "mean_prob": round(float(np.mean(probs)), 4)})
 
     for i, f in enumerate(frames):

@@ -11,7 +11,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from .media import iter_frames
+from .media import iter_frames, video_stream
 from .results import frame_masks
 from .rle import decode
 
@@ -35,7 +35,8 @@ def _even(n: int) -> int:
 def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLike, *,
                   max_side: int = 1280) -> Path:
     """H.264 review video: masks tinted red, the sounding probability as a bar at the top,
-    and the source's audio stream copied in unchanged (no re-encoding)."""
+    and the source's audio stream copied in unchanged (no re-encoding). Frames keep their
+    own timestamps (VFR stays in sync) and time 0 is the video's start, as in the results."""
     masks = {f["index"]: f for f in doc["frames"]}
     width, height = doc["video"]["width"], doc["video"]["height"]
     scale = min(1.0, max_side / max(width, height))
@@ -47,8 +48,10 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
         vs = dst.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.options = {"crf": "23", "preset": "veryfast"}
+        vs.time_base = Fraction(1, 90000)
         audio_in = src.streams.audio[0] if src.streams.audio else None
         audio_out = dst.add_stream_from_template(audio_in) if audio_in is not None else None
+        last_pts = -1
         for frame in iter_frames(video, fps_hint=fps):
             img = np.asarray(Image.fromarray(frame.rgb).resize((w, h), Image.BILINEAR),
                              np.float32)
@@ -59,15 +62,20 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
                 bar = int(round(rec["sounding_prob"] * w))
                 img[: max(2, h // 60), :bar] = TINT
             vf = av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")
-            vf.pts = None
+            vf.pts = last_pts = max(round(frame.time * 90000), last_pts + 1)
+            vf.time_base = vs.time_base
             for packet in vs.encode(vf):
                 dst.mux(packet)
         for packet in vs.encode():
             dst.mux(packet)
         if audio_out is not None:
+            v = video_stream(src)
+            start = v.start_time * v.time_base if v.start_time is not None else 0
+            shift = round(start / audio_in.time_base)  # video start, in audio ticks
             for packet in src.demux(audio_in):
-                if packet.dts is None:
-                    continue
+                if packet.dts is None or packet.pts is None or packet.pts < shift:
+                    continue  # flush packets, and sound from before the first frame
+                packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
                 packet.stream = audio_out
                 dst.mux(packet)
     os.replace(tmp, out_path)
