@@ -29,4 +29,9 @@ if ! "$VENV/bin/python" -c "import sam2" 2>/dev/null; then
   SAM2_BUILD_CUDA=0 $PIP install --no-build-isolation sam2==1.1.0
 fi
 $PIP install -e ".[test]"
+# Per-platform extras (FiftyOne, CVAT, Label Studio...): one script each, run in name order.
+for extra in scripts/setup.d/*.sh; do
+  [ -e "$extra" ] || continue
+  VENV="$VENV" PIP="$PIP" bash "$extra"
+done
 echo "setup: done ($VENV)"
