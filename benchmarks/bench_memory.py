@@ -4,7 +4,7 @@ Each length runs in its own process (peak RSS is per process), through the same 
 ``auralsam2 prelabel`` (engine + results writer). Prints both peaks and their ratio, and the
 frames/s. Baseline: SAM2's own video predictor grows 11.7 MiB per frame (PERFORMANCE.md).
 
-    .venv/bin/python benchmarks/bench_memory.py --long 600 --short 30 --fps 30
+    .venv/bin/python benchmarks/bench_memory.py --long 600 --short 30 --fps 30 --config bundled
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ def _child(args) -> None:
     from auralsam2_core.jobs import OutputOptions, prelabel_videos
 
     torch.manual_seed(0)
-    fuser_config = json.loads(args.fuser_config) if args.fuser_config else None
-    model = build_auralsam2(args.config, image_size=args.size, fuser_config=fuser_config,
-                            device="cpu")
+    if args.config == "bundled":  # the demo model carries its own size and fuser config
+        model = build_auralsam2("bundled", device="cpu")
+    else:
+        fuser_config = json.loads(args.fuser_config) if args.fuser_config else None
+        model = build_auralsam2(args.config, image_size=args.size, fuser_config=fuser_config,
+                                device="cpu")
     out = Path(tempfile.mkdtemp(prefix="auralsam2-mem-"))
     t0 = time.perf_counter()
     prelabel_videos(model, [args.child], out, outputs=OutputOptions(overwrite=True),

@@ -45,15 +45,6 @@ def _is_unused(name: str) -> bool:
     return name.startswith("fusion_modules.") and any(p in name for p in UNUSED_FUSION)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These are many tiny ops: with several threads on a shared CPU, synchronisation costs
-    ~20x (and PyTorch's first float64 grouped conv on a strided input takes ~10 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def fuser(_one_thread) -> AuralFuser:

@@ -36,13 +36,6 @@ F_QUARTER = 0.325 / 1.075  # F(1/4, 1)
 ATOL = 1e-6  # float32 rounding (the reference computes in float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def t(*frames) -> torch.Tensor:
     """(T, H, W) float32 tensor from nested lists, one per frame."""

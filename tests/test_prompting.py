@@ -27,13 +27,6 @@ H = 8
 TOKENS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_transformer(seed: int = 0, dtype=torch.float32) -> TwoWayTransformer:
     torch.manual_seed(seed)

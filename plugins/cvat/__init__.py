@@ -1,0 +1,2 @@
+"""CVAT adapter: a nuclio function for CVAT's Automatic annotation, task pre-labelling through
+CVAT's REST API (mask tracks), and the ``auralsam2 cvat prelabel`` command."""

@@ -1,0 +1,212 @@
+"""The few CVAT REST calls the adapter makes, through cvat-sdk, with retries and a host check.
+
+Only ``Settings.url`` is ever contacted: URLs handed back by the server (a backup's
+``result_url``) must point at the same scheme, host and port, and nothing from a request
+payload is used as an address. Error messages carry the status and CVAT's reason, never
+headers (so never credentials).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+
+from .config import Settings
+
+log = logging.getLogger("auralsam2.cvat")
+T = TypeVar("T")
+
+ACTIVE_LAMBDA_STATES = ("queued", "started", "deferred", "scheduled")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts",
+                  ".mts", ".m2ts", ".wmv", ".flv", ".3gp", ".ogv")
+
+
+class CvatError(RuntimeError):
+    """CVAT could not be reached or refused a call (after retries)."""
+
+    def __init__(self, message: str, status: int | None = None, transient: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+class CvatApi:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.url:
+            raise ValueError("no CVAT URL: set CVAT_URL (e.g. http://cvat-server:8080)")
+        if not settings.has_credentials():
+            raise ValueError("no CVAT credentials: set CVAT_ACCESS_TOKEN (a personal access "
+                             "token) or CVAT_USERNAME and CVAT_PASSWORD")
+        from cvat_sdk.core.client import Client, Config
+        from cvat_sdk.core.utils import normalize_server_url
+
+        self.settings = settings
+        self.url = normalize_server_url(settings.url)
+        self.client = Client(self.url, config=Config(status_check_period=settings.poll_period,
+                                                     verify_ssl=settings.verify_ssl),
+                             check_server_version=False)
+        conf = self.client.api_client.configuration
+        conf.retries = urllib3.util.Retry(total=2, connect=2, read=0, status=0,
+                                          backoff_factor=0.2)
+        if settings.token:
+            conf.access_token = settings.token
+        else:
+            conf.username, conf.password = settings.username, settings.password
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def _api(self):
+        return self.client.api_client
+
+    def call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one API call; transient failures (connection, 5xx, 429) are retried."""
+        attempts = max(1, self.settings.retries) if retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - classified below
+                err = _as_cvat_error(what, e)
+                if err is None:
+                    raise
+                if not err.transient or attempt == attempts:
+                    raise err from None
+                log.warning("%s; retrying (%d/%d)", err, attempt, attempts - 1)
+                time.sleep(self.settings.retry_delay * attempt)
+        raise AssertionError("unreachable")
+
+    def same_host(self, url: str) -> str:
+        """``url`` made absolute against the CVAT URL; refused unless it is on that host."""
+        full = urljoin(self.url + "/", url)
+        a, b = urlsplit(self.url), urlsplit(full)
+        if (a.scheme, a.hostname, a.port) != (b.scheme, b.hostname, b.port):
+            raise CvatError(f"CVAT handed back a URL on another host ({b.scheme}://{b.netloc}); "
+                            f"the function only talks to {a.scheme}://{a.netloc}")
+        return full
+
+    # ------------------------------------------------------------------ reads
+
+    def lambda_requests(self) -> list:
+        calls, _ = self.call("listing lambda requests",
+                             lambda: self._api.lambda_api.list_requests())
+        return list(calls or [])
+
+    def task(self, task_id: int):
+        return self.call(f"reading task {task_id}",
+                         lambda: self._api.tasks_api.retrieve(task_id)[0])
+
+    def data_meta(self, task_id: int):
+        return self.call(f"reading task {task_id}'s data meta",
+                         lambda: self._api.tasks_api.retrieve_data_meta(task_id)[0])
+
+    def job(self, job_id: int):
+        return self.call(f"reading job {job_id}", lambda: self._api.jobs_api.retrieve(job_id)[0])
+
+    def labels(self, task_id: int) -> list:
+        from cvat_sdk.core.helpers import get_paginated_collection
+
+        return self.call(f"reading task {task_id}'s labels", lambda: get_paginated_collection(
+            self._api.labels_api.list_endpoint, task_id=task_id))
+
+    def annotations(self, task_id: int):
+        return self.call(f"reading task {task_id}'s annotations",
+                         lambda: self._api.tasks_api.retrieve_annotations(task_id)[0])
+
+    # ------------------------------------------------------------------ writes
+
+    def patch_annotations(self, task_id: int, action: str, tracks: list) -> None:
+        """PATCH ``/api/tasks/{id}/annotations?action=...`` with tracks; not retried here
+        (a lost answer to a create would duplicate): callers retry whole operations."""
+        from cvat_sdk import models
+
+        data = models.PatchedLabeledDataRequest(version=0, tags=[], shapes=[], tracks=tracks)
+        self.call(f"{action} of {len(tracks)} track(s) in task {task_id}",
+                  lambda: self._api.tasks_api.partial_update_annotations(
+                      action, task_id, patched_labeled_data_request=data), retry=False)
+
+    # ------------------------------------------------------------------ media
+
+    def download_backup(self, task_id: int, dest: Path) -> Path:
+        """Export the task's backup (with media), wait for it and download it to ``dest``."""
+        from cvat_sdk.core.downloading import Downloader
+
+        rq, _ = self.call(f"starting the backup of task {task_id}",
+                          lambda: self._api.tasks_api.create_backup_export(
+                              task_id, lightweight=False, location="local"), retry=False)
+        deadline = time.monotonic() + 3600
+        while True:
+            request = self.call(f"checking the backup of task {task_id}",
+                                lambda: self._api.requests_api.retrieve(rq.rq_id)[0])
+            status = str(request.status.value if hasattr(request.status, "value")
+                         else request.status)
+            if status == "finished":
+                break
+            if status == "failed":
+                raise CvatError(f"CVAT failed to back up task {task_id}: {request.message}")
+            if time.monotonic() > deadline:
+                raise CvatError(f"the backup of task {task_id} did not finish within an hour")
+            time.sleep(self.settings.poll_period)
+        if not request.result_url:
+            raise CvatError(f"CVAT finished the backup of task {task_id} but gave no URL")
+        url = self.same_host(request.result_url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        return self.call(f"downloading the backup of task {task_id}",
+                         lambda: Downloader(self.client).download_file(url, dest, timeout=600))
+
+
+def extract_video(backup: Path, dest_dir: Path) -> Path:
+    """The uploaded video inside a task backup (``data/<file>``), extracted to ``dest_dir``."""
+    with zipfile.ZipFile(backup) as z:
+        names = [n for n in z.namelist() if not n.endswith("/")]
+        videos = [n for n in names if PurePosixPath(n).parts[:1] == ("data",)
+                  and PurePosixPath(n).suffix.lower() in VIDEO_SUFFIXES]
+        if not videos:
+            raise CvatError(f"the task backup holds no video under data/ (files: "
+                            f"{', '.join(names[:10]) or 'none'}); is it a video task?")
+        name = videos[0]
+        out = dest_dir / PurePosixPath(name).name
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".part")
+        with z.open(name) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        tmp.replace(out)
+        return out
+
+
+def share_path(root: Path, name: str) -> Path | None:
+    """``root/name`` when it is a file inside ``root`` (CVAT names share files relative to the
+    share), else None."""
+    root = root.resolve()
+    path = (root / name.lstrip("/")).resolve()
+    if root != path and root not in path.parents:
+        return None
+    return path if path.is_file() else None
+
+
+def _as_cvat_error(what: str, e: Exception) -> CvatError | None:
+    from cvat_sdk.api_client.exceptions import ApiException
+
+    if isinstance(e, CvatError):
+        return e
+    if isinstance(e, ApiException):
+        status = e.status or 0
+        detail = ""
+        if e.body:
+            text = e.body.decode("utf-8", "replace") if isinstance(e.body, bytes) else str(e.body)
+            detail = f": {text.strip()[:300]}"
+        transient = status >= 500 or status == 429
+        return CvatError(f"CVAT answered {status} {e.reason or ''} when {what}{detail}".strip(),
+                         status, transient)
+    if isinstance(e, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        return CvatError(f"CVAT could not be reached when {what} ({type(e).__name__})",
+                         None, True)
+    return None

@@ -1,0 +1,81 @@
+"""``auralsam2 cvat prelabel --url URL --task N``: pre-label a CVAT task from the command line
+(mask tracks uploaded through the API, replacing only this tool's earlier tracks).
+
+Registered with the core command through the ``auralsam2.commands`` entry-point group.
+Credentials come from ``CVAT_ACCESS_TOKEN`` or ``CVAT_USERNAME``/``CVAT_PASSWORD`` (never from
+the command line, where other users could read them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("cvat", help="CVAT: pre-label video tasks with sounding-object "
+                                           "mask tracks")
+    sub = p.add_subparsers(dest="cvat_command", required=True)
+    c = sub.add_parser(
+        "prelabel", help="pre-label a CVAT video task and upload mask tracks",
+        description="Fetch the task's original video (with its audio), run AuralSAM2 and "
+                    "upload one mask track per sounding stretch. Re-running replaces only the "
+                    "tracks this tool made (label, source 'auto'); annotators' work is kept. "
+                    "Credentials: CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD.")
+    c.add_argument("--url", default=None, help="CVAT server URL (default: $CVAT_URL)")
+    c.add_argument("--task", type=int, required=True, action="append",
+                   help="task id (repeat for several tasks)")
+    c.add_argument("--label", default=None, help="task label to use (default 'sounding')")
+    c.add_argument("--threshold", type=float, default=None,
+                   help="sounding probability from which a frame gets a mask (default 0.5)")
+    c.add_argument("--cache-dir", default=None,
+                   help="media and results cache (default ~/.cache/auralsam2/cvat)")
+    c.add_argument("--media", choices=("auto", "backup", "share"), default=None,
+                   help="where the original video comes from (default auto: the share when "
+                        "--share-root has it, else the task backup)")
+    c.add_argument("--share-root", default=None, help="local path of CVAT's share")
+    c.add_argument("--sam2-config", default=None,
+                   help="SAM2 config name or yaml, or 'bundled' (default: the bundled demo "
+                        "model unless checkpoints are given, then sam2_hiera_l)")
+    c.add_argument("--sam2-checkpoint", default=None, help="SAM2 checkpoint (path, URL, name)")
+    c.add_argument("--fuser-checkpoint", default=None, help="fuser checkpoint (path, URL, name)")
+    c.add_argument("--fuser-config", default=None, help="fuser config as JSON")
+    c.add_argument("--image-size", type=int, default=None, help="SAM2 input size")
+    c.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    c.add_argument("--clip-len", type=int, default=None, help="frames per fuser clip (5)")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")
+    c.set_defaults(func=cmd_prelabel)
+    return p
+
+
+def cmd_prelabel(args) -> int:
+    from pathlib import Path
+
+    from .config import ModelSpec, Settings, load_model
+    from .service import Service
+
+    settings = Settings.from_env(
+        url=args.url, label=args.label, threshold=args.threshold,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, media_source=args.media,
+        share_root=Path(args.share_root) if args.share_root else None, clip_len=args.clip_len)
+    spec = ModelSpec.from_env(
+        sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+        fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
+        image_size=args.image_size, device=args.device)
+    service = Service(settings, load_model(spec))
+    failed = False
+    for task_id in args.task:
+        job, _ = service.start_task(task_id, settings.threshold)
+        last = 0.0
+        while not job.done.wait(1.0):
+            if not args.quiet and time.monotonic() - last > 10:
+                last = time.monotonic()
+                snap = job.snapshot()
+                print(f"auralsam2 cvat: task {task_id}: {snap['state']} "
+                      f"{snap.get('frames_done', 0)}/{snap.get('frames_total') or '?'} frames",
+                      file=sys.stderr)
+        print(json.dumps(job.snapshot()))
+        failed |= job.error is not None
+    return 1 if failed else 0

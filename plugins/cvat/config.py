@@ -1,0 +1,160 @@
+"""Settings of the CVAT adapter, from the environment (nuclio ``spec.env``, a Kubernetes secret
+or the shell), and the one function that chooses the model.
+
+Credentials: ``CVAT_ACCESS_TOKEN`` (a personal access token) or ``CVAT_USERNAME`` +
+``CVAT_PASSWORD``; each may instead be read from a file named by ``<NAME>_FILE`` (a mounted
+secret). They are kept out of ``repr`` and are never logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_FUNCTION_NAME = "pth-auralsam2-sounding"
+DEFAULT_LABEL = "sounding"
+CVAT_DEFAULT_TIMEOUT = 120  # CVAT_NUCLIO_DEFAULT_TIMEOUT when not set (seconds)
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text().strip() or None
+    return None
+
+
+def _float(env, name, default) -> float:
+    raw = env.get(name)
+    try:
+        return float(raw) if raw not in (None, "") else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: str | None = None  # the CVAT server; the only host the adapter talks to
+    token: str | None = field(default=None, repr=False)
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    function_name: str = DEFAULT_FUNCTION_NAME  # this function's id in CVAT (metadata.name)
+    label: str = DEFAULT_LABEL
+    cache_dir: Path = Path.home() / ".cache" / "auralsam2" / "cvat"
+    media_source: str = "auto"  # "auto" (share when found, else backup), "backup", "share"
+    share_root: Path | None = None  # where CVAT's share is mounted in this container
+    frame_wait: float = 50.0  # longest a detector request waits for its frame (s)
+    task_wait_cap: float = 50.0  # longest a direct {"task_id"} call may block (s)
+    data_wait: float = 1800.0  # webhooks: how long to wait for a new task's data (s)
+    threshold: float = 0.5  # sounding probability from which a frame gets a mask
+    match_tolerance: float = 12.0  # thumbnail distance (0..255) up to which frames match
+    retries: int = 4
+    retry_delay: float = 1.0
+    poll_period: float = 2.0  # backup export status checks (s)
+    clip_len: int = 5
+    verify_ssl: bool = True
+
+    def __post_init__(self) -> None:
+        if self.media_source not in ("auto", "backup", "share"):
+            raise ValueError(f"media source must be auto, backup or share, got "
+                             f"{self.media_source!r}")
+        if self.url:
+            parts = urlsplit(self.url if "://" in self.url else f"http://{self.url}")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"CVAT_URL must be an http(s) URL, got {self.url!r}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        env = os.environ if env is None else env
+        share = env.get("AURALSAM2_CVAT_SHARE_ROOT")
+        values = dict(
+            url=env.get("CVAT_URL") or None,
+            token=_secret(env, "CVAT_ACCESS_TOKEN"),
+            username=_secret(env, "CVAT_USERNAME"),
+            password=_secret(env, "CVAT_PASSWORD"),
+            function_name=(env.get("AURALSAM2_CVAT_FUNCTION") or env.get("NUCLIO_FUNCTION_NAME")
+                           or DEFAULT_FUNCTION_NAME),
+            label=env.get("AURALSAM2_CVAT_LABEL") or DEFAULT_LABEL,
+            cache_dir=Path(env.get("AURALSAM2_CVAT_CACHE") or cls.cache_dir),
+            media_source=env.get("AURALSAM2_CVAT_MEDIA") or "auto",
+            share_root=Path(share) if share else None,
+            frame_wait=_float(env, "AURALSAM2_CVAT_FRAME_WAIT", cls.frame_wait),
+            task_wait_cap=_float(env, "AURALSAM2_CVAT_TASK_WAIT", cls.task_wait_cap),
+            data_wait=_float(env, "AURALSAM2_CVAT_DATA_WAIT", cls.data_wait),
+            threshold=_float(env, "AURALSAM2_CVAT_THRESHOLD", cls.threshold),
+            match_tolerance=_float(env, "AURALSAM2_CVAT_MATCH_TOLERANCE", cls.match_tolerance),
+            retries=int(_float(env, "AURALSAM2_CVAT_RETRIES", cls.retries)),
+            retry_delay=_float(env, "AURALSAM2_CVAT_RETRY_DELAY", cls.retry_delay),
+            poll_period=_float(env, "AURALSAM2_CVAT_POLL", cls.poll_period),
+            clip_len=int(_float(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
+            verify_ssl=env.get("CVAT_VERIFY_SSL", "true").lower() not in ("0", "false", "no"),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+    def has_credentials(self) -> bool:
+        return bool(self.token or (self.username and self.password))
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    sam2_config: str = "bundled"
+    sam2_checkpoint: str | None = None
+    fuser_checkpoint: str | None = None
+    fuser_config: str | None = None  # JSON text (hashable, so specs can key a cache)
+    image_size: int | None = None
+    device: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ModelSpec:
+        """``AURALSAM2_SAM2_CONFIG`` (default: the bundled demo model when no checkpoint is
+        given, else the published ``sam2_hiera_l``), ``AURALSAM2_SAM2_CHECKPOINT``,
+        ``AURALSAM2_FUSER_CHECKPOINT`` (paths, URLs or registry names),
+        ``AURALSAM2_FUSER_CONFIG`` (JSON), ``AURALSAM2_IMAGE_SIZE``, ``AURALSAM2_DEVICE``."""
+        env = os.environ if env is None else env
+        values = dict(
+            sam2_config=env.get("AURALSAM2_SAM2_CONFIG") or None,
+            sam2_checkpoint=env.get("AURALSAM2_SAM2_CHECKPOINT") or None,
+            fuser_checkpoint=env.get("AURALSAM2_FUSER_CHECKPOINT") or None,
+            fuser_config=env.get("AURALSAM2_FUSER_CONFIG") or None,
+            image_size=int(env["AURALSAM2_IMAGE_SIZE"]) if env.get("AURALSAM2_IMAGE_SIZE")
+            else None,
+            device=env.get("AURALSAM2_DEVICE") or "auto",
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["sam2_config"] is None:
+            weights = values["sam2_checkpoint"] or values["fuser_checkpoint"]
+            values["sam2_config"] = "sam2_hiera_l" if weights else "bundled"
+        return cls(**values)
+
+
+@functools.lru_cache(maxsize=2)
+def load_model(spec: ModelSpec):
+    """Build (once per process and spec) the model the adapter runs."""
+    from auralsam2_core.build import build_auralsam2
+    from auralsam2_core.weights import fetch
+
+    if spec.sam2_config == "bundled":
+        if spec.sam2_checkpoint or spec.fuser_checkpoint or spec.image_size or spec.fuser_config:
+            raise ValueError("the bundled demo model has its own weights and input size; set "
+                             "AURALSAM2_SAM2_CONFIG to use other ones")
+        return build_auralsam2("bundled", device=spec.device)
+    return build_auralsam2(
+        spec.sam2_config,
+        sam2_checkpoint=fetch(spec.sam2_checkpoint) if spec.sam2_checkpoint else None,
+        fuser_checkpoint=fetch(spec.fuser_checkpoint) if spec.fuser_checkpoint else None,
+        fuser_config=json.loads(spec.fuser_config) if spec.fuser_config else None,
+        image_size=spec.image_size, device=spec.device)

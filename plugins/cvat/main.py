@@ -1,0 +1,29 @@
+"""nuclio entry point of the AuralSAM2 CVAT function (``handler: main:handler``).
+
+``init_context`` loads the model once per worker into ``context.user_data``; ``handler``
+answers CVAT's Automatic annotation (``{"image": ...}``), direct ``{"task_id": N}`` calls and
+CVAT webhooks. Configuration comes from the environment: see manifests/cvat/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+from auralsam2_plugins.cvat.config import ModelSpec, Settings, load_model
+from auralsam2_plugins.cvat.service import Service
+
+
+def init_context(context) -> None:
+    context.logger.info("auralsam2: loading the model")
+    settings = Settings.from_env()
+    spec = ModelSpec.from_env()
+    model = load_model(spec)
+    context.user_data.service = Service(settings, model, logger=context.logger)
+    context.logger.info(f"auralsam2: ready (function '{settings.function_name}', model "
+                        f"{spec.sam2_config} on {model.device}, CVAT {settings.url or 'not set'})")
+
+
+def handler(context, event):
+    status, body = context.user_data.service.handle(event.body, getattr(event, "headers", None))
+    return context.Response(body=json.dumps(body), headers={}, content_type="application/json",
+                            status_code=status)

@@ -1,0 +1,290 @@
+"""One CVAT task being pre-labelled: its frame map, its original media (fetched once), frame
+thumbnails for recognising CVAT's images, and the engine's results as they appear.
+
+Everything runs on background threads; request handlers only wait (with a deadline) for what
+they need. Results go through the core results writer into the cache directory, so a
+finished task is never computed twice (and a new process picks it up from disk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from auralsam2_core.engine import PrelabelOptions, prelabel
+from auralsam2_core.media import MediaError, iter_frames, probe
+from auralsam2_core.results import ResultsWriter, read_results, video_record
+
+from . import masks
+from .api import CvatApi, CvatError, extract_video, share_path
+from .config import Settings
+from .errors import AdapterError, NotReady, Unprocessable, Upstream
+from .frames import FrameMap, choose_frame, expected_frame
+
+
+def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
+    if isinstance(e, AdapterError):
+        return e
+    if isinstance(e, CvatError):
+        return Upstream(f"task {task_id}: {e}")
+    if isinstance(e, MediaError):
+        return Unprocessable(f"task {task_id}: the original media cannot be used: {e}")
+    return AdapterError(f"task {task_id}: {type(e).__name__}: {e}")
+
+
+class TaskSession:
+    def __init__(self, task_id: int, api: CvatApi, model, settings: Settings,
+                 model_lock: threading.Lock, log) -> None:
+        self.task_id, self.api, self.model, self.settings = task_id, api, model, settings
+        self.model_lock, self.log = model_lock, log
+        self.cond = threading.Condition()
+        self.fmap: FrameMap | None = None
+        self.frame_size: tuple[int, int] | None = None  # CVAT's (width, height)
+        self.media: Path | None = None
+        self.error: AdapterError | None = None  # preparing failed: nothing can be answered
+        self.engine_error: AdapterError | None = None  # the model cannot run on this media
+        self.thumbs: np.ndarray | None = None  # (size, T, T, 3) uint8, by task frame
+        self.have_thumb: np.ndarray | None = None
+        self.thumbs_done = False
+        self.records: dict[int, dict] = {}  # task frame -> results frame record
+        self.engine_done = False
+        self.cursor: dict[int | None, int] = {}  # job id (None: whole task) -> last answered
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"auralsam2-cvat-task-{task_id}")
+
+    def start(self) -> TaskSession:
+        self._thread.start()
+        return self
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    # ------------------------------------------------------------------ background work
+
+    def _run(self) -> None:
+        try:
+            task = self.api.task(self.task_id)
+            if getattr(task, "mode", "interpolation") != "interpolation":
+                raise Unprocessable(
+                    f"task {self.task_id} is an image task; AuralSAM2 pre-labels video tasks "
+                    "(it needs the video's sound)")
+            if not getattr(task, "size", 0):
+                raise Unprocessable(f"task {self.task_id} has no data yet; upload its video "
+                                    "first")
+            meta = self.api.data_meta(self.task_id)
+            fmap = FrameMap.from_meta(meta)
+            frames = getattr(meta, "frames", None) or []
+            size = (int(frames[0].width), int(frames[0].height)) if frames else None
+            self.dir = self.settings.cache_dir / f"task-{self.task_id}-data-{task.data}"
+            media = self._fetch_media(meta)
+        except BaseException as e:  # noqa: BLE001 - reported to every waiting request
+            self._fail("error", e)
+            return
+        with self.cond:
+            self.fmap, self.frame_size, self.media = fmap, size, media
+            self.thumbs = np.zeros((fmap.size, masks.THUMB, masks.THUMB, 3), np.uint8)
+            self.have_thumb = np.zeros(fmap.size, bool)
+            self.cond.notify_all()
+        threading.Thread(target=self._thumbnails, daemon=True,
+                         name=f"auralsam2-cvat-thumbs-{self.task_id}").start()
+        try:
+            self._run_engine()
+        except BaseException as e:  # noqa: BLE001
+            self._fail("engine_error", e)
+        finally:
+            with self.cond:
+                self.engine_done = True
+                self.cond.notify_all()
+
+    def _fail(self, slot: str, e: BaseException) -> None:
+        err = as_adapter_error(e, self.task_id)
+        self.log("warning", str(err))
+        with self.cond:
+            setattr(self, slot, err)
+            self.cond.notify_all()
+
+    def _fetch_media(self, meta) -> Path:
+        """The task's original video: the share copy when configured and present, else
+        (once) the task backup, cached in the task's folder."""
+        s = self.settings
+        frames = getattr(meta, "frames", None) or []
+        name = frames[0].name if frames else ""
+        if s.media_source in ("auto", "share") and s.share_root and name:
+            found = share_path(s.share_root, name)
+            if found:
+                return found
+        if s.media_source == "share":
+            raise Unprocessable(f"task {self.task_id}: {name!r} is not under the share root "
+                                f"{s.share_root}; set AURALSAM2_CVAT_SHARE_ROOT to where CVAT's "
+                                "share is mounted, or AURALSAM2_CVAT_MEDIA=auto to use the task "
+                                "backup")
+        source = self.dir / "media.json"
+        if source.is_file():
+            path = Path(json.loads(source.read_text())["path"])
+            if path.is_file():
+                return path
+        self.log("info", f"task {self.task_id}: downloading the task backup for its "
+                         "original video (audio included)")
+        backup = self.api.download_backup(self.task_id, self.dir / "backup.zip")
+        try:
+            video = extract_video(backup, self.dir / "media")
+        finally:
+            backup.unlink(missing_ok=True)
+        source.write_text(json.dumps({"path": str(video)}))
+        return video
+
+    def _thumbnails(self) -> None:
+        fmap = self.fmap
+        try:
+            for n, frame in enumerate(iter_frames(self.media, size=masks.THUMB,
+                                                  stride=fmap.engine_stride)):
+                tf = fmap.task_frame(frame.index)
+                if tf is not None:
+                    self.thumbs[tf] = frame.rgb
+                    self.have_thumb[tf] = True
+                if n % 16 == 0:
+                    with self.cond:
+                        self.cond.notify_all()
+                if frame.index >= fmap.last_media_frame:
+                    break
+        except Exception as e:  # noqa: BLE001 - matching then reports what it has
+            self.log("warning", f"task {self.task_id}: reading frames failed: {e}")
+        finally:
+            with self.cond:
+                self.thumbs_done = True
+                self.cond.notify_all()
+
+    def _results_key(self) -> str:
+        fm = self.fmap
+        ident = {"model": getattr(self.model, "meta", {}), "clip_len": self.settings.clip_len,
+                 "stride": fm.engine_stride, "start": fm.start, "step": fm.step,
+                 "size": fm.size, "media": [self.media.name, self.media.stat().st_size]}
+        digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode())
+        return f"results-{digest.hexdigest()[:16]}"
+
+    def _publish(self, rec: dict) -> None:
+        tf = self.fmap.task_frame(rec["index"])
+        if tf is not None:
+            with self.cond:
+                self.records[tf] = rec
+                self.cond.notify_all()
+
+    def _run_engine(self) -> None:
+        writer = ResultsWriter(self.dir / "results", self._results_key())
+        if writer.is_complete():
+            for rec in read_results(writer.final)["frames"]:
+                self._publish(rec)
+            self.log("info", f"task {self.task_id}: results from the cache ({writer.final})")
+            return
+        info = probe(self.media)
+        if not info.has_audio:
+            raise Unprocessable(
+                f"task {self.task_id}: its original video ({self.media.name}) has no audio "
+                "track. AuralSAM2 segments what makes the sound, so it cannot pre-label a "
+                "silent video; use a visual-only function (e.g. SAM) for this task")
+        fmap = self.fmap
+        opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride)
+        results = prelabel(self.model, self.media, opts, info=info)
+        try:
+            with writer:
+                while True:
+                    with self.model_lock:  # one model, shared by every task being served
+                        r = next(results, None)
+                    if r is None:
+                        break
+                    self._publish(writer.add(r))
+                    if r.index >= fmap.last_media_frame:
+                        break
+                meta = {**getattr(self.model, "meta", {}), "clip_len": opts.clip_len,
+                        "stride": opts.stride, "no_audio": opts.no_audio,
+                        "cvat": {"task": self.task_id, "start": fmap.start, "step": fmap.step,
+                                 "size": fmap.size}}
+                writer.finish(video_record(info), meta)
+        finally:
+            results.close()
+
+    # ------------------------------------------------------------------ waiting
+
+    def _wait(self, ready, deadline: float | None) -> bool:
+        with self.cond:
+            while not ready():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.cond.wait(1.0 if left is None else min(left, 1.0))
+            return True
+
+    def wait_ready(self, deadline: float | None) -> FrameMap:
+        if not self._wait(lambda: self.fmap is not None or self.error, deadline):
+            raise NotReady(f"task {self.task_id}: still fetching its original video after "
+                           f"{time.monotonic() - self.started:.0f} s; the download goes on in "
+                           "the background, run Automatic annotation again in a while (or "
+                           "raise CVAT_NUCLIO_DEFAULT_TIMEOUT)")
+        if self.error:
+            raise self.error
+        return self.fmap
+
+    def wait_record(self, frame: int, deadline: float | None) -> dict:
+        ok = self._wait(lambda: frame in self.records or self.engine_done or self.error,
+                        deadline)
+        if frame in self.records:
+            return self.records[frame]
+        if self.error or self.engine_error:
+            raise self.error or self.engine_error
+        if not ok:
+            raise NotReady(f"task {self.task_id}: frame {frame} is not pre-labelled yet "
+                           f"({self.progress()['frames_done']} of {len(self.fmap.task_frames())} "
+                           "frames done); the model goes on in the background, run Automatic "
+                           "annotation again in a while")
+        raise Unprocessable(f"task {self.task_id}: frame {frame} is not in the original video "
+                            f"(the video decodes to fewer frames than CVAT counts)")
+
+    def wait_engine(self, deadline: float | None = None) -> dict[int, dict]:
+        if not self._wait(lambda: self.engine_done or self.error, deadline):
+            raise NotReady(f"task {self.task_id}: {len(self.records)} frames pre-labelled so "
+                           "far")
+        if self.error or self.engine_error:
+            raise self.error or self.engine_error
+        return dict(self.records)
+
+    def match(self, thumb: np.ndarray, frames: list[int], key: int | None,
+              progress: int | None, deadline: float) -> tuple[int | None, float]:
+        """The frame (among ``frames``) whose thumbnail matches, waiting for thumbnails up to
+        a little past the expected frame; ``(None, best distance)`` when none matches."""
+        tol = self.settings.match_tolerance
+        expected = expected_frame(frames, self.cursor.get(key), progress, self.fmap.size)
+        pos = frames.index(expected) if expected in frames else 0
+        needed = np.asarray(frames[: pos + 3], int)
+        idx = np.asarray(frames, int)
+        while True:
+            with self.cond:
+                done = self.thumbs_done
+                have = self.have_thumb[idx]
+                covered = done or bool(self.have_thumb[needed].all())
+                avail = idx[have]
+                stack = self.thumbs[avail]
+            frame, best = choose_frame(avail.tolist(), masks.distances(thumb, stack), expected,
+                                       tol)
+            if frame is not None and covered:
+                return frame, best
+            if done:
+                return None, best
+            if time.monotonic() >= deadline:
+                raise NotReady(f"task {self.task_id}: still reading its video's frames")
+            with self.cond:
+                self.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def progress(self) -> dict:
+        if self.fmap is None:
+            return {"frames_done": 0, "frames_total": None}
+        frames = self.fmap.task_frames()
+        with self.cond:
+            done = sum(f in self.records for f in frames)
+        return {"frames_done": done, "frames_total": len(frames)}

@@ -1,0 +1,144 @@
+"""FiftyOne-independent conversions: engine results -> label dicts, and back to masks.
+
+The FiftyOne modules turn these plain dicts into ``fo.Detection`` / ``fo.TemporalDetection``;
+keeping the arithmetic here lets it be tested without a database.
+
+Conventions (FiftyOne's): frame numbers are 1-based (``frame_number = engine index + 1``);
+bounding boxes are ``[x, y, w, h]`` relative to the frame; an instance mask is the boolean
+crop of the box; a temporal support is ``[first, last]`` frame numbers, both inclusive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from auralsam2_core.results import Hysteresis, sounding_intervals
+
+LABEL = "sounding"
+TRACK_INDEX = 1  # one sounding-object track per video (AVS ground truth is one union mask)
+
+
+def frame_number(index: int) -> int:
+    """FiftyOne frame number of the engine's 0-based frame index."""
+    return int(index) + 1
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight pixel box ``(x0, y0, x1, y1)`` (inclusive) of a boolean mask; None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
+def detection_dict(mask: np.ndarray, *, confidence: float, predicted_iou: float,
+                   review_priority: float, mask_score: float) -> dict | None:
+    """``fo.Detection`` keyword arguments for a frame mask (None for an empty mask): the box
+    is the mask's tight box, the mask is cropped to it."""
+    box = mask_box(mask)
+    if box is None:
+        return None
+    h, w = mask.shape
+    x0, y0, x1, y1 = box
+    return {"label": LABEL, "index": TRACK_INDEX,
+            "bounding_box": [x0 / w, y0 / h, (x1 - x0 + 1) / w, (y1 - y0 + 1) / h],
+            "mask": np.ascontiguousarray(mask[y0:y1 + 1, x0:x1 + 1], dtype=bool),
+            "confidence": float(confidence), "predicted_iou": float(predicted_iou),
+            "review_priority": float(review_priority), "mask_score": float(mask_score)}
+
+
+def frame_dict(result) -> dict:
+    """What one frame stores: frame-level scores (kept even when the mask is empty, so
+    intervals and review order can be recomputed from the dataset) and at most one
+    detection. ``result`` is an engine ``FrameResult``."""
+    det = detection_dict(result.mask, confidence=result.sounding_prob,
+                         predicted_iou=result.predicted_iou,
+                         review_priority=result.review_priority, mask_score=result.mask_score)
+    return {"frame_number": frame_number(result.index),
+            "sounding_prob": round(float(result.sounding_prob), 6),
+            "review_priority": round(float(result.review_priority), 6),
+            "detections": [det] if det else []}
+
+
+def paste(bounding_box: Sequence[float], crop: np.ndarray, size: tuple[int, int],
+          out: np.ndarray | None = None) -> np.ndarray:
+    """Paste an instance mask crop back into an ``(H, W)`` frame (OR-ed into ``out``)."""
+    h, w = size
+    canvas = np.zeros((h, w), bool) if out is None else out
+    x0 = int(round(bounding_box[0] * w))
+    y0 = int(round(bounding_box[1] * h))
+    crop = np.asarray(crop) != 0
+    ch, cw = crop.shape
+    if (ch, cw) != (int(round(bounding_box[3] * h)), int(round(bounding_box[2] * w))):
+        crop = _resize_nearest(crop, int(round(bounding_box[3] * h)),
+                               int(round(bounding_box[2] * w)))
+        ch, cw = crop.shape
+    ys, xs = slice(max(y0, 0), min(y0 + ch, h)), slice(max(x0, 0), min(x0 + cw, w))
+    canvas[ys, xs] |= crop[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+    return canvas
+
+
+def _resize_nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize (for masks from other tools whose crop != box size)."""
+    if h <= 0 or w <= 0:
+        return np.zeros((max(h, 0), max(w, 0)), bool)
+    rows = np.minimum((np.arange(h) + 0.5) * mask.shape[0] / h, mask.shape[0] - 1).astype(int)
+    cols = np.minimum((np.arange(w) + 0.5) * mask.shape[1] / w, mask.shape[1] - 1).astype(int)
+    return mask[rows][:, cols]
+
+
+def interval_supports(frames: Sequence[Mapping], *, fps: float, stride: int = 1,
+                      last_frame: int | None = None,
+                      rule: Hysteresis | None = None) -> list[dict]:
+    """Sounding intervals as ``fo.TemporalDetection`` keyword arguments.
+
+    ``frames``: the labelled frames in order, dicts with ``frame_number`` and
+    ``sounding_prob``. With ``stride > 1`` an interval also covers the unlabelled frames after
+    its last labelled frame, up to the next labelled frame (at most ``stride - 1`` frames and
+    never past ``last_frame``)."""
+    recs = [{"index": int(f["frame_number"]) - 1,
+             "time": (int(f["frame_number"]) - 1) / fps if fps else 0.0,
+             "sounding_prob": float(f["sounding_prob"])} for f in frames]
+    labelled = [r["index"] for r in recs]
+    out = []
+    for iv in sounding_intervals(recs, fps or 0.0, rule or Hysteresis()):
+        end = iv["end_frame"] + stride - 1
+        later = [i for i in labelled if i > iv["end_frame"]]
+        if later:
+            end = min(end, later[0] - 1)
+        if last_frame is not None:
+            end = min(end, last_frame - 1)
+        out.append({"label": LABEL, "support": [frame_number(iv["start_frame"]),
+                                                frame_number(end)],
+                    "confidence": iv["mean_prob"]})
+    return out
+
+
+def summary(frames: Sequence[Mapping]) -> dict:
+    """Sample-level numbers over the labelled frames (``sounding_prob``/``review_priority``)."""
+    probs = np.array([float(f["sounding_prob"]) for f in frames], float)
+    prio = np.array([float(f["review_priority"]) for f in frames], float)
+    n = int(probs.size)
+    return {"labelled_frames": n,
+            "sounding_frames": int((probs >= 0.5).sum()),
+            "sounding_fraction": round(float((probs >= 0.5).mean()), 6) if n else 0.0,
+            "max_review_priority": round(float(prio.max()), 6) if n else 0.0,
+            "mean_review_priority": round(float(prio.mean()), 6) if n else 0.0}
+
+
+def merge_ranges(ranges: Iterable[Sequence[int]]) -> list[tuple[int, int]]:
+    """Union of inclusive ``[first, last]`` frame ranges, sorted and merged."""
+    out: list[list[int]] = []
+    for a, b in sorted((int(r[0]), int(r[1])) for r in ranges):
+        if out and a <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def in_ranges(n: int, ranges: Sequence[tuple[int, int]] | None) -> bool:
+    return ranges is None or any(a <= n <= b for a, b in ranges)

