@@ -47,7 +47,7 @@ def _is_unused(name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def fuser(_one_thread) -> AuralFuser:
+def fuser() -> AuralFuser:
     torch.manual_seed(0)
     f = AuralFuser.from_official_config(CFG)
     oracle.randomize_(f, seed=0)
