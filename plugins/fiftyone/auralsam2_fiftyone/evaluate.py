@@ -9,9 +9,9 @@ and listed.
 
 from __future__ import annotations
 
-import fiftyone as fo
 import numpy as np
 
+import fiftyone as fo
 from auralsam2_core.media import probe
 from auralsam2_core.metrics import MetricsAccumulator
 

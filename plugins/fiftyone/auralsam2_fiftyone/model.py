@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fiftyone as fo
 import fiftyone.core.models as fom
-
 from auralsam2_core.engine import PrelabelOptions, prelabel
 
 from . import convert, labels

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import fiftyone as fo
-from fiftyone.core.clips import ClipsView
-
 from auralsam2_core.engine import PrelabelOptions, prelabel
 from auralsam2_core.media import MediaError, probe
+from fiftyone.core.clips import ClipsView
 
 from . import convert, fields, labels
 

@@ -1,0 +1,142 @@
+"""The bundled demo model (files, sha256, size, the three audio checks through the engine)
+and the demo / eval / check / prelabel commands that use it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from auralsam2_core import build
+from auralsam2_core.build import build_auralsam2, build_demo_model, bundled_model_info
+from auralsam2_core.cli import main
+from auralsam2_core.datasets import HELDOUT_SEED_BASE
+from auralsam2_core.demo import PASS_MARKS, run_demo
+from auralsam2_core.weights import sha256_file
+
+BUNDLE = Path(build.__file__).parent / "data" / "demo_model"
+SUMMARY_KEYS = {"j_sounding", "f_sounding", "j_swapped_audio", "f_swapped_audio",
+                "silent_low_confidence_fraction", "passed", "per_clip"}
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return build_demo_model(device="cpu")
+
+
+def test_bundle_files_sha256_and_size():
+    info = json.loads((BUNDLE / "model.json").read_text())
+    total = 0
+    for name, rec in info["files"].items():
+        path = BUNDLE / name
+        assert path.is_file()
+        assert sha256_file(path) == rec["sha256"]
+        assert path.stat().st_size == rec["bytes"]
+        total += rec["bytes"]
+    assert total <= 25 * 2**20
+    assert set(info["weights"].values()) <= set(info["files"])
+    assert info["training"]["command"].startswith("auralsam2 train --synthetic")
+    assert info["training"]["wall_seconds"] > 0
+    assert all(info["measured"]["passed"].values())
+    yaml = Path(build.__file__).parent / "configs" / info["sam2_config"]
+    assert sha256_file(yaml) == info["sam2_config_sha256"]
+
+
+def test_damaged_bundle_is_refused(tmp_path, monkeypatch):
+    copy = tmp_path / "demo_model"
+    shutil.copytree(BUNDLE, copy)
+    monkeypatch.setattr(build, "bundled_model_dir", lambda: copy)
+    assert bundled_model_info()["name"]
+    data = bytearray((copy / "fuser.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "fuser.safetensors").write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="damaged"):
+        build_demo_model(device="cpu")
+    (copy / "fuser.safetensors").unlink()
+    with pytest.raises(FileNotFoundError):
+        bundled_model_info()
+
+
+def test_bundled_model_builds(demo_model):
+    assert demo_model.image_size == 96 and not demo_model.training
+    assert demo_model.meta["sam2_config"].startswith("bundled:")
+    assert demo_model.meta["checkpoints"]["fuser"]["sha256"]
+    params = sum(p.numel() for p in demo_model.parameters())
+    assert params < 4_000_000
+    via_build = build_auralsam2("bundled", device="cpu")
+    assert via_build.meta["sam2_config"] == demo_model.meta["sam2_config"]
+    with pytest.raises(ValueError, match="bundled"):
+        build_auralsam2("bundled", image_size=128)
+
+
+def test_audio_checks_hold_on_heldout_clips_through_the_engine(tmp_path, demo_model):
+    """The point of the demo model: it listens. Held-out clips (seeds never trained on,
+    and not the ones `auralsam2 demo` reports), pre-labelled through the engine."""
+    s = run_demo(tmp_path, n_clips=5, size=128, model=demo_model,
+                 seed_base=HELDOUT_SEED_BASE + 1000, overlay=False, timeline=False)
+    assert s["j_sounding"] >= PASS_MARKS["j_sounding"], s
+    assert s["j_swapped_audio"] >= PASS_MARKS["j_swapped_audio"], s
+    assert s["silent_low_confidence_fraction"] >= PASS_MARKS["silent_low_confidence_fraction"]
+    assert len(s["per_clip"]) == 15
+
+
+def test_cli_demo_writes_summary_and_renders(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--clips", "2", "--quiet", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["model"]["sam2_config"].startswith("bundled:")
+    names = {p.name for p in (out / "results").iterdir()}
+    assert {"clip00_sounding.json", "clip00_sounding_overlay.mp4",
+            "clip00_sounding_timeline.png", "clip01_silent.json"} <= names
+    assert (out / "clips" / "clip01_swapped.mp4").is_file()
+    assert len(list((out / "gt" / "clip00_sounding").glob("*.png"))) == 10
+    printed = json.loads(capsys.readouterr().out)
+    assert "j_sounding" in printed
+    # `auralsam2 eval` on the demo's own outputs: engine JSON vs the GT PNG tree
+    assert main(["eval", str(out / "results"), str(out / "gt"), "--json",
+                 str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["num_videos"] == 6
+    j = {v["name"]: v["J"] for v in report["per_video"]}
+    by_clip = {c["name"]: c["J"] for c in summary["per_clip"]}
+    assert j == pytest.approx(by_clip, abs=1e-6)
+    assert "overall" in capsys.readouterr().out
+
+
+def test_cli_eval_png_trees(tmp_path, capsys):
+    for root, shift in (("gt", 0), ("pred", 1)):
+        for v in ("a", "b"):
+            for i in range(3):
+                m = np.zeros((8, 8), np.uint8)
+                m[2:6, 2 + shift * (v == "b"):6] = 255
+                d = tmp_path / root / v
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(m).save(d / f"{i}.png")
+    assert main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt")]) == 0
+    out = capsys.readouterr().out
+    assert "J=1.0000" in out.splitlines()[0]  # video a: identical
+    assert "overall" in out and "J=0.8750" in out  # b: 12/16 -> mean (1 + 0.75) / 2
+    assert main(["eval", str(tmp_path / "missing"), str(tmp_path / "gt")]) == 2
+
+
+def test_cli_check_and_prelabel_default_to_the_bundled_model(tmp_path, capsys):
+    assert main(["check", "--frames", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["sam2_config"].startswith("bundled:") and report["image_size"] == 96
+    assert "check: OK" in out.err and "bundled demo model" in out.err
+    from auralsam2_core.synthetic import make_clip, write_clip
+
+    video = write_clip(make_clip(HELDOUT_SEED_BASE + 7, size=(64, 64), fps=5, seconds=1.0),
+                       tmp_path / "v.mp4")
+    assert main(["prelabel", str(video), "--out", str(tmp_path / "res"), "--quiet",
+                 "--device", "cpu"]) == 0
+    doc = json.loads((tmp_path / "res" / "v.json").read_text())
+    assert doc["model"]["sam2_config"].startswith("bundled:")
+    assert doc["model"]["checkpoints"]["sam2"]["sha256"] == \
+        bundled_model_info()["files"]["sam2.safetensors"]["sha256"]
