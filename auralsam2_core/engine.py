@@ -5,7 +5,7 @@ frame) in order. Frames are decoded and scaled on a background thread while the 
 on the previous clip; the fuser sees clips of ``clip_len`` frames (the authors' T = 5) and
 SAM2's memory carries across clips through a :class:`~auralsam2_core.model.TrackState` that
 keeps only what memory attention can still read. Memory use therefore does not grow with the
-video's length (the log-mel frames of the audio, ~3 MB per minute, are the only exception).
+video's length: audio is decoded alongside and only the log-mel frames still needed are kept.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .audio_track import AudioTrack
+from .audio_track import AudioStream
 from .media import MediaError, MediaInfo, iter_frames, probe
 from .model import AuralSAM2, upsample_logits
 
@@ -151,7 +151,7 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
     if not info.has_audio:
         yield from _silent(video, info, opts, on_progress)
         return
-    track = AudioTrack.from_file(video)
+    track = AudioStream.from_file(video)
     state = model.new_state(num_frames=info.num_frames)
     clips = _Producer(video, model.image_size, opts, info.fps).clips()
     try:

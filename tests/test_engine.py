@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from auralsam2_core import rle
-from auralsam2_core.audio_track import SILENCE, AudioTrack
+from auralsam2_core.audio_track import SILENCE, AudioStream
 from auralsam2_core.build import build_auralsam2
 from auralsam2_core.cli import main
 from auralsam2_core.engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
@@ -63,14 +63,14 @@ def model():
 def spy(monkeypatch):
     """Records the times (and examples) the engine asks the audio track for, clip by clip."""
     calls: list[tuple[list[float], torch.Tensor]] = []
-    original = AudioTrack.examples_at
+    original = AudioStream.examples_at
 
     def examples_at(self, times):
         out = original(self, times)
         calls.append((list(times), out))
         return out
 
-    monkeypatch.setattr(AudioTrack, "examples_at", examples_at)
+    monkeypatch.setattr(AudioStream, "examples_at", examples_at)
     return calls
 
 

@@ -418,3 +418,22 @@ def test_audio_track_from_chunks_matches_one_block():
     torch.testing.assert_close(pieces.frames, whole.frames, atol=1e-4, rtol=1e-4)
     assert AudioTrack.from_chunks([]).frames.shape == (0, 2, 64)
     assert torch.all(AudioTrack.silent().examples_at([0.0, 5.0]) == SILENCE)
+
+
+def test_audio_stream_equals_whole_track_and_keeps_a_window():
+    """The engine's streaming audio gives the same examples as the whole track while holding
+    only a few seconds of log-mel frames; going back in time is refused."""
+    from auralsam2_core.audio_track import AudioStream
+
+    rng = np.random.default_rng(3)
+    x = (0.1 * rng.standard_normal((2, 16000 * 20))).astype(np.float32)
+    chunks = [x[:, i:i + 3001] for i in range(0, x.shape[1], 3001)]
+    whole = AudioTrack.from_chunks(chunks)
+    stream = AudioStream(iter(chunks))
+    times = np.arange(0, 21, 0.2)  # past the end too: silence
+    for clip in np.array_split(times, 21):
+        torch.testing.assert_close(stream.examples_at(list(clip)), whole.examples_at(list(clip)),
+                                   rtol=0, atol=0)
+        assert len(stream._frames) < 400  # a few seconds, not the whole 20 s (2000 frames)
+    with pytest.raises(ValueError, match="time order"):
+        stream.examples_at([1.0])
