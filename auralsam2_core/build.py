@@ -94,13 +94,83 @@ def build_fuser(checkpoint: str | os.PathLike | None = None, config: dict | None
     return fuser
 
 
+#: ``sam2_config`` value that selects the demo model shipped inside the package.
+BUNDLED = "bundled"
+
+
+def bundled_model_dir() -> Path:
+    """Folder of the bundled demo model (``auralsam2_core/data/demo_model``)."""
+    from importlib.resources import files
+
+    return Path(str(files("auralsam2_core").joinpath("data", "demo_model")))
+
+
+def bundled_model_info(verify: bool = True) -> dict:
+    """The bundled model's ``model.json``; with ``verify``, every weight file it lists is
+    checked against its sha256 first (a damaged install fails loudly, never silently)."""
+    import json
+
+    from .weights import sha256_file
+
+    root = bundled_model_dir()
+    meta_path = root / "model.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"the bundled demo model is missing ({meta_path}); reinstall "
+                                "the package or give --sam2-config/--fuser-checkpoint")
+    info = json.loads(meta_path.read_text())
+    if verify:
+        for name, rec in info["files"].items():
+            path = root / name
+            if not path.is_file():
+                raise FileNotFoundError(f"bundled model file missing: {path}")
+            digest = sha256_file(path)
+            if digest != rec["sha256"]:
+                raise RuntimeError(f"bundled model file {path} is damaged: sha256 {digest} "
+                                   f"!= {rec['sha256']} recorded in {meta_path}")
+    return info
+
+
+def build_demo_model(device: str | torch.device = "auto",
+                     mask_choice: MaskChoice | None = None) -> AuralSAM2:
+    """The tiny AuralSAM2 shipped in the package (trained on synthetic clips; see
+    ``data/demo_model/model.json``), sha256-verified, in eval mode. Runs offline."""
+    from importlib.resources import files
+
+    from .checkpoint import load_into, read_state_dict, sam2_checkpoint_filter
+
+    info = bundled_model_info(verify=True)
+    root = bundled_model_dir()
+    yaml = Path(str(files("auralsam2_core").joinpath("configs", info["sam2_config"])))
+    sam2 = build_sam2_model(str(yaml), None, image_size=info["image_size"], device="cpu")
+    sam2_file = root / info["weights"]["sam2"]
+    load_into(sam2, sam2_checkpoint_filter(read_state_dict(sam2_file)), what="SAM2 (bundled)",
+              source=sam2_file)
+    fuser = build_fuser(root / info["weights"]["fuser"], info["fuser_config"])
+    choice = mask_choice or info.get("mask_choice", "iou_select")
+    device = resolve_device(device)
+    model = AuralSAM2(sam2, fuser, mask_choice=choice).to(device).eval()
+    model.meta = {"sam2_config": f"{BUNDLED}:{info['name']}", "image_size": model.image_size,
+                  "mask_choice": choice, "fuser_config": info["fuser_config"],
+                  "checkpoints": {"sam2": _describe(sam2_file),
+                                  "fuser": _describe(root / info["weights"]["fuser"])}}
+    return model
+
+
 def build_auralsam2(sam2_config: str = DEFAULT_SAM2_CONFIG, *,
                     sam2_checkpoint: str | os.PathLike | None = None,
                     fuser_checkpoint: str | os.PathLike | None = None,
                     fuser_config: dict | None = None, image_size: int | None = None,
                     device: str | torch.device = "auto",
                     mask_choice: MaskChoice = "iou_select") -> AuralSAM2:
-    """SAM2 + AuralFuser, in eval mode on ``device`` ("auto": CUDA when available)."""
+    """SAM2 + AuralFuser, in eval mode on ``device`` ("auto": CUDA when available).
+
+    ``sam2_config="bundled"`` gives the demo model shipped in the package
+    (:func:`build_demo_model`); it takes no checkpoints, configs or image size."""
+    if sam2_config == BUNDLED:
+        if sam2_checkpoint or fuser_checkpoint or fuser_config or image_size:
+            raise ValueError("the bundled demo model has its own weights, fuser config and "
+                             "input size; give --sam2-config to use other ones")
+        return build_demo_model(device, mask_choice)
     device = resolve_device(device)
     sam2 = build_sam2_model(sam2_config, sam2_checkpoint, image_size=image_size, device=device)
     fuser = build_fuser(fuser_checkpoint, fuser_config)

@@ -56,17 +56,20 @@ def _fuser_layout_report(fuser) -> dict:
 def cmd_check(args) -> int:
     t0 = time.perf_counter()
     model = _build_model(args)
-    layout = _fuser_layout_report(model.fuser)
+    bundled = str(model.meta.get("sam2_config", "")).startswith("bundled")
+    layout = {"bundled_demo_model": True, "sha256_verified": True} if bundled else \
+        _fuser_layout_report(model.fuser)
     frames, log_mel = _synthetic_clip(args.frames, model.image_size)
     t1 = time.perf_counter()
     with torch.inference_mode():
         out = model.forward_clip(frames.to(model.device), log_mel.to(model.device))
     t2 = time.perf_counter()
     report = {
-        "version": __version__, "device": str(model.device), "sam2_config": args.sam2_config,
+        "version": __version__, "device": str(model.device),
+        "sam2_config": model.meta.get("sam2_config", args.sam2_config),
         "image_size": model.image_size, "frames": args.frames,
-        "weights": {"sam2": args.sam2_checkpoint or "random init",
-                    "fuser": args.fuser_checkpoint or "random init"},
+        "weights": {"sam2": _weights_label(model, "sam2", args.sam2_checkpoint),
+                    "fuser": _weights_label(model, "fuser", args.fuser_checkpoint)},
         "fuser_layout": layout,
         "outputs": {"mask_logits": list(out.mask_logits.shape),
                     "ious": [[round(x, 3) for x in row] for row in out.ious.tolist()],
@@ -75,20 +78,43 @@ def cmd_check(args) -> int:
         "seconds": {"build": round(t1 - t0, 2), "forward_clip": round(t2 - t1, 2)},
     }
     print(json.dumps(report, indent=2))
-    ok = layout["same_keys_in_order"] and not layout["mismatches"]
+    ok = bundled or (layout["same_keys_in_order"] and not layout["mismatches"])
     print("check: OK" if ok else "check: FAILED (fuser layout differs from the authors')",
           file=sys.stderr)
     return 0 if ok else 1
 
 
-def _build_model(args):
-    from .build import build_auralsam2
+def _weights_label(model, part: str, given: str | None) -> str:
+    if given:
+        return given
+    desc = (model.meta.get("checkpoints") or {}).get(part)
+    return desc["path"] if desc else "random init"
 
+
+def _build_model(args):
+    """The bundled demo model unless a SAM2 config or a checkpoint is given."""
+    from .build import BUNDLED, build_auralsam2
+
+    config = args.sam2_config
+    if config is None:
+        other = args.sam2_checkpoint or args.fuser_checkpoint or args.image_size
+        config = "sam2_hiera_t" if other else BUNDLED
+    if config == BUNDLED:
+        if args.image_size is not None:
+            raise ValueError("the bundled demo model runs at its own input size; drop "
+                             "--image-size, or give --sam2-config to build another model")
+        if args.sam2_checkpoint or args.fuser_checkpoint:
+            raise ValueError("the bundled demo model has its own weights; give --sam2-config "
+                             "with --sam2-checkpoint/--fuser-checkpoint for other ones")
+        print("auralsam2: using the bundled demo model (tiny, trained on synthetic clips; "
+              "give --sam2-config/--*-checkpoint for the published model)", file=sys.stderr)
+        return build_auralsam2(BUNDLED, device=args.device, mask_choice=args.mask_choice)
     if not (args.sam2_checkpoint and args.fuser_checkpoint):
         print("auralsam2: warning: no --sam2-checkpoint/--fuser-checkpoint given; using random "
               "weights, so the masks are meaningless", file=sys.stderr)
-    return build_auralsam2(args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-                           fuser_checkpoint=args.fuser_checkpoint, image_size=args.image_size,
+    image_size = args.image_size or args.default_image_size
+    return build_auralsam2(config, sam2_checkpoint=args.sam2_checkpoint,
+                           fuser_checkpoint=args.fuser_checkpoint, image_size=image_size,
                            device=args.device, mask_choice=args.mask_choice)
 
 
@@ -131,6 +157,126 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _dataset_from_args(args, image_size: int):
+    from .datasets import (
+        AVSBenchMS3,
+        AVSBenchS4,
+        AVSBenchV2,
+        CorrectedResultsDataset,
+        SyntheticClipDataset,
+    )
+
+    if args.synthetic:
+        return SyntheticClipDataset(args.steps * args.batch_size, image_size=image_size,
+                                    clip_len=args.clip_len, seed_base=args.seed * 10_000_000,
+                                    render_size=args.render_size), False
+    if args.avsbench_s4:
+        return AVSBenchS4(args.avsbench_s4, args.split, image_size=image_size), True
+    if args.avsbench_ms3:
+        return AVSBenchMS3(args.avsbench_ms3, args.split, image_size=image_size), True
+    if args.avsbench_v2:
+        return AVSBenchV2(args.avsbench_v2, args.split, image_size=image_size), True
+    return CorrectedResultsDataset(args.results, image_size=image_size,
+                                   clip_len=args.clip_len), True
+
+
+def cmd_train(args) -> int:
+    from .losses import LossWeights
+    from .train import DEMO_IMAGE_SIZE, ModelSpec, TrainConfig, command_line, train
+
+    demo = args.model == "demo" if args.model else args.synthetic
+    if demo:  # trained from scratch: BCE for the IoU head (see losses.py)
+        spec = ModelSpec(sam2_config=args.sam2_config or "demo",
+                         image_size=args.image_size or DEMO_IMAGE_SIZE,
+                         mask_choice=args.mask_choice or "iou_select")
+        iou_loss = args.iou_loss or "bce"
+    else:
+        spec = ModelSpec(sam2_config=args.sam2_config or "sam2_hiera_l",
+                         image_size=args.image_size or 1024, fuser_config=None,
+                         mask_choice=args.mask_choice or "iou_select")
+        iou_loss = args.iou_loss or "l1"
+    candidate = args.train_candidate
+    if args.fuser_config:
+        spec.fuser_config = json.loads(Path(args.fuser_config).read_text()) \
+            if Path(args.fuser_config).is_file() else json.loads(args.fuser_config)
+    spec.sam2_checkpoint, spec.fuser_checkpoint = args.sam2_checkpoint, args.fuser_checkpoint
+    if not args.unfreeze_sam2 and not spec.sam2_checkpoint:
+        raise ValueError("SAM2 would stay frozen at random weights: give --sam2-checkpoint "
+                         "or --unfreeze-sam2 (the demo model trains SAM2 from scratch)")
+    if args.bundle and not (demo and args.synthetic and args.unfreeze_sam2):
+        raise ValueError("--bundle packages a synthetic run of the demo model "
+                         "(--synthetic --unfreeze-sam2)")
+    dataset, shuffle = _dataset_from_args(args, spec.image_size)
+    cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                      grad_clip=args.grad_clip, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every, unfreeze_sam2=args.unfreeze_sam2,
+                      loss_weights=LossWeights(contrastive=args.contrastive_weight,
+                                               supervise_all_iou=not args.iou_best_only,
+                                               iou_loss=iou_loss),
+                      device=args.device, progress=not args.quiet, resume=args.resume,
+                      threads=args.threads, train_candidate=candidate)
+    evaluate = None
+    if args.synthetic and args.eval_every:
+        from .demo import quick_audio_checks
+
+        def evaluate(model, step):
+            r = quick_audio_checks(model, n=args.eval_clips)
+            print(f"[step {step}] held-out: J sounding {r['j_sounding']:.3f}, J swapped "
+                  f"{r['j_swapped_audio']:.3f}, silent < 0.5 on "
+                  f"{r['silent_low_confidence_fraction']:.1%} of frames", file=sys.stderr)
+            return r
+    result = train(cfg, dataset, spec, shuffle=shuffle, command=command_line(),
+                   evaluate=evaluate, eval_every=args.eval_every)
+    print(json.dumps({"out": str(result.out), "fuser": str(result.fuser),
+                      "sam2": str(result.sam2) if result.sam2 else None,
+                      "steps": result.steps, "seconds": round(result.seconds, 1),
+                      "last_losses": result.last_losses}, indent=1))
+    if args.bundle:
+        from .train import export_demo_bundle
+
+        bundle = export_demo_bundle(args.out, args.bundle)
+        print(json.dumps({"bundle": args.bundle, "files": bundle["files"],
+                          "measured": {k: v for k, v in bundle["measured"].items()
+                                       if k != "per_clip"}}, indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import PASS_MARKS, run_demo
+
+    if args.sam2_config or args.fuser_checkpoint or args.sam2_checkpoint:
+        model = _build_model(args)
+    else:
+        from .build import build_demo_model
+
+        model = build_demo_model(device=args.device)
+    s = run_demo(args.out, n_clips=args.clips, size=args.size, model=model,
+                 overlay=not args.no_overlay, timeline=not args.no_overlay,
+                 progress=not args.quiet)
+    keys = ("j_sounding", "f_sounding", "j_swapped_audio", "f_swapped_audio",
+            "silent_low_confidence_fraction", "passed", "seconds")
+    print(json.dumps({k: s[k] for k in keys}, indent=1))
+    print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+    ok = all(s["passed"].get(k, False) for k in PASS_MARKS)
+    print("demo: audio checks PASSED" if ok else "demo: audio checks FAILED", file=sys.stderr)
+    return 0 if ok or not args.strict else 1
+
+
+def cmd_eval(args) -> int:
+    from .datasets import evaluate_predictions
+
+    report = evaluate_predictions(args.pred, args.gt)
+    d = report.to_dict()
+    if args.json:
+        Path(args.json).write_text(json.dumps(d, indent=1))
+    for v in d["per_video"]:
+        print(f"{v['name']:40s} J={v['J']:.4f} F={v['F']:.4f} frames={v['frames']}")
+    print(f"overall ({d['protocol']}): J={d['J']:.4f} F={d['F']:.4f} J&F={d['J&F']:.4f} "
+          f"over {d['num_videos']} videos, {d['num_frames']} frames")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .build import DEFAULT_SAM2_CONFIG, SAM2_CONFIGS
     from .model import MASK_CHOICES
@@ -140,15 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_options(c: argparse.ArgumentParser, image_size: int) -> None:
-        c.add_argument("--sam2-config", default="sam2_hiera_t",
-                       help=f"one of {', '.join(SAM2_CONFIGS)} or a yaml path "
-                            f"(published model: {DEFAULT_SAM2_CONFIG})")
+        c.add_argument("--sam2-config", default=None,
+                       help=f"one of {', '.join(SAM2_CONFIGS)}, a yaml path, or 'bundled' "
+                            f"(published model: {DEFAULT_SAM2_CONFIG}). Default: the bundled "
+                            "demo model when no checkpoint is given, else sam2_hiera_t")
         c.add_argument("--sam2-checkpoint", help="Meta SAM2 checkpoint (path, URL or registry "
                                                  "name, e.g. sam2_hiera_large)")
         c.add_argument("--fuser-checkpoint", help="AuralSAM2 fuser checkpoint (e.g. "
                                                   "auralsam2_avs_v1m)")
-        c.add_argument("--image-size", type=int, default=image_size,
-                       help="SAM2 input size (published model: 1024)")
+        c.add_argument("--image-size", type=int, default=None,
+                       help=f"SAM2 input size (default {image_size}; published model: 1024; "
+                            "the bundled model has its own)")
+        c.set_defaults(default_image_size=image_size)
         c.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
         c.add_argument("--mask-choice", default="iou_select", choices=MASK_CHOICES)
 
@@ -177,12 +326,110 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     pl.set_defaults(func=cmd_prelabel)
 
+    t = sub.add_parser("train", help="fine-tune the fuser (or train the demo model from "
+                                     "scratch on synthetic clips)")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", action="store_true",
+                     help="synthetic sounding-shape clips generated on the fly")
+    src.add_argument("--avsbench-s4", metavar="ROOT", help="AVSBench Single-source folder")
+    src.add_argument("--avsbench-ms3", metavar="ROOT", help="AVSBench Multi-sources folder")
+    src.add_argument("--avsbench-v2", metavar="ROOT",
+                     help="AVSBench-semantic folder (metadata.csv, v1s/, v1m/, v2/)")
+    src.add_argument("--results", metavar="DIR", help="corrected pre-labels: results JSON "
+                                                      "files (engine format) + their videos")
+    t.add_argument("--out", required=True, help="run folder (weights, logs, checkpoints)")
+    t.add_argument("--model", choices=("demo", "official"),
+                   help="demo: tiny SAM2 yaml + compact fuser (default with --synthetic); "
+                        "official: sam2_hiera_l at 1024 + the authors' fuser")
+    t.add_argument("--sam2-config", help="override the SAM2 config (name or yaml)")
+    t.add_argument("--image-size", type=int, help="override the input size")
+    t.add_argument("--fuser-config", help="fuser config: JSON string or file")
+    t.add_argument("--sam2-checkpoint", help="SAM2 weights to start from")
+    t.add_argument("--fuser-checkpoint", help="fuser weights to start from")
+    t.add_argument("--unfreeze-sam2", action="store_true",
+                   help="train SAM2 too (needed when it starts from random weights)")
+    t.add_argument("--split", default="train", help="AVSBench split (default train)")
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--batch-size", type=int, default=8, help="clips per step")
+    t.add_argument("--clip-len", type=int, default=5, help="frames per clip (authors: 5)")
+    t.add_argument("--render-size", type=int, default=128,
+                   help="synthetic clips are drawn at this size, then scaled to the input")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=0.05)
+    t.add_argument("--warmup-steps", type=int, default=30)
+    t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--contrastive-weight", type=float, default=1.0)
+    t.add_argument("--train-candidate", choices=("best", "first"), default="best",
+                   help="mask candidate the mask losses train: best of 3 (published) or first")
+    t.add_argument("--mask-choice", choices=("first", "iou_select", "iou_occ_select"),
+                   help="inference mask choice saved with the model (default iou_select)")
+    t.add_argument("--iou-loss", choices=("l1", "bce"),
+                   help="IoU-head loss: l1 (published; default for --model official) or bce "
+                        "(default for the demo model, trained from scratch)")
+    t.add_argument("--iou-best-only", action="store_true",
+                   help="IoU loss on the best candidate only (default: all three, as the "
+                        "authors' config)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    t.add_argument("--eval-every", type=int, default=0,
+                   help="synthetic: held-out audio checks every N steps (logged)")
+    t.add_argument("--eval-clips", type=int, default=6)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--bundle", metavar="DIR",
+                   help="afterwards, package the run as a demo model in DIR (model.json with "
+                        "sha256s and the measured demo numbers)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    dm = sub.add_parser("demo", help="held-out synthetic clips pre-labelled by the bundled "
+                                     "model through the engine; J with the real, swapped and "
+                                     "no audio -> summary.json")
+    dm.add_argument("--out", required=True)
+    dm.add_argument("--clips", type=int, default=6, help="held-out clips (x3 variants)")
+    dm.add_argument("--size", type=int, default=128, help="clip size in pixels (even)")
+    dm.add_argument("--no-overlay", action="store_true", help="skip overlay videos/timelines")
+    dm.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    dm.add_argument("--quiet", action="store_true", help="no progress bars")
+    model_options(dm, image_size=1024)
+    dm.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("eval", help="AVSBench J and F of predictions against ground truth")
+    ev.add_argument("pred", help="results folder (engine JSON files) or PNG tree "
+                                 "(<video>/<frame>.png)")
+    ev.add_argument("gt", help="ground-truth PNG tree (<video>/<frame>.png, 0/255)")
+    ev.add_argument("--json", help="also write the full report here")
+    ev.set_defaults(func=cmd_eval)
+
     w = sub.add_parser("weights", help="list the known weight files and the cache")
     w.set_defaults(func=cmd_weights)
     d = sub.add_parser("download", help="download weight files into the cache")
     d.add_argument("names", nargs="+", help="registry names or URLs")
     d.set_defaults(func=cmd_download)
+    _register_plugin_commands(sub)
     return p
+
+
+def _register_plugin_commands(sub) -> None:
+    """Platform adapters add their subcommands (e.g. ``auralsam2 cvat``) through the
+    ``auralsam2.commands`` entry-point group, so this core module imports no platform."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="auralsam2.commands"):
+        try:
+            register = ep.load()
+        except ImportError as e:  # the platform's extra is not installed
+            stub = sub.add_parser(ep.name, help=f"(unavailable: {e})")
+            stub.set_defaults(func=lambda _a, e=e, n=ep.name: _unavailable(n, e))
+            continue
+        register(sub)
+
+
+def _unavailable(name: str, error: Exception) -> int:
+    print(f"auralsam2 {name}: this command needs its platform package ({error}); install the "
+          f"matching extra, e.g. pip install -e '.[{name}]'", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,601 @@
+"""Fine-tune AuralSAM2 (the fuser; optionally SAM2 too) on synthetic clips, AVSBench or
+corrected pre-labels.
+
+What a run does (``train(TrainConfig(...), dataset)`` or ``auralsam2 train``):
+
+* **Model.** SAM2 from a shipped config name or a yaml, the fuser from a config dict; either
+  may start from a checkpoint. SAM2 is frozen unless ``unfreeze_sam2`` (needed when SAM2
+  itself starts from random weights, as for the bundled demo model). SAM2 always stays in
+  eval mode (no dropout; memory encoder fed the binarised mask, as at inference), so
+  training sees exactly the inference path. The fuser's BatchNorm layers are frozen by
+  default (``freeze_batchnorm``): the fuser runs one clip at a time (its attention mixes all
+  frames it is given), and statistics of 5 near-identical frames would normalise the audio
+  away; frozen, they are per-channel affine layers that still train.
+* **Batches.** ``batch_size`` clips per step. All clips go through the image encoder together
+  and SAM2's tracking runs batched over clips (SAM2 trains the same way), while the fuser
+  runs per clip (its outputs depend on every frame it sees, so batching clips would change
+  them). :func:`forward_batch` gives the same outputs as ``AuralSAM2.forward_clip`` per clip.
+* **Loss.** :func:`auralsam2_core.losses.total_loss` per clip (summed over frames), averaged
+  over the batch.
+* **Optimiser.** AdamW (weight decay 0.05, none on norms, biases and other 1-d parameters),
+  linear warm-up then poly decay (power 0.9) to 0, gradient clipping, bf16 autocast on CUDA.
+* **Reproducible.** Batch ``k`` is a pure function of ``(seed, k)``, model initialisation of
+  ``seed``, and the contrastive sampler of ``(seed, k)``; so the same command gives the same
+  weights on the same machine, and a run resumed from a checkpoint (model, optimiser,
+  scheduler, step, torch RNG states) ends with the same weights as an uninterrupted one.
+* **Outputs** in ``out``: ``fuser.pth`` (plain state dict, no prefix: the authors' release
+  format, loads wherever theirs do), ``sam2.pt`` (``{"model": state_dict}``, Meta's format,
+  only when SAM2 was trained), ``train.json`` (configs, command, timings, final losses),
+  ``log.jsonl`` (per-step losses) and ``checkpoints/`` (``latest.pt`` + every N steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import load_into, read_state_dict, save_state_dict
+from .datasets import collate
+from .losses import LossWeights, total_loss
+from .model import AuralSAM2, ClipOutput, TrackState, _capture_outputs, choose_masks
+from .prompting import FramePrompts
+
+__all__ = [
+    "DEMO_FUSER_CONFIG",
+    "DEMO_SAM2_CONFIG",
+    "ModelSpec",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "forward_batch",
+    "param_groups",
+    "train",
+]
+
+#: The bundled demo model's SAM2 (a yaml shipped in the package) and its input size.
+DEMO_SAM2_CONFIG = "auralsam2_demo_tiny.yaml"
+DEMO_IMAGE_SIZE = 96
+_DEMO_BLOCK = {"dim": 64, "num_heads": 2, "mlp_ratio": 4, "qkv_bias": True, "qk_scale": None,
+               "drop": 0.0, "attn_drop": 0.0, "drop_path": 0.0, "sr_ratio": 1,
+               "linear": False}
+#: The bundled demo model's compact fuser: the published architecture at width 64, one
+#: visual and one audio block per level, full attention on the 6 x 6 token grid (sr_ratio 1)
+#: and the small conv audio encoder instead of VGGish.
+DEMO_FUSER_CONFIG: dict = {"f_depths": [1, 1, 1], "dim": 64, "audio_depth": 1,
+                           "audio_encoder": "tiny", "block_kw": dict(_DEMO_BLOCK),
+                           "one_d_kw": dict(_DEMO_BLOCK)}
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a yaml shipped in ``auralsam2_core/configs``."""
+    from importlib.resources import files
+
+    return Path(str(files("auralsam2_core").joinpath("configs", name)))
+
+
+@dataclass
+class ModelSpec:
+    """What to build: SAM2 config (shipped name or yaml path; ``"demo"`` = the bundled demo
+    model's tiny yaml), input size, fuser config dict (``None``: the authors' AVS fuser) and
+    optional starting checkpoints."""
+
+    sam2_config: str = "demo"
+    image_size: int | None = DEMO_IMAGE_SIZE
+    fuser_config: dict | None = field(default_factory=lambda: json.loads(
+        json.dumps(DEMO_FUSER_CONFIG)))
+    sam2_checkpoint: str | None = None
+    fuser_checkpoint: str | None = None
+    mask_choice: str = "iou_select"
+
+    def resolved_sam2_config(self) -> str:
+        return str(packaged_config(DEMO_SAM2_CONFIG)) if self.sam2_config == "demo" \
+            else self.sam2_config
+
+
+def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> AuralSAM2:
+    from .build import build_fuser, build_sam2_model, resolve_device
+
+    device = resolve_device(device)
+    sam2 = build_sam2_model(spec.resolved_sam2_config(), spec.sam2_checkpoint,
+                            image_size=spec.image_size, device="cpu")
+    fuser = build_fuser(spec.fuser_checkpoint, spec.fuser_config)
+    model = AuralSAM2(sam2, fuser, mask_choice=spec.mask_choice)
+    model.meta = {"sam2_config": spec.sam2_config, "image_size": model.image_size,
+                  "mask_choice": spec.mask_choice, "fuser_config": spec.fuser_config}
+    return model.to(device)
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    poly_power: float = 0.9
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: bool = False  # keep step_N.pt files next to latest.pt
+    unfreeze_sam2: bool = False
+    freeze_batchnorm: bool = True
+    calibrate_audio_bn: int = 4  # batches used to set the tiny audio encoder's BN statistics
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    train_candidate: str = "best"  # "best" of 3 (published) or "first" (demo model)
+    device: str = "auto"
+    log_every: int = 10
+    progress: bool = True
+    resume: bool = False
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["loss_weights"] = self.loss_weights.to_dict()
+        return d
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    fuser: Path
+    sam2: Path | None
+    steps: int
+    seconds: float
+    last_losses: dict
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def forward_batch(model: AuralSAM2, frames: torch.Tensor, log_mel: torch.Tensor
+                  ) -> list[ClipOutput]:
+    """``AuralSAM2.forward_clip`` for ``B`` clips at once, each a new video (its first frame
+    is the conditioning frame). ``frames``: ``(B, T, 3, S, S)``; ``log_mel``:
+    ``(B, T, 2, 96, 64)``. The image encoder runs on all ``B*T`` frames, the fuser once per
+    clip, SAM2's tracking batched over clips. Returns one :class:`ClipOutput` per clip."""
+    b, t_len = frames.shape[:2]
+    sam2 = model.sam2
+    decoder = sam2.sam_mask_decoder
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if frames.device.type == "cuda" \
+        else contextlib.nullcontext()
+    with autocast:
+        enc = model.encode_images(frames.flatten(0, 1))
+        raw_fpn = list(enc["backbone_fpn"])
+        per_clip = [model.fuser([f[i * t_len:(i + 1) * t_len] for f in raw_fpn], log_mel[i])
+                    for i in range(b)]
+        # (levels) x (B, T, ...) prompts
+        visual = [torch.stack([pc[0][lvl] for pc in per_clip]) for lvl in range(3)]
+        audio = [torch.stack([pc[1][lvl] for pc in per_clip]) for lvl in range(3)]
+        fpn = list(raw_fpn)
+        fpn[0], fpn[1] = decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])
+        _, feats, pos, sizes = sam2._prepare_backbone_features(
+            {"backbone_fpn": fpn, "vision_pos_enc": enc["vision_pos_enc"]})
+        state = TrackState(num_frames=t_len)
+        steps = []
+        for t in range(t_len):
+            cols = torch.arange(b, device=frames.device) * t_len + t
+            cur_feats = [x[:, cols] for x in feats]
+            cur_pos = [x[:, cols] for x in pos]
+            prompts = FramePrompts([v[:, t] for v in reversed(visual)],
+                                   [d[:, t, None, :] for d in reversed(audio)])
+            with model._transformer.prompts(prompts), _capture_outputs(decoder) as captured:
+                out, sam_out, _, _ = sam2._track_step(
+                    t, t == 0, cur_feats, cur_pos, sizes, None, None, state.output_dict,
+                    t_len, False, None)
+            multi, _, ious, _, high_res, obj_ptr, obj_logits = sam_out
+            out["obj_ptr"] = obj_ptr
+            out["object_score_logits"] = obj_logits
+            sam2._encode_memory_in_output(cur_feats, sizes, True, True, high_res, obj_logits,
+                                          out)
+            state.store(t, out, t == 0, keep=model._memory_horizon())
+            steps.append((multi, captured[-1][0].float(), ious, obj_logits))
+    outputs = []
+    for i in range(b):
+        multi = torch.stack([s[0][i] for s in steps])
+        raw = torch.stack([s[1][i] for s in steps])
+        ious = torch.stack([s[2][i] for s in steps]).float()
+        obj = torch.stack([s[3][i] for s in steps]).float()
+        chosen_logits, chosen = choose_masks(multi, ious, obj, model.mask_choice)
+        outputs.append(ClipOutput(multi, raw, ious, obj, chosen_logits, chosen,
+                                  per_clip[i][2]))
+    return outputs
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def param_groups(modules: Sequence[nn.Module], weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices / conv kernels, none on 1-d parameters
+    (norm scales and shifts, biases)."""
+    decay, no_decay = [], []
+    seen = set()
+    for m in modules:
+        for p in m.parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, total: int, warmup: int, power: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then poly(``power``) decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return max(0.0, 1.0 - (step - warmup) / span) ** power
+
+
+def _batch_indices(n: int, batch: int, step: int, seed: int, shuffle: bool) -> list[int]:
+    """Dataset indices of batch ``step``: a pure function of ``(seed, step)``; epochs are
+    seeded permutations (or, with ``shuffle=False``, consecutive items, wrapping)."""
+    out = []
+    for j in range(batch):
+        k = step * batch + j
+        epoch, pos = divmod(k, n)
+        if shuffle:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            out.append(int(torch.randperm(n, generator=g)[pos]))
+        else:
+            out.append(pos)
+    return out
+
+
+def calibrate_audio_batchnorm(fuser: nn.Module, log_mels: Sequence[torch.Tensor]) -> int:
+    """Data-dependent start for the compact fuser's audio encoder (``audio_encoder="tiny"``):
+    its BatchNorm statistics are set to the averages over ``log_mels`` (each ``(N, 2, 96,
+    64)``: whole training batches, so the statistics span many clips), then kept frozen.
+
+    Why: the fuser sees one clip at a time, so live batch statistics would come from a few
+    near-identical examples and erase the sound; frozen at their initial values (mean 0,
+    variance 1) they do not normalise at all, and the sound-specific part of the embedding is
+    then small next to its common part, which makes the audio slow to matter. Returns the
+    number of BatchNorm layers set (0 for VGGish, which has none).
+    """
+    enc = getattr(fuser, "audio_encoder", None)
+    if enc is None or not log_mels:
+        return 0
+    bns = [m for m in enc.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = enc.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    enc.train()
+    with torch.no_grad():
+        for lm in log_mels:
+            fuser.embed_audio(lm)
+    for bn in bns:
+        bn.momentum = 0.1
+    enc.train(was_training)
+    return len(bns)
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _trainable(model: AuralSAM2, cfg: TrainConfig) -> list[nn.Module]:
+    model.fuser.requires_grad_(True)
+    if hasattr(model.fuser, "vgg"):  # VGGish stays frozen, as published
+        model.fuser.vgg.requires_grad_(False)
+    if cfg.unfreeze_sam2:
+        model.sam2.requires_grad_(True)
+        return [model.fuser, model.sam2]
+    model.sam2.requires_grad_(False)
+    return [model.fuser]
+
+
+def _set_train_mode(model: AuralSAM2, cfg: TrainConfig) -> None:
+    model.train()  # keeps SAM2 in eval mode
+    if cfg.freeze_batchnorm:
+        _freeze_batchnorm(model.fuser)
+    if hasattr(model.fuser, "vgg"):
+        model.fuser.vgg.eval()
+
+
+def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec | None = None,
+          *, shuffle: bool = True, command: str | None = None,
+          on_step: Callable[[int, dict], None] | None = None,
+          evaluate: Callable[[AuralSAM2, int], dict] | None = None,
+          eval_every: int = 0, stop_after: int | None = None) -> TrainResult:
+    """Train and write the outputs described in the module docstring.
+
+    ``dataset`` yields :class:`~auralsam2_core.datasets.ClipSample` s of equal length.
+    ``evaluate(model, step)`` (optional, every ``eval_every`` steps and at the end) returns
+    numbers to log. ``stop_after``: stop (after checkpointing) once this step is reached,
+    as if interrupted (for tests of resuming).
+    """
+    from tqdm import tqdm
+
+    from .build import resolve_device
+
+    spec = spec or ModelSpec()
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    _seed_everything(cfg.seed)
+    model = build_model(spec, device="cpu").to(device)
+    modules = _trainable(model, cfg)
+    opt = torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.lr,
+                            betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.poly_power))
+    start = 0
+    elapsed_before = 0.0
+    latest = ckpt_dir / "latest.pt"
+    if cfg.resume and latest.is_file():
+        ck = torch.load(latest, map_location="cpu", weights_only=True)
+        load_into(model.fuser, ck["fuser"], what="AuralFuser", source=latest)
+        if "sam2" in ck:
+            load_into(model.sam2, ck["sam2"], what="SAM2", source=latest)
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        _set_rng_state(ck["rng"])
+        start = int(ck["step"])
+        elapsed_before = float(ck.get("seconds", 0.0))
+    log_path = out / "log.jsonl"
+    if start == 0:
+        log_path.write_text("")
+    elif log_path.is_file():  # drop lines logged after the checkpoint we resume from
+        kept = [line for line in log_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= start]
+        log_path.write_text("".join(f"{line}\n" for line in kept))
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("empty training dataset")
+    if start == 0 and cfg.calibrate_audio_bn > 0:
+        mels = [torch.cat([dataset[i].log_mel for i in
+                           _batch_indices(n, cfg.batch_size, k, cfg.seed, shuffle)]).to(device)
+                for k in range(cfg.calibrate_audio_bn)]
+        calibrate_audio_batchnorm(model.fuser, mels)
+    _set_train_mode(model, cfg)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    last: dict = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, unit="step",
+               dynamic_ncols=True, desc="train")
+    try:
+        for step in range(start, cfg.steps):
+            batch = collate([dataset[i] for i in
+                             _batch_indices(n, cfg.batch_size, step, cfg.seed, shuffle)])
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            outs = forward_batch(model, batch["frames"].to(device), batch["log_mel"].to(device))
+            terms: dict[str, torch.Tensor] = {}
+            for i, o in enumerate(outs):
+                t = total_loss(o, batch["gt"][i].to(device), batch["valid"][i].to(device),
+                               cfg.loss_weights, generator=gen,
+                               candidate=cfg.train_candidate)
+                for k, v in t.items():
+                    if k != "best":
+                        terms[k] = terms.get(k, 0.0) + v / len(outs)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) \
+                if cfg.grad_clip > 0 else torch.tensor(0.0)
+            opt.step()
+            sched.step()
+            last = {k: round(float(v.detach()), 5) for k, v in terms.items()}
+            rec = {"step": step + 1, **last, "grad_norm": round(float(gnorm), 4),
+                   "lr": opt.param_groups[0]["lr"],
+                   "seconds": round(elapsed_before + time.perf_counter() - t0, 2)}
+            if evaluate is not None and eval_every and (step + 1) % eval_every == 0 \
+                    and step + 1 < cfg.steps:
+                rec["eval"] = _run_eval(model, evaluate, step + 1, cfg)
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            if on_step:
+                on_step(step + 1, rec)
+            bar.update(1)
+            if (step + 1) % max(1, cfg.log_every) == 0:
+                bar.set_postfix(loss=f"{last['loss']:.3f}", obj=f"{last['object_score']:.3f}")
+            done = step + 1
+            if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or
+                                         done == stop_after) and done < cfg.steps:
+                _save_checkpoint(ckpt_dir, model, opt, sched, done, cfg,
+                                 elapsed_before + time.perf_counter() - t0)
+            if stop_after is not None and done >= stop_after and done < cfg.steps:
+                return TrainResult(out, out / "fuser.pth", None, done,
+                                   elapsed_before + time.perf_counter() - t0, last)
+    finally:
+        bar.close()
+    seconds = elapsed_before + time.perf_counter() - t0
+    final_eval = _run_eval(model, evaluate, cfg.steps, cfg) if evaluate is not None else None
+    fuser_path = save_state_dict(model.fuser.state_dict(), out / "fuser.pth")
+    sam2_path = None
+    if cfg.unfreeze_sam2:
+        sam2_path = out / "sam2.pt"
+        _atomic_save({"model": {k: v.detach().cpu() for k, v in
+                                model.sam2.state_dict().items()}}, sam2_path)
+    info = {
+        "format": "auralsam2-train", "package_version": __version__,
+        "command": command, "train_config": cfg.to_dict(), "model": asdict(spec),
+        "dataset": dataset.config() if hasattr(dataset, "config") else type(dataset).__name__,
+        "steps": cfg.steps, "seconds": round(seconds, 1), "last_losses": last,
+        "final_eval": final_eval,
+        "params": {"fuser": sum(p.numel() for p in model.fuser.parameters()),
+                   "sam2": sum(p.numel() for p in model.sam2.parameters())},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "device": str(device), "threads": torch.get_num_threads(),
+                    "platform": platform.platform()},
+        "outputs": {"fuser": fuser_path.name, "sam2": sam2_path.name if sam2_path else None},
+    }
+    (out / "train.json").write_text(json.dumps(info, indent=1))
+    return TrainResult(out, fuser_path, sam2_path, cfg.steps, seconds, last)
+
+
+def _run_eval(model: AuralSAM2, evaluate, step: int, cfg: TrainConfig) -> dict:
+    model.eval()
+    try:
+        with torch.no_grad():
+            return evaluate(model, step)
+    finally:
+        _set_train_mode(model, cfg)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(ckpt_dir: Path, model: AuralSAM2, opt, sched, step: int,
+                     cfg: TrainConfig, seconds: float) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ck = {"step": step, "seconds": seconds,
+          "fuser": {k: v.detach().cpu() for k, v in model.fuser.state_dict().items()},
+          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+          "rng": _rng_state(), "config": json.loads(json.dumps(cfg.to_dict()))}
+    if cfg.unfreeze_sam2:
+        ck["sam2"] = {k: v.detach().cpu() for k, v in model.sam2.state_dict().items()}
+    path = ckpt_dir / "latest.pt"
+    _atomic_save(ck, path)
+    if cfg.keep_checkpoints:
+        _atomic_save(ck, ckpt_dir / f"step_{step:06d}.pt")
+    return path
+
+
+def load_trained(out: str | os.PathLike, device: str | torch.device = "cpu") -> AuralSAM2:
+    """The model a training run wrote to ``out`` (``train.json`` + weights), in eval mode."""
+    out = Path(out)
+    info = json.loads((out / "train.json").read_text())
+    spec = ModelSpec(**info["model"])
+    model = build_model(spec, device="cpu")
+    load_into(model.fuser, read_state_dict(out / info["outputs"]["fuser"]), what="AuralFuser",
+              source=out / info["outputs"]["fuser"])
+    if info["outputs"].get("sam2"):
+        from .checkpoint import sam2_checkpoint_filter
+
+        p = out / info["outputs"]["sam2"]
+        load_into(model.sam2, sam2_checkpoint_filter(read_state_dict(p)), what="SAM2", source=p)
+    from .build import resolve_device
+
+    return model.to(resolve_device(device)).eval()
+
+
+def command_line() -> str:
+    """The command that started this process, for the records."""
+    prog = Path(sys.argv[0]).name if sys.argv else "auralsam2"
+    if prog in ("cli.py", "__main__.py", "-c", ""):
+        prog = "auralsam2"
+    argv = [prog, *sys.argv[1:]]
+    return " ".join(argv)
+
+
+
+# --------------------------------------------------------------------------- demo bundle
+
+
+def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
+                       name: str = "auralsam2-demo-tiny", demo_clips: int = 6,
+                       demo_size: int = 128) -> dict:
+    """Package a synthetic training run as the bundled demo model: ``sam2.safetensors`` and
+    ``fuser.safetensors`` (float32, plain state dicts) plus ``model.json`` (configs, sha256
+    and size of each file, the training command, wall time and machine), then measure the
+    demo's numbers with the packaged files (through the engine) and record them too."""
+    import shutil
+    import tempfile
+
+    from .weights import sha256_file
+
+    train_out, dest = Path(train_out), Path(dest)
+    info = json.loads((train_out / "train.json").read_text())
+    spec = ModelSpec(**info["model"])
+    if spec.sam2_config != "demo" or not info["outputs"].get("sam2"):
+        raise ValueError("a demo bundle needs a run of the demo model with SAM2 trained "
+                         "(sam2_config 'demo', --unfreeze-sam2)")
+    model = load_trained(train_out)
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.safetensors"):
+        old.unlink()
+    save_state_dict(model.sam2.state_dict(), dest / "sam2.safetensors")
+    save_state_dict(model.fuser.state_dict(), dest / "fuser.safetensors")
+    files = {}
+    for f in ("sam2.safetensors", "fuser.safetensors"):
+        (dest / f).chmod(0o644)
+        files[f] = {"sha256": sha256_file(dest / f), "bytes": (dest / f).stat().st_size}
+    yaml = packaged_config(DEMO_SAM2_CONFIG)
+    bundle = {
+        "format": "auralsam2-demo-model", "format_version": 1, "name": name,
+        "description": "Tiny AuralSAM2 (SAM2 Hiera embed 32 at 96 px + compact fuser, "
+                       "trained from scratch on synthetic sounding-shape clips). A demo of "
+                       "the pipeline, not a model for real videos.",
+        "sam2_config": DEMO_SAM2_CONFIG, "sam2_config_sha256": sha256_file(yaml),
+        "image_size": model.image_size, "mask_choice": spec.mask_choice,
+        "fuser_config": spec.fuser_config,
+        "weights": {"sam2": "sam2.safetensors", "fuser": "fuser.safetensors"},
+        "files": files,
+        "params": info["params"],
+        "training": {"command": info["command"], "wall_seconds": info["seconds"],
+                     "steps": info["steps"], "train_config": info["train_config"],
+                     "dataset": info["dataset"], "machine": info["machine"],
+                     "last_losses": info["last_losses"],
+                     "package_version": info["package_version"]},
+    }
+    (dest / "model.json").write_text(json.dumps(bundle, indent=1))
+    from .build import build_demo_model, bundled_model_dir
+
+    if dest.resolve() == bundled_model_dir().resolve():
+        packaged = build_demo_model(device="cpu")
+    else:  # measure the files just written, loaded the way the bundled loader does
+        packaged = load_trained(train_out)
+    from .demo import run_demo
+
+    tmp = Path(tempfile.mkdtemp(prefix="auralsam2_demo_"))
+    try:
+        summary = run_demo(tmp, n_clips=demo_clips, size=demo_size, model=packaged,
+                           overlay=False, timeline=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    keys = ("j_sounding", "f_sounding", "j_swapped_audio", "f_swapped_audio", "j_silent",
+            "silent_low_confidence_fraction", "passed")
+    bundle["measured"] = {"protocol": f"auralsam2 demo: {demo_clips} held-out clips x 3 "
+                                      f"variants at {demo_size} px through the engine",
+                          **{k: summary[k] for k in keys},
+                          "per_clip": summary["per_clip"]}
+    (dest / "model.json").write_text(json.dumps(bundle, indent=1))
+    return bundle
