@@ -24,8 +24,10 @@ def _synthetic_clip(frames: int, size: int, seconds_per_frame: float = 1.0):
         cx = size * (0.25 + 0.5 * t / max(frames - 1, 1))
         disc = ((xx - cx) ** 2 + (yy - size / 2) ** 2) < (size / 6) ** 2
         video[t, 0][disc] = 1.0
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    from .engine import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     n = int(frames * seconds_per_frame * VGGISH_SAMPLE_RATE)
     t_axis = torch.arange(n) / VGGISH_SAMPLE_RATE
     audio = torch.stack([0.5 * torch.sin(2 * math.pi * 440 * t_axis),

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from auralsam2_core.build import build_auralsam2
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import plain_sam2_step  # noqa: E402
+
+from auralsam2_core.build import build_auralsam2  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -65,18 +70,8 @@ def main() -> None:
 
 def _plain_sam2_tracking(model, enc) -> None:
     """SAM2's own tracking of the same frames with no prompts (the baseline to beat)."""
-    sam2 = model.sam2
-    fpn = list(enc["backbone_fpn"])
-    dec = sam2.sam_mask_decoder
-    fpn[0], fpn[1] = dec.conv_s0(fpn[0]), dec.conv_s1(fpn[1])
-    _, feats, pos, sizes = sam2._prepare_backbone_features(
-        {"backbone_fpn": fpn, "vision_pos_enc": enc["vision_pos_enc"]})
-    output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-    for t in range(fpn[0].shape[0]):
-        out = sam2.track_step(t, t == 0, [x[:, t:t + 1] for x in feats],
-                              [x[:, t:t + 1] for x in pos], sizes, None, None, output_dict,
-                              fpn[0].shape[0])
-        output_dict["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
+    plain_sam2_step(model.sam2, enc, {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                    0)
 
 
 if __name__ == "__main__":
