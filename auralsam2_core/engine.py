@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +22,7 @@ import torch
 
 from .audio_track import AudioStream
 from .media import MediaError, MediaInfo, iter_frames, probe
-from .model import AuralSAM2, upsample_logits
+from .model import AuralSAM2, PointPrompt, upsample_logits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,8 +34,14 @@ class PrelabelOptions:
     stride: int = 1  # pre-label every stride-th frame
     no_audio: Literal["error", "silent"] = "error"  # "silent": every frame is "not sounding"
     prefetch_clips: int = 2  # decoded clips waiting for the model (bounds memory)
+    start_frame: int = 0  # first frame to label (0-based); SAM2's memory starts there
+    stop_frame: int | None = None  # label frames before this one (None: to the end)
 
     def __post_init__(self) -> None:
+        if self.start_frame < 0 or (self.stop_frame is not None
+                                    and self.stop_frame <= self.start_frame):
+            raise ValueError(f"need 0 <= start_frame < stop_frame, got {self.start_frame}, "
+                             f"{self.stop_frame}")
         if self.clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
         if self.stride < 1:
@@ -107,7 +113,8 @@ class _Producer(threading.Thread):
         try:
             batch = []
             for frame in iter_frames(self.path, size=self.size, stride=self.opts.stride,
-                                     fps_hint=self.fps_hint):
+                                     fps_hint=self.fps_hint, start=self.opts.start_frame,
+                                     stop=self.opts.stop_frame):
                 batch.append(frame)
                 if len(batch) == self.opts.clip_len:
                     if not self._emit(batch):
@@ -135,15 +142,26 @@ class _Producer(threading.Thread):
 
 def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOptions | None = None,
              *, info: MediaInfo | None = None,
-             on_progress: Callable[[int], None] | None = None) -> Iterator[FrameResult]:
+             on_progress: Callable[[int], None] | None = None,
+             prompts: Mapping[int, PointPrompt] | None = None) -> Iterator[FrameResult]:
     """Pre-label one video; yields :class:`FrameResult` in frame order.
 
     Raises :class:`MediaError` for unusable files and :class:`NoAudioError` for a video
     without audio unless ``options.no_audio == "silent"``. ``on_progress(n)`` is called with
-    the number of frames finished so far.
+    the number of frames finished so far. ``prompts`` maps a frame index to an annotator's
+    clicks or box (:class:`PointPrompt` in the video's display pixels); those frames
+    are labelled with the prompt plus the audio and become SAM2 conditioning frames.
     """
     opts = options or PrelabelOptions()
     info = info or probe(video)
+    for i in prompts or {}:
+        if i < opts.start_frame or (opts.stop_frame is not None and i >= opts.stop_frame) \
+                or (i - opts.start_frame) % opts.stride:
+            raise ValueError(f"a prompt on frame {i} is not among the frames being labelled "
+                             f"(start {opts.start_frame}, stop {opts.stop_frame}, "
+                             f"stride {opts.stride})")
+    prompts = {i: _to_model_pixels(p, info, model.image_size)
+               for i, p in (prompts or {}).items()}
     if not info.has_audio and opts.no_audio == "error":
         raise NoAudioError(f"{video} has no audio track; AuralSAM2 segments what makes the "
                            "sound, so there is nothing to hear. Use no_audio='silent' "
@@ -156,18 +174,31 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
     clips = _Producer(video, model.image_size, opts, info.fps).clips()
     try:
         yield from _label_clips(model, clips, track, state, (info.height, info.width),
-                                on_progress)
+                                on_progress, prompts)
     finally:
         clips.close()  # stops the decoding thread even if the caller gives up early
 
 
-def _label_clips(model, clips, track, state, shape, on_progress) -> Iterator[FrameResult]:
+def _to_model_pixels(p: PointPrompt, info: MediaInfo, size: int) -> PointPrompt:
+    if not info.width or not info.height:
+        raise MediaError("cannot place a prompt: the video reports no frame size")
+    for x, y in p.coords:
+        if not (0 <= x <= info.width and 0 <= y <= info.height):
+            raise ValueError(f"prompt point ({x}, {y}) is outside the "
+                             f"{info.width}x{info.height} frame")
+    sx, sy = size / info.width, size / info.height
+    return PointPrompt(tuple((x * sx, y * sy) for x, y in p.coords), p.labels)
+
+
+def _label_clips(model, clips, track, state, shape, on_progress, prompts
+                 ) -> Iterator[FrameResult]:
     done = 0
     prev: torch.Tensor | None = None
     for indices, times, clip in clips:
+        points = {j: prompts[i] for j, i in enumerate(indices) if i in prompts}
         with torch.inference_mode():
             out = model.forward_clip(clip.to(model.device), track.examples_at(times).to(
-                model.device), state)
+                model.device), state, points=points)
         probs = out.object_score_logits.sigmoid().flatten().tolist()
         ious = out.ious.gather(1, out.chosen[:, None]).flatten().tolist()
         for j, (index, time) in enumerate(zip(indices, times, strict=True)):
@@ -190,7 +221,8 @@ def _label_clips(model, clips, track, state, shape, on_progress) -> Iterator[Fra
 def _silent(video, info: MediaInfo, opts: PrelabelOptions, on_progress) -> Iterator[FrameResult]:
     empty = np.zeros((info.height, info.width), bool)
     for n, frame in enumerate(iter_frames(video, size=16, stride=opts.stride,
-                                          fps_hint=info.fps), start=1):
+                                          fps_hint=info.fps, start=opts.start_frame,
+                                          stop=opts.stop_frame), start=1):
         yield FrameResult(frame.index, frame.time, empty, 0.0, 0.0, 0.0, 0.0)
         if on_progress:
             on_progress(n)

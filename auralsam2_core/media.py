@@ -125,23 +125,29 @@ class Frame:
 
 
 def iter_frames(path: str | os.PathLike, *, size: int | None = None, stride: int = 1,
-                fps_hint: float | None = None) -> Iterator[Frame]:
-    """Yield every ``stride``-th frame with its timestamp, rotated for display and, when
-    ``size`` is given, scaled (area filter) to ``size x size`` as SAM2 expects."""
+                fps_hint: float | None = None, start: int = 0,
+                stop: int | None = None) -> Iterator[Frame]:
+    """Yield every ``stride``-th frame of ``[start, stop)`` with its timestamp, rotated for
+    display and, when ``size`` is given, scaled (area filter) to ``size x size`` as SAM2
+    expects. Frames before ``start`` are decoded (indices must stay exact) but not converted."""
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    if start < 0 or (stop is not None and stop < start):
+        raise ValueError(f"bad frame range [{start}, {stop})")
     with _open(path) as c:
         v = video_stream(c)
         if v is None:
             raise MediaError(f"{path} has no video stream")
         v.thread_type = "AUTO"
-        start = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
+        origin = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
         index = 0
         try:
             for frame in c.decode(v):
-                if index % stride == 0:
+                if stop is not None and index >= stop:
+                    return
+                if index >= start and (index - start) % stride == 0:
                     if frame.pts is not None:
-                        t = float(frame.pts * v.time_base) - start
+                        t = float(frame.pts * v.time_base) - origin
                     else:
                         t = index / (fps_hint or 25.0)
                     yield Frame(index, max(t, 0.0), _to_rgb(frame, size))

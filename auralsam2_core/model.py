@@ -45,6 +45,33 @@ class ClipOutput:
     projections: list | None = None  # fuser projections for the contrastive loss (training)
 
 
+@dataclass(frozen=True)
+class PointPrompt:
+    """An annotator's prompt on one frame, in model-input pixels (``0..image_size``).
+
+    ``labels`` follow SAM2: 1 positive click, 0 negative click, 2 / 3 a box's top-left /
+    bottom-right corner (see :meth:`box`).
+    """
+
+    coords: tuple[tuple[float, float], ...]  # (x, y) pairs
+    labels: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.coords or len(self.coords) != len(self.labels):
+            raise ValueError("a point prompt needs one label per (x, y) point, at least one")
+        if any(lab not in (0, 1, 2, 3) for lab in self.labels):
+            raise ValueError(f"point labels must be 0, 1, 2 or 3, got {self.labels}")
+
+    @classmethod
+    def box(cls, x0: float, y0: float, x1: float, y1: float) -> PointPrompt:
+        return cls(((min(x0, x1), min(y0, y1)), (max(x0, x1), max(y0, y1))), (2, 3))
+
+    def as_inputs(self, device: torch.device) -> dict:
+        """SAM2's ``point_inputs``: coords (1, N, 2) float, labels (1, N) int."""
+        return {"point_coords": torch.tensor([self.coords], dtype=torch.float32, device=device),
+                "point_labels": torch.tensor([self.labels], dtype=torch.int32, device=device)}
+
+
 @dataclass
 class TrackState:
     """SAM2 memory across clips of one video (``output_dict`` in SAM2's own format).
@@ -163,13 +190,15 @@ class AuralSAM2(nn.Module):
         return self.sam2.image_encoder(frames)
 
     def forward_clip(self, frames: torch.Tensor, log_mel: torch.Tensor,
-                     state: TrackState | None = None, *, projections: bool | None = None
-                     ) -> ClipOutput:
+                     state: TrackState | None = None, *, projections: bool | None = None,
+                     points: dict[int, PointPrompt] | None = None) -> ClipOutput:
         """Segment the sounding object in one clip.
 
         ``frames``: ``(T, 3, S, S)`` normalised with ImageNet mean/std at ``S = image_size``;
         ``log_mel``: ``(T, 2, 96, 64)``, one stereo example per frame. ``state`` continues a
         video (created fresh when None: the clip's first frame is then the conditioning frame).
+        ``points`` (clip-local frame -> :class:`PointPrompt`) adds an annotator's clicks or box
+        to the audio prompts; such a frame becomes a conditioning frame, as in SAM2.
         """
         t_len = frames.shape[0]
         if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[-1] != self.image_size \
@@ -183,13 +212,14 @@ class AuralSAM2(nn.Module):
         with self._autocast():
             enc = self.encode_images(frames)
             visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, projections=projections)
-            outs = self._track(enc, visual, audio, state)
+            outs = self._track(enc, visual, audio, state, points or {})
         multi, raw, ious, obj = (torch.cat(x) for x in zip(*outs, strict=True))
         chosen_logits, chosen = choose_masks(multi, ious, obj, self.mask_choice)
         return ClipOutput(multi, raw, ious.float(), obj.float(), chosen_logits, chosen, proj)
 
     def _track(self, enc: dict, visual: Sequence[torch.Tensor], audio: Sequence[torch.Tensor],
-               state: TrackState) -> list[tuple[torch.Tensor, ...]]:
+               state: TrackState, points: dict[int, PointPrompt]
+               ) -> list[tuple[torch.Tensor, ...]]:
         sam2 = self.sam2
         decoder = sam2.sam_mask_decoder
         fpn = list(enc["backbone_fpn"])
@@ -199,15 +229,17 @@ class AuralSAM2(nn.Module):
         results = []
         for t in range(fpn[0].shape[0]):
             frame_idx = state.next_frame
-            is_cond = frame_idx == 0
+            clicks = points[t].as_inputs(self.device) if t in points else None
+            is_cond = frame_idx == 0 or clicks is not None
             cur_feats = [x[:, t:t + 1] for x in feats]
             cur_pos = [x[:, t:t + 1] for x in pos]
             # Lists reversed as in the authors' model: [c, b, a] and [d3, d2, d1].
             prompts = FramePrompts([v[t] for v in reversed(visual)],
-                                   [d[t] for d in reversed(audio)])
+                                   [d[t] for d in reversed(audio)],
+                                   keep_sparse=clicks is not None)
             with self._transformer.prompts(prompts), _capture_outputs(decoder) as captured:
                 out, sam_out, _, _ = sam2._track_step(
-                    frame_idx, is_cond, cur_feats, cur_pos, sizes, None, None,
+                    frame_idx, is_cond, cur_feats, cur_pos, sizes, clicks, None,
                     state.output_dict, state.num_frames, False, None)
             multi, _, ious, _, high_res, obj_ptr, obj_logits = sam_out
             out["obj_ptr"] = obj_ptr
@@ -218,5 +250,8 @@ class AuralSAM2(nn.Module):
                                           out)
             state.store(frame_idx, out, is_cond, keep=self._memory_horizon())
             state.next_frame += 1
-            results.append((multi, captured[-1][0].float(), ious, obj_logits))
+            raw = captured[-1][0].float()
+            if multi.shape[1] == 1:  # a box or several clicks: SAM2 predicts a single mask
+                multi, raw, ious = (x.expand(-1, 3, *x.shape[2:]) for x in (multi, raw, ious))
+            results.append((multi, raw, ious, obj_logits))
         return results

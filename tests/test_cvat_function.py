@@ -26,6 +26,7 @@ yaml = pytest.importorskip("yaml")
 from cvat_sdk.masks import decode_mask  # noqa: E402
 from nuclio_sdk.test import Platform  # noqa: E402
 
+from auralsam2_core import model_env  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.cvat import config, main  # noqa: E402
@@ -70,9 +71,9 @@ def model():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(3)  # a random init whose masks are not empty on these clips
-    config.load_model.cache_clear()
-    yield config.load_model(config.ModelSpec.from_env(MODEL_ENV))
-    config.load_model.cache_clear()
+    model_env.load_served_model.cache_clear()
+    yield model_env.load_served_model(model_env.ServedModel.from_env(MODEL_ENV))
+    model_env.load_served_model.cache_clear()
     torch.set_num_threads(threads)
 
 
@@ -258,8 +259,8 @@ def test_settings_from_env_and_secrets(tmp_path):
     assert "file-token" not in repr(s)
     with pytest.raises(ValueError, match="CVAT_URL"):
         config.Settings.from_env({"CVAT_URL": "ftp://x"})
-    assert config.ModelSpec.from_env({}).sam2_config == "bundled"
-    assert config.ModelSpec.from_env(
+    assert model_env.ServedModel.from_env({}).sam2_config == "bundled"
+    assert model_env.ServedModel.from_env(
         {"AURALSAM2_FUSER_CHECKPOINT": "auralsam2_avs_v1m"}).sam2_config == "sam2_hiera_l"
 
 

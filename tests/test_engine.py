@@ -241,6 +241,40 @@ def test_bad_options():
     for bad in ({"clip_len": 0}, {"stride": 0}, {"no_audio": "ignore"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             PrelabelOptions(**bad)
+    for bad in ({"start_frame": -1}, {"start_frame": 4, "stop_frame": 4}):
+        with pytest.raises(ValueError, match="start_frame"):
+            PrelabelOptions(**bad)
+
+
+def test_frame_range_labels_only_those_frames(tmp_path, model, spy):
+    """[start, stop) with a stride labels exactly those frames, with their own times and the
+    audio at those times (SAM2's memory starts at ``start``)."""
+    p = mf.make_video(tmp_path / "v.mp4", frames=12, fps=10)
+    part = run(model, p, clip_len=3, start_frame=5, stop_frame=11, stride=2)
+    check_coverage(part, [5, 7, 9], [0.5, 0.7, 0.9], (48, 64))
+    assert [t for ts, _ in spy for t in ts] == pytest.approx([0.5, 0.7, 0.9], abs=2e-3)
+    assert [r.index for r in run(model, p, start_frame=10)] == [10, 11]  # to the end
+
+
+def test_point_prompt_changes_that_frame_and_propagates(tmp_path, model):
+    from auralsam2_core.model import PointPrompt
+
+    p = mf.make_video(tmp_path / "v.mp4", frames=8, fps=10)
+    plain = run(model, p, clip_len=4)
+    box = PointPrompt.box(5, 5, 40, 30)
+    prompted = list(prelabel(model, p, PrelabelOptions(clip_len=4), prompts={2: box}))
+    assert [r.index for r in prompted] == list(range(8))
+    same = [np.array_equal(a.mask, b.mask) and a.sounding_prob == b.sounding_prob
+            for a, b in zip(plain, prompted, strict=True)]
+    assert same[:2] == [True, True]  # before the prompt: untouched
+    assert not same[2]  # the prompted frame
+    assert not all(same[3:])  # later frames see it through memory
+    with pytest.raises(ValueError, match="outside"):
+        list(prelabel(model, p, prompts={0: PointPrompt(((65.0, 10.0),), (1,))}))
+    with pytest.raises(ValueError, match="not among the frames"):
+        list(prelabel(model, p, PrelabelOptions(start_frame=3), prompts={1: box}))
+    with pytest.raises(ValueError, match="labels"):
+        PointPrompt(((1.0, 1.0),), (5,))
 
 
 # ------------------------------------------------------------------------- results format

@@ -53,18 +53,20 @@ def register(subparsers) -> argparse.ArgumentParser:
 def cmd_prelabel(args) -> int:
     from pathlib import Path
 
-    from .config import ModelSpec, Settings, load_model
+    from auralsam2_core.model_env import ServedModel, load_served_model
+
+    from .config import Settings
     from .service import Service
 
     settings = Settings.from_env(
         url=args.url, label=args.label, threshold=args.threshold,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, media_source=args.media,
         share_root=Path(args.share_root) if args.share_root else None, clip_len=args.clip_len)
-    spec = ModelSpec.from_env(
+    spec = ServedModel.from_env(
         sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
         fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
         image_size=args.image_size, device=args.device)
-    service = Service(settings, load_model(spec))
+    service = Service(settings, load_served_model(spec))
     failed = False
     for task_id in args.task:
         job, _ = service.start_task(task_id, settings.threshold)

@@ -8,8 +8,6 @@ secret). They are kept out of ``repr`` and are never logged.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -104,57 +102,3 @@ class Settings:
 
     def has_credentials(self) -> bool:
         return bool(self.token or (self.username and self.password))
-
-
-# ----------------------------------------------------------------------------- the model
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    sam2_config: str = "bundled"
-    sam2_checkpoint: str | None = None
-    fuser_checkpoint: str | None = None
-    fuser_config: str | None = None  # JSON text (hashable, so specs can key a cache)
-    image_size: int | None = None
-    device: str = "auto"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ModelSpec:
-        """``AURALSAM2_SAM2_CONFIG`` (default: the bundled demo model when no checkpoint is
-        given, else the published ``sam2_hiera_l``), ``AURALSAM2_SAM2_CHECKPOINT``,
-        ``AURALSAM2_FUSER_CHECKPOINT`` (paths, URLs or registry names),
-        ``AURALSAM2_FUSER_CONFIG`` (JSON), ``AURALSAM2_IMAGE_SIZE``, ``AURALSAM2_DEVICE``."""
-        env = os.environ if env is None else env
-        values = dict(
-            sam2_config=env.get("AURALSAM2_SAM2_CONFIG") or None,
-            sam2_checkpoint=env.get("AURALSAM2_SAM2_CHECKPOINT") or None,
-            fuser_checkpoint=env.get("AURALSAM2_FUSER_CHECKPOINT") or None,
-            fuser_config=env.get("AURALSAM2_FUSER_CONFIG") or None,
-            image_size=int(env["AURALSAM2_IMAGE_SIZE"]) if env.get("AURALSAM2_IMAGE_SIZE")
-            else None,
-            device=env.get("AURALSAM2_DEVICE") or "auto",
-        )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if values["sam2_config"] is None:
-            weights = values["sam2_checkpoint"] or values["fuser_checkpoint"]
-            values["sam2_config"] = "sam2_hiera_l" if weights else "bundled"
-        return cls(**values)
-
-
-@functools.lru_cache(maxsize=2)
-def load_model(spec: ModelSpec):
-    """Build (once per process and spec) the model the adapter runs."""
-    from auralsam2_core.build import build_auralsam2
-    from auralsam2_core.weights import fetch
-
-    if spec.sam2_config == "bundled":
-        if spec.sam2_checkpoint or spec.fuser_checkpoint or spec.image_size or spec.fuser_config:
-            raise ValueError("the bundled demo model has its own weights and input size; set "
-                             "AURALSAM2_SAM2_CONFIG to use other ones")
-        return build_auralsam2("bundled", device=spec.device)
-    return build_auralsam2(
-        spec.sam2_config,
-        sam2_checkpoint=fetch(spec.sam2_checkpoint) if spec.sam2_checkpoint else None,
-        fuser_checkpoint=fetch(spec.fuser_checkpoint) if spec.fuser_checkpoint else None,
-        fuser_config=json.loads(spec.fuser_config) if spec.fuser_config else None,
-        image_size=spec.image_size, device=spec.device)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 
-from auralsam2_plugins.cvat.config import ModelSpec, Settings, load_model
+from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_plugins.cvat.config import Settings
 from auralsam2_plugins.cvat.service import Service
 
 
 def init_context(context) -> None:
     context.logger.info("auralsam2: loading the model")
     settings = Settings.from_env()
-    spec = ModelSpec.from_env()
-    model = load_model(spec)
+    spec = ServedModel.from_env()
+    model = load_served_model(spec)
     context.user_data.service = Service(settings, model, logger=context.logger)
     context.logger.info(f"auralsam2: ready (function '{settings.function_name}', model "
                         f"{spec.sam2_config} on {model.device}, CVAT {settings.url or 'not set'})")

@@ -1,0 +1,80 @@
+"""Which model an adapter or service runs, chosen by environment variables (or overrides), and
+the one cached function that builds it. Every platform adapter reads the same variables, so a
+deployment names its weights once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    sam2_config: str = "bundled"
+    sam2_checkpoint: str | None = None
+    fuser_checkpoint: str | None = None
+    fuser_config: str | None = None  # JSON text (hashable, so specs can key a cache)
+    image_size: int | None = None
+    device: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ServedModel:
+        """``AURALSAM2_SAM2_CONFIG`` (default: the bundled demo model when no checkpoint is
+        given, else the published ``sam2_hiera_l``), ``AURALSAM2_SAM2_CHECKPOINT``,
+        ``AURALSAM2_FUSER_CHECKPOINT`` (paths, URLs or registry names),
+        ``AURALSAM2_FUSER_CONFIG`` (JSON), ``AURALSAM2_IMAGE_SIZE``, ``AURALSAM2_DEVICE``."""
+        env = os.environ if env is None else env
+        values = dict(
+            sam2_config=env.get("AURALSAM2_SAM2_CONFIG") or None,
+            sam2_checkpoint=env.get("AURALSAM2_SAM2_CHECKPOINT") or None,
+            fuser_checkpoint=env.get("AURALSAM2_FUSER_CHECKPOINT") or None,
+            fuser_config=env.get("AURALSAM2_FUSER_CONFIG") or None,
+            image_size=int(env["AURALSAM2_IMAGE_SIZE"]) if env.get("AURALSAM2_IMAGE_SIZE")
+            else None,
+            device=env.get("AURALSAM2_DEVICE") or "auto",
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["sam2_config"] is None:
+            weights = values["sam2_checkpoint"] or values["fuser_checkpoint"]
+            values["sam2_config"] = "sam2_hiera_l" if weights else "bundled"
+        return cls(**values)
+
+
+    def identity(self) -> str:
+        """A short, stable name for these weights (model versions, cache keys), computed
+        without loading anything: the bundled model's weight hash, else a hash of the
+        spec's names (a checkpoint at a new path or with new contents should be given a
+        new name by the deployment)."""
+        if self.sam2_config == "bundled":
+            from .build import bundled_model_info
+
+            info = bundled_model_info(verify=False)
+            return f"bundled-{info['files'][info['weights']['fuser']]['sha256'][:8]}"
+        key = json.dumps([self.sam2_config, self.sam2_checkpoint, self.fuser_checkpoint,
+                          self.fuser_config, self.image_size])
+        stem = os.path.splitext(os.path.basename(self.sam2_config))[0]
+        return f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+@functools.lru_cache(maxsize=2)
+def load_served_model(spec: ServedModel):
+    """Build (once per process and spec) the model an adapter or service runs."""
+    from auralsam2_core.build import build_auralsam2
+    from auralsam2_core.weights import fetch
+
+    if spec.sam2_config == "bundled":
+        if spec.sam2_checkpoint or spec.fuser_checkpoint or spec.image_size or spec.fuser_config:
+            raise ValueError("the bundled demo model has its own weights and input size; set "
+                             "AURALSAM2_SAM2_CONFIG to use other ones")
+        return build_auralsam2("bundled", device=spec.device)
+    return build_auralsam2(
+        spec.sam2_config,
+        sam2_checkpoint=fetch(spec.sam2_checkpoint) if spec.sam2_checkpoint else None,
+        fuser_checkpoint=fetch(spec.fuser_checkpoint) if spec.fuser_checkpoint else None,
+        fuser_config=json.loads(spec.fuser_config) if spec.fuser_config else None,
+        image_size=spec.image_size, device=spec.device)
