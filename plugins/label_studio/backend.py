@@ -1,0 +1,403 @@
+"""The Label Studio backend's logic, without HTTP (see app.py): predictions from cached or
+freshly computed engine results, interactive refinement from an annotator's box or click, and
+fine-tuning from annotations (training.py).
+
+Whole videos rarely fit Label Studio's 100 s ``/predict`` deadline: ``/predict`` serves results
+already computed (by ``auralsam2 labelstudio prelabel`` or earlier calls), computes what fits in
+``predict_budget`` seconds, and queues the rest in the background. A task that cannot be
+predicted (no media, no audio, Label Studio unreachable) gets no prediction and a clear log
+line; the other tasks of the request are still answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from auralsam2_core.engine import NoAudioError, PrelabelOptions, prelabel
+from auralsam2_core.media import MediaError, probe
+from auralsam2_core.model import PointPrompt
+from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.results import (
+    Hysteresis,
+    ResultsWriter,
+    read_results,
+    sounding_intervals,
+    video_record,
+)
+
+from . import predictions as P
+from .client import LabelStudioClient, LabelStudioError, MediaRefused
+from .config import Settings
+from .labelconfig import LabelConfigError, ProjectConfig, parse
+
+_log = logging.getLogger("auralsam2.labelstudio")
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TaskError(RuntimeError):
+    """This task gets no prediction; the message says why (no secrets, no payloads)."""
+
+
+@dataclass(frozen=True)
+class TaskMedia:
+    video: Path  # the file with the sound
+    key: str  # cache key of the video (task id + URL hash)
+    image: Path | None = None  # keyframe tasks: the image being labelled
+    frame: int | None = None  # keyframe tasks: 0-based frame of ``video``
+
+
+class Backend:
+    def __init__(self, settings: Settings, served: ServedModel | None = None, *,
+                 model=None, client: LabelStudioClient | None = None) -> None:
+        from .training import FineTuner
+
+        self.settings = settings
+        self.served = served or ServedModel.from_env()
+        self._model = model
+        self._client = client
+        self._model_lock = threading.Lock()
+        self.run_lock = threading.Lock()  # one model run at a time
+        self.stats: Counter = Counter()
+        self.seconds_per_frame: float | None = None
+        self.work = Path(settings.work_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.finetune = FineTuner(self)
+        self._queue: dict[str, dict] = {}  # background pre-labelling, by media key
+        self._queue_cv = threading.Condition()
+        threading.Thread(target=self._background, daemon=True,
+                         name="auralsam2-ls-background").start()
+
+    # ------------------------------------------------------------------ model
+
+    @property
+    def client(self) -> LabelStudioClient:
+        if self._client is None:
+            self._client = LabelStudioClient(self.settings)
+        return self._client
+
+    def model_version(self) -> str:
+        gen = self.finetune.generation
+        return f"auralsam2-{self.served.identity()}" + (f"-ft{gen}" if gen else "")
+
+    @property
+    def model(self):
+        with self._model_lock:
+            if self._model is None:
+                self._model = load_served_model(self.served)
+                self.finetune.apply_current(self._model)
+            return self._model
+
+    def warm_up(self) -> None:
+        """Load the model now (in the background at start) so the first /predict is fast."""
+        try:
+            _ = self.model
+        except Exception:  # noqa: BLE001 - reported by /health
+            _log.exception("loading the model failed")
+
+    # ------------------------------------------------------------------ protocol
+
+    def health(self) -> dict:
+        return {"status": "UP", "model_class": "AuralSAM2", "model_version":
+                self.model_version(), "model_loaded": self._model is not None}
+
+    def setup(self, body: dict) -> dict:
+        # Label Studio calls /setup before every predict and gives it 3 s: never load here.
+        if body.get("schema"):
+            try:
+                parse(body["schema"])
+            except LabelConfigError as e:
+                raise BadRequest(str(e)) from None
+        return {"model_version": self.model_version()}
+
+    def metrics(self) -> dict:
+        return {"model_version": self.model_version(), **self.stats,
+                "queued": len(self._queue), "seconds_per_frame": self.seconds_per_frame}
+
+    def jobs(self) -> dict:
+        return {"queued": sorted(self._queue), "training": self.finetune.snapshot()}
+
+    def webhook(self, body: dict) -> dict:
+        action = body.get("action")
+        if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            return self.finetune.collect(body)
+        if action == "ANNOTATIONS_DELETED":
+            return self.finetune.forget(body)
+        if action == "START_TRAINING":
+            return self.finetune.start(body.get("project") or {})
+        return {"status": "ignored", "action": action}
+
+    def predict(self, body: dict) -> dict:
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("'tasks' must be a list of task objects")
+        try:
+            cfg = parse(body.get("label_config") or "")
+        except LabelConfigError as e:
+            raise BadRequest(str(e)) from None
+        context = (body.get("params") or {}).get("context")
+        deadline = time.monotonic() + self.settings.predict_budget
+        version = self.model_version()
+        out = []
+        for task in tasks:
+            try:
+                if context and context.get("result"):
+                    result, score = self.refine(task, cfg, context, deadline)
+                else:
+                    result, score = self.predict_task(task, cfg, deadline)
+                out.append({"result": result, "score": score, "model_version": version})
+                self.stats["predicted"] += 1
+            except TaskError as e:
+                # No "result" key: Label Studio stores nothing for this task.
+                _log.warning("task %s: no prediction: %s", task.get("id"), e)
+                out.append({"error": str(e), "task": task.get("id")})
+                self.stats["failed"] += 1
+        return {"results": out, "model_version": version}
+
+    # ------------------------------------------------------------------ tasks
+
+    def task_media(self, task: dict, cfg: ProjectConfig) -> TaskMedia:
+        data = task.get("data") or {}
+        media_dir = self.work / "media"
+        tid = task.get("id")
+        try:
+            if cfg.brush is not None and cfg.brush.data_key in data:
+                if cfg.audio_key not in data or "frame" not in data:
+                    raise TaskError(f"keyframe task needs '{cfg.audio_key}' (its video, for the "
+                                    "sound) and 'frame' (1-based) in its data")
+                frame = int(data["frame"]) - 1
+                if frame < 0:
+                    raise TaskError(f"'frame' is 1-based, got {data['frame']}")
+                video = self.client.download(data[cfg.audio_key], media_dir, tid)
+                image = self.client.download(data[cfg.brush.data_key], media_dir, tid)
+                return TaskMedia(video, _key(tid, data[cfg.audio_key]), image, frame)
+            key = cfg.video_key
+            if key is None or key not in data:
+                raise TaskError(f"the task has no '{key or 'video'}' in its data")
+            return TaskMedia(self.client.download(data[key], media_dir, tid),
+                             _key(tid, data[key]))
+        except (MediaRefused, LabelStudioError, ValueError) as e:
+            raise TaskError(str(e)) from None
+
+    def cached(self, key: str) -> dict | None:
+        w = ResultsWriter(self.work / "results" / self.model_version(), key)
+        return read_results(w.final) if w.is_complete() else None
+
+    def compute(self, media: TaskMedia, *, deadline: float | None = None,
+                options: PrelabelOptions | None = None, prompts=None,
+                store: bool = True) -> dict | None:
+        """Run the engine on ``media.video``; None when ``deadline`` passes first."""
+        opts = options or PrelabelOptions(clip_len=self.settings.clip_len)
+        try:
+            info = probe(media.video)
+            if deadline is not None and self.seconds_per_frame and info.num_frames:
+                frames = (opts.stop_frame or info.num_frames) - opts.start_frame
+                if time.monotonic() + frames * self.seconds_per_frame > deadline:
+                    return None
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self.run_lock.acquire(timeout=-1 if wait is None else wait):
+                return None
+            try:
+                return self._run(media, info, opts, prompts, deadline, store)
+            finally:
+                self.run_lock.release()
+        except NoAudioError:
+            raise TaskError("the video has no audio track: AuralSAM2 segments what makes the "
+                            "sound, so there is nothing to pre-label") from None
+        except (MediaError, ValueError) as e:
+            raise TaskError(str(e)) from None
+
+    def _run(self, media, info, opts, prompts, deadline, store) -> dict | None:
+        folder = self.work / ("results" if store else "scratch") / self.model_version()
+        writer = ResultsWriter(folder, media.key if store else f"{media.key}-{time.time_ns()}")
+        model = self.model
+        started, n = time.perf_counter(), 0
+        with writer:
+            gen = prelabel(model, media.video, opts, info=info, prompts=prompts)
+            try:
+                for r in gen:
+                    writer.add(r)
+                    n += 1
+                    if deadline is not None and time.monotonic() > deadline:
+                        gen.close()
+                        writer.partial.unlink(missing_ok=True)
+                        return None
+            except BaseException:
+                writer.partial.unlink(missing_ok=True)
+                raise
+            meta = {**model.meta, "clip_len": opts.clip_len, "stride": opts.stride,
+                    "model_version": self.model_version()}
+            doc = writer.finish(video_record(info), meta)
+        if n:
+            spf = (time.perf_counter() - started) / n
+            self.seconds_per_frame = spf if self.seconds_per_frame is None else \
+                0.7 * self.seconds_per_frame + 0.3 * spf
+        if not store:
+            writer.final.unlink(missing_ok=True)
+        return doc
+
+    def video_doc(self, media: TaskMedia, deadline: float | None) -> dict:
+        doc = self.cached(media.key)
+        if doc is None:
+            doc = self.compute(media, deadline=deadline)
+        if doc is None:
+            self.enqueue(media)
+            raise TaskError("the video does not fit Label Studio's 100 s request; it is being "
+                            "pre-labelled in the background: retrieve predictions again later, "
+                            "or run `auralsam2 labelstudio prelabel --project N`")
+        return doc
+
+    def predict_task(self, task: dict, cfg: ProjectConfig, deadline: float | None
+                     ) -> tuple[list[dict], float]:
+        media = self.task_media(task, cfg)
+        if media.image is None:
+            doc = self.video_doc(media, deadline)
+            return self.video_results(doc, cfg), P.prediction_score(doc)
+        doc = self.cached(media.key) or self.compute(
+            media, deadline=deadline, store=False, options=PrelabelOptions(
+                clip_len=self.settings.clip_len, start_frame=max(0, media.frame - 8),
+                stop_frame=media.frame + 1))
+        if doc is None:
+            raise TaskError("no time left in this request for this keyframe")
+        return self.keyframe_results(doc, media, cfg)
+
+    def video_results(self, doc: dict, cfg: ProjectConfig) -> list[dict]:
+        s = self.settings
+        try:
+            return P.video_results(doc, cfg.video_box, cfg.timeline, framerate=cfg.framerate,
+                                   label=s.label, threshold=s.threshold,
+                                   tolerance=s.keyframe_tolerance)
+        except LabelConfigError as e:
+            raise TaskError(str(e)) from None
+
+    def keyframe_results(self, doc: dict, media: TaskMedia, cfg: ProjectConfig
+                         ) -> tuple[list[dict], float]:
+        from PIL import Image
+
+        from auralsam2_core import rle
+
+        frame = next((f for f in doc["frames"] if f["index"] == media.frame), None)
+        if frame is None:
+            raise TaskError(f"frame {media.frame + 1} is past the end of the video")
+        mask = rle.decode(frame["mask"])
+        with Image.open(media.image) as im:
+            size = im.size
+        if (mask.shape[1], mask.shape[0]) != size:
+            mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        result = P.brush_results(mask, frame["sounding_prob"], cfg.brush,
+                                 label=self.settings.label, threshold=self.settings.threshold)
+        return result, round(float(frame["sounding_prob"]), 4)
+
+    # ------------------------------------------------------------------ refinement
+
+    def refine(self, task: dict, cfg: ProjectConfig, context: dict, deadline: float
+               ) -> tuple[list[dict], float]:
+        """Re-run from the annotator's box or click (plus the audio) and re-propagate."""
+        media = self.task_media(task, cfg)
+        try:
+            info = probe(media.video)
+        except MediaError as e:
+            raise TaskError(str(e)) from None
+        frame, prompt = _context_prompt(context, media, cfg, info)
+        stop = frame + 1 if media.image is not None else \
+            min(frame + self.settings.refine_frames, info.num_frames or frame + 1)
+        opts = PrelabelOptions(clip_len=self.settings.clip_len, start_frame=frame,
+                               stop_frame=max(stop, frame + 1))
+        part = self.compute(media, deadline=deadline, options=opts, prompts={frame: prompt},
+                            store=False)
+        if part is None:
+            raise TaskError("no time left in this request to refine")
+        if media.image is not None:
+            return self.keyframe_results(part, media, cfg)
+        base = self.cached(media.key)
+        doc = _merge(base, part) if base else part
+        return self.video_results(doc, cfg), P.prediction_score(doc)
+
+    # ------------------------------------------------------------------ background
+
+    def enqueue(self, media: TaskMedia) -> None:
+        with self._queue_cv:
+            self._queue.setdefault(media.key, {"media": media})
+            self._queue_cv.notify()
+
+    def _background(self) -> None:
+        while True:
+            with self._queue_cv:
+                while not self._queue:
+                    self._queue_cv.wait()
+                key = next(iter(self._queue))
+                media = self._queue[key]["media"]
+            try:
+                if self.cached(key) is None:
+                    self.compute(media)
+                self.stats["background_done"] += 1
+            except Exception as e:  # noqa: BLE001 - logged, the queue goes on
+                _log.warning("background pre-labelling of %s failed: %s", key, e)
+                self.stats["background_failed"] += 1
+            finally:
+                with self._queue_cv:
+                    self._queue.pop(key, None)
+
+
+def _key(task_id, url: str) -> str:
+    import hashlib
+
+    return f"task-{task_id}-{hashlib.sha1(str(url).encode()).hexdigest()[:8]}"
+
+
+def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
+                    ) -> tuple[int, PointPrompt]:
+    """(0-based video frame, prompt in display pixels) from Label Studio's context."""
+    items = [r for r in context.get("result", []) if isinstance(r, dict)]
+    if not items:
+        raise TaskError("the context has no result (draw a box or click on the object)")
+    w, h = info.width, info.height
+    clicks, labels, frame, box = [], [], None, None
+    for r in items:
+        v = r.get("value") or {}
+        kind = r.get("type", "")
+        if kind == "videorectangle":
+            seq = sorted(v.get("sequence") or [], key=lambda s: s.get("frame", 0))
+            if not seq:
+                continue
+            s = seq[-1]
+            frame = round((int(s["frame"]) - 1) / cfg.framerate * (info.fps or cfg.framerate))
+            box = (s["x"], s["y"], s["x"] + s["width"], s["y"] + s["height"])
+        elif kind in ("rectanglelabels", "rectangle"):
+            box = (v["x"], v["y"], v["x"] + v["width"], v["y"] + v["height"])
+        elif kind in ("keypointlabels", "keypoint"):
+            clicks.append((v["x"] * w / 100.0, v["y"] * h / 100.0))
+            labels.append(0 if r.get("is_positive") is False else 1)
+    if media.image is not None:
+        frame = media.frame
+    if frame is None:
+        raise TaskError("a video refinement needs a box drawn on a frame (VideoRectangle)")
+    if info.num_frames and not 0 <= frame < info.num_frames:
+        raise TaskError(f"frame {frame + 1} is outside the video")
+    if box is not None:
+        x0, y0, x1, y1 = box
+        coords = [(x0 * w / 100.0, y0 * h / 100.0), (x1 * w / 100.0, y1 * h / 100.0)]
+        return frame, PointPrompt(tuple(coords) + tuple(clicks), (2, 3, *labels))
+    if not clicks:
+        raise TaskError("the context has no box or keypoint to refine with")
+    return frame, PointPrompt(tuple(clicks), tuple(labels))
+
+
+def _merge(base: dict, part: dict) -> dict:
+    """``base`` with the frames of ``part`` replaced and the intervals recomputed."""
+    new = {f["index"]: f for f in part["frames"]}
+    frames = [new.get(f["index"], f) for f in base["frames"]]
+    rule = Hysteresis(**base.get("hysteresis", {}))
+    return {**base, "frames": frames,
+            "intervals": sounding_intervals(frames, base["video"].get("fps") or 0.0, rule)}

@@ -1,0 +1,81 @@
+"""``auralsam2 labelstudio serve`` (the ML backend) and ``auralsam2 labelstudio prelabel
+--project N`` (whole-video predictions for every task, imported through the API).
+
+Registered with the core command through the ``auralsam2.commands`` entry-point group.
+Label Studio's address and key come from ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``
+(never from the command line, where other users could read them); the model from the
+``AURALSAM2_*`` variables (default: the bundled demo model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("labelstudio", help="Label Studio: ML backend and project "
+                                                  "pre-labelling")
+    sub = p.add_subparsers(dest="ls_command", required=True)
+    s = sub.add_parser("serve", help="run the ML backend (uvicorn)",
+                       description="Serve /health, /setup, /predict and /webhook for Label "
+                                   "Studio. Connect it in Project settings -> Model.")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
+    s.add_argument("--port", type=int, default=9090)
+    s.add_argument("--workers", type=int, default=1,
+                   help="uvicorn workers (each loads its own model; keep 1 per GPU)")
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_serve)
+    pl = sub.add_parser(
+        "prelabel", help="pre-label every task of a project and import the predictions",
+        description="Computes whole-video predictions (no 100 s limit) and stores them in "
+                    "Label Studio under this model's version. Resumable: tasks that already "
+                    "have this version's prediction are skipped; results are cached on disk.")
+    pl.add_argument("--project", type=int, required=True)
+    pl.add_argument("--task", type=int, action="append", help="only these task ids")
+    pl.add_argument("--quiet", action="store_true")
+    pl.set_defaults(func=cmd_prelabel)
+    return p
+
+
+def _backend():
+    from .backend import Backend
+    from .config import Settings
+
+    return Backend(Settings.from_env())
+
+
+def cmd_serve(args) -> int:
+    import threading
+
+    import uvicorn
+
+    from .app import create_app
+
+    backend = _backend()
+    threading.Thread(target=backend.warm_up, daemon=True).start()
+    uvicorn.run(create_app(backend), host=args.host, port=args.port, workers=1,
+                log_level=args.log_level)
+    return 0
+
+
+def cmd_prelabel(args) -> int:
+    from .prelabel import prelabel_project
+
+    report = prelabel_project(_backend(), args.project, task_ids=args.task,
+                              progress=not args.quiet)
+    print(json.dumps(report))
+    return 1 if report["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:  # python -m auralsam2_plugins.label_studio.cli
+    parser = argparse.ArgumentParser(prog="auralsam2")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

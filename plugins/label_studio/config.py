@@ -1,0 +1,88 @@
+"""Settings of the Label Studio backend, from the environment (a compose file, a Kubernetes
+secret or the shell).
+
+``LABEL_STUDIO_URL`` is the only host media and annotations are fetched from (plus the
+storage hosts named in ``AURALSAM2_LS_STORAGE_HOSTS``, for cloud-storage links that Label Studio
+presigns). ``LABEL_STUDIO_API_KEY`` (or ``LABEL_STUDIO_API_KEY_FILE``) is kept out of ``repr``
+and never logged. The model comes from the ``AURALSAM2_*`` variables of
+:mod:`auralsam2_core.model_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+LABEL_STUDIO_PREDICT_TIMEOUT = 100.0  # seconds Label Studio waits for /predict
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text().strip() or None
+    return None
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    try:
+        return float(raw) if raw not in (None, "") else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: str | None = None  # Label Studio, e.g. http://localhost:8080
+    api_key: str | None = field(default=None, repr=False)
+    storage_hosts: tuple[str, ...] = ()  # hosts presigned cloud-storage links may point to
+    work_dir: Path = Path.home() / ".cache" / "auralsam2" / "label_studio"
+    predict_budget: float = 80.0  # seconds /predict may compute (Label Studio waits 100)
+    threshold: float = 0.5  # sounding probability from which a frame gets a box
+    keyframe_tolerance: float = 0.5  # % of the frame a box may drift before a new keyframe
+    refine_frames: int = 50  # frames re-propagated after an annotator's click
+    train_steps: int = 60  # fine-tuning steps per START_TRAINING
+    max_download_bytes: int = 4 << 30
+    clip_len: int = 5
+    label: str | None = None  # label to predict (default: the first in the label config)
+
+    def __post_init__(self) -> None:
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"LABEL_STUDIO_URL must be an http(s) URL, got {self.url!r}")
+        if not 0 < self.predict_budget < LABEL_STUDIO_PREDICT_TIMEOUT:
+            raise ValueError("AURALSAM2_LS_PREDICT_BUDGET must be between 0 and 100 seconds "
+                             "(Label Studio gives up on /predict after 100 s)")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        env = os.environ if env is None else env
+        hosts = env.get("AURALSAM2_LS_STORAGE_HOSTS", "")
+        values = dict(
+            url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/") or None,
+            api_key=_secret(env, "LABEL_STUDIO_API_KEY"),
+            storage_hosts=tuple(h.strip().lower() for h in hosts.split(",") if h.strip()),
+            work_dir=Path(env.get("AURALSAM2_LS_WORK_DIR") or cls.work_dir),
+            predict_budget=_number(env, "AURALSAM2_LS_PREDICT_BUDGET", cls.predict_budget),
+            threshold=_number(env, "AURALSAM2_LS_THRESHOLD", cls.threshold),
+            keyframe_tolerance=_number(env, "AURALSAM2_LS_KEYFRAME_TOLERANCE",
+                                       cls.keyframe_tolerance),
+            refine_frames=int(_number(env, "AURALSAM2_LS_REFINE_FRAMES", cls.refine_frames)),
+            train_steps=int(_number(env, "AURALSAM2_LS_TRAIN_STEPS", cls.train_steps)),
+            max_download_bytes=int(_number(env, "AURALSAM2_LS_MAX_DOWNLOAD_BYTES",
+                                           cls.max_download_bytes)),
+            clip_len=int(_number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
+            label=env.get("AURALSAM2_LS_LABEL") or None,
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)

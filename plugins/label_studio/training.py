@@ -1,0 +1,317 @@
+"""Fine-tuning from Label Studio annotations.
+
+``/webhook`` keeps the latest annotation of every task (``ANNOTATION_CREATED`` / ``_UPDATED``;
+``ANNOTATIONS_DELETED`` forgets them). ``START_TRAINING`` turns them into training targets in
+the engine's results format and fine-tunes the fuser with the project's trainer (SAM2 and the
+audio encoder frozen) in the background; when it finishes, the live model takes the new fuser
+and the model version gains ``-ft<N>``. The state survives restarts (``finetune/state.json``).
+
+Targets: Label Studio video has boxes, not masks. A frame the annotator marks as sounding (a
+``TimelineLabels`` range, or else a visible box) gets the model's own mask clipped to the
+annotated box when that covers at least ``MIN_FILL`` of the box, else the filled box; other
+frames get an empty mask (not sounding). Keyframe images give exact brush masks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from auralsam2_core import rle
+from auralsam2_core.results import FORMAT, FORMAT_VERSION
+
+from . import brush
+from .labelconfig import LabelConfigError, parse
+from .predictions import ls_frame
+
+MIN_FILL = 0.25
+_log = logging.getLogger("auralsam2.labelstudio")
+
+
+def box_track(results: list[dict]) -> dict[int, tuple[float, float, float, float]]:
+    """Label Studio frame -> visible (x, y, w, h) percent box, from VideoRectangle regions,
+    following the editor: linear between keyframes while the earlier one is enabled; a
+    disabled keyframe shows on its own frame only; an enabled last one lasts (we stop there)."""
+    out: dict[int, tuple] = {}
+    for r in results:
+        if r.get("type") != "videorectangle":
+            continue
+        seq = sorted((s for s in (r.get("value") or {}).get("sequence", [])
+                      if "frame" in s), key=lambda s: s["frame"])
+        for a, b in zip(seq, seq[1:] + [None], strict=True):
+            fa = int(a["frame"])
+            box_a = (a["x"], a["y"], a["width"], a["height"])
+            out[fa] = box_a
+            if b is None or not a.get("enabled", True):
+                continue
+            fb = int(b["frame"])
+            box_b = (b["x"], b["y"], b["width"], b["height"])
+            for f in range(fa + 1, fb):
+                t = (f - fa) / (fb - fa)
+                out[f] = tuple(p + t * (q - p) for p, q in zip(box_a, box_b, strict=True))
+    return out
+
+
+def timeline_frames(results: list[dict]) -> set[int] | None:
+    ranges = [rg for r in results if r.get("type") == "timelinelabels"
+              for rg in (r.get("value") or {}).get("ranges", [])]
+    if not ranges:
+        return None
+    return {f for rg in ranges for f in range(int(rg["start"]), int(rg["end"]) + 1)}
+
+
+def _box_mask(box, shape) -> np.ndarray:
+    h, w = shape
+    x0, y0 = int(round(box[0] * w / 100)), int(round(box[1] * h / 100))
+    x1 = int(round((box[0] + box[2]) * w / 100))
+    y1 = int(round((box[1] + box[3]) * h / 100))
+    m = np.zeros(shape, bool)
+    m[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = True
+    return m
+
+
+def video_targets(results: list[dict], times: list[float], shape: tuple[int, int],
+                  framerate: float, predicted: dict[int, np.ndarray]) -> list[dict]:
+    """Per video frame: {index, time, mask} targets from one video annotation."""
+    boxes = box_track(results)
+    sounding = timeline_frames(results)
+    frames = []
+    for i, t in enumerate(times):
+        f = ls_frame(t, framerate)
+        on = (f in sounding) if sounding is not None else (f in boxes)
+        mask = np.zeros(shape, bool)
+        if on and f in boxes:
+            box = _box_mask(boxes[f], shape)
+            mask = box
+            pred = predicted.get(i)
+            if pred is not None and pred.shape == shape:
+                clipped = pred & box
+                if clipped.sum() >= MIN_FILL * max(1, box.sum()):
+                    mask = clipped
+        elif on:
+            if i not in predicted:
+                continue  # sounding, but where is unknown: no target for this frame
+            mask = predicted[i]
+        frames.append({"index": i, "time": round(t, 6), "mask": rle.encode(mask)})
+    return frames
+
+
+class FineTuner:
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.dir = backend.work / "finetune"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.dir / "state.json"
+        self.state = self._load_state()
+        self.job: dict | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ state
+
+    def _load_state(self) -> dict:
+        base = self.backend.served.identity()
+        try:
+            st = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {"base": base, "generation": 0, "fuser": None}
+        if st.get("base") != base:  # other weights now: earlier fine-tuning does not apply
+            return {"base": base, "generation": 0, "fuser": None}
+        return st
+
+    @property
+    def generation(self) -> int:
+        return int(self.state.get("generation", 0))
+
+    def apply_current(self, model) -> None:
+        if self.state.get("fuser"):
+            from auralsam2_core.checkpoint import load_into, read_state_dict
+
+            p = Path(self.state["fuser"])
+            load_into(model.fuser, read_state_dict(p), what="AuralFuser", source=p)
+
+    def snapshot(self) -> dict | None:
+        return dict(self.job) if self.job else None
+
+    # ------------------------------------------------------------------ webhook events
+
+    def _task_file(self, project_id, task_id) -> Path:
+        return self.dir / "annotations" / f"project-{int(project_id)}" / f"task-{int(task_id)}.json"
+
+    def collect(self, body: dict) -> dict:
+        ann, task, project = body.get("annotation"), body.get("task"), body.get("project")
+        if not (isinstance(ann, dict) and isinstance(task, dict)):
+            from .backend import BadRequest
+
+            raise BadRequest("annotation events need 'annotation' and 'task' objects")
+        pid = (project or {}).get("id") or task.get("project") or ann.get("project")
+        if pid is None:
+            from .backend import BadRequest
+
+            raise BadRequest("annotation event without a project id")
+        path = self._task_file(pid, task["id"])
+        if ann.get("was_cancelled"):
+            path.unlink(missing_ok=True)
+            return {"status": "skipped", "reason": "cancelled annotation"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"task": {"id": task["id"], "data": task.get("data") or {}},
+               "annotation": {"id": ann.get("id"), "result": ann.get("result") or []},
+               "label_config": (project or {}).get("label_config")}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec))
+        tmp.replace(path)
+        return {"status": "stored", "task": task["id"]}
+
+    def forget(self, body: dict) -> dict:
+        ids = {a.get("id") for a in body.get("annotations") or [] if isinstance(a, dict)}
+        pid = (body.get("project") or {}).get("id")
+        removed = 0
+        folder = self.dir / "annotations" / f"project-{int(pid)}" if pid is not None else None
+        for f in (folder.glob("task-*.json") if folder and folder.is_dir() else []):
+            if json.loads(f.read_text())["annotation"].get("id") in ids:
+                f.unlink()
+                removed += 1
+        return {"status": "ok", "removed": removed}
+
+    # ------------------------------------------------------------------ training
+
+    def start(self, project: dict) -> dict:
+        pid = project.get("id")
+        if pid is None:
+            from .backend import BadRequest
+
+            raise BadRequest("START_TRAINING without a project id")
+        with self._lock:
+            if self.job and self.job["state"] in ("preparing", "training"):
+                return {"status": "already training", "job": self.job["id"]}
+            self.job = {"id": f"ft-{int(pid)}-{int(time.time())}", "project": int(pid),
+                        "state": "preparing", "error": None}
+        threading.Thread(target=self._run_safely, args=(int(pid), project.get("label_config")),
+                         daemon=True, name="auralsam2-ls-finetune").start()
+        return {"status": "training started", "job": self.job["id"]}
+
+    def _run_safely(self, pid: int, label_config: str | None) -> None:
+        try:
+            self.run(pid, label_config)
+            self.job["state"] = "done"
+        except Exception as e:  # noqa: BLE001 - kept for /jobs and the log
+            self.job.update(state="failed", error=f"{type(e).__name__}: {e}")
+            _log.warning("fine-tuning for project %s failed: %s", pid, e)
+
+    def training_data(self, pid: int, label_config: str | None, out: Path) -> list[Path]:
+        """Write one results-format target file per annotated task; returns their paths."""
+        from auralsam2_core.media import iter_frames, probe
+
+        from .backend import TaskError
+
+        b = self.backend
+        files = []
+        folder = self.dir / "annotations" / f"project-{pid}"
+        for f in sorted(folder.glob("task-*.json")) if folder.is_dir() else []:
+            rec = json.loads(f.read_text())
+            try:
+                cfg = parse(rec.get("label_config") or label_config or "")
+                media = b.task_media(rec["task"], cfg)
+                info = probe(media.video)
+            except (LabelConfigError, TaskError, ValueError) as e:
+                _log.warning("task %s skipped for training: %s", rec["task"]["id"], e)
+                continue
+            shape = (info.height, info.width)
+            result = rec["annotation"]["result"]
+            cached = b.cached(media.key)
+            if cached:
+                times = [fr["time"] for fr in cached["frames"]]
+                predicted = {fr["index"]: rle.decode(fr["mask"]) for fr in cached["frames"]}
+            else:
+                times = [fr.time for fr in iter_frames(media.video, size=16)]
+                predicted = {}
+            if media.image is not None:
+                brushes = [r for r in result if r.get("type") == "brushlabels"]
+                mask = np.zeros(shape, bool)
+                for r in brushes:
+                    m = brush.decode(r["value"]["rle"], r["original_height"],
+                                     r["original_width"])
+                    if m.shape != shape:
+                        from PIL import Image
+
+                        m = np.asarray(Image.fromarray(m).resize(
+                            (shape[1], shape[0]), Image.NEAREST))
+                    mask |= m
+                if media.frame >= len(times):
+                    continue
+                frames = [{"index": media.frame, "time": times[media.frame],
+                           "mask": rle.encode(mask)}]
+            else:
+                frames = video_targets(result, times, shape, cfg.framerate, predicted)
+            if not frames:
+                continue
+            doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
+                   "video": {"path": str(media.video.resolve()), "name": media.video.name},
+                   "frames": frames, "intervals": []}
+            path = out / f"{media.key}.json"
+            path.write_text(json.dumps(doc))
+            files.append(path)
+        return files
+
+    def run(self, pid: int, label_config: str | None) -> None:
+        from auralsam2_core.checkpoint import load_into, read_state_dict
+        from auralsam2_core.datasets import CorrectedResultsDataset
+        from auralsam2_core.train import TrainConfig, train
+
+        b, s = self.backend, self.backend.settings
+        gen = self.generation + 1
+        out = self.dir / f"gen-{gen}"
+        data = out / "targets"
+        data.mkdir(parents=True, exist_ok=True)
+        files = self.training_data(pid, label_config, data)
+        if not files:
+            raise ValueError(f"project {pid} has no usable annotations to train on")
+        model = b.model
+        dataset = CorrectedResultsDataset(files, image_size=model.image_size,
+                                          clip_len=s.clip_len)
+        self.job.update(state="training", tasks=len(files), clips=len(dataset),
+                        steps=s.train_steps, step=0)
+        cfg = TrainConfig(out=str(out / "run"), steps=s.train_steps, batch_size=1, lr=1e-4,
+                          warmup_steps=max(1, s.train_steps // 10), checkpoint_every=10 ** 9,
+                          calibrate_audio_bn=0, progress=False, device=b.served.device)
+        with b.run_lock:  # the live model keeps serving until the swap below
+            res = train(cfg, dataset, self.train_spec(model),
+                        on_step=lambda step, _l: self.job.update(step=step))
+            load_into(model.fuser, read_state_dict(res.fuser), what="AuralFuser",
+                      source=res.fuser)
+            model.eval()
+        self.state = {"base": b.served.identity(), "generation": gen,
+                      "fuser": str(res.fuser.resolve()), "project": pid,
+                      "tasks": len(files), "steps": res.steps}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.state_file)
+        self.job.update(model_version=b.model_version())
+
+    def train_spec(self, model):
+        """The trainer's ModelSpec for the weights being served (starting from the current,
+        possibly already fine-tuned, fuser)."""
+        from auralsam2_core.build import bundled_model_dir, bundled_model_info
+        from auralsam2_core.checkpoint import save_state_dict
+        from auralsam2_core.train import ModelSpec
+        from auralsam2_core.weights import fetch
+
+        served = self.backend.served
+        current = self.dir / "current_fuser.safetensors"
+        save_state_dict(model.fuser.state_dict(), current)
+        if served.sam2_config == "bundled":
+            info = bundled_model_info(verify=False)
+            return ModelSpec("demo", image_size=info["image_size"],
+                             fuser_config=info["fuser_config"],
+                             sam2_checkpoint=str(bundled_model_dir() / info["weights"]["sam2"]),
+                             fuser_checkpoint=str(current), mask_choice=info["mask_choice"])
+        return ModelSpec(served.sam2_config, image_size=served.image_size,
+                         fuser_config=json.loads(served.fuser_config)
+                         if served.fuser_config else None,
+                         sam2_checkpoint=str(fetch(served.sam2_checkpoint))
+                         if served.sam2_checkpoint else None,
+                         fuser_checkpoint=str(current), mask_choice=model.mask_choice)

@@ -1,0 +1,463 @@
+"""The Label Studio ML backend (plugins/label_studio) against a real Label Studio 1.23.2.
+
+One Label Studio server (SQLite, 127.0.0.1) runs for the module; media are generated clips
+uploaded to it, so the backend fetches them the way it does in production. The protocol is
+exercised through Starlette's test client with the JSON Label Studio sends; the end-to-end
+tests connect the backend (uvicorn on a free port) and drive Label Studio's own API: retrieve
+predictions, interactive annotating, annotation webhooks and "Start training".
+
+The model is the bundled demo model (real weights, masks that follow the sound).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:  # tests/ as a package or as a rootdir-inserted folder
+    from . import label_studio_server as lss
+except ImportError:
+    import label_studio_server as lss
+
+pytestmark = pytest.mark.skipif(not lss.available(), reason="needs .venv-labelstudio "
+                                "(scripts/setup.d/40-labelstudio.sh) and ffmpeg")
+
+starlette_testclient = pytest.importorskip("starlette.testclient")
+uvicorn = pytest.importorskip("uvicorn")
+
+from auralsam2_core import rle  # noqa: E402
+from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.model import PointPrompt  # noqa: E402
+from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
+from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
+from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_plugins.label_studio import brush  # noqa: E402
+from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
+from auralsam2_plugins.label_studio.app import create_app  # noqa: E402
+from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
+from auralsam2_plugins.label_studio.config import Settings  # noqa: E402
+from auralsam2_plugins.label_studio.labelconfig import LabelConfigError, parse  # noqa: E402
+from auralsam2_plugins.label_studio.prelabel import prelabel_project  # noqa: E402
+
+TEMPLATES = Path(lss.ROOT / "plugins" / "label_studio" / "templates")
+VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
+KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
+FPS = 25.0  # = the template's framerate, so Label Studio frame = engine index + 1
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def ls(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label-studio")
+    server = lss.LabelStudioServer(root / "data", root).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ls-media")
+    clip = make_clip(3, size=(96, 128), fps=FPS, seconds=1.6, num_objects=2, schedule="mixed")
+    silent = make_clip(4, size=(96, 128), fps=FPS, seconds=0.8, num_objects=2)
+    return {"clip": write_clip(clip, d / "sounding clip.mp4"),
+            "no_audio": write_clip(silent, d / "no_audio.mp4", audio=False), "dir": d}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_served_model(ServedModel())
+
+
+@pytest.fixture(scope="module")
+def engine(model, media):
+    """The engine's own frames for the clip (what every prediction must equal)."""
+    return list(prelabel(model, media["clip"], PrelabelOptions()))
+
+
+@pytest.fixture(scope="module")
+def project(ls, media):
+    p = ls.create_project("sounding objects", VIDEO_CONFIG)
+    [task_id] = ls.upload(p["id"], media["clip"])
+    [silent_id] = ls.upload(p["id"], media["no_audio"])
+    return {"id": p["id"], "task": task_id, "silent": silent_id}
+
+
+def make_backend(ls, tmp_path, model, **kw) -> Backend:
+    settings = Settings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work", **kw)
+    return Backend(settings, ServedModel(), model=model)
+
+
+def ls_task(ls, task_id: int) -> dict:
+    return ls.api("GET", f"/api/tasks/{task_id}")
+
+
+def predict_body(tasks: list[dict], config: str = VIDEO_CONFIG, context=None) -> dict:
+    # What Label Studio 1.23 posts to /predict (ml/api_connector.py).
+    return {"tasks": tasks, "project": "1.1764201600", "label_config": config,
+            "params": {"login": None, "password": None, "context": context}}
+
+
+def expected_boxes(engine_frames, threshold=0.5) -> dict[int, tuple]:
+    intervals = sounding_intervals([{"index": r.index, "time": r.time,
+                                     "sounding_prob": r.sounding_prob}
+                                    for r in engine_frames], FPS, Hysteresis())
+    out = {}
+    for iv in intervals:
+        for r in engine_frames[iv["start_frame"]:iv["end_frame"] + 1]:
+            b = P.mask_box(r.mask)
+            if r.sounding_prob >= threshold and b is not None:
+                out[r.index + 1] = b
+    return out, intervals
+
+
+def check_video_prediction(result: list[dict], engine_frames, tolerance: float) -> None:
+    boxes, intervals = expected_boxes(engine_frames)
+    assert intervals, "the test clip should sound somewhere"
+    track = [r for r in result if r["type"] == "videorectangle"]
+    ranges = [r for r in result if r["type"] == "timelinelabels"]
+    assert len(track) == 1 and track[0]["from_name"] == "box" and \
+        track[0]["to_name"] == "video" and track[0]["value"]["labels"] == ["Sounding"]
+    seq = track[0]["value"]["sequence"]
+    assert track[0]["value"]["framesCount"] == len(engine_frames)
+    frames = [s["frame"] for s in seq]
+    assert frames == sorted(frames) and set(frames) <= set(boxes)
+    for s in seq:  # keyframes are the engine's boxes, at 1-based frames
+        assert (s["x"], s["y"], s["width"], s["height"]) == pytest.approx(boxes[s["frame"]],
+                                                                           abs=1e-3)
+    for f, b in boxes.items():  # every other frame interpolates within the tolerance
+        got = box_at(seq, f)
+        assert got is not None and max(abs(p - q) for p, q in zip(got, b, strict=True)) \
+            <= tolerance + 1e-3
+    assert [(r["value"]["ranges"][0]["start"], r["value"]["ranges"][0]["end"])
+            for r in ranges] == [(iv["start_frame"] + 1, iv["end_frame"] + 1)
+                                 for iv in intervals]
+    ends = {iv["end_frame"] + 1 for iv in intervals}
+    assert all(s["enabled"] == (s["frame"] not in ends) for s in seq)
+
+
+def box_at(seq, frame):
+    """The box Label Studio's editor shows on ``frame`` (training.box_track's rules)."""
+    from auralsam2_plugins.label_studio.training import box_track
+
+    return box_track([{"type": "videorectangle", "value": {"sequence": seq}}]).get(frame)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_brush_rle_equals_label_studio_sdk(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((7, 9), bool), np.ones((5, 4), bool), rng.random((33, 47)) > 0.5,
+             np.pad(np.ones((300, 290), bool), ((10, 30), (5, 400)))]
+    (tmp_path / "masks.json").write_text(json.dumps([m.astype(int).tolist() for m in masks]))
+    script = ("import json, sys, numpy as np\n"
+              "from label_studio_sdk.converter.brush import mask2rle, decode_rle\n"
+              "ms = json.load(open(sys.argv[1]))\n"
+              "print(json.dumps([mask2rle((np.array(m) * 255).astype(np.uint8)) for m in ms]))\n")
+    out = subprocess.run([str(lss.LS_VENV / "bin" / "python"), "-c", script,
+                          str(tmp_path / "masks.json")], capture_output=True, text=True,
+                         check=True)
+    theirs = json.loads(out.stdout)
+    for m, ref in zip(masks, theirs, strict=True):
+        ours = brush.encode(m)
+        assert ours == ref  # byte for byte what Label Studio's own encoder writes
+        assert np.array_equal(brush.decode(ours, *m.shape), m)
+    with pytest.raises(ValueError, match="2-D"):
+        brush.encode(np.zeros((2, 2, 2)))
+
+
+def test_label_configs():
+    video = parse(VIDEO_CONFIG)
+    assert (video.video_box.name, video.video_box.to_name, video.video_box.labels) == \
+        ("box", "video", ("Sounding",))
+    assert video.timeline.name == "sounding" and video.framerate == 25.0 and not video.brush
+    key = parse(KEYFRAME_CONFIG)
+    assert key.brush.data_key == "image" and key.audio_key == "video" and not key.video_box
+    for bad in ("<View><Text name='t' value='$text'/></View>", "<View", ""):
+        with pytest.raises(LabelConfigError):
+            parse(bad)
+    with pytest.raises(LabelConfigError, match="Dog"):
+        video.video_box.label("Dog")
+
+
+def test_keyframes_and_label_studio_frame_numbers():
+    line = [(f, (f * 1.0, 10.0, 20.0, 20.0)) for f in range(1, 11)]  # moves linearly
+    assert P.keyframes(line, 0.5) == [line[0], line[-1]]
+    jump = line[:5] + [(6, (40.0, 10.0, 20.0, 20.0))] + line[6:]
+    kept = [f for f, _ in P.keyframes(jump, 0.5)]
+    assert 6 in kept and kept[0] == 1 and kept[-1] == 10
+    assert P.keyframes(line, 0) == line
+    # A 10 fps file in a project whose <Video framerate="25">: frame 3 (t = 0.3 s) is shown
+    # as Label Studio frame 8.
+    assert P.ls_frame(0.3, 25.0) == 8 and P.ls_frame(0.0, 25.0) == 1
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_health_and_setup_answer_without_loading_the_model(tmp_path):
+    b = Backend(Settings(work_dir=tmp_path), ServedModel())
+    client = starlette_testclient.TestClient(create_app(b))
+    t0 = time.perf_counter()
+    h = client.get("/health").json()
+    s = client.post("/setup", json={"project": "1.17", "schema": VIDEO_CONFIG,
+                                    "hostname": "http://x", "access_token": "t",
+                                    "extra_params": None}).json()
+    assert time.perf_counter() - t0 < 3.0  # Label Studio gives /setup 3 s
+    assert h["status"] == "UP" and not h["model_loaded"]
+    assert s["model_version"] == h["model_version"].strip() and \
+        s["model_version"].startswith("auralsam2-bundled-")
+    bad = client.post("/setup", json={"schema": "<View><Text name='a' value='$a'/></View>"})
+    assert bad.status_code == 400 and "nothing for AuralSAM2" in bad.json()["message"]
+    assert client.post("/predict", content=b"{nope").status_code == 400
+    assert client.post("/predict", json={"tasks": "x", "label_config": VIDEO_CONFIG}
+                       ).status_code == 400
+    big = client.post("/predict", content=b"x" * (17 << 20))
+    assert big.status_code == 413
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).json()["status"] == \
+        "ignored"
+
+
+def test_predict_video_task_equals_the_engine(ls, project, tmp_path, model, engine):
+    b = make_backend(ls, tmp_path, model)
+    client = starlette_testclient.TestClient(create_app(b))
+    task = ls_task(ls, project["task"])
+    assert task["data"]["video"].startswith("/data/upload/")
+    out = client.post("/predict", json=predict_body([task])).json()
+    [pred] = out["results"]
+    assert pred["model_version"] == b.model_version()
+    check_video_prediction(pred["result"], engine, b.settings.keyframe_tolerance)
+    assert 0.0 <= pred["score"] <= 1.0
+    # Every frame as a keyframe when the tolerance is 0.
+    exact = make_backend(ls, tmp_path / "exact", model, keyframe_tolerance=0.0)
+    res = exact.predict(predict_body([task]))["results"][0]["result"]
+    boxes, _ = expected_boxes(engine)
+    assert [s["frame"] for s in res[0]["value"]["sequence"]] == sorted(boxes)
+    # Cached: a second call does not run the model again.
+    calls = b.stats["predicted"]
+    before = b.seconds_per_frame
+    again = client.post("/predict", json=predict_body([task])).json()["results"][0]
+    assert again["result"] == pred["result"] and b.stats["predicted"] == calls + 1
+    assert b.seconds_per_frame == before
+
+
+def test_bad_tasks_get_a_clear_error_and_no_prediction(ls, project, tmp_path, model, caplog):
+    b = make_backend(ls, tmp_path, model)
+    good = ls_task(ls, project["task"])
+    tasks = [
+        {"id": 901, "data": {"video": f"/data/upload/{project['id']}/missing.mp4"}},
+        ls_task(ls, project["silent"]),  # a video without audio
+        {"id": 902, "data": {"video": "http://169.254.169.254/latest/x.mp4"}},  # SSRF
+        {"id": 903, "data": {"video": "file:///etc/passwd"}},
+        {"id": 904, "data": {"image": "/x.png"}},  # no video key
+        good,
+    ]
+    caplog.set_level(logging.INFO)
+    out = b.predict(predict_body(tasks))["results"]
+    assert len(out) == len(tasks)
+    assert all("result" not in r for r in out[:-1]) and "result" in out[-1]
+    msgs = [r["error"] for r in out[:-1]]
+    assert "could not serve the media" in msgs[0] and "missing.mp4" in msgs[0]
+    assert "no audio" in msgs[1]
+    assert "not Label Studio" in msgs[2] and "arbitrary URLs" in msgs[2]
+    assert "scheme 'file'" in msgs[3]
+    assert "no 'video'" in msgs[4]
+    assert lss.TOKEN not in caplog.text and lss.TOKEN not in json.dumps(out)
+    # Label Studio unreachable: an error per task, not a crash.
+    down = Backend(Settings(url=f"http://127.0.0.1:{lss.free_port()}", api_key=lss.TOKEN,
+                            work_dir=tmp_path / "down"), ServedModel(), model=model)
+    [r] = down.predict(predict_body([good]))["results"]
+    assert "unreachable" in r["error"] and "result" not in r
+    # Wrong key: Label Studio's 401, said plainly, key not echoed.
+    wrong = Backend(Settings(url=ls.url, api_key="not-the-key", work_dir=tmp_path / "w"),
+                    ServedModel(), model=model)
+    [r] = wrong.predict(predict_body([good]))["results"]
+    assert "401" in r["error"] and "not-the-key" not in r["error"]
+    # Nothing was computed or stored for the failed tasks.
+    assert not list((tmp_path / "work" / "results").glob("*/task-90*"))
+
+
+def test_long_video_is_finished_in_the_background(ls, project, tmp_path, model, engine):
+    b = make_backend(ls, tmp_path, model, predict_budget=0.001)
+    task = ls_task(ls, project["task"])
+    [r] = b.predict(predict_body([task]))["results"]
+    assert "background" in r["error"] and "auralsam2 labelstudio prelabel" in r["error"]
+    deadline = time.monotonic() + 120
+    while b.jobs()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [r] = b.predict(predict_body([task]))["results"]  # now served from the cache
+    check_video_prediction(r["result"], engine, b.settings.keyframe_tolerance)
+
+
+def test_refinement_with_a_box_repropagates(ls, project, tmp_path, model, media, engine):
+    b = make_backend(ls, tmp_path, model, keyframe_tolerance=0.0, refine_frames=10)
+    task = ls_task(ls, project["task"])
+    b.predict(predict_body([task]))
+    # The annotator draws a box on frame 6 around the lower-right quarter.
+    ctx = {"result": [{"type": "videorectangle", "from_name": "box", "to_name": "video",
+                       "value": {"sequence": [{"frame": 6, "x": 50, "y": 50, "width": 50,
+                                               "height": 50, "enabled": True}]}}]}
+    [r] = b.predict(predict_body([task], context=ctx))["results"]
+    refined = list(prelabel(model, media["clip"], PrelabelOptions(start_frame=5, stop_frame=15),
+                            prompts={5: PointPrompt.box(64, 48, 128, 96)}))
+    assert [x.index for x in refined] == list(range(5, 15))
+    merged = engine[:5] + refined + engine[15:]
+    check_video_prediction(r["result"], merged, 0.0)
+    assert any(not np.array_equal(a.mask, e.mask) for a, e in zip(refined, engine[5:15],
+                                                                  strict=True))
+    bad = {"result": [{"type": "videorectangle", "value": {"sequence": []}}]}
+    [r] = b.predict(predict_body([task], context=bad))["results"]
+    assert "needs a box" in r["error"]
+
+
+def test_keyframe_image_task_gets_a_brush_mask(ls, tmp_path, model, media, engine):
+    from PIL import Image
+
+    p = ls.create_project("keyframes", KEYFRAME_CONFIG)
+    k = next(r.index for r in engine if r.sounding_prob >= 0.5 and r.mask.any())
+    frame_png = media["dir"] / "keyframe.png"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(media["clip"]), "-vf",
+                    f"select=eq(n\\,{k}),scale=256:192", "-frames:v", "1", str(frame_png)],
+                   check=True)
+    # Direct upload only fills one data key: upload the files through a one-key project,
+    # then import the keyframe task as JSON (as users do with storages).
+    files = ls.create_project("files", VIDEO_CONFIG)
+    [vid] = ls.upload(files["id"], media["clip"])
+    video_url = ls_task(ls, vid)["data"]["video"]
+    [img] = ls.upload(files["id"], frame_png)
+    image_url = ls_task(ls, img)["data"]["video"]
+    [tid] = ls.import_tasks(p["id"], [{"data": {"image": image_url, "video": video_url,
+                                                "frame": k + 1}}])
+    task = ls_task(ls, tid)
+    b = make_backend(ls, tmp_path, model)
+    [r] = b.predict(predict_body([task], config=KEYFRAME_CONFIG))["results"]
+    [region] = r["result"]
+    assert region["type"] == "brushlabels" and region["value"]["format"] == "rle"
+    assert (region["original_width"], region["original_height"]) == (256, 192)
+    got = brush.decode(region["value"]["rle"], 192, 256)
+    # The keyframe run restarts SAM2's memory 8 frames before: compare with that run.
+    ref = list(prelabel(model, media["clip"], PrelabelOptions(start_frame=max(0, k - 8),
+                                                              stop_frame=k + 1)))[-1]
+    want = np.asarray(Image.fromarray(ref.mask).resize((256, 192), Image.NEAREST))
+    assert np.array_equal(got, want)
+    [r] = b.predict(predict_body([{"id": 778, "data": {"image": image_url}}],
+                                 config=KEYFRAME_CONFIG))["results"]
+    assert "needs 'video'" in r["error"]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+class ServedBackend:
+    """The backend app under uvicorn on 127.0.0.1, as `auralsam2 labelstudio serve` runs it."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.port = lss.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(backend), host="127.0.0.1",
+                                                    port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServedBackend:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def wait_for(cond, timeout=300.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_end_to_end_with_label_studio(ls, media, tmp_path, model, engine):
+    p = ls.create_project("e2e", VIDEO_CONFIG)
+    [tid] = ls.upload(p["id"], media["clip"])
+    [silent] = ls.upload(p["id"], media["no_audio"])
+    human = [{"id": "human1", "from_name": "sounding", "to_name": "video",
+              "type": "timelinelabels", "origin": "manual",
+              "value": {"ranges": [{"start": 2, "end": 9}], "timelinelabels": ["Sounding"]}}]
+    ann = ls.api("POST", f"/api/tasks/{tid}/annotations/", json={"result": human})
+    from auralsam2_core.build import build_auralsam2
+
+    own = build_auralsam2("bundled", device="cpu")  # fine-tuning changes it: not shared
+    b = make_backend(ls, tmp_path, own, train_steps=3)
+    with ServedBackend(b) as srv:
+        ml = ls.api("POST", "/api/ml/", json={"url": srv.url, "project": p["id"],
+                                              "title": "AuralSAM2", "is_interactive": True})
+        assert ml["state"] in ("CO", "CONNECTED"), ml
+        assert ml["model_version"] == b.model_version()
+        done = ls.api("POST", f"/api/dm/actions/?id=retrieve_tasks_predictions&project={p['id']}",
+                      json={"selectedItems": {"all": False, "included": [tid, silent]}})
+        assert done is not None
+        [pred] = ls.predictions(tid)
+        assert pred["model_version"] == b.model_version()
+        check_video_prediction(pred["result"], engine, b.settings.keyframe_tolerance)
+        assert ls.predictions(silent) == []  # no audio: nothing stored
+        # The annotator's annotation is untouched.
+        [kept] = ls.api("GET", f"/api/tasks/{tid}/annotations/")
+        assert kept["id"] == ann["id"] and kept["result"] == ann["result"]
+        # Interactive: a box on frame 4 -> the backend answers with re-propagated results.
+        ctx = {"result": [{"type": "videorectangle", "from_name": "box", "to_name": "video",
+                           "value": {"sequence": [{"frame": 4, "x": 0, "y": 0, "width": 60,
+                                                   "height": 60, "enabled": True}]}}]}
+        inter = ls.api("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                       json={"task": tid, "context": ctx})
+        assert "data" in inter and inter["data"]["result"], inter
+        assert len(ls.predictions(tid)) == 1  # interactive answers are not stored
+        # Training: the annotation webhooks reach the backend, "Start training" fine-tunes.
+        ls.api("PATCH", f"/api/annotations/{ann['id']}/", json={"result": human})
+        wait_for(lambda: list((b.work / "finetune" / "annotations").glob("*/task-*.json")),
+                 30, "the annotation webhook")
+        before = b.model_version()
+        ls.api("POST", f"/api/ml/{ml['id']}/train")
+        wait_for(lambda: (b.finetune.snapshot() or {}).get("state") in ("done", "failed"),
+                 600, "fine-tuning")
+        assert b.finetune.snapshot()["state"] == "done", b.finetune.snapshot()
+        assert b.model_version() == before + "-ft1"
+        assert ls.api("GET", f"/api/ml/{ml['id']}")["model_version"] == before + "-ft1"
+        assert any((a != c).any() for a, c in zip(own.fuser.state_dict().values(),
+                                                  model.fuser.state_dict().values(),
+                                                  strict=True))  # the live fuser changed
+    # The fine-tuned version survives a restart of the backend.
+    again = Backend(b.settings, ServedModel())
+    assert again.model_version() == before + "-ft1"
+
+
+def test_prelabel_command_imports_every_task_once(ls, media, tmp_path, model, engine):
+    p = ls.create_project("batch", VIDEO_CONFIG)
+    [tid] = ls.upload(p["id"], media["clip"])
+    [silent] = ls.upload(p["id"], media["no_audio"])
+    b = make_backend(ls, tmp_path, model)
+    report = prelabel_project(b, p["id"], progress=False)
+    assert (report["created"], report["failed"], report["skipped"]) == (1, 1, 0)
+    assert "no audio" in report["errors"][str(silent)]
+    [pred] = ls.predictions(tid)
+    check_video_prediction(pred["result"], engine, b.settings.keyframe_tolerance)
+    assert ls.api("GET", f"/api/projects/{p['id']}")["model_version"] == b.model_version()
+    again = prelabel_project(b, p["id"], progress=False)  # resumable: nothing redone
+    assert (again["created"], again["skipped"]) == (0, 1)
+    assert len(ls.predictions(tid)) == 1
+    assert rle.decode(next(iter(b.cached(
+        f"task-{tid}-" + __import__("hashlib").sha1(
+            ls_task(ls, tid)["data"]["video"].encode()).hexdigest()[:8])["frames"]))["mask"]
+    ).shape == (96, 128)
