@@ -92,11 +92,13 @@ def reference(model, clips):
     """The engine's own results, by (clip, stride) and media frame."""
     cache = {}
 
-    def get(clip, stride):
-        if (clip, stride) not in cache:
-            cache[clip, stride] = {r.index: r for r in prelabel(
-                model, clips[clip], PrelabelOptions(clip_len=5, stride=stride))}
-        return cache[clip, stride]
+    def get(clip, start, step, last):
+        key = (clip, start, step, last)
+        if key not in cache:
+            cache[key] = {r.index: r for r in prelabel(
+                model, clips[clip], PrelabelOptions(clip_len=5, stride=step, start_frame=start,
+                                                    stop_frame=last + 1))}
+        return cache[key]
     return get
 
 
@@ -208,8 +210,7 @@ def test_frame_map_from_cvat_meta():
     assert fm.task_frame(35) is None  # past the stop frame
     assert fm.task_frames() == [0, 1, 2, 4]
     assert fm.engine_stride == 5 and fm.last_media_frame == 30
-    assert FrameMap(start=3, step=2, size=4).engine_stride == 1  # 3, 5, 7 need stride 1
-    assert FrameMap(start=4, step=6, size=4).engine_stride == 2
+    assert FrameMap(start=3, step=2, size=4).engine_stride == 2  # from start_frame 3
     no_size = FrameMap.from_meta({"start_frame": 2, "stop_frame": 11, "frame_filter": "step=3"})
     assert no_size.size == 4 and no_size.last_media_frame == 11
     with pytest.raises(IndexError):
@@ -366,7 +367,7 @@ def test_function_yaml(name):
 def test_detector_answers_each_frame_in_cvat_order(emu, platform, clips, reference, capsys,
                                                    caplog):
     task = task_a(emu, clips)
-    ref = reference(3, 1)  # start 1, step 2: the engine must visit every frame (stride 1)
+    ref = reference(3, 1, 2, 9)  # the engine starts at the task's first frame, steps by 2
     seen = []
     for frame, status, body in auto_annotation(emu, platform, task):
         assert status == 200, body
@@ -404,7 +405,7 @@ def test_results_are_cached_per_task(emu, env, clips, reference, monkeypatch):
         assert time.monotonic() < deadline, "no cached results"
         time.sleep(0.05)
     # a new worker (fresh state, same cache) neither downloads nor runs the model again
-    ref = reference(3, 1)
+    ref = reference(3, 1, 2, 9)
     for frame, status, body in auto_annotation(emu, Platform(), task):
         assert status == 200
         check_answer(task, frame, body, ref[1 + 2 * frame])
@@ -418,16 +419,16 @@ def test_frames_are_answered_while_the_model_still_runs(emu, env, clips, referen
     gate = threading.Event()
     engine = session.prelabel
 
-    def held_after_two_frames(*args, **kwargs):
+    def held_after_one_frame(*args, **kwargs):
         for n, result in enumerate(engine(*args, **kwargs)):
-            if n == 2:
+            if n == 1:  # the engine visits media frames 1, 3, ...: hold before frame 3
                 gate.wait(60)
             yield result
 
-    monkeypatch.setattr(session, "prelabel", held_after_two_frames)
+    monkeypatch.setattr(session, "prelabel", held_after_one_frame)
     monkeypatch.setenv("AURALSAM2_CVAT_FRAME_WAIT", "1")
     task = task_a(emu, clips)
-    platform, ref = Platform(), reference(3, 1)
+    platform, ref = Platform(), reference(3, 1, 2, 9)
     emu.start_lambda(FUNCTION, task.id)
     try:
         status, body = call(platform, {"image": task.frame_b64(0)})  # media frame 1: ready
@@ -444,7 +445,7 @@ def test_frames_are_answered_while_the_model_still_runs(emu, env, clips, referen
 
 def test_two_tasks_annotated_at_once_are_told_apart(emu, platform, clips, reference):
     a, b = task_a(emu, clips), task_b(emu, clips)
-    ref_a, ref_b = reference(3, 1), reference(4, 2)  # task b: start 0, step 2 -> stride 2
+    ref_a, ref_b = reference(3, 1, 2, 9), reference(4, 0, 2, 8)
     runs = [(a, auto_annotation(emu, platform, a)), (b, auto_annotation(emu, platform, b))]
     done = {a.id: [], b.id: []}
     while runs:
@@ -586,7 +587,7 @@ def test_task_call_uploads_mask_tracks_and_reruns_replace_only_its_own(emu, plat
     status, report = call(platform, {"task_id": task.id, "wait": 60})
     assert status == 200 and report["state"] == "done", report
     assert report["tracks_created"] == len(own_tracks(task)) >= 1
-    check_tracks(task, reference(3, 1))
+    check_tracks(task, reference(3, 1, 2, 9))
     first_ids = {t["id"] for t in own_tracks(task)}
     # annotators' annotations untouched
     assert [t for t in task.tracks if t["id"] in (1, 3)] == theirs[:2]
@@ -596,7 +597,7 @@ def test_task_call_uploads_mask_tracks_and_reruns_replace_only_its_own(emu, plat
     assert status == 200 and report["tracks_deleted"] == len(first_ids)
     assert len(own_tracks(task)) == len(first_ids)
     assert not first_ids & {t["id"] for t in own_tracks(task)}
-    check_tracks(task, reference(3, 1))
+    check_tracks(task, reference(3, 1, 2, 9))
     assert [t for t in task.tracks if t["id"] in (1, 3)] == theirs[:2]
     status, snap = call(platform, {"task_id": task.id, "action": "status"})
     assert status == 200 and snap["state"] == "done"
@@ -610,7 +611,7 @@ def test_cvat_failing_mid_run_is_retried_or_reported(emu, platform, clips, refer
     assert status == 200 and report["state"] == "done", report
     n = report["tracks_created"]
     assert len(own_tracks(task)) == n and len(emu.calls("PATCH", "action=create")) == 2
-    check_tracks(task, reference(3, 1))
+    check_tracks(task, reference(3, 1, 2, 9))
     # CVAT down for longer than the retries: reported, with CVAT's status
     emu.fail("PATCH", r"/annotations", status=503, times=100)
     status, report = call(platform, {"task_id": task.id, "wait": 60})
@@ -618,7 +619,7 @@ def test_cvat_failing_mid_run_is_retried_or_reported(emu, platform, clips, refer
     emu.failures.clear()
     status, report = call(platform, {"task_id": task.id, "wait": 60})
     assert status == 200 and len(own_tracks(task)) == n  # no duplicates after recovery
-    check_tracks(task, reference(3, 1))
+    check_tracks(task, reference(3, 1, 2, 9))
 
 
 def test_webhook_prelabels_a_new_task_once(emu, platform, clips, reference):
@@ -633,7 +634,7 @@ def test_webhook_prelabels_a_new_task_once(emu, platform, clips, reference):
     assert status == 202 and body["task_id"] == task.id and body["started"]
     status, report = call(platform, {"task_id": task.id, "action": "status", "wait": 60})
     assert status == 200 and report["state"] == "done", report
-    check_tracks(task, reference(3, 1))
+    check_tracks(task, reference(3, 1, 2, 9))
     n = len(own_tracks(task))
     status, body = call(platform, {**payload, "event": "update:task"})
     assert status == 200 and "already" in body["ignored"]
@@ -656,7 +657,7 @@ def test_cli_register_and_prelabel(emu, env, clips, reference, capsys):
     out = capsys.readouterr()
     report = json.loads(out.out.strip().splitlines()[-1])
     assert report["state"] == "done" and report["tracks_created"] == len(own_tracks(task))
-    check_tracks(task, reference(3, 1))
+    check_tracks(task, reference(3, 1, 2, 9))
     assert TOKEN not in out.out + out.err
     with pytest.raises(SystemExit):
         parser.parse_args(["cvat", "prelabel", "--url", emu.url])  # --task is required

@@ -77,9 +77,9 @@ class FrameMap:
 
     @property
     def engine_stride(self) -> int:
-        """The largest stride, counted from media frame 0 as the engine does, that still
-        visits every task frame: gcd(step, start)."""
-        return math.gcd(self.step, self.start) or self.step
+        """The engine's stride: it starts at the task's first media frame (``start_frame``),
+        so the task's own step visits exactly the task's frames."""
+        return self.step
 
     def task_frames(self) -> list[int]:
         """Task frames CVAT shows (deleted ones left out), in order."""

@@ -144,7 +144,8 @@ class TaskSession:
         fmap = self.fmap
         try:
             for n, frame in enumerate(iter_frames(self.media, size=masks.THUMB,
-                                                  stride=fmap.engine_stride)):
+                                                  stride=fmap.engine_stride, start=fmap.start,
+                                                  stop=fmap.last_media_frame + 1)):
                 tf = fmap.task_frame(frame.index)
                 if tf is not None:
                     self.thumbs[tf] = frame.rgb
@@ -190,7 +191,9 @@ class TaskSession:
                 "track. AuralSAM2 segments what makes the sound, so it cannot pre-label a "
                 "silent video; use a visual-only function (e.g. SAM) for this task")
         fmap = self.fmap
-        opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride)
+        # Decode and remember from the task's first frame: SAM2's memory starts there.
+        opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride,
+                               start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1)
         results = prelabel(self.model, self.media, opts, info=info)
         try:
             with writer:
