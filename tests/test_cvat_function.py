@@ -390,11 +390,11 @@ def test_detector_answers_each_frame_in_cvat_order(emu, platform, clips, referen
 
 
 def test_results_are_cached_per_task(emu, env, clips, reference, monkeypatch):
-    from auralsam2_plugins.cvat import session
+    from auralsam2_core import remote
 
     runs = []
-    engine = session.prelabel
-    monkeypatch.setattr(session, "prelabel", lambda *a, **k: runs.append(a) or engine(*a, **k))
+    engine = remote.prelabel
+    monkeypatch.setattr(remote, "prelabel", lambda *a, **k: runs.append(a) or engine(*a, **k))
     task = task_a(emu, clips)
     for _, status, _ in auto_annotation(emu, Platform(), task):
         assert status == 200
@@ -414,10 +414,10 @@ def test_results_are_cached_per_task(emu, env, clips, reference, monkeypatch):
 
 def test_frames_are_answered_while_the_model_still_runs(emu, env, clips, reference,
                                                        monkeypatch):
-    from auralsam2_plugins.cvat import session
+    from auralsam2_core import remote
 
     gate = threading.Event()
-    engine = session.prelabel
+    engine = remote.prelabel
 
     def held_after_one_frame(*args, **kwargs):
         for n, result in enumerate(engine(*args, **kwargs)):
@@ -425,7 +425,7 @@ def test_frames_are_answered_while_the_model_still_runs(emu, env, clips, referen
                 gate.wait(60)
             yield result
 
-    monkeypatch.setattr(session, "prelabel", held_after_one_frame)
+    monkeypatch.setattr(remote, "prelabel", held_after_one_frame)
     monkeypatch.setenv("AURALSAM2_CVAT_FRAME_WAIT", "1")
     task = task_a(emu, clips)
     platform, ref = Platform(), reference(3, 1, 2, 9)
@@ -662,3 +662,29 @@ def test_cli_register_and_prelabel(emu, env, clips, reference, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["cvat", "prelabel", "--url", emu.url])  # --task is required
 
+
+
+def test_cli_prelabel_through_the_shared_service(emu, env, clips, reference, capsys, model,
+                                                 monkeypatch, tmp_path):
+    """AURALSAM2_SERVER_URL set: the function loads no model, the service runs the video, and
+    the tracks are those of the in-process run."""
+    try:
+        from . import service_env as se
+    except ImportError:
+        import service_env as se
+
+    with se.ServiceThread(tmp_path / "service", [tmp_path / "cache"], model=model) as srv:
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        model_env.load_served_model.cache_clear()
+        parser = argparse.ArgumentParser(prog="auralsam2")
+        register(parser.add_subparsers(dest="command", required=True))
+        task = task_a(emu, clips)
+        args = parser.parse_args(["cvat", "prelabel", "--url", emu.url, "--task",
+                                  str(task.id), "--quiet"])
+        assert args.func(args) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report["state"] == "done"
+        check_tracks(task, reference(3, 1, 2, 9))
+        assert model_env.load_served_model.cache_info().currsize == 0  # no model here
+        assert srv.service.counters["done"] == 1

@@ -236,13 +236,12 @@ def test_intervals_and_summary(labelled, reference):
 def test_strided_intervals_from_stored_probabilities(media, monkeypatch):
     """Intervals and strided frame numbers, with a stand-in engine whose probabilities are
     known (the random model hovers around 0.5 and never opens an interval)."""
-    import auralsam2_fiftyone.prelabel as fp
-
+    from auralsam2_core import remote
     from auralsam2_core.engine import FrameResult
 
     probs = {0: 0.9, 2: 0.8, 4: 0.1}  # frames 1, 3, 5 of 6 with stride 2
 
-    def fake_prelabel(model, path, opts, *, info=None, on_progress=None):
+    def fake_prelabel(model, path, opts, *, info=None, on_progress=None, prompts=None):
         assert opts.stride == 2
         for k, i in enumerate(range(0, info.num_frames, opts.stride)):
             mask = np.zeros(SIZE, bool)
@@ -251,7 +250,7 @@ def test_strided_intervals_from_stored_probabilities(media, monkeypatch):
             if on_progress:
                 on_progress(k + 1)
 
-    monkeypatch.setattr(fp, "prelabel", fake_prelabel)
+    monkeypatch.setattr(remote, "prelabel", fake_prelabel)  # what LocalEngine runs
     ds = make_dataset(media, names=("stereo",))
     assert run_prelabel(ds, stride=2).result["complete"] == 1
     s = ds.first()
@@ -261,6 +260,36 @@ def test_strided_intervals_from_stored_probabilities(media, monkeypatch):
     det = s.frames[3]["auralsam2"].detections[0]
     assert det.bounding_box == pytest.approx([7 / 64, 10 / 48, 23 / 64, 10 / 48])
     assert s.auralsam2_summary.sounding_frames == 2 and s.auralsam2_summary.stride == 2
+
+
+def test_operator_through_the_shared_service(media, model, reference, monkeypatch, tmp_path):
+    """AURALSAM2_SERVER_URL set: the operator loads no model; the service labels the videos
+    and the stored masks are the in-process ones (probabilities as in the results format)."""
+    try:
+        from . import service_env as se
+    except ImportError:
+        import service_env as se
+    from auralsam2_fiftyone import operators
+
+    root = media["stereo"][0].parent
+    with se.ServiceThread(tmp_path / "service", [root], model=model) as srv:
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(operators, "resolve_model",
+                            lambda *a: pytest.fail("a model was loaded"))
+        ds = make_dataset(media, names=("stereo", "noaudio"))
+        out = run_prelabel(ds).result
+        assert (out["complete"], out["failed"]) == (1, 1)
+        assert srv.service.counters["done"] == 1 and srv.service.counters["failed"] == 1
+        sample = by_name(ds)["stereo"]
+        got = frame_masks(sample, "auralsam2")
+        want = {r.index + 1: r for r in reference["stereo"]}
+        assert sorted(got) == sorted(want)
+        for n, r in want.items():
+            np.testing.assert_array_equal(got[n], r.mask)
+            assert sample.frames[n]["auralsam2"].sounding_prob == pytest.approx(
+                r.sounding_prob, abs=6e-6)
+        assert "audio" in by_name(ds)["noaudio"].auralsam2_summary.error
 
 
 def test_failures_are_isolated_and_reported(labelled):

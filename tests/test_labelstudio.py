@@ -461,3 +461,27 @@ def test_prelabel_command_imports_every_task_once(ls, media, tmp_path, model, en
         f"task-{tid}-" + __import__("hashlib").sha1(
             ls_task(ls, tid)["data"]["video"].encode()).hexdigest()[:8])["frames"]))["mask"]
     ).shape == (96, 128)
+
+
+def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine):
+    """With the shared service the backend loads no model and predicts the same."""
+    try:
+        from . import service_env as se
+    except ImportError:
+        import service_env as se
+
+    work = tmp_path / "work"
+    work.mkdir()
+    task = ls_task(ls, project["task"])
+    local = make_backend(ls, tmp_path / "local", model).predict(predict_body([task]))
+    with se.ServiceThread(tmp_path / "service", [work], model=model) as srv:
+        b = Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=work), ServedModel(),
+                    remote=srv.engine())
+        out = b.predict(predict_body([task]))
+        assert out["results"][0]["result"] == local["results"][0]["result"]
+        assert out["model_version"] == local["model_version"] == srv.service.model_version()
+        check_video_prediction(out["results"][0]["result"], engine,
+                               b.settings.keyframe_tolerance)
+        assert b._model is None and srv.service.counters["done"] == 1
+        with pytest.raises(Exception, match="fine-tuning runs where the model is"):
+            b.webhook({"action": "START_TRAINING", "project": {"id": project["id"]}})

@@ -54,6 +54,7 @@ def cmd_prelabel(args) -> int:
     from pathlib import Path
 
     from auralsam2_core.model_env import ServedModel, load_served_model
+    from auralsam2_core.remote import engine_from_env
 
     from .config import Settings
     from .service import Service
@@ -66,7 +67,7 @@ def cmd_prelabel(args) -> int:
         sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
         fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
         image_size=args.image_size, device=args.device)
-    service = Service(settings, load_served_model(spec))
+    service = Service(settings, engine_from_env(lambda: load_served_model(spec)))
     failed = False
     for task_id in args.task:
         job, _ = service.start_task(task_id, settings.threshold)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.remote import engine_from_env
 from auralsam2_plugins.cvat.config import Settings
 from auralsam2_plugins.cvat.service import Service
 
@@ -18,10 +19,12 @@ def init_context(context) -> None:
     context.logger.info("auralsam2: loading the model")
     settings = Settings.from_env()
     spec = ServedModel.from_env()
-    model = load_served_model(spec)
-    context.user_data.service = Service(settings, model, logger=context.logger)
+    # AURALSAM2_SERVER_URL set: the shared model service runs the model, none is loaded here.
+    engine = engine_from_env(lambda: load_served_model(spec))
+    context.user_data.service = Service(settings, engine, logger=context.logger)
+    where = getattr(engine, "url", None) or f"{spec.sam2_config} on {engine.model.device}"
     context.logger.info(f"auralsam2: ready (function '{settings.function_name}', model "
-                        f"{spec.sam2_config} on {model.device}, CVAT {settings.url or 'not set'})")
+                        f"{where}, CVAT {settings.url or 'not set'})")
 
 
 def handler(context, event):

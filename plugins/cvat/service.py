@@ -18,6 +18,8 @@ import logging
 import threading
 import time
 
+from auralsam2_core.remote import LocalEngine
+
 from .api import CvatApi, CvatError
 from .config import Settings
 from .detector import active_calls, detect, parse_threshold
@@ -99,9 +101,12 @@ class TaskJob:
 class Service:
     MAX_SESSIONS = 8
 
-    def __init__(self, settings: Settings, model, *, api: CvatApi | None = None,
+    def __init__(self, settings: Settings, engine, *, api: CvatApi | None = None,
                  logger=None) -> None:
-        self.settings, self.model = settings, model
+        """``engine``: a model, or an engine from :func:`auralsam2_core.remote.engine_from_env`
+        (the shared service when ``AURALSAM2_SERVER_URL`` is set)."""
+        self.settings = settings
+        self.engine = engine if hasattr(engine, "frames") else LocalEngine(engine)
         self._api = api
         self._logger = logger
         self.model_lock = threading.Lock()
@@ -135,7 +140,7 @@ class Service:
             if s is not None and s.failed and (retry_failed or isinstance(s.error, Upstream)):
                 s = None
             if s is None:
-                s = TaskSession(task_id, self.api, self.model, self.settings, self.model_lock,
+                s = TaskSession(task_id, self.api, self.engine, self.settings, self.model_lock,
                                 self.log).start()
                 self._forget_old_sessions()
             self.sessions.pop(task_id, None)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auralsam2_core.engine import PrelabelOptions, prelabel
+from auralsam2_core.engine import PrelabelOptions
 from auralsam2_core.media import MediaError, iter_frames, probe
 from auralsam2_core.results import ResultsWriter, read_results, video_record
 
@@ -38,9 +38,9 @@ def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
 
 
 class TaskSession:
-    def __init__(self, task_id: int, api: CvatApi, model, settings: Settings,
+    def __init__(self, task_id: int, api: CvatApi, engine, settings: Settings,
                  model_lock: threading.Lock, log) -> None:
-        self.task_id, self.api, self.model, self.settings = task_id, api, model, settings
+        self.task_id, self.api, self.engine, self.settings = task_id, api, engine, settings
         self.model_lock, self.log = model_lock, log
         self.cond = threading.Condition()
         self.fmap: FrameMap | None = None
@@ -164,7 +164,7 @@ class TaskSession:
 
     def _results_key(self) -> str:
         fm = self.fmap
-        ident = {"model": getattr(self.model, "meta", {}), "clip_len": self.settings.clip_len,
+        ident = {"model": self.engine.meta, "clip_len": self.settings.clip_len,
                  "stride": fm.engine_stride, "start": fm.start, "step": fm.step,
                  "size": fm.size, "media": [self.media.name, self.media.stat().st_size]}
         digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode())
@@ -194,7 +194,7 @@ class TaskSession:
         # Decode and remember from the task's first frame: SAM2's memory starts there.
         opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride,
                                start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1)
-        results = prelabel(self.model, self.media, opts, info=info)
+        results = self.engine.frames(self.media, opts, info=info)
         try:
             with writer:
                 while True:
@@ -205,7 +205,7 @@ class TaskSession:
                     self._publish(writer.add(r))
                     if r.index >= fmap.last_media_frame:
                         break
-                meta = {**getattr(self.model, "meta", {}), "clip_len": opts.clip_len,
+                meta = {**self.engine.meta, "clip_len": opts.clip_len,
                         "stride": opts.stride, "no_audio": opts.no_audio,
                         "cvat": {"task": self.task_id, "start": fmap.start, "step": fmap.step,
                                  "size": fmap.size}}

@@ -11,6 +11,7 @@ line; the other tasks of the request are still answered.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from auralsam2_core.engine import NoAudioError, PrelabelOptions, prelabel
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model import PointPrompt
 from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.remote import RemoteEngine, RemoteError, remote_from_env
 from auralsam2_core.results import (
     Hysteresis,
     ResultsWriter,
@@ -60,10 +62,13 @@ class TaskMedia:
 
 class Backend:
     def __init__(self, settings: Settings, served: ServedModel | None = None, *,
-                 model=None, client: LabelStudioClient | None = None) -> None:
+                 model=None, client: LabelStudioClient | None = None,
+                 remote: RemoteEngine | None = None) -> None:
         from .training import FineTuner
 
         self.settings = settings
+        # AURALSAM2_SERVER_URL set: the shared service runs the model; none is loaded here.
+        self.remote = remote if remote is not None else remote_from_env()
         self.served = served or ServedModel.from_env()
         self._model = model
         self._client = client
@@ -88,6 +93,8 @@ class Backend:
         return self._client
 
     def model_version(self) -> str:
+        if self.remote is not None:
+            return self.remote.model_version
         gen = self.finetune.generation
         return f"auralsam2-{self.served.identity()}" + (f"-ft{gen}" if gen else "")
 
@@ -205,6 +212,8 @@ class Backend:
                 frames = (opts.stop_frame or info.num_frames) - opts.start_frame
                 if time.monotonic() + frames * self.seconds_per_frame > deadline:
                     return None
+            if self.remote is not None:
+                return self._run_remote(media, opts, prompts, deadline, store)
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self.run_lock.acquire(timeout=-1 if wait is None else wait):
                 return None
@@ -217,6 +226,20 @@ class Backend:
                             "sound, so there is nothing to pre-label") from None
         except (MediaError, ValueError) as e:
             raise TaskError(str(e)) from None
+
+    def _run_remote(self, media, opts, prompts, deadline, store) -> dict | None:
+        """The same document, computed by the shared service (which must see
+        ``AURALSAM2_LS_WORK_DIR/media`` under the same path, e.g. a shared volume)."""
+        try:
+            doc = self.remote.document(media.video, opts, prompts=prompts, deadline=deadline)
+        except RemoteError as e:
+            raise TaskError(str(e)) from None
+        if doc is not None and store:
+            w = ResultsWriter(self.work / "results" / self.model_version(), media.key)
+            tmp = w.final.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            tmp.replace(w.final)
+        return doc
 
     def _run(self, media, info, opts, prompts, deadline, store) -> dict | None:
         folder = self.work / ("results" if store else "scratch") / self.model_version()

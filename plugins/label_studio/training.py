@@ -185,6 +185,12 @@ class FineTuner:
             from .backend import BadRequest
 
             raise BadRequest("START_TRAINING without a project id")
+        if self.backend.remote is not None:
+            from .backend import BadRequest
+
+            raise BadRequest("fine-tuning runs where the model is: this backend uses the shared "
+                             "service (AURALSAM2_SERVER_URL); run `auralsam2 train --results` "
+                             "there, or run the backend without AURALSAM2_SERVER_URL")
         with self._lock:
             if self.job and self.job["state"] in ("preparing", "training"):
                 return {"status": "already training", "job": self.job["id"]}

@@ -7,6 +7,7 @@ import time
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from auralsam2_core.remote import remote_from_env
 
 from .evaluate import evaluate_collection
 from .fields import conflicts, is_owned, prelabel_targets
@@ -112,7 +113,8 @@ class PrelabelSoundingObjects(foo.Operator):
             no_audio=params.get("no_audio") or "error",
             overwrite=bool(params.get("overwrite", False)))
         spec = ModelSpec.from_params(params)
-        model = resolve_model(spec, params.get("device") or "auto")
+        # With AURALSAM2_SERVER_URL set, the shared service runs its model; none loads here.
+        model = remote_from_env() or resolve_model(spec, params.get("device") or "auto")
         last = [0.0]
 
         def progress(fraction, label):

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import fiftyone as fo
-from auralsam2_core.engine import PrelabelOptions, prelabel
+from auralsam2_core.engine import PrelabelOptions
 from auralsam2_core.media import MediaError, probe
+from auralsam2_core.remote import LocalEngine
 from fiftyone.core.clips import ClipsView
 
 from . import convert, fields, labels
@@ -78,7 +79,8 @@ def _units(collection) -> list[_Unit]:
 def prelabel_collection(collection, model, settings: PrelabelSettings | None = None, *,
                         model_description: str = "", on_progress: ProgressFn | None = None
                         ) -> list[Outcome]:
-    """Pre-label every video of ``collection`` (dataset, view or clips view); returns one
+    """Pre-label every video of ``collection`` (dataset, view or clips view) with ``model`` (an
+    AuralSAM2, or an engine from :mod:`auralsam2_core.remote`: the shared service); returns one
     :class:`Outcome` per source video. A failing video is recorded (``<field>_summary.status
     == "failed"`` with the error) and the others still run. Raises
     :class:`~auralsam2_fiftyone.fields.FieldConflict` before writing anything when a target
@@ -144,7 +146,8 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
         writer = sample_view.select_fields(f"frames.{lf}").first()
         pending: dict[int, dict] = {}
         last = max(b for _, b in unit.ranges) if unit.ranges else None
-        results = prelabel(model, unit.filepath, opts, info=info, on_progress=(
+        engine = model if hasattr(model, "frames") else LocalEngine(model)
+        results = engine.frames(unit.filepath, opts, info=info, on_progress=(
             (lambda n: progress(min(n / total, 1.0))) if total else None))
         for r in results:
             n = convert.frame_number(r.index)

@@ -1,0 +1,190 @@
+"""Client of the shared model service (``auralsam2 serve``), and the switch every adapter uses.
+
+With ``AURALSAM2_SERVER_URL`` set (and ``AURALSAM2_SERVER_TOKEN`` or ``_TOKEN_FILE``),
+:func:`engine_from_env` gives a :class:`RemoteEngine`: videos are submitted to the service and
+the adapter never loads a model. Otherwise it gives a :class:`LocalEngine` around the model the
+adapter would have loaded. Both offer ``frames(video, options, ...)`` yielding
+:class:`~auralsam2_core.engine.FrameResult` and ``document(...)`` returning the results
+document; the remote one rebuilds frames from the service's results file, so its numbers are
+those of the results format (probabilities rounded to 5 decimals; masks identical).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+from . import rle
+from .engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
+from .media import MediaError, probe
+from .model import PointPrompt
+
+OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame")
+
+
+class RemoteError(RuntimeError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _token(env: Mapping[str, str]) -> str | None:
+    if env.get("AURALSAM2_SERVER_TOKEN"):
+        return env["AURALSAM2_SERVER_TOKEN"]
+    path = env.get("AURALSAM2_SERVER_TOKEN_FILE")
+    return Path(path).read_text().strip() if path else None
+
+
+def frame_results(doc: dict) -> Iterator[FrameResult]:
+    """FrameResults rebuilt from a results document."""
+    for f in doc["frames"]:
+        yield FrameResult(f["index"], f["time"], rle.decode(f["mask"]), f["sounding_prob"],
+                          f["predicted_iou"], f["mask_score"], f["review_priority"])
+
+
+class RemoteEngine:
+    def __init__(self, url: str, token: str, *, poll: float = 0.5, timeout: float = 30.0,
+                 busy_retries: int = 60) -> None:
+        self.url, self.poll, self.timeout = url.rstrip("/"), poll, timeout
+        self._token = token
+        self.busy_retries = busy_retries
+        self.meta: dict = {}  # the service's model description (after the first job/health)
+
+    def __repr__(self) -> str:
+        return f"RemoteEngine({self.url!r})"
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                detail = json.loads(e.read()).get("error", "")
+            except ValueError:
+                detail = ""
+            err = RemoteError(f"the AuralSAM2 service answered {e.code}: {detail}", e.code)
+            err.retry_after = float(e.headers.get("Retry-After") or 1)
+            raise err from None
+        except (urllib.error.URLError, OSError) as e:
+            raise RemoteError(f"the AuralSAM2 service at {self.url} is unreachable "
+                              f"({getattr(e, 'reason', e)})") from None
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    def submit(self, video: str | os.PathLike, options: PrelabelOptions | None = None,
+               prompts: Mapping[int, PointPrompt] | None = None) -> str:
+        opts = options or PrelabelOptions()
+        body = {"video": str(Path(video).resolve()) if "://" not in str(video) else str(video),
+                "options": {**{k: v for k, v in asdict(opts).items() if k in OPTION_KEYS},
+                            "prompts": {str(k): {"coords": p.coords, "labels": p.labels}
+                                        for k, p in (prompts or {}).items()}}}
+        for _ in range(self.busy_retries):
+            try:
+                return self._call("POST", "/v1/jobs", body)["id"]
+            except RemoteError as e:
+                if e.status != 429:
+                    raise
+                time.sleep(min(getattr(e, "retry_after", 1.0), 10.0))  # back-pressure
+        raise RemoteError("the AuralSAM2 service stayed busy (429); try again later", 429)
+
+    def document(self, video, options: PrelabelOptions | None = None, *,
+                 prompts: Mapping[int, PointPrompt] | None = None,
+                 on_progress: Callable[[int], None] | None = None,
+                 deadline: float | None = None) -> dict | None:
+        """Run a job to the end and return its results document (None if the monotonic
+        ``deadline`` passes first; the job still finishes on the service)."""
+        job_id = self.submit(video, options, prompts)
+        while deadline is None or time.monotonic() < deadline:
+            st = self._call("GET", f"/v1/jobs/{job_id}")
+            if on_progress:
+                on_progress(st["progress"]["frames_done"])
+            if st["status"] == "done":
+                doc = self._call("GET", f"/v1/jobs/{job_id}/results")
+                self.meta = doc.get("model", {})
+                return doc
+            if st["status"] == "failed":
+                kind, msg = st.get("error_kind"), st.get("error") or "failed"
+                if kind == "no_audio":
+                    raise NoAudioError(msg)
+                if kind == "media":
+                    raise MediaError(msg)
+                raise RemoteError(f"the AuralSAM2 service failed the job: {msg}")
+            time.sleep(self.poll)
+        return None
+
+    @property
+    def model_version(self) -> str:
+        if "model_version" not in self.meta:
+            self.meta = {**self.meta, "model_version": self.health()["model_version"],
+                         "service": self.url}
+        return self.meta["model_version"]
+
+    def frames(self, video, options: PrelabelOptions | None = None, *, info=None,
+               prompts: Mapping[int, PointPrompt] | None = None,
+               on_progress: Callable[[int], None] | None = None) -> Iterator[FrameResult]:
+        yield from frame_results(self.document(video, options, prompts=prompts,
+                                               on_progress=on_progress))
+
+
+class LocalEngine:
+    """The same interface around a model in this process."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    @property
+    def meta(self) -> dict:
+        return self.model.meta
+
+    def frames(self, video, options: PrelabelOptions | None = None, *, info=None,
+               prompts=None, on_progress=None) -> Iterator[FrameResult]:
+        return prelabel(self.model, video, options, info=info, prompts=prompts,
+                        on_progress=on_progress)
+
+    def document(self, video, options: PrelabelOptions | None = None, *, prompts=None,
+                 on_progress=None, writer=None) -> dict:
+        from .results import ResultsWriter, video_record
+
+        opts = options or PrelabelOptions()
+        info = probe(video)
+        if writer is None:
+            import tempfile
+
+            writer = ResultsWriter(tempfile.mkdtemp(prefix="auralsam2-"), "doc")
+        with writer:
+            for r in self.frames(video, opts, info=info, prompts=prompts,
+                                 on_progress=on_progress):
+                writer.add(r)
+            meta = {**self.model.meta, "clip_len": opts.clip_len, "stride": opts.stride,
+                    "no_audio": opts.no_audio}
+            return writer.finish(video_record(info), meta)
+
+
+def remote_from_env(env: Mapping[str, str] | None = None) -> RemoteEngine | None:
+    env = os.environ if env is None else env
+    url = env.get("AURALSAM2_SERVER_URL")
+    if not url:
+        return None
+    token = _token(env)
+    if not token:
+        raise ValueError("AURALSAM2_SERVER_URL is set but AURALSAM2_SERVER_TOKEN (or _FILE) "
+                         "is not")
+    return RemoteEngine(url, token)
+
+
+def engine_from_env(load_model: Callable[[], object], env: Mapping[str, str] | None = None
+                    ) -> RemoteEngine | LocalEngine:
+    """The service when ``AURALSAM2_SERVER_URL`` is set, else ``load_model()`` in-process
+    (called only then, so adapters that use the service never load a model)."""
+    remote = remote_from_env(env)
+    return remote if remote is not None else LocalEngine(load_model())

@@ -1,0 +1,88 @@
+"""The service's HTTP API (Starlette, served by uvicorn: ``auralsam2 serve``).
+
+=====================================  ==========================================================
+``GET /health``                        liveness, model version, queue depth (no token needed)
+``POST /v1/jobs``                      ``{"video": path or URL, "options": {...}}`` -> 202 job
+``GET /v1/jobs/{id}``                  status and progress
+``GET /v1/jobs/{id}/results``          the engine's results JSON (409 until done)
+``GET /metrics``                       Prometheus text
+=====================================  ==========================================================
+
+Everything but ``/health`` needs ``Authorization: Bearer <token>`` (401 otherwise). A full
+queue answers 429 with ``Retry-After``; paths outside the media roots and URLs on other hosts
+403; bodies over ``max_body_bytes`` 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from .jobs import Refused, Service
+
+
+def create_app(service: Service) -> Starlette:
+    token = service.settings.token.encode()
+
+    def authorised(request: Request) -> bool:
+        got = request.headers.get("authorization", "")
+        scheme, _, value = got.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.encode(), token)
+
+    def refused(e: Refused) -> JSONResponse:
+        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+        return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
+
+    def guarded(handler):
+        async def endpoint(request: Request):
+            if not authorised(request):
+                return JSONResponse({"error": "missing or wrong bearer token"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            try:
+                return await handler(request)
+            except Refused as e:
+                return refused(e)
+        return endpoint
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse(service.health())
+
+    async def submit(request: Request) -> JSONResponse:
+        if int(request.headers.get("content-length") or 0) > service.settings.max_body_bytes:
+            raise Refused(413, "request body too large")
+        raw = await request.body()
+        if len(raw) > service.settings.max_body_bytes:
+            raise Refused(413, "request body too large")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise Refused(400, "the body must be JSON") from None
+        if not isinstance(body, dict) or "video" not in body:
+            raise Refused(400, "the body must be {\"video\": ..., \"options\": {...}}")
+        job = await run_in_threadpool(service.submit, body["video"], body.get("options"))
+        return JSONResponse(job.public(), status_code=202,
+                            headers={"Location": f"/v1/jobs/{job.id}"})
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(service.get(request.path_params["job_id"]).public())
+
+    async def results(request: Request) -> JSONResponse:
+        doc = await run_in_threadpool(service.results, request.path_params["job_id"])
+        return JSONResponse(doc)
+
+    async def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(service.metrics_text())
+
+    return Starlette(routes=[
+        Route("/health", health),
+        Route("/v1/jobs", guarded(submit), methods=["POST"]),
+        Route("/v1/jobs/{job_id}", guarded(status)),
+        Route("/v1/jobs/{job_id}/results", guarded(results)),
+        Route("/metrics", guarded(metrics)),
+    ])
