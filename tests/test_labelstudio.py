@@ -485,3 +485,53 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
         assert b._model is None and srv.service.counters["done"] == 1
         with pytest.raises(Exception, match="fine-tuning runs where the model is"):
             b.webhook({"action": "START_TRAINING", "project": {"id": project["id"]}})
+
+
+def test_local_files_storage_and_cloud_links(ls, tmp_path, model, media, engine):
+    """Tasks from a local-files storage are fetched through Label Studio; cloud links go
+    through Label Studio's presign endpoint; a redirect off the allowed hosts is refused."""
+    import shutil
+
+    folder = ls.files_root / "local-videos"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(media["clip"], folder / "clip.mp4")
+    p = ls.create_project("local files", VIDEO_CONFIG)
+    st = ls.api("POST", "/api/storages/localfiles/", json={
+        "project": p["id"], "path": str(folder), "regex_filter": r".*\.mp4",
+        "use_blob_urls": True, "title": "videos"})
+    ls.api("POST", f"/api/storages/localfiles/{st['id']}/sync")
+    [task] = ls.tasks(p["id"])
+    assert "/data/local-files/?d=local-videos/clip.mp4" in task["data"]["video"]
+    b = make_backend(ls, tmp_path, model)
+    [r] = b.predict(predict_body([task]))["results"]
+    check_video_prediction(r["result"], engine, b.settings.keyframe_tolerance)
+    # s3:// goes to Label Studio's presign endpoint (no such storage here: a clear error).
+    [r] = b.predict(predict_body([{"id": task["id"], "data": {
+        "video": "s3://bucket/a.mp4"}}]))["results"]
+    assert "could not serve the media 's3://bucket/a.mp4'" in r["error"]
+
+
+def test_redirects_are_checked_hop_by_hop(tmp_path, model):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Redirector(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(303)
+            self.send_header("Location", "http://storage.invalid/x.mp4?sig=1")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        b = Backend(Settings(url=url, api_key="k", work_dir=tmp_path), ServedModel(),
+                    model=model)
+        [r] = b.predict(predict_body([{"id": 5, "data": {"video": "/data/upload/1/a.mp4"}}])
+                        )["results"]
+        assert "redirected the media to 'storage.invalid'" in r["error"]
+        assert "AURALSAM2_LS_STORAGE_HOSTS" in r["error"]
+    finally:
+        server.shutdown()
