@@ -59,28 +59,29 @@ def prelabel_videos(model: AuralSAM2, videos: list[str | os.PathLike],
     opts = options or PrelabelOptions()
     outs = outputs or OutputOptions()
     paths = [Path(v) for v in videos]
-    outcomes = []
-    for path, name in zip(paths, output_names(paths), strict=True):
-        writer = ResultsWriter(out_dir, name)
-        if writer.is_complete() and not outs.overwrite:
-            outcomes.append(VideoOutcome(path, "skipped", writer.final))
-            continue
-        try:
-            doc = _run_one(model, path, writer, opts, outs, progress)
-        except (MediaError, ValueError, RuntimeError) as e:
-            writer.partial.unlink(missing_ok=True)
-            outcomes.append(VideoOutcome(path, "failed", error=str(e)))
-            print(f"auralsam2: {path}: {e}", file=sys.stderr)
-            continue
-        try:
-            _render(path, doc, writer, outs)
-        except (MediaError, ValueError, RuntimeError, OSError) as e:  # results are kept
-            outcomes.append(VideoOutcome(path, "failed", writer.final,
-                                         error=f"results written, but rendering failed: {e}"))
-            print(f"auralsam2: {path}: rendering failed: {e}", file=sys.stderr)
-            continue
-        outcomes.append(VideoOutcome(path, "done", writer.final))
-    return outcomes
+    return [prelabel_one(model, path, ResultsWriter(out_dir, name), opts, outs, progress)
+            for path, name in zip(paths, output_names(paths), strict=True)]
+
+
+def prelabel_one(model: AuralSAM2, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
+                 outs: OutputOptions, progress: bool = True) -> VideoOutcome:
+    """One video of :func:`prelabel_videos`, public so that batch runners (Ray workers) write
+    exactly the same files: skipped when complete, a failure reported rather than raised."""
+    if writer.is_complete() and not outs.overwrite:
+        return VideoOutcome(path, "skipped", writer.final)
+    try:
+        doc = _run_one(model, path, writer, opts, outs, progress)
+    except (MediaError, ValueError, RuntimeError) as e:
+        writer.partial.unlink(missing_ok=True)
+        print(f"auralsam2: {path}: {e}", file=sys.stderr)
+        return VideoOutcome(path, "failed", error=str(e))
+    try:
+        _render(path, doc, writer, outs)
+    except (MediaError, ValueError, RuntimeError, OSError) as e:  # results are kept
+        print(f"auralsam2: {path}: rendering failed: {e}", file=sys.stderr)
+        return VideoOutcome(path, "failed", writer.final,
+                            error=f"results written, but rendering failed: {e}")
+    return VideoOutcome(path, "done", writer.final)
 
 
 def _run_one(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,

@@ -5,7 +5,8 @@
 #   environment, so it gets its own venv (.venv-labelstudio). It is used by the end-to-end
 #   tests (and by anyone who wants a local Label Studio); its label-studio-sdk also checks
 #   our brush RLE against Label Studio's own decoder.
-# Run by scripts/setup.sh with VENV and PIP set; idempotent.
+# Run by scripts/setup.sh with VENV and PIP set; idempotent. AURALSAM2_NO_LABEL_STUDIO_SERVER=1
+# skips the server venv (the Dockerfile's runtime image; the end-to-end tests then skip).
 set -euo pipefail
 VENV=${VENV:-.venv}
 PIP=${PIP:-"$VENV/bin/python -m pip --disable-pip-version-check -q"}
@@ -13,6 +14,11 @@ LS_VENV=${AURALSAM2_LS_VENV:-.venv-labelstudio}
 PY=${PYTHON:-python3}
 
 $PIP install "starlette>=0.37" "uvicorn>=0.30"
+
+if [ "${AURALSAM2_NO_LABEL_STUDIO_SERVER:-0}" = 1 ]; then
+  echo "40-labelstudio: AURALSAM2_NO_LABEL_STUDIO_SERVER=1: no Label Studio server venv"
+  exit 0
+fi
 
 if [ -x "$LS_VENV/bin/label-studio" ] && "$LS_VENV/bin/python" - <<'PY' 2>/dev/null; then
 import importlib.metadata as md, sys

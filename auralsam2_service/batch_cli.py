@@ -1,0 +1,72 @@
+"""``auralsam2 batch MANIFEST --out DIR [--ray]``: pre-label a manifest of videos, here or on a
+Ray cluster (:mod:`.batch`). Registered through the ``auralsam2.commands`` entry-point group.
+
+The model comes from the flags below or the ``AURALSAM2_*`` variables of
+:mod:`auralsam2_core.model_env` (default: the bundled demo model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "batch", help="pre-label a manifest of videos (resumable; --ray: on a Ray cluster)",
+        description="MANIFEST is a text file with one video path per line ('#' comments) or a "
+                    ".jsonl file of {\"video\": path, \"name\": optional} lines; relative paths "
+                    "are relative to the manifest. Writes the same <name>.json files as "
+                    "'auralsam2 prelabel' and skips videos already finished. With --ray, "
+                    "Ray Data runs one model per GPU (else per CPU) on the cluster at "
+                    "RAY_ADDRESS (or a local one); the videos and --out must then be on a "
+                    "filesystem every Ray node sees at the same path.")
+    p.add_argument("manifest", help="video list (.txt) or .jsonl manifest")
+    p.add_argument("--out", required=True, help="results directory (created if needed)")
+    p.add_argument("--ray", action="store_true", help="run on Ray (Ray Data model actors)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="model actors with --ray (default: one per GPU, else per CPU)")
+    p.add_argument("--stride", type=int, default=1, help="pre-label every N-th frame")
+    p.add_argument("--clip-len", type=int, default=5, help="frames per fuser clip (authors: 5)")
+    p.add_argument("--no-audio", choices=("error", "silent"), default="error",
+                   help="video without audio: error (default) or mark every frame silent")
+    p.add_argument("--sam2-config", default=None,
+                   help="SAM2 config name or yaml, or 'bundled' (default: the bundled demo "
+                        "model unless checkpoints are given, then sam2_hiera_l)")
+    p.add_argument("--sam2-checkpoint", default=None, help="SAM2 checkpoint (path, URL, name)")
+    p.add_argument("--fuser-checkpoint", default=None, help="fuser checkpoint (path, URL, name)")
+    p.add_argument("--fuser-config", default=None, help="fuser config as JSON")
+    p.add_argument("--image-size", type=int, default=None, help="SAM2 input size")
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--report", default=None, help="also write the JSON report here")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_batch)
+    return p
+
+
+def cmd_batch(args) -> int:
+    from auralsam2_core.engine import PrelabelOptions
+    from auralsam2_core.model_env import ServedModel
+
+    from .batch import read_manifest, run_batch
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be >= 1")
+    items = read_manifest(args.manifest)
+    opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio)
+    served = ServedModel.from_env(
+        sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+        fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
+        image_size=args.image_size, device=args.device)
+    report = run_batch(items, args.out, opts, ray=args.ray, num_workers=args.workers,
+                       served=served, progress=not args.quiet)
+    for o in report.done + report.skipped + report.failed:
+        print(f"{o.status:8s} {o.video}  {o.error if o.status == 'failed' else o.results}")
+    print(f"auralsam2 batch: {len(report.done)} done, {len(report.skipped)} skipped, "
+          f"{len(report.failed)} failed in {report.seconds:.1f} s ({report.backend}, "
+          f"{report.workers} worker(s))", file=sys.stderr)
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as fh:
+            json.dump(report.as_dict(), fh, indent=2)
+    return 1 if report.failed else 0
