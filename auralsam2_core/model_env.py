@@ -61,6 +61,28 @@ class ServedModel:
         return f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
+def add_model_arguments(parser) -> None:
+    """The model flags every command that serves a model takes (overriding ``AURALSAM2_*``)."""
+    parser.add_argument("--sam2-config", default=None,
+                        help="SAM2 config name or yaml, or 'bundled' (default: the bundled demo "
+                             "model unless checkpoints are given, then sam2_hiera_l)")
+    parser.add_argument("--sam2-checkpoint", default=None,
+                        help="SAM2 checkpoint (path, URL or registry name)")
+    parser.add_argument("--fuser-checkpoint", default=None,
+                        help="fuser checkpoint (path, URL or registry name)")
+    parser.add_argument("--fuser-config", default=None, help="fuser config as JSON")
+    parser.add_argument("--image-size", type=int, default=None, help="SAM2 input size")
+    parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+
+
+def served_model_from_args(args) -> ServedModel:
+    """:class:`ServedModel` from the environment, overridden by :func:`add_model_arguments`."""
+    return ServedModel.from_env(
+        sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+        fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
+        image_size=args.image_size, device=args.device)
+
+
 @functools.lru_cache(maxsize=2)
 def load_served_model(spec: ServedModel):
     """Build (once per process and spec) the model an adapter or service runs."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import rle
 from .engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
+from .env import secret
 from .media import MediaError, probe
 from .model import PointPrompt
 
@@ -32,13 +33,6 @@ class RemoteError(RuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _token(env: Mapping[str, str]) -> str | None:
-    if env.get("AURALSAM2_SERVER_TOKEN"):
-        return env["AURALSAM2_SERVER_TOKEN"]
-    path = env.get("AURALSAM2_SERVER_TOKEN_FILE")
-    return Path(path).read_text().strip() if path else None
 
 
 def frame_results(doc: dict) -> Iterator[FrameResult]:
@@ -175,7 +169,7 @@ def remote_from_env(env: Mapping[str, str] | None = None) -> RemoteEngine | None
     url = env.get("AURALSAM2_SERVER_URL")
     if not url:
         return None
-    token = _token(env)
+    token = secret(env, "AURALSAM2_SERVER_TOKEN")
     if not token:
         raise ValueError("AURALSAM2_SERVER_URL is set but AURALSAM2_SERVER_TOKEN (or _FILE) "
                          "is not")

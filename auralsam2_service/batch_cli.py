@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from auralsam2_core.model_env import add_model_arguments, served_model_from_args
+
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -31,14 +33,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--clip-len", type=int, default=5, help="frames per fuser clip (authors: 5)")
     p.add_argument("--no-audio", choices=("error", "silent"), default="error",
                    help="video without audio: error (default) or mark every frame silent")
-    p.add_argument("--sam2-config", default=None,
-                   help="SAM2 config name or yaml, or 'bundled' (default: the bundled demo "
-                        "model unless checkpoints are given, then sam2_hiera_l)")
-    p.add_argument("--sam2-checkpoint", default=None, help="SAM2 checkpoint (path, URL, name)")
-    p.add_argument("--fuser-checkpoint", default=None, help="fuser checkpoint (path, URL, name)")
-    p.add_argument("--fuser-config", default=None, help="fuser config as JSON")
-    p.add_argument("--image-size", type=int, default=None, help="SAM2 input size")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    add_model_arguments(p)
     p.add_argument("--report", default=None, help="also write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_batch)
@@ -47,7 +42,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def cmd_batch(args) -> int:
     from auralsam2_core.engine import PrelabelOptions
-    from auralsam2_core.model_env import ServedModel
 
     from .batch import read_manifest, run_batch
 
@@ -55,10 +49,7 @@ def cmd_batch(args) -> int:
         raise ValueError("--workers must be >= 1")
     items = read_manifest(args.manifest)
     opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio)
-    served = ServedModel.from_env(
-        sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-        fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
-        image_size=args.image_size, device=args.device)
+    served = served_model_from_args(args)
     report = run_batch(items, args.out, opts, ray=args.ray, num_workers=args.workers,
                        served=served, progress=not args.quiet)
     for o in report.done + report.skipped + report.failed:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from auralsam2_core.model_env import add_model_arguments, served_model_from_args
+
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -23,12 +25,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--state-dir", default=None, help="jobs and results (AURALSAM2_SERVER_STATE)")
     p.add_argument("--max-queue", type=int, default=None, help="waiting jobs before 429 (16)")
-    p.add_argument("--sam2-config", default=None)
-    p.add_argument("--sam2-checkpoint", default=None)
-    p.add_argument("--fuser-checkpoint", default=None)
-    p.add_argument("--fuser-config", default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    add_model_arguments(p)
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_serve)
     return p
@@ -39,8 +36,6 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from auralsam2_core.model_env import ServedModel
-
     from .app import create_app
     from .config import ServiceSettings
     from .jobs import Service
@@ -49,10 +44,7 @@ def cmd_serve(args) -> int:
         settings = ServiceSettings.from_env(
             state_dir=Path(args.state_dir) if args.state_dir else None,
             max_queue=args.max_queue)
-        served = ServedModel.from_env(
-            sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-            fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
-            image_size=args.image_size, device=args.device)
+        served = served_model_from_args(args)
         service = Service(settings, served, start_worker=False)
     except (ValueError, OSError) as e:
         print(f"auralsam2 serve: {e}", file=sys.stderr)

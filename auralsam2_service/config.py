@@ -12,22 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def _secret(env: Mapping[str, str], name: str) -> str | None:
-    if env.get(name):
-        return env[name]
-    path = env.get(f"{name}_FILE")
-    if not path:
-        return None
-    return Path(path).read_text().strip() or None
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    try:
-        return int(raw) if raw not in (None, "") else default
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+from auralsam2_core.env import number, secret
 
 
 @dataclass(frozen=True)
@@ -51,12 +36,12 @@ class ServiceSettings:
         roots = env.get("AURALSAM2_SERVER_MEDIA_ROOTS", "")
         hosts = env.get("AURALSAM2_SERVER_MEDIA_HOSTS", "")
         values = dict(
-            token=_secret(env, "AURALSAM2_SERVER_TOKEN"),
+            token=secret(env, "AURALSAM2_SERVER_TOKEN"),
             media_roots=tuple(Path(r).resolve() for r in roots.split(os.pathsep) if r.strip()),
             media_hosts=tuple(h.strip().lower() for h in hosts.split(",") if h.strip()),
             state_dir=Path(env.get("AURALSAM2_SERVER_STATE") or cls.state_dir),
-            max_queue=_int(env, "AURALSAM2_SERVER_MAX_QUEUE", cls.max_queue),
-            max_attempts=_int(env, "AURALSAM2_SERVER_MAX_ATTEMPTS", cls.max_attempts),
+            max_queue=int(number(env, "AURALSAM2_SERVER_MAX_QUEUE", cls.max_queue)),
+            max_attempts=int(number(env, "AURALSAM2_SERVER_MAX_ATTEMPTS", cls.max_attempts)),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

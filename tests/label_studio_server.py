@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import requests
+
+try:
+    from . import service_env as se
+except ImportError:
+    import service_env as se
 
 ROOT = Path(__file__).resolve().parents[1]
 LS_VENV = Path(os.environ.get("AURALSAM2_LS_VENV", ROOT / ".venv-labelstudio"))
@@ -24,15 +28,9 @@ USER = "annotator@example.com"
 PASSWORD = "auralsam2-test-pw"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LabelStudioServer:
     def __init__(self, data_dir: Path, files_root: Path) -> None:
-        self.port = free_port()
+        self.port = se.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir, self.files_root = data_dir, files_root
         self.log = data_dir / "label-studio.log"

@@ -1,5 +1,5 @@
-"""``auralsam2 serve`` for tests: the service app under uvicorn on 127.0.0.1 in a thread (or as
-a real subprocess for the fault tests), with a token and media roots. Nothing here is a test."""
+"""Servers on 127.0.0.1 for tests: any ASGI app under uvicorn in a thread, and ``auralsam2 serve``'s
+app that way with a token and media roots. Nothing here is a test."""
 
 from __future__ import annotations
 
@@ -25,25 +25,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServiceThread:
-    def __init__(self, state_dir: Path, roots: list[Path], model=None, **settings) -> None:
-        self.settings = ServiceSettings(token=TOKEN, media_roots=tuple(r.resolve()
-                                                                       for r in roots),
-                                        state_dir=state_dir, **settings)
-        self.service = Service(self.settings, ServedModel(), model=model)
+class UvicornThread:
+    """An ASGI app under uvicorn on a free 127.0.0.1 port, in a thread (a context manager)."""
+
+    def __init__(self, app) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), host="127.0.0.1",
-                                                    port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def engine(self) -> RemoteEngine:
-        return RemoteEngine(self.url, TOKEN, poll=0.05)
-
-    def env(self) -> dict[str, str]:
-        return {"AURALSAM2_SERVER_URL": self.url, "AURALSAM2_SERVER_TOKEN": TOKEN}
-
-    def __enter__(self) -> ServiceThread:
+    def __enter__(self):
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started and time.monotonic() < deadline:
@@ -53,3 +45,18 @@ class ServiceThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class ServiceThread(UvicornThread):
+    def __init__(self, state_dir: Path, roots: list[Path], model=None, **settings) -> None:
+        self.settings = ServiceSettings(token=TOKEN, media_roots=tuple(r.resolve()
+                                                                       for r in roots),
+                                        state_dir=state_dir, **settings)
+        self.service = Service(self.settings, ServedModel(), model=model)
+        super().__init__(create_app(self.service))
+
+    def engine(self) -> RemoteEngine:
+        return RemoteEngine(self.url, TOKEN, poll=0.05)
+
+    def env(self) -> dict[str, str]:
+        return {"AURALSAM2_SERVER_URL": self.url, "AURALSAM2_SERVER_TOKEN": TOKEN}

@@ -23,8 +23,10 @@ import pytest
 
 try:  # tests/ as a package or as a rootdir-inserted folder
     from . import label_studio_server as lss
+    from . import service_env as se
 except ImportError:
     import label_studio_server as lss
+    import service_env as se
 
 pytestmark = pytest.mark.skipif(not lss.available(), reason="needs .venv-labelstudio "
                                 "(scripts/setup.d/40-labelstudio.sh) and ffmpeg")
@@ -273,7 +275,7 @@ def test_bad_tasks_get_a_clear_error_and_no_prediction(ls, project, tmp_path, mo
     assert "no 'video'" in msgs[4]
     assert lss.TOKEN not in caplog.text and lss.TOKEN not in json.dumps(out)
     # Label Studio unreachable: an error per task, not a crash.
-    down = Backend(Settings(url=f"http://127.0.0.1:{lss.free_port()}", api_key=lss.TOKEN,
+    down = Backend(Settings(url=f"http://127.0.0.1:{se.free_port()}", api_key=lss.TOKEN,
                             work_dir=tmp_path / "down"), ServedModel(), model=model)
     [r] = down.predict(predict_body([good]))["results"]
     assert "unreachable" in r["error"] and "result" not in r
@@ -357,28 +359,6 @@ def test_keyframe_image_task_gets_a_brush_mask(ls, tmp_path, model, media, engin
 # --------------------------------------------------------------------------- end to end
 
 
-class ServedBackend:
-    """The backend app under uvicorn on 127.0.0.1, as `auralsam2 labelstudio serve` runs it."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.port = lss.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(backend), host="127.0.0.1",
-                                                    port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServedBackend:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def wait_for(cond, timeout=300.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -401,7 +381,7 @@ def test_end_to_end_with_label_studio(ls, media, tmp_path, model, engine):
 
     own = build_auralsam2("bundled", device="cpu")  # fine-tuning changes it: not shared
     b = make_backend(ls, tmp_path, own, train_steps=3)
-    with ServedBackend(b) as srv:
+    with se.UvicornThread(create_app(b)) as srv:  # as `auralsam2 labelstudio serve` runs it
         ml = ls.api("POST", "/api/ml/", json={"url": srv.url, "project": p["id"],
                                               "title": "AuralSAM2", "is_interactive": True})
         assert ml["state"] in ("CO", "CONNECTED"), ml
@@ -465,11 +445,6 @@ def test_prelabel_command_imports_every_task_once(ls, media, tmp_path, model, en
 
 def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine):
     """With the shared service the backend loads no model and predicts the same."""
-    try:
-        from . import service_env as se
-    except ImportError:
-        import service_env as se
-
     work = tmp_path / "work"
     work.mkdir()
     task = ls_task(ls, project["task"])

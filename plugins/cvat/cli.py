@@ -13,6 +13,8 @@ import json
 import sys
 import time
 
+from auralsam2_core.model_env import add_model_arguments, served_model_from_args
+
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("cvat", help="CVAT: pre-label video tasks with sounding-object "
@@ -36,14 +38,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="where the original video comes from (default auto: the share when "
                         "--share-root has it, else the task backup)")
     c.add_argument("--share-root", default=None, help="local path of CVAT's share")
-    c.add_argument("--sam2-config", default=None,
-                   help="SAM2 config name or yaml, or 'bundled' (default: the bundled demo "
-                        "model unless checkpoints are given, then sam2_hiera_l)")
-    c.add_argument("--sam2-checkpoint", default=None, help="SAM2 checkpoint (path, URL, name)")
-    c.add_argument("--fuser-checkpoint", default=None, help="fuser checkpoint (path, URL, name)")
-    c.add_argument("--fuser-config", default=None, help="fuser config as JSON")
-    c.add_argument("--image-size", type=int, default=None, help="SAM2 input size")
-    c.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    add_model_arguments(c)
     c.add_argument("--clip-len", type=int, default=None, help="frames per fuser clip (5)")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
     c.set_defaults(func=cmd_prelabel)
@@ -53,7 +48,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def cmd_prelabel(args) -> int:
     from pathlib import Path
 
-    from auralsam2_core.model_env import ServedModel, load_served_model
+    from auralsam2_core.model_env import load_served_model
     from auralsam2_core.remote import engine_from_env
 
     from .config import Settings
@@ -63,10 +58,7 @@ def cmd_prelabel(args) -> int:
         url=args.url, label=args.label, threshold=args.threshold,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, media_source=args.media,
         share_root=Path(args.share_root) if args.share_root else None, clip_len=args.clip_len)
-    spec = ServedModel.from_env(
-        sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-        fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
-        image_size=args.image_size, device=args.device)
+    spec = served_model_from_args(args)
     service = Service(settings, engine_from_env(lambda: load_served_model(spec)))
     failed = False
     for task_id in args.task:

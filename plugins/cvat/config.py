@@ -14,27 +14,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auralsam2_core.env import number, secret
+
 DEFAULT_FUNCTION_NAME = "pth-auralsam2-sounding"
 DEFAULT_LABEL = "sounding"
 CVAT_DEFAULT_TIMEOUT = 120  # CVAT_NUCLIO_DEFAULT_TIMEOUT when not set (seconds)
-
-
-def _secret(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value:
-        return value
-    path = env.get(f"{name}_FILE")
-    if path:
-        return Path(path).read_text().strip() or None
-    return None
-
-
-def _float(env, name, default) -> float:
-    raw = env.get(name)
-    try:
-        return float(raw) if raw not in (None, "") else default
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -74,24 +58,24 @@ class Settings:
         share = env.get("AURALSAM2_CVAT_SHARE_ROOT")
         values = dict(
             url=env.get("CVAT_URL") or None,
-            token=_secret(env, "CVAT_ACCESS_TOKEN"),
-            username=_secret(env, "CVAT_USERNAME"),
-            password=_secret(env, "CVAT_PASSWORD"),
+            token=secret(env, "CVAT_ACCESS_TOKEN"),
+            username=secret(env, "CVAT_USERNAME"),
+            password=secret(env, "CVAT_PASSWORD"),
             function_name=(env.get("AURALSAM2_CVAT_FUNCTION") or env.get("NUCLIO_FUNCTION_NAME")
                            or DEFAULT_FUNCTION_NAME),
             label=env.get("AURALSAM2_CVAT_LABEL") or DEFAULT_LABEL,
             cache_dir=Path(env.get("AURALSAM2_CVAT_CACHE") or cls.cache_dir),
             media_source=env.get("AURALSAM2_CVAT_MEDIA") or "auto",
             share_root=Path(share) if share else None,
-            frame_wait=_float(env, "AURALSAM2_CVAT_FRAME_WAIT", cls.frame_wait),
-            task_wait_cap=_float(env, "AURALSAM2_CVAT_TASK_WAIT", cls.task_wait_cap),
-            data_wait=_float(env, "AURALSAM2_CVAT_DATA_WAIT", cls.data_wait),
-            threshold=_float(env, "AURALSAM2_CVAT_THRESHOLD", cls.threshold),
-            match_tolerance=_float(env, "AURALSAM2_CVAT_MATCH_TOLERANCE", cls.match_tolerance),
-            retries=int(_float(env, "AURALSAM2_CVAT_RETRIES", cls.retries)),
-            retry_delay=_float(env, "AURALSAM2_CVAT_RETRY_DELAY", cls.retry_delay),
-            poll_period=_float(env, "AURALSAM2_CVAT_POLL", cls.poll_period),
-            clip_len=int(_float(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
+            frame_wait=number(env, "AURALSAM2_CVAT_FRAME_WAIT", cls.frame_wait),
+            task_wait_cap=number(env, "AURALSAM2_CVAT_TASK_WAIT", cls.task_wait_cap),
+            data_wait=number(env, "AURALSAM2_CVAT_DATA_WAIT", cls.data_wait),
+            threshold=number(env, "AURALSAM2_CVAT_THRESHOLD", cls.threshold),
+            match_tolerance=number(env, "AURALSAM2_CVAT_MATCH_TOLERANCE", cls.match_tolerance),
+            retries=int(number(env, "AURALSAM2_CVAT_RETRIES", cls.retries)),
+            retry_delay=number(env, "AURALSAM2_CVAT_RETRY_DELAY", cls.retry_delay),
+            poll_period=number(env, "AURALSAM2_CVAT_POLL", cls.poll_period),
+            clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
             verify_ssl=env.get("CVAT_VERIFY_SSL", "true").lower() not in ("0", "false", "no"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -16,25 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auralsam2_core.env import number, secret
+
 LABEL_STUDIO_PREDICT_TIMEOUT = 100.0  # seconds Label Studio waits for /predict
-
-
-def _secret(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value:
-        return value
-    path = env.get(f"{name}_FILE")
-    if path:
-        return Path(path).read_text().strip() or None
-    return None
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    try:
-        return float(raw) if raw not in (None, "") else default
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -67,18 +51,18 @@ class Settings:
         hosts = env.get("AURALSAM2_LS_STORAGE_HOSTS", "")
         values = dict(
             url=(env.get("LABEL_STUDIO_URL") or "").rstrip("/") or None,
-            api_key=_secret(env, "LABEL_STUDIO_API_KEY"),
+            api_key=secret(env, "LABEL_STUDIO_API_KEY"),
             storage_hosts=tuple(h.strip().lower() for h in hosts.split(",") if h.strip()),
             work_dir=Path(env.get("AURALSAM2_LS_WORK_DIR") or cls.work_dir),
-            predict_budget=_number(env, "AURALSAM2_LS_PREDICT_BUDGET", cls.predict_budget),
-            threshold=_number(env, "AURALSAM2_LS_THRESHOLD", cls.threshold),
-            keyframe_tolerance=_number(env, "AURALSAM2_LS_KEYFRAME_TOLERANCE",
+            predict_budget=number(env, "AURALSAM2_LS_PREDICT_BUDGET", cls.predict_budget),
+            threshold=number(env, "AURALSAM2_LS_THRESHOLD", cls.threshold),
+            keyframe_tolerance=number(env, "AURALSAM2_LS_KEYFRAME_TOLERANCE",
                                        cls.keyframe_tolerance),
-            refine_frames=int(_number(env, "AURALSAM2_LS_REFINE_FRAMES", cls.refine_frames)),
-            train_steps=int(_number(env, "AURALSAM2_LS_TRAIN_STEPS", cls.train_steps)),
-            max_download_bytes=int(_number(env, "AURALSAM2_LS_MAX_DOWNLOAD_BYTES",
+            refine_frames=int(number(env, "AURALSAM2_LS_REFINE_FRAMES", cls.refine_frames)),
+            train_steps=int(number(env, "AURALSAM2_LS_TRAIN_STEPS", cls.train_steps)),
+            max_download_bytes=int(number(env, "AURALSAM2_LS_MAX_DOWNLOAD_BYTES",
                                            cls.max_download_bytes)),
-            clip_len=int(_number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
+            clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
             label=env.get("AURALSAM2_LS_LABEL") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
