@@ -480,6 +480,13 @@ def test_local_files_storage_and_cloud_links(ls, tmp_path, model, media, engine)
     b = make_backend(ls, tmp_path, model)
     [r] = b.predict(predict_body([task]))["results"]
     check_video_prediction(r["result"], engine, b.settings.keyframe_tolerance)
+    # Label Studio's own link under its public name: fetched from LABEL_STUDIO_URL instead.
+    public = task["data"]["video"].replace("127.0.0.1", "label-studio.example.com")
+    [r2] = b.predict(predict_body([{"id": task["id"], "data": {"video": public}}]))["results"]
+    def no_ids(res):
+        return [{k: v for k, v in x.items() if k != "id"} for x in res]
+
+    assert no_ids(r2["result"]) == no_ids(r["result"])
     # s3:// goes to Label Studio's presign endpoint (no such storage here: a clear error).
     [r] = b.predict(predict_body([{"id": task["id"], "data": {
         "video": "s3://bucket/a.mp4"}}]))["results"]

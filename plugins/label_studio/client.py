@@ -22,6 +22,9 @@ import requests
 
 from .config import Settings
 
+#: Paths only Label Studio serves (uploads, local-files storage, storage resolve/presign).
+LS_MEDIA_PATHS = ("/data/upload/", "/data/local-files/", "/tasks/", "/projects/")
+
 
 class LabelStudioError(RuntimeError):
     """Label Studio could not be reached or refused a request (message safe to show)."""
@@ -150,6 +153,10 @@ class LabelStudioClient:
         if _host(url) == _host(self.base) or (parts.hostname or "").lower() in \
                 self.settings.storage_hosts:
             return url
+        if parts.path.startswith(LS_MEDIA_PATHS):
+            # Label Studio writes its own links with its public host (LABEL_STUDIO_HOST), which
+            # the backend may reach under another name: fetch the path from LABEL_STUDIO_URL.
+            return self.base + parts.path + (f"?{parts.query}" if parts.query else "")
         raise MediaRefused(
             f"media host {parts.hostname!r} is not Label Studio ({urlsplit(self.base).hostname})"
             " or a storage host in AURALSAM2_LS_STORAGE_HOSTS; the backend does not fetch "
