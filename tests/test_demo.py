@@ -19,10 +19,10 @@ from auralsam2_core.demo import PASS_MARKS, run_demo
 from auralsam2_core.weights import sha256_file
 
 BUNDLE = Path(build.__file__).parent / "data" / "demo_model"
-# What the shipped demo model guarantees on held-out clips: it follows the sound (masks move to
-# the other object when the audio is swapped) and stays quiet on silence. The project's target
-# (demo.PASS_MARKS: 0.85 / 0.8 / 95 %) is not reached yet by this bundle; see model.json.
-LISTENS_FLOOR = {"j_sounding": 0.6, "j_swapped_audio": 0.6,
+# On the demo's own clips the shipped model meets demo.PASS_MARKS (0.85 / 0.8 / 95 %). On
+# other held-out clips J varies by about +-0.03 between sets of 5-30 clips (measured 0.81-0.88
+# sounding, 0.82-0.86 swapped, 100 % silent; README): there CI asserts this floor.
+LISTENS_FLOOR = {"j_sounding": 0.78, "j_swapped_audio": 0.78,
                  "silent_low_confidence_fraction": 0.95}
 SUMMARY_KEYS = {"j_sounding", "f_sounding", "j_swapped_audio", "f_swapped_audio",
                 "silent_low_confidence_fraction", "passed", "per_clip"}
@@ -47,8 +47,8 @@ def test_bundle_files_sha256_and_size():
     assert info["training"]["command"].startswith("auralsam2 train --synthetic")
     assert info["training"]["wall_seconds"] > 0
     measured = info["measured"]
-    assert measured["passed"]["silent_low_confidence_fraction"]
-    assert all(measured[k] >= v for k, v in LISTENS_FLOOR.items()), measured
+    assert all(measured["passed"].values()), measured
+    assert all(measured[k] >= v for k, v in PASS_MARKS.items()), measured
     yaml = Path(build.__file__).parent / "configs" / info["sam2_config"]
     assert sha256_file(yaml) == info["sam2_config_sha256"]
 
@@ -78,6 +78,17 @@ def test_bundled_model_builds(demo_model):
     assert via_build.meta["sam2_config"] == demo_model.meta["sam2_config"]
     with pytest.raises(ValueError, match="bundled"):
         build_auralsam2("bundled", image_size=128)
+
+
+def test_demo_clips_meet_the_pass_marks_through_the_engine(tmp_path, demo_model):
+    """`auralsam2 demo`'s protocol (its 6 held-out clips x 3 variants, 128 px, through the
+    engine): the three audio checks hold at the project's pass marks."""
+    s = run_demo(tmp_path, n_clips=6, size=128, model=demo_model, overlay=False,
+                 timeline=False)
+    print({k: s[k] for k in PASS_MARKS})
+    for key, mark in PASS_MARKS.items():
+        assert s[key] >= mark, s
+    assert all(s["passed"].values())
 
 
 def test_audio_checks_hold_on_heldout_clips_through_the_engine(tmp_path, demo_model):
