@@ -24,8 +24,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1",
                    help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
     s.add_argument("--port", type=int, default=9090)
-    s.add_argument("--workers", type=int, default=1,
-                   help="uvicorn workers (each loads its own model; keep 1 per GPU)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
     pl = sub.add_parser(
@@ -56,8 +54,8 @@ def cmd_serve(args) -> int:
 
     backend = _backend()
     threading.Thread(target=backend.warm_up, daemon=True).start()
-    uvicorn.run(create_app(backend), host=args.host, port=args.port, workers=1,
-                log_level=args.log_level)
+    # One process: the model, the background queue and fine-tuning live in it.
+    uvicorn.run(create_app(backend), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
