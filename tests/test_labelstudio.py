@@ -351,6 +351,19 @@ def test_keyframe_image_task_gets_a_brush_mask(ls, tmp_path, model, media, engin
                                                               stop_frame=k + 1)))[-1]
     want = np.asarray(Image.fromarray(ref.mask).resize((256, 192), Image.NEAREST))
     assert np.array_equal(got, want)
+    # A click on the keyframe (Label Studio's smart keypoint, percent of the image): the
+    # frame is re-run with that point plus the audio; the mask is that run's.
+    click = {"result": [{"type": "keypointlabels", "from_name": "kp", "to_name": "image",
+                         "original_width": 256, "original_height": 192, "is_positive": True,
+                         "value": {"x": 25.0, "y": 50.0, "width": 1.0,
+                                   "keypointlabels": ["Sounding"]}}]}
+    [r] = b.predict(predict_body([task], config=KEYFRAME_CONFIG, context=click))["results"]
+    ref = list(prelabel(model, media["clip"], PrelabelOptions(start_frame=k, stop_frame=k + 1),
+                        prompts={k: PointPrompt(((32.0, 48.0),), (1,))}))[0]  # 128 x 96 video
+    want = np.asarray(Image.fromarray(ref.mask).resize((256, 192), Image.NEAREST))
+    got = brush.decode(r["result"][0]["value"]["rle"], 192, 256) if r["result"] else \
+        np.zeros((192, 256), bool)
+    assert np.array_equal(got, want) and r["score"] == round(ref.sounding_prob, 4)
     [r] = b.predict(predict_body([{"id": 778, "data": {"image": image_url}}],
                                  config=KEYFRAME_CONFIG))["results"]
     assert "needs 'video'" in r["error"]
