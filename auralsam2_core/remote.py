@@ -48,7 +48,7 @@ class RemoteEngine:
         self.url, self.poll, self.timeout = url.rstrip("/"), poll, timeout
         self._token = token
         self.busy_retries = busy_retries
-        self.meta: dict = {}  # the service's model description (after the first job/health)
+        self._version: str | None = None
 
     def __repr__(self) -> str:
         return f"RemoteEngine({self.url!r})"
@@ -103,9 +103,7 @@ class RemoteEngine:
             if on_progress:
                 on_progress(st["progress"]["frames_done"])
             if st["status"] == "done":
-                doc = self._call("GET", f"/v1/jobs/{job_id}/results")
-                self.meta = doc.get("model", {})
-                return doc
+                return self._call("GET", f"/v1/jobs/{job_id}/results")
             if st["status"] == "failed":
                 kind, msg = st.get("error_kind"), st.get("error") or "failed"
                 if kind == "no_audio":
@@ -118,10 +116,15 @@ class RemoteEngine:
 
     @property
     def model_version(self) -> str:
-        if "model_version" not in self.meta:
-            self.meta = {**self.meta, "model_version": self.health()["model_version"],
-                         "service": self.url}
-        return self.meta["model_version"]
+        """The service's model version (asked once)."""
+        if self._version is None:
+            self._version = self.health()["model_version"]
+        return self._version
+
+    @property
+    def meta(self) -> dict:
+        """What identifies the model, for cache keys and provenance (as ``AuralSAM2.meta``)."""
+        return {"service": self.url, "model_version": self.model_version}
 
     def frames(self, video, options: PrelabelOptions | None = None, *, info=None,
                prompts: Mapping[int, PointPrompt] | None = None,
