@@ -219,3 +219,46 @@ def test_killed_worker_job_is_retried_or_failed_visibly(tmp_path, media, model, 
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_media_urls_only_from_allowed_hosts_without_redirects(tmp_path, media, model):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    data = media["clip"].read_bytes()
+
+    class Media(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.path == "/clip.mp4":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            else:  # an allowed host redirecting elsewhere
+                self.send_response(302)
+                self.send_header("Location", "http://169.254.169.254/secret")
+                self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Media)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        settings = ServiceSettings(token=se.TOKEN, media_hosts=("127.0.0.1",),
+                                   state_dir=tmp_path)
+        service = Service(settings, ServedModel(), model=model)
+        client = starlette_testclient.TestClient(create_app(service))
+        r = client.post("/v1/jobs", json={"video": f"{base}/clip.mp4"}, headers=AUTH)
+        assert r.status_code == 202, r.json()
+        assert wait_done(client, r.json()["id"])["status"] == "done"
+        local = LocalEngine(model).document(media["clip"])
+        got = client.get(f"/v1/jobs/{r.json()['id']}/results", headers=AUTH).json()
+        assert got["frames"] == local["frames"]
+        r = client.post("/v1/jobs", json={"video": f"{base}/moved.mp4"}, headers=AUTH)
+        assert r.status_code == 502 and "cannot download" in r.json()["error"]
+        r = client.post("/v1/jobs", json={"video": str(media["clip"])}, headers=AUTH)
+        assert r.status_code == 403  # no media roots configured: no local paths at all
+    finally:
+        server.shutdown()
