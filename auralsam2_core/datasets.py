@@ -289,6 +289,13 @@ def _resize_bool(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     return (F.interpolate(m, size=(h, w), mode="nearest")[0, 0] > 0.5).numpy()
 
 
+def _index_rows(csv_path: Path, what: str, split: str) -> list[dict]:
+    """The rows of an AVSBench index CSV that belong to ``split``."""
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"AVSBench {what} index not found: {csv_path}")
+    return _split_rows(_read_csv(csv_path), split, csv_path)
+
+
 def _split_rows(rows: list[dict], split: str, csv_path: Path) -> list[dict]:
     if rows and "split" not in rows[0]:
         raise ValueError(f"{csv_path} has no 'split' column")
@@ -313,11 +320,7 @@ class AVSBenchS4(_AVSBase):
                  image_size: int = 1024) -> None:
         super().__init__(image_size)
         self.root = Path(root)
-        csv_path = self.root / "s4_meta_data.csv"
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"AVSBench S4 index not found: {csv_path}")
-        rows = _read_csv(csv_path)
-        for r in _split_rows(rows, split, csv_path):
+        for r in _index_rows(self.root / "s4_meta_data.csv", "S4", split):
             name = r.get("name") or next(iter(r.values()))
             category = r.get("category") or list(r.values())[2]
             self.items.append({"name": name, "category": category, "split": split})
@@ -351,10 +354,7 @@ class AVSBenchMS3(_AVSBase):
                  image_size: int = 1024) -> None:
         super().__init__(image_size)
         self.root = Path(root)
-        csv_path = self.root / "ms3_meta_data.csv"
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"AVSBench MS3 index not found: {csv_path}")
-        for r in _split_rows(_read_csv(csv_path), split, csv_path):
+        for r in _index_rows(self.root / "ms3_meta_data.csv", "MS3", split):
             name = r.get("video_id") or r.get("name") or next(iter(r.values()))
             self.items.append({"name": name, "split": split})
 

@@ -6,17 +6,19 @@ This is what ``auralsam2 prelabel`` runs; adapters that want files rather than a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .engine import PrelabelOptions, prelabel
-from .media import MediaError, probe
-from .model import AuralSAM2
+from .media import MediaError, MediaInfo, probe
+from .model import AuralSAM2, PointPrompt
 from .results import Hysteresis, ResultsWriter, video_record
 
 
@@ -72,7 +74,6 @@ def prelabel_one(model: AuralSAM2, path: Path, writer: ResultsWriter, opts: Prel
     try:
         doc = _run_one(model, path, writer, opts, outs, progress)
     except (MediaError, ValueError, RuntimeError) as e:
-        writer.partial.unlink(missing_ok=True)
         print(f"auralsam2: {path}: {e}", file=sys.stderr)
         return VideoOutcome(path, "failed", error=str(e))
     try:
@@ -92,13 +93,39 @@ def _run_one(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
         total = -(-info.num_frames // opts.stride)
     bar = tqdm(total=total, unit="frame", desc=path.name, disable=not progress,
                dynamic_ncols=True, leave=True)
-    with writer, bar:
-        for result in prelabel(model, path, opts, info=info):
-            writer.add(result)
-            bar.update(1)
-        model_meta = {**model.meta, "clip_len": opts.clip_len, "stride": opts.stride,
-                      "no_audio": opts.no_audio}
-        return writer.finish(video_record(info), model_meta, outs.hysteresis)
+    with bar:
+        return prelabel_to_results(model, path, writer, opts, info=info,
+                                   on_frame=lambda _n: bar.update(1),
+                                   hysteresis=outs.hysteresis)
+
+
+def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: ResultsWriter,
+                        options: PrelabelOptions | None = None, *,
+                        info: MediaInfo | None = None,
+                        prompts: Mapping[int, PointPrompt] | None = None,
+                        on_frame: Callable[[int], None] | None = None,
+                        hysteresis: Hysteresis | None = None) -> dict:
+    """Run the engine on one video into ``writer`` and return the finished results document:
+    the one loop behind ``auralsam2 prelabel``, the service's jobs and the adapters' caches.
+
+    ``on_frame(n)`` is called after the n-th frame is written; it may raise to give up (a
+    deadline). A run that fails or is given up leaves no partial file (a killed process
+    leaves one, which the next run replaces)."""
+    opts = options or PrelabelOptions()
+    info = info or probe(video)
+    try:
+        with writer, contextlib.closing(prelabel(model, video, opts, info=info,
+                                                 prompts=prompts)) as frames:
+            for n, result in enumerate(frames, start=1):
+                writer.add(result)
+                if on_frame:
+                    on_frame(n)
+            meta = {**model.meta, "clip_len": opts.clip_len, "stride": opts.stride,
+                    "no_audio": opts.no_audio}
+            return writer.finish(video_record(info), meta, hysteresis or Hysteresis())
+    except Exception:
+        writer.partial.unlink(missing_ok=True)
+        raise
 
 
 def _render(path: Path, doc: dict, writer: ResultsWriter, outs: OutputOptions) -> None:

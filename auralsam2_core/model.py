@@ -66,6 +66,15 @@ class PointPrompt:
     def box(cls, x0: float, y0: float, x1: float, y1: float) -> PointPrompt:
         return cls(((min(x0, x1), min(y0, y1)), (max(x0, x1), max(y0, y1))), (2, 3))
 
+    def as_dict(self) -> dict:
+        """JSON form (service requests and job files)."""
+        return {"coords": [list(c) for c in self.coords], "labels": list(self.labels)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PointPrompt:
+        return cls(tuple((float(x), float(y)) for x, y in d["coords"]),
+                   tuple(int(v) for v in d["labels"]))
+
     def as_inputs(self, device: torch.device) -> dict:
         """SAM2's ``point_inputs``: coords (1, N, 2) float, labels (1, N) int."""
         return {"point_coords": torch.tensor([self.coords], dtype=torch.float32, device=device),

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import rle
 from .engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
 from .env import secret
-from .media import MediaError, probe
+from .media import MediaError
 from .model import PointPrompt
 
 OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame")
@@ -80,7 +80,7 @@ class RemoteEngine:
         opts = options or PrelabelOptions()
         body = {"video": str(Path(video).resolve()) if "://" not in str(video) else str(video),
                 "options": {**{k: v for k, v in asdict(opts).items() if k in OPTION_KEYS},
-                            "prompts": {str(k): {"coords": p.coords, "labels": p.labels}
+                            "prompts": {str(k): p.as_dict()
                                         for k, p in (prompts or {}).items()}}}
         for _ in range(self.busy_retries):
             try:
@@ -149,22 +149,21 @@ class LocalEngine:
                         on_progress=on_progress)
 
     def document(self, video, options: PrelabelOptions | None = None, *, prompts=None,
-                 on_progress=None, writer=None) -> dict:
-        from .results import ResultsWriter, video_record
+                 on_progress=None) -> dict:
+        import tempfile
 
-        opts = options or PrelabelOptions()
-        info = probe(video)
-        if writer is None:
-            import tempfile
+        from .jobs import prelabel_to_results
+        from .results import ResultsWriter
 
-            writer = ResultsWriter(tempfile.mkdtemp(prefix="auralsam2-"), "doc")
-        with writer:
-            for r in self.frames(video, opts, info=info, prompts=prompts,
-                                 on_progress=on_progress):
-                writer.add(r)
-            meta = {**self.model.meta, "clip_len": opts.clip_len, "stride": opts.stride,
-                    "no_audio": opts.no_audio}
-            return writer.finish(video_record(info), meta)
+        with tempfile.TemporaryDirectory(prefix="auralsam2-") as tmp:
+            return prelabel_to_results(self.model, video, ResultsWriter(tmp, "doc"), options,
+                                       prompts=prompts, on_frame=on_progress)
+
+
+def as_engine(model_or_engine) -> RemoteEngine | LocalEngine:
+    """An engine (``frames`` / ``document``) for a model or an engine."""
+    return model_or_engine if hasattr(model_or_engine, "frames") else \
+        LocalEngine(model_or_engine)
 
 
 def remote_from_env(env: Mapping[str, str] | None = None) -> RemoteEngine | None:

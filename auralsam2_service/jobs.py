@@ -20,16 +20,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from auralsam2_core.engine import NoAudioError, PrelabelOptions, prelabel
+from auralsam2_core.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model import PointPrompt
 from auralsam2_core.model_env import ServedModel, load_served_model
-from auralsam2_core.results import ResultsWriter, read_results, video_record
+from auralsam2_core.remote import OPTION_KEYS
+from auralsam2_core.results import ResultsWriter, read_results
 
 from .config import ServiceSettings
 
 _log = logging.getLogger("auralsam2.service")
-OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame")
 
 
 class Refused(Exception):
@@ -69,10 +70,8 @@ def parse_options(raw: dict) -> tuple[PrelabelOptions, dict]:
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; known: {list(OPTION_KEYS)}")
     opts = PrelabelOptions(**{k: raw[k] for k in OPTION_KEYS if k in raw})
-    prompts = {}
-    for frame, p in (raw.get("prompts") or {}).items():
-        prompts[int(frame)] = PointPrompt(tuple(tuple(map(float, c)) for c in p["coords"]),
-                                          tuple(int(x) for x in p["labels"]))
+    prompts = {int(frame): PointPrompt.from_dict(p)
+               for frame, p in (raw.get("prompts") or {}).items()}
     return opts, prompts
 
 
@@ -209,7 +208,7 @@ class Service:
                                    "retry later", retry_after=5)
         path = self.resolve_media(video)
         job = Job(uuid.uuid4().hex[:16], str(path), {k: getattr(opts, k) for k in OPTION_KEYS},
-                  {str(k): {"coords": p.coords, "labels": p.labels} for k, p in prompts.items()})
+                  {str(k): p.as_dict() for k, p in prompts.items()})
         with self.cv:
             if len(self.queue) >= self.settings.max_queue:  # filled while we downloaded
                 self.counters["refused_full"] += 1
@@ -267,19 +266,15 @@ class Service:
             info = probe(job.video)
             job.frames_total = -(-((opts.stop_frame or info.num_frames or 0)
                                    - opts.start_frame) // opts.stride) or None
-            model = self.model
-            with writer:
-                for r in prelabel(model, job.video, opts, info=info, prompts=prompts):
-                    writer.add(r)
-                    job.frames_done += 1
-                    self.counters["frames"] += 1
-                meta = {**model.meta, "clip_len": opts.clip_len, "stride": opts.stride,
-                        "no_audio": opts.no_audio}
-                writer.finish(video_record(info), meta)
+            def progress(n: int) -> None:
+                job.frames_done = n
+                self.counters["frames"] += 1
+
+            prelabel_to_results(self.model, job.video, writer, opts, info=info,
+                                prompts=prompts, on_frame=progress)
             job.status = "done"
             self.counters["done"] += 1
         except Exception as e:  # noqa: BLE001 - a failed job reports why; the worker goes on
-            writer.partial.unlink(missing_ok=True)
             job.status, job.error = "failed", str(e)
             job.error_kind = "no_audio" if isinstance(e, NoAudioError) else \
                 "media" if isinstance(e, MediaError | ValueError) else "internal"

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from auralsam2_core.remote import LocalEngine
+from auralsam2_core.remote import as_engine
 
 from .api import CvatApi, CvatError
 from .config import Settings
@@ -106,7 +106,7 @@ class Service:
         """``engine``: a model, or an engine from :func:`auralsam2_core.remote.engine_from_env`
         (the shared service when ``AURALSAM2_SERVER_URL`` is set)."""
         self.settings = settings
-        self.engine = engine if hasattr(engine, "frames") else LocalEngine(engine)
+        self.engine = as_engine(engine)
         self._api = api
         self._logger = logger
         self.model_lock = threading.Lock()

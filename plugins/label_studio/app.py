@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .backend import Backend, BadRequest
+from .backend import Backend
+from .errors import BadRequest
 
 MAX_BODY_BYTES = 16 << 20
 _log = logging.getLogger("auralsam2.labelstudio")

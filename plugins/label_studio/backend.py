@@ -11,6 +11,7 @@ line; the other tasks of the request are still answered.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from auralsam2_core.engine import NoAudioError, PrelabelOptions, prelabel
+from auralsam2_core.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model import PointPrompt
 from auralsam2_core.model_env import ServedModel, load_served_model
@@ -31,25 +33,15 @@ from auralsam2_core.results import (
     ResultsWriter,
     read_results,
     sounding_intervals,
-    video_record,
 )
 
 from . import predictions as P
 from .client import LabelStudioClient, LabelStudioError, MediaRefused
 from .config import Settings
+from .errors import BadRequest, OutOfTime, TaskError
 from .labelconfig import LabelConfigError, ProjectConfig, parse
 
 _log = logging.getLogger("auralsam2.labelstudio")
-
-
-class BadRequest(ValueError):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class TaskError(RuntimeError):
-    """This task gets no prediction; the message says why (no secrets, no payloads)."""
 
 
 @dataclass(frozen=True)
@@ -244,28 +236,23 @@ class Backend:
     def _run(self, media, info, opts, prompts, deadline, store) -> dict | None:
         folder = self.work / ("results" if store else "scratch") / self.model_version()
         writer = ResultsWriter(folder, media.key if store else f"{media.key}-{time.time_ns()}")
-        model = self.model
-        started, n = time.perf_counter(), 0
-        with writer:
-            gen = prelabel(model, media.video, opts, info=info, prompts=prompts)
-            try:
-                for r in gen:
-                    writer.add(r)
-                    n += 1
-                    if deadline is not None and time.monotonic() > deadline:
-                        gen.close()
-                        writer.partial.unlink(missing_ok=True)
-                        return None
-            except BaseException:
-                writer.partial.unlink(missing_ok=True)
-                raise
-            meta = {**model.meta, "clip_len": opts.clip_len, "stride": opts.stride,
-                    "model_version": self.model_version()}
-            doc = writer.finish(video_record(info), meta)
-        if n:
-            spf = (time.perf_counter() - started) / n
-            self.seconds_per_frame = spf if self.seconds_per_frame is None else \
-                0.7 * self.seconds_per_frame + 0.3 * spf
+        started, done = time.perf_counter(), [0]
+
+        def on_frame(n: int) -> None:
+            done[0] = n
+            if deadline is not None and time.monotonic() > deadline:
+                raise OutOfTime
+
+        try:
+            doc = prelabel_to_results(self.model, media.video, writer, opts, info=info,
+                                      prompts=prompts, on_frame=on_frame)
+        except OutOfTime:
+            return None
+        finally:
+            if done[0]:
+                spf = (time.perf_counter() - started) / done[0]
+                self.seconds_per_frame = spf if self.seconds_per_frame is None else \
+                    0.7 * self.seconds_per_frame + 0.3 * spf
         if not store:
             writer.final.unlink(missing_ok=True)
         return doc
@@ -374,8 +361,6 @@ class Backend:
 
 
 def _key(task_id, url: str) -> str:
-    import hashlib
-
     return f"task-{task_id}-{hashlib.sha1(str(url).encode()).hexdigest()[:8]}"
 
 

@@ -13,8 +13,9 @@ import sys
 
 from tqdm import tqdm
 
-from .backend import Backend, TaskError
+from .backend import Backend
 from .client import LabelStudioError
+from .errors import TaskError
 from .labelconfig import LabelConfigError, parse
 
 _log = logging.getLogger("auralsam2.labelstudio")

@@ -26,6 +26,7 @@ from auralsam2_core import rle
 from auralsam2_core.results import FORMAT, FORMAT_VERSION
 
 from . import brush
+from .errors import BadRequest, TaskError
 from .labelconfig import LabelConfigError, parse
 from .predictions import ls_frame
 
@@ -145,13 +146,9 @@ class FineTuner:
     def collect(self, body: dict) -> dict:
         ann, task, project = body.get("annotation"), body.get("task"), body.get("project")
         if not (isinstance(ann, dict) and isinstance(task, dict)):
-            from .backend import BadRequest
-
             raise BadRequest("annotation events need 'annotation' and 'task' objects")
         pid = (project or {}).get("id") or task.get("project") or ann.get("project")
         if pid is None:
-            from .backend import BadRequest
-
             raise BadRequest("annotation event without a project id")
         path = self._task_file(pid, task["id"])
         if ann.get("was_cancelled"):
@@ -182,12 +179,8 @@ class FineTuner:
     def start(self, project: dict) -> dict:
         pid = project.get("id")
         if pid is None:
-            from .backend import BadRequest
-
             raise BadRequest("START_TRAINING without a project id")
         if self.backend.remote is not None:
-            from .backend import BadRequest
-
             raise BadRequest("fine-tuning runs where the model is: this backend uses the shared "
                              "service (AURALSAM2_SERVER_URL); run `auralsam2 train --results` "
                              "there, or run the backend without AURALSAM2_SERVER_URL")
@@ -211,8 +204,6 @@ class FineTuner:
     def training_data(self, pid: int, label_config: str | None, out: Path) -> list[Path]:
         """Write one results-format target file per annotated task; returns their paths."""
         from auralsam2_core.media import iter_frames, probe
-
-        from .backend import TaskError
 
         b = self.backend
         files = []

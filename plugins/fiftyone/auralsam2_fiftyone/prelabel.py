@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import fiftyone as fo
 from auralsam2_core.engine import PrelabelOptions
 from auralsam2_core.media import MediaError, probe
-from auralsam2_core.remote import LocalEngine
+from auralsam2_core.remote import as_engine
 from fiftyone.core.clips import ClipsView
 
 from . import convert, fields, labels
@@ -146,8 +146,7 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
         writer = sample_view.select_fields(f"frames.{lf}").first()
         pending: dict[int, dict] = {}
         last = max(b for _, b in unit.ranges) if unit.ranges else None
-        engine = model if hasattr(model, "frames") else LocalEngine(model)
-        results = engine.frames(unit.filepath, opts, info=info, on_progress=(
+        results = as_engine(model).frames(unit.filepath, opts, info=info, on_progress=(
             (lambda n: progress(min(n / total, 1.0))) if total else None))
         for r in results:
             n = convert.frame_number(r.index)

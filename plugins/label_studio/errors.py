@@ -1,0 +1,17 @@
+"""Errors of the Label Studio backend (shared by the backend and fine-tuning)."""
+
+from __future__ import annotations
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OutOfTime(Exception):
+    """The request's deadline passed while the engine ran."""
+
+
+class TaskError(RuntimeError):
+    """This task gets no prediction; the message says why (no secrets, no payloads)."""
