@@ -2,7 +2,7 @@
 
 The released AuralSAM2 checkpoints hold a frozen VGGish that was trained on the examples the
 TensorFlow/torchvggish numpy front end produces, so this module reproduces that front end
-exactly rather than using ``torchaudio``'s mel transforms (which build the mel filters in
+exactly rather than using the usual library mel transforms (which build the mel filters in
 the Hz domain, use power spectra and pad the STFT):
 
 * 16 kHz mono per channel; 25 ms frames (400 samples) every 10 ms (160), no centring/padding;
@@ -20,7 +20,8 @@ import functools
 
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
+
+from .resample import kaiser_sinc_resample
 
 __all__ = [
     "VGGISH_SAMPLE_RATE",
@@ -47,9 +48,9 @@ MIN_SAMPLES_FOR_ONE_EXAMPLE = WINDOW_SAMPLES + (EXAMPLE_FRAMES - 1) * HOP_SAMPLE
 
 # resampy's ``kaiser_best`` filter (resampy >= 0.3, as shipped in 0.4.x; read off its
 # kaiser_best.npz): 50 zero crossings, Kaiser beta 12.9846, rolloff 0.917347. resampy's
-# window spans ``num_zeros`` crossings of the *un-rolled-off* sinc, while torchaudio's spans
-# ``lowpass_filter_width`` crossings of the rolled-off one, hence width = zeros * rolloff.
-# (resampy < 0.3 used 64 zeros, beta 14.7697, rolloff 0.9476, the values torchaudio's docs
+# window spans ``num_zeros`` crossings of the *un-rolled-off* sinc, while ours spans
+# ``zeros`` crossings of the rolled-off one, hence zeros = 50 * rolloff.
+# (resampy < 0.3 used 64 zeros, beta 14.7697, rolloff 0.9476, the values older docs
 # quote as "kaiser_best".)
 _RESAMPY_BEST_ZEROS = 50
 _RESAMPY_BEST_BETA = 12.9846
@@ -95,10 +96,10 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
 def resample_to_16k(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Resample ``(..., S)`` audio to 16 kHz, approximating resampy's ``kaiser_best``.
 
-    The reference front end resamples with resampy; torchaudio's Kaiser-windowed sinc with
-    resampy's filter parameters gets close (see the parity tests for the residual). The
-    output length is truncated to resampy's ``int(S * 16000 / sample_rate)`` so frame and
-    example counts match the reference (torchaudio would round up).
+    The reference front end resamples with resampy; a Kaiser-windowed sinc with resampy's
+    filter parameters (auralsam2_core.resample) gets close (see the parity tests for the
+    residual). The output length is truncated to resampy's ``int(S * 16000 / sample_rate)``
+    so frame and example counts match the reference.
     """
     if int(sample_rate) != sample_rate or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
@@ -106,16 +107,12 @@ def resample_to_16k(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
     if sample_rate == VGGISH_SAMPLE_RATE:
         return waveform
     n_out = int(waveform.shape[-1] * float(VGGISH_SAMPLE_RATE) / float(sample_rate))
-    x = waveform.to(_work_dtype(waveform))
-    if x.shape[-1] == 0:  # torchaudio cannot reshape an empty signal
-        return x
-    out = AF.resample(
-        x,
+    out = kaiser_sinc_resample(
+        waveform.to(_work_dtype(waveform)),
         sample_rate,
         VGGISH_SAMPLE_RATE,
-        lowpass_filter_width=_RESAMPY_BEST_ZEROS * _RESAMPY_BEST_ROLLOFF,
+        zeros=_RESAMPY_BEST_ZEROS * _RESAMPY_BEST_ROLLOFF,
         rolloff=_RESAMPY_BEST_ROLLOFF,
-        resampling_method="sinc_interp_kaiser",
         beta=_RESAMPY_BEST_BETA,
     )
     return out[..., :n_out]

@@ -7,7 +7,7 @@ Run with ``-s`` to see the measured differences.
 Tolerances, from measurements on these signals:
 * native 16 kHz: float64 input agrees to ~2.4e-7, float32 input to ~6e-4 (float32 FFT
   leakage in near-empty bands, where ``log(mel + 0.01)`` magnifies small absolute errors).
-* resampled input: torchaudio's Kaiser sinc with resampy's ``kaiser_best`` parameters has
+* resampled input: our Kaiser sinc (auralsam2_core.resample) with resampy's ``kaiser_best`` has
   the same passband (gain within ~5e-5) but is cleaner than resampy, whose table
   interpolation leaves spurs ~-105 dB at non-integer ratios (44.1k, 22.05k). Those spurs are
   only visible in near-silent bands (values near ``log(0.01)``), so the max difference is up
