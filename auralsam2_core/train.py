@@ -385,7 +385,9 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
     n = len(dataset)
     if n == 0:
         raise ValueError("empty training dataset")
-    if start == 0 and cfg.calibrate_audio_bn > 0:
+    # Only a fresh audio encoder is calibrated: a trained one (--fuser-checkpoint) learnt its
+    # weights against the statistics it carries, and new ones would undo that.
+    if start == 0 and cfg.calibrate_audio_bn > 0 and not spec.fuser_checkpoint:
         mels = [torch.cat([dataset[i].log_mel for i in
                            _batch_indices(n, cfg.batch_size, k, cfg.seed, shuffle)]).to(device)
                 for k in range(cfg.calibrate_audio_bn)]

@@ -377,3 +377,20 @@ def test_audio_batchnorm_calibration(tiny_data):
         torch.testing.assert_close(fuser.embed_audio(x)[:3], fuser.embed_audio(x[:3]))
     assert calibrate_audio_batchnorm(AuralFuser.from_official_config(
         {"f_depths": [1, 1, 1]}), mels) == 0  # VGGish has no BatchNorm
+
+
+def test_fine_tuning_keeps_a_trained_audio_encoders_statistics(tmp_path, tiny_data,
+                                                                reference_run):
+    """From a fuser checkpoint no BN calibration runs: the encoder's weights were learnt with
+    the statistics it carries (frozen BN: they stay exactly as loaded)."""
+    start = read_state_dict(reference_run / "fuser.pth")
+    seen = {}
+
+    def grab(model, step):
+        seen.update({k: v.clone() for k, v in model.fuser.state_dict().items()
+                     if "running_" in k})
+        return {}
+
+    spec = ModelSpec(fuser_checkpoint=str(reference_run / "fuser.pth"))
+    train(_cfg(tmp_path, steps=1, checkpoint_every=0), tiny_data, spec, evaluate=grab)
+    assert seen and all(torch.equal(seen[k], start[k]) for k in seen)

@@ -274,7 +274,7 @@ class FineTuner:
                         steps=s.train_steps, step=0)
         cfg = TrainConfig(out=str(out / "run"), steps=s.train_steps, batch_size=1, lr=1e-4,
                           warmup_steps=max(1, s.train_steps // 10), checkpoint_every=10 ** 9,
-                          calibrate_audio_bn=0, progress=False, device=b.served.device)
+                          progress=False, device=b.served.device)
         with b.run_lock:  # the live model keeps serving until the swap below
             res = train(cfg, dataset, self.train_spec(model),
                         on_step=lambda step, _l: self.job.update(step=step))
