@@ -551,6 +551,11 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
         raise ValueError("a demo bundle needs a run of the demo model with SAM2 trained "
                          "(sam2_config 'demo', --unfreeze-sam2)")
     model = load_trained(train_out)
+    # A run that continued another bundle (its weights as --*-checkpoint) records that one's
+    # training too, so the whole recipe stays in one model.json (read before dest is written).
+    origin = Path(spec.fuser_checkpoint).parent / "model.json" if spec.fuser_checkpoint else None
+    started_from = (json.loads(origin.read_text()).get("training")
+                    if origin is not None and origin.is_file() else None)
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.safetensors"):
         old.unlink()
@@ -564,8 +569,8 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
     bundle = {
         "format": "auralsam2-demo-model", "format_version": 1, "name": name,
         "description": "Tiny AuralSAM2 (SAM2 Hiera embed 32 at 96 px + compact fuser, "
-                       "trained from scratch on synthetic sounding-shape clips). A demo of "
-                       "the pipeline, not a model for real videos.",
+                       "trained from random weights on synthetic sounding-shape clips). A "
+                       "demo of the pipeline, not a model for real videos.",
         "sam2_config": DEMO_SAM2_CONFIG, "sam2_config_sha256": sha256_file(yaml),
         "image_size": model.image_size, "mask_choice": spec.mask_choice,
         "fuser_config": spec.fuser_config,
@@ -576,7 +581,8 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
                      "steps": info["steps"], "train_config": info["train_config"],
                      "dataset": info["dataset"], "machine": info["machine"],
                      "last_losses": info["last_losses"],
-                     "package_version": info["package_version"]},
+                     "package_version": info["package_version"],
+                     **({"started_from": started_from} if started_from else {})},
     }
     (dest / "model.json").write_text(json.dumps(bundle, indent=1))
     from .build import build_demo_model, bundled_model_dir

@@ -394,3 +394,26 @@ def test_fine_tuning_keeps_a_trained_audio_encoders_statistics(tmp_path, tiny_da
     spec = ModelSpec(fuser_checkpoint=str(reference_run / "fuser.pth"))
     train(_cfg(tmp_path, steps=1, checkpoint_every=0), tiny_data, spec, evaluate=grab)
     assert seen and all(torch.equal(seen[k], start[k]) for k in seen)
+
+
+def test_demo_bundle_export_records_the_whole_recipe(tmp_path, tiny_data, reference_run):
+    """export_demo_bundle: plain float32 files with their sha256, the command, and for a run
+    that continued a bundle, that bundle's training record under ``started_from``."""
+    from auralsam2_core.train import export_demo_bundle
+    from auralsam2_core.weights import sha256_file
+
+    first = export_demo_bundle(reference_run, tmp_path / "stage1", demo_clips=1, demo_size=64)
+    for name, rec in first["files"].items():
+        assert sha256_file(tmp_path / "stage1" / name) == rec["sha256"]
+    assert "started_from" not in first["training"]
+    assert set(first["measured"]) >= {"j_sounding", "j_swapped_audio", "passed"}
+    spec = ModelSpec(sam2_checkpoint=str(tmp_path / "stage1" / "sam2.safetensors"),
+                     fuser_checkpoint=str(tmp_path / "stage1" / "fuser.safetensors"))
+    train(_cfg(tmp_path / "run2", steps=1, checkpoint_every=0), tiny_data, spec,
+          command="auralsam2 train --synthetic (stage 2)")
+    second = export_demo_bundle(tmp_path / "run2", tmp_path / "stage2", demo_clips=1,
+                                demo_size=64)
+    assert second["training"]["command"] == "auralsam2 train --synthetic (stage 2)"
+    assert second["training"]["started_from"] == first["training"]
+    saved = json.loads((tmp_path / "stage2" / "model.json").read_text())
+    assert saved["training"]["started_from"]["steps"] == 4
