@@ -417,3 +417,26 @@ def test_demo_bundle_export_records_the_whole_recipe(tmp_path, tiny_data, refere
     assert second["training"]["started_from"] == first["training"]
     saved = json.loads((tmp_path / "stage2" / "model.json").read_text())
     assert saved["training"]["started_from"]["steps"] == 4
+
+
+@pytest.mark.slow
+def test_demo_model_recipe_script_runs_both_stages(tmp_path):
+    """scripts/train_demo_model.sh (README's recipe for the bundled model), stages shortened:
+    stage 2 starts from stage 1's bundle and the final model.json records both commands."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "AURALSAM2_STAGE1_STEPS": "2", "AURALSAM2_STAGE2_STEPS": "1"}
+    subprocess.run(["bash", str(root / "scripts" / "train_demo_model.sh"), str(tmp_path)],
+                   cwd=root, env=env, check=True, capture_output=True, timeout=600)
+    info = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    first = info["training"]["started_from"]
+    assert first["steps"] == 2 and info["training"]["steps"] == 1
+    assert "--sam2-checkpoint" not in first["command"]
+    assert f"--sam2-checkpoint {tmp_path}/stage1/bundle/sam2.safetensors" in \
+        info["training"]["command"]
+    assert info["training"]["train_config"]["lr"] == 3e-4
+    from auralsam2_core.weights import sha256_file
+    for name, rec in info["files"].items():
+        assert sha256_file(tmp_path / "bundle" / name) == rec["sha256"]
