@@ -163,12 +163,12 @@ def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os
 
 
 def _one(model, item: BatchItem, out_dir, opts, outs, progress: bool) -> VideoOutcome:
-    """One video; any exception becomes a failed outcome (a worker must outlive bad input)."""
-    writer = ResultsWriter(out_dir, item.name)
+    """One video; any exception becomes a failed outcome (a worker must outlive bad input).
+    No partial file is left: :func:`~auralsam2_core.jobs.prelabel_to_results` removes it."""
     try:
-        return prelabel_one(model, item.video, writer, opts, outs, progress)
+        return prelabel_one(model, item.video, ResultsWriter(out_dir, item.name), opts, outs,
+                            progress)
     except Exception as e:  # noqa: BLE001 - reported per video, the batch goes on
-        writer.partial.unlink(missing_ok=True)
         print(f"auralsam2: {item.video}: {type(e).__name__}: {e}", file=sys.stderr)
         return VideoOutcome(item.video, "failed", error=f"{type(e).__name__}: {e}")
 
