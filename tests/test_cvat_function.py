@@ -1,15 +1,25 @@
-"""The CVAT adapter (plugins/cvat): the nuclio function run through nuclio_sdk.test.Platform
-against an emulated CVAT REST server (tests/cvat_emulator.py), the task-level upload of mask
-tracks, the command, the frame mapping, the mask formats and the two function.yaml files.
+"""The CVAT adapter (plugins/cvat) against an emulated CVAT that is as strict as CVAT
+(tests/cvat_emulator.py): the nuclio function run through nuclio_sdk.test.Platform and driven by
+CVAT's own Automatic annotation loop, the whole-task upload of mask shapes, webhooks through
+CVAT's SSRF proxy, the command, the frame mapping, the mask formats, the two function.yaml files
+and deploy.sh.
 
-The model is the tiny random-weight SAM2 used across the tests (seeded so that its masks are
-not empty); "the engine's masks" are computed by running the core engine directly.
+Each emulated CVAT rule has a test showing the emulator rejecting what CVAT rejects, next to a
+test showing the adapter passing it. The model is the tiny random-weight SAM2 used across the
+tests (seeded so that its masks are not empty); "the engine's masks" are computed by running the
+core engine directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import hmac
 import json
+import os
+import stat
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +33,10 @@ pytest.importorskip("cvat_sdk")
 nuclio_sdk = pytest.importorskip("nuclio_sdk")
 yaml = pytest.importorskip("yaml")
 
-from cvat_sdk.masks import decode_mask  # noqa: E402
+from cvat_sdk import models  # noqa: E402
+from cvat_sdk.api_client.exceptions import ApiException  # noqa: E402
+from cvat_sdk.core.client import Client  # noqa: E402
+from cvat_sdk.masks import decode_mask, encode_mask  # noqa: E402
 from nuclio_sdk.test import Platform  # noqa: E402
 
 from auralsam2_core import model_env  # noqa: E402
@@ -53,6 +66,9 @@ except ImportError:
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTION = "pth-auralsam2-sounding"
 TOKEN = "s3cr3t-token-do-not-log"
+SECRET = "webhook-shared-secret"
+SPEC = json.loads(yaml.safe_load((ROOT / "plugins/cvat/function.yaml").read_text())[
+    "metadata"]["annotations"]["spec"])
 MODEL_ENV = {"AURALSAM2_SAM2_CONFIG": "sam2_hiera_t", "AURALSAM2_IMAGE_SIZE": "64",
              "AURALSAM2_FUSER_CONFIG": '{"f_depths": [1, 1, 1]}', "AURALSAM2_DEVICE": "cpu"}
 LABEL = {"id": 70, "name": "sounding", "type": "mask", "attributes": [
@@ -84,6 +100,10 @@ def clips(tmp_path_factory):
                             d / f"clip{seed}.mp4") for seed in (3, 4)}
     out["silent"] = write_clip(make_clip(5, size=(48, 64), fps=5, seconds=1.0),
                                d / "silent.mp4", audio=False)
+    moving = make_clip(6, size=(48, 64), fps=5, seconds=1.2)
+    still = dataclasses.replace(moving, frames=np.repeat(moving.frames[:1], len(moving.frames),
+                                                         axis=0))
+    out["still"] = write_clip(still, d / "still.mp4")  # one image, changing sound
     return out
 
 
@@ -117,6 +137,7 @@ def emu():
     server = ce.CvatEmulator(token=TOKEN)
     yield server
     server.close()
+    server.check_ui_and_export()  # whatever a test uploaded, CVAT can still open and export
 
 
 @pytest.fixture
@@ -126,7 +147,8 @@ def env(monkeypatch, tmp_path, emu, model):
               "AURALSAM2_CVAT_RETRY_DELAY": "0.05", "AURALSAM2_CVAT_FRAME_WAIT": "60",
               "AURALSAM2_CVAT_TASK_WAIT": "60", **MODEL_ENV}
     for k in ("NUCLIO_FUNCTION_NAME", "AURALSAM2_CVAT_FUNCTION", "CVAT_USERNAME",
-              "CVAT_PASSWORD", "AURALSAM2_CVAT_LABEL"):
+              "CVAT_PASSWORD", "AURALSAM2_CVAT_LABEL", "CVAT_ORG", "CVAT_ACCESS_TOKEN_FILE",
+              "AURALSAM2_CVAT_WEBHOOK_SECRET"):
         monkeypatch.delenv(k, raising=False)
     for k, v in values.items():
         monkeypatch.setenv(k, v)
@@ -138,10 +160,15 @@ def platform(env):
     return Platform()  # init_context runs on the first call, with the environment above
 
 
-def call(platform, body) -> tuple[int, object]:
-    r = platform.call_handler(main.handler, nuclio_sdk.Event(body=body))
+def call(platform, body, headers=None) -> tuple[int, object]:
+    r = platform.call_handler(main.handler, nuclio_sdk.Event(body=body, headers=headers or {}))
     assert r.content_type == "application/json"
     return r.status_code, json.loads(r.body)
+
+
+def invoker(platform):
+    """The function as the nuclio dashboard invokes it for CVAT."""
+    return lambda payload, headers: call(platform, payload, headers)
 
 
 def task_a(emu, clips, **kw):
@@ -155,22 +182,14 @@ def task_b(emu, clips):
     return emu.add_task(ce.EmuTask(9, clips[4], start=0, stop=8, step=2, labels=[LABEL]))
 
 
+def run(emu, platform, task, **kw) -> ce.AutoAnnotationRun:
+    """CVAT's Automatic annotation of the task (or kw job) with the function."""
+    return emu.run_auto_annotation(invoker(platform), FUNCTION, SPEC, task, **kw)
+
+
 def cvat_frames(task, job=None):
-    frames = range(job[0], job[1] + 1) if job else range(task.size)
-    return [f for f in frames if f not in task.deleted]
-
-
-def auto_annotation(emu, platform, task, job_id=None, threshold=0.5):
-    """Drive the function as CVAT's Automatic annotation does: one request per frame in
-    order, progress updated after each; yields (frame, status, answer)."""
-    rq = emu.start_lambda(FUNCTION, task.id, job_id)
-    job = emu.jobs.get(job_id)
-    frames = cvat_frames(task, (job["start_frame"], job["stop_frame"]) if job else None)
-    for f in frames:
-        status, body = call(platform, {"image": task.frame_b64(f), "threshold": threshold})
-        rq["progress"] = int((f + 1) / task.size * 100)
-        yield f, status, body
-    rq["status"] = "finished"
+    return [f for f in (task.job_frames(job) if job else range(task.size))
+            if f not in task.deleted]
 
 
 def expected_answer(ref, threshold=0.5):
@@ -195,8 +214,40 @@ def check_answer(task, frame, body, ref):
     assert abs(float(shape["confidence"]) - ref.sounding_prob) < 1e-3
 
 
-def own_tracks(task):
-    return [t for t in task.tracks if t.get("source") == "auto" and t["label_id"] == 70]
+def saved_masks(task, jobs=None):
+    """What CVAT saved, decoded: {(job id, frame): mask} of automatic mask shapes."""
+    out = {}
+    for job in jobs or task.annotation_jobs():
+        for s in job.shapes:
+            if s["source"] == "auto" and s["type"] == "mask" and s["label_id"] == 70:
+                assert (job.id, s["frame"]) not in out, f"duplicate at frame {s['frame']}"
+                out[job.id, s["frame"]] = decode_mask(s["points"], image_width=task.width,
+                                                      image_height=task.height)
+    return out
+
+
+def check_saved(task, ref, frames=None):
+    """Exactly the engine's sounding masks, once per job holding the frame."""
+    frames = cvat_frames(task) if frames is None else frames
+    want = {}
+    for job in task.annotation_jobs():
+        for f in task.job_frames(job):
+            if f in frames and f not in task.deleted:
+                m = expected_answer(ref[task.media_frame(f)])
+                if m is not None:
+                    want[job.id, f] = m
+    got = saved_masks(task)
+    assert set(got) == set(want)
+    for key, mask in got.items():
+        assert np.array_equal(mask, want[key]), f"job/frame {key}"
+
+
+def sdk(emu, token=TOKEN, org=None) -> Client:
+    """cvat-sdk's client for an account, optionally in an organisation's context."""
+    client = Client(emu.url, check_server_version=False)
+    client.api_client.configuration.access_token = token
+    client.organization_slug = org
+    return client
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -224,6 +275,9 @@ def test_jobs_expected_frame_and_choice():
     fm = FrameMap(start=0, step=1, size=10, deleted=frozenset({4}))
     assert job_frames(fm, 3, 6) == [3, 5, 6]
     assert job_frames(fm, 8, 20) == [8, 9]
+    # a ground-truth job: the media frames its data meta lists (with start 10 and step 5)
+    gt = FrameMap(start=10, step=5, size=10, deleted=frozenset({4}))
+    assert job_frames(gt, 1, 8, included=[40, 15, 30, 31, 55]) == [1, 6]  # 30: deleted
     frames = [3, 5, 6]
     assert expected_frame(frames, None) == 3
     assert expected_frame(frames, 3) == 5
@@ -246,6 +300,8 @@ def test_mask_formats_round_trip():
     assert to_detector_mask(np.zeros((4, 4), bool)) is None
     points = to_cvat_points(mask)
     assert np.array_equal(decode_mask(points, image_width=40, image_height=30), mask)
+    # what CVAT makes of a detector mask (views.py _parse_anno, emulated) is CVAT's own RLE
+    assert ce.run_lengths(flat[:-4]) + flat[-4:] == [int(v) for v in encode_mask(mask)]
     big = resize_mask(mask, 80, 60)
     assert big.shape == (60, 80) and np.array_equal(big[::2, ::2], mask)
 
@@ -253,25 +309,29 @@ def test_mask_formats_round_trip():
 def test_settings_from_env_and_secrets(tmp_path):
     secret = tmp_path / "token"
     secret.write_text("file-token\n")
+    hook = tmp_path / "hook"
+    hook.write_text("hook-secret")
     s = config.Settings.from_env({"CVAT_URL": "http://cvat:8080",
-                                  "CVAT_ACCESS_TOKEN_FILE": str(secret),
+                                  "CVAT_ACCESS_TOKEN_FILE": str(secret), "CVAT_ORG": "lab",
+                                  "AURALSAM2_CVAT_WEBHOOK_SECRET_FILE": str(hook),
                                   "NUCLIO_FUNCTION_NAME": "my-fn"})
-    assert s.token == "file-token" and s.function_name == "my-fn"
-    assert "file-token" not in repr(s)
+    assert s.token == "file-token" and s.function_name == "my-fn" and s.org == "lab"
+    assert s.webhook_secret == "hook-secret"
+    assert "file-token" not in repr(s) and "hook-secret" not in repr(s)
     with pytest.raises(ValueError, match="CVAT_URL"):
         config.Settings.from_env({"CVAT_URL": "ftp://x"})
+    with pytest.raises(ValueError, match="CVAT_ACCESS_TOKEN_FILE=.*cannot be read"):
+        config.Settings.from_env({"CVAT_ACCESS_TOKEN_FILE": str(tmp_path / "missing")})
     assert model_env.ServedModel.from_env({}).sam2_config == "bundled"
     assert model_env.ServedModel.from_env(
         {"AURALSAM2_FUSER_CHECKPOINT": "auralsam2_avs_v1m"}).sam2_config == "sam2_hiera_l"
 
 
-def test_tracks_follow_sounding_runs_and_label_attributes():
-    from cvat_sdk import models
-
+def test_shapes_per_sounding_frame_and_cvat_attribute_rules():
     from auralsam2_core import rle
-    from auralsam2_plugins.cvat.tracks import build_tracks, is_own, sounding_runs
+    from auralsam2_plugins.cvat.detector import score_attributes
+    from auralsam2_plugins.cvat.upload import attribute_value, build_shapes, is_own
 
-    assert sounding_runs([0, 1, 3, 4, 5], lambda f: f in (0, 1, 5)) == [[0, 1], [5]]
     label = ce.to_model(models.Label, LABEL)
     rng = np.random.default_rng(1)
     frames = [0, 1, 3, 4, 5]  # task frame 2 deleted
@@ -280,35 +340,42 @@ def test_tracks_follow_sounding_runs_and_label_attributes():
     probs = {0: 0.9, 1: 0.8, 3: 0.2, 4: 0.7, 5: 0.95}
     records = {f: {"index": f, "sounding_prob": probs[f], "review_priority": 0.1 * f,
                    "mask": rle.encode(masks[f])} for f in frames}
-    tracks = build_tracks(frames, records, label, 0.5, 16, 12)
-    assert [[(s.frame, s.outside) for s in t.shapes] for t in tracks] == [
-        [(0, False), (1, False), (3, True)], [(5, False)]]
-    first = tracks[0]
-    assert first.frame == 0 and first.label_id == 70 and first.source == "auto"
-    for shape in first.shapes[:2]:
+    shapes = build_shapes(frames, records, label, 0.5, 16, 12)
+    assert sorted(shapes) == [0, 1, 5]
+    for f, shape in shapes.items():
+        assert str(shape.type) == "mask" and shape.frame == f and shape.source == "auto"
         got = decode_mask(shape.points, image_width=16, image_height=12)
-        assert np.array_equal(got, masks[shape.frame])
-    assert first.shapes[2].points == first.shapes[1].points  # the outside shape ends it
-    assert [(a.spec_id, a.value) for a in first.shapes[0].attributes] == [(71, "90")]
-    assert [(a.spec_id, a.value) for a in first.attributes] == [(72, "10")]  # highest
-    # a text attribute gets the score itself; labels without the attributes get none
-    text = ce.to_model(models.Label, {**LABEL, "attributes": [
-        {"id": 75, "name": "confidence", "mutable": True, "input_type": "text", "values": [],
-         "default_value": ""}]})
-    shape = build_tracks(frames, records, text, 0.5, 16, 12)[1].shapes[0]
-    assert [(a.spec_id, a.value) for a in shape.attributes] == [(75, "0.950")]
-    bare = ce.to_model(models.Label, {**OTHER_LABEL, "id": 70})
-    assert all(not t.attributes for t in build_tracks(frames, records, bare, 0.5, 16, 12))
-    # own tracks: this label, source auto, masks only
-    made = ce.to_model(models.LabeledTrack, {"id": 1, "label_id": 70, "frame": 0, "source":
-                                             "auto", "shapes": [{"type": "mask", "frame": 0,
-                                                                 "points": [1, 0, 0, 0, 0]}]})
+        assert np.array_equal(got, masks[f])
+    assert [(a.spec_id, a.value) for a in shapes[0].attributes] == [(71, "90"), (72, "0")]
+
+    def attr(kind, values):
+        return ce.to_model(models.AttributeRequest, {"name": "confidence", "mutable": True,
+                                                     "input_type": kind, "values": values})
+
+    # CVAT's rule for a number attribute: int bounds, min <= v <= max, (v - min) % step == 0
+    assert attribute_value(attr("number", ["0", "100", "1"]), 0.874) == "87"
+    assert attribute_value(attr("number", ["0", "10", "5"]), 0.87) == "10"
+    assert attribute_value(attr("number", ["0", "10", "5"]), 0.3) == "5"
+    assert attribute_value(attr("number", ["10", "20", "3"]), 1.0) == "19"  # 20 is off-step
+    assert attribute_value(attr("number", ["0", "1.5", "1"]), 0.5) is None  # CVAT's int() fails
+    assert attribute_value(attr("text", []), 0.95) == "0.950"
+    assert attribute_value(attr("checkbox", ["false"]), 0.95) is None
+    # detector answers: fitted to the task label's attributes, unreadable ones left out
+    rec = {"sounding_prob": 0.87, "review_priority": 0.4}
+    assert score_attributes(rec, None) == [{"name": "confidence", "value": "87"},
+                                           {"name": "review_priority", "value": "40"}]
+    assert score_attributes(rec, {"confidence": attr("number", ["0", "10", "1"]),
+                                  "review_priority": attr("number", ["0", "1.5", "1"])}) == [
+        {"name": "confidence", "value": "9"}]
+    # own shapes: this label, source auto, masks only
+    made = ce.to_model(models.LabeledShape, {"id": 1, "label_id": 70, "frame": 0, "source":
+                                             "auto", "type": "mask", "points": [1, 0, 0, 0, 0]})
     assert is_own(made, 70) and not is_own(made, 71)
-    for change in ({"source": "manual"}, {"source": "semi-auto"}):
-        assert not is_own(ce.to_model(models.LabeledTrack, {**made.to_dict(), **change}), 70)
+    for change in ({"source": "manual"}, {"source": "semi-auto"}, {"type": "polygon"}):
+        assert not is_own(ce.to_model(models.LabeledShape, {**made.to_dict(), **change}), 70)
 
 
-# ----------------------------------------------------------------------------- yaml files
+# ----------------------------------------------------------------------------- yaml, deploy
 
 
 @pytest.mark.parametrize("name", ["function.yaml", "function-gpu.yaml"])
@@ -338,11 +405,12 @@ def test_function_yaml(name):
             if d["kind"] == "RUN"]
     assert any("/opt/nuclio/dist/auralsam2-" in r and "[cvat]" in r for r in runs)
     assert any("sam2==1.1.0" in r for r in runs) and any("torch==2.9.1" in r for r in runs)
-    deploy = (ROOT / "manifests" / "cvat" / "deploy.sh").read_text()
-    assert "-w plugins/cvat/dist" in deploy and "--path plugins/cvat" in deploy
-    assert "plugins/cvat/function.yaml" in deploy and "plugins/cvat/function-gpu.yaml" in deploy
+    # on CVAT's Docker network, where http://cvat-server:8080 resolves (as CVAT's own
+    # serverless/deploy_cpu.sh passes with --platform-config)
+    assert spec["platform"]["attributes"]["network"] == "cvat_cvat"
     # timeouts: nuclio never cuts a waiting request; an answer comes within CVAT's timeout
     env = {e["name"]: e["value"] for e in spec["env"]}
+    assert env["CVAT_URL"] == "http://cvat-server:8080"
     wait = float(env["AURALSAM2_CVAT_FRAME_WAIT"])
     assert float(spec["eventTimeout"].rstrip("s")) > wait + 10
     trigger = spec["triggers"]["myHttpTrigger"]
@@ -350,7 +418,8 @@ def test_function_yaml(name):
     assert queue + wait + 5 <= config.CVAT_DEFAULT_TIMEOUT
     assert trigger["kind"] == "http" and trigger["maxWorkers"] == 1
     assert trigger["attributes"]["maxRequestBodySize"] >= 32 * 2**20
-    assert "CVAT_ACCESS_TOKEN" not in env  # secrets are not written into the yaml
+    # no secret in the spec (nuclio keeps the spec in its store and in container labels)
+    assert not {"CVAT_ACCESS_TOKEN", "CVAT_PASSWORD", "AURALSAM2_CVAT_WEBHOOK_SECRET"} & set(env)
     if "gpu" in name:
         assert spec["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert env["AURALSAM2_DEVICE"] == "cuda"
@@ -361,26 +430,206 @@ def test_function_yaml(name):
         assert "resources" not in spec and env["AURALSAM2_SAM2_CONFIG"] == "bundled"
 
 
+def _fake_tools(bin_dir: Path, record: Path, nuctl_version: str = "1.15.9") -> None:
+    """nuctl, docker and python stand-ins that record their arguments (no Docker here)."""
+    bin_dir.mkdir()
+    tools = {
+        "nuctl": f'''echo "nuctl $*" >> {record}
+if [ "$1" = version ]; then
+  echo 'Client version:'; echo '"Label: {nuctl_version}, Git commit: x, OS: linux"'
+fi''',
+        "docker": f'''echo "docker $*" >> {record}
+if [ "$1 $2" = "network inspect" ]; then [ "$3" = cvat_cvat ] && exit 0 || exit 1; fi''',
+        "python-fake": f'''echo "python $*" >> {record}
+out=$(echo "$*" | sed -n 's/.* -w \\([^ ]*\\) .*/\\1/p'); mkdir -p "$out"
+touch "$out/auralsam2-0.1.0-py3-none-any.whl"''',
+    }
+    for name, body in tools.items():
+        p = bin_dir / name
+        p.write_text("#!/usr/bin/env bash\n" + body + "\n")
+        p.chmod(0o755)
+
+
+def test_deploy_script_keeps_secrets_out_of_the_spec(tmp_path):
+    record, bin_dir, secrets = tmp_path / "calls", tmp_path / "bin", tmp_path / "secrets"
+    _fake_tools(bin_dir, record)
+    base = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
+            "PYTHON": str(bin_dir / "python-fake"), "AURALSAM2_CVAT_SECRETS": str(secrets)}
+    script = ROOT / "manifests/cvat/deploy.sh"
+    env = {**base, "CVAT_URL": "http://cvat-server:8080", "CVAT_ACCESS_TOKEN": TOKEN,
+           "CVAT_ORG": "lab", "AURALSAM2_CVAT_WEBHOOK_SECRET": SECRET}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = record.read_text()
+    [deploy] = [line for line in calls.splitlines() if line.startswith("nuctl deploy")]
+    assert TOKEN not in calls and SECRET not in calls  # never on a command line or in the spec
+    assert "--platform-config" in deploy and '"network": "cvat_cvat"' in deploy
+    assert "--env CVAT_ORG=lab" in deploy and "--env CVAT_URL=http://cvat-server:8080" in deploy
+    token_file = secrets / "cvat-access-token"
+    assert token_file.read_text().strip() == TOKEN
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert f"--volume {token_file}:/run/secrets/auralsam2/cvat-access-token" in deploy
+    assert "--env CVAT_ACCESS_TOKEN_FILE=/run/secrets/auralsam2/cvat-access-token" in deploy
+    assert "--env AURALSAM2_CVAT_WEBHOOK_SECRET_FILE=/run/secrets/auralsam2/" in deploy
+    # a token handed to nuctl --env would land in the spec: refused
+    bad = subprocess.run(["bash", str(script), "--env", f"CVAT_ACCESS_TOKEN={TOKEN}"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "CVAT_ACCESS_TOKEN" in bad.stderr
+    # an older nuclio, or CVAT's network missing, stops it with the reason
+    bin2 = tmp_path / "bin2"
+    _fake_tools(bin2, record, nuctl_version="1.11.24")
+    old = subprocess.run(["bash", str(script)], env={**env, "PATH": f"{bin2}:{os.environ['PATH']}",
+                         "PYTHON": str(bin2 / "python-fake")}, capture_output=True, text=True,
+                         timeout=60)
+    assert old.returncode != 0 and "1.13.0" in old.stderr
+    _fake_tools(tmp_path / "bin3", record)
+    nonet = subprocess.run(["bash", str(script)], env={
+        **env, "CVAT_NETWORK": "nope_cvat", "PATH": f"{tmp_path / 'bin3'}:{os.environ['PATH']}",
+        "PYTHON": str(tmp_path / "bin3" / "python-fake")}, capture_output=True, text=True,
+        timeout=60)
+    assert nonet.returncode != 0 and "nope_cvat" in nonet.stderr
+
+
+# ----------------------------------------------------------------------------- emulated rules
+
+
+def test_emulator_refuses_mask_tracks_as_cvat_does(emu, clips):
+    """CVAT has no mask tracks: a task-level upload that must cut one at a job boundary fails
+    with 500; one inside a job is stored, but the job no longer opens in the UI and the task
+    no longer exports."""
+    task = emu.add_task(ce.EmuTask(21, clips[3], labels=[LABEL], segment_size=5))
+    points = to_cvat_points(np.eye(task.height, task.width, dtype=bool))
+
+    def mask_track(frames, end=None):
+        return models.LabeledTrackRequest(label_id=70, frame=frames[0], source="auto", shapes=[
+            models.TrackedShapeRequest(type=models.ShapeType("mask"), frame=f, points=points,
+                                       outside=f == end) for f in frames])
+
+    client = sdk(emu)
+    with pytest.raises(ApiException) as e:
+        client.api_client.tasks_api.partial_update_annotations(
+            "create", task.id, patched_labeled_data_request=models.PatchedLabeledDataRequest(
+                tracks=[mask_track([3, 4, 5, 6])]))
+    assert e.value.status == 500 and "NotImplementedError" in str(e.value.body)
+    client.api_client.tasks_api.partial_update_annotations(
+        "create", task.id, patched_labeled_data_request=models.PatchedLabeledDataRequest(
+            tracks=[mask_track([1, 2, 3], end=3)]))  # ends inside job 0
+    with pytest.raises(ce.CvatUiError, match='An unexpected type of track "mask"'):
+        emu.ui_load_job(task.jobs[0])
+    with pytest.raises(ce.HttpError, match="NotImplementedError"):
+        emu.export_dataset(task)
+    emu.ui_load_job(task.jobs[1])  # the other job still opens
+    task.jobs[0].tracks.clear()  # (the fixture checks every job at the end)
+    # CVAT's own checks of ids: an unknown label or attribute is a 400
+    with pytest.raises(ApiException) as e:
+        client.api_client.jobs_api.partial_update_annotations(
+            "create", task.jobs[0].id, patched_labeled_data_request=models.
+            PatchedLabeledDataRequest(shapes=[models.LabeledShapeRequest(
+                type=models.ShapeType("mask"), frame=0, label_id=70, points=points,
+                attributes=[models.AttributeValRequest(spec_id=99, value="1")])]))
+    assert e.value.status == 400 and "spec_id `99` is invalid" in str(e.value.body)
+
+
+def test_emulator_lists_lambda_requests_by_role_and_organisation(emu, clips):
+    """lambda.rego's filter: an admin sees every request; anyone else only those of tasks
+    they own or are assigned to, unless they name an organisation in which they are a
+    maintainer or owner."""
+    emu.add_user("alice", "alice-token")  # maintainer of "lab"
+    bob = emu.add_user("bob", "bob-token")  # worker of "lab", owns task 32
+    carol = emu.add_user("carol", "carol-token")  # no organisation, owns task 33
+    lab = emu.add_org("lab", emu.admin, alice="maintainer", bob="worker")
+    for task_id, owner, org in ((31, emu.admin, lab), (32, bob, lab), (33, carol, None)):
+        emu.add_task(ce.EmuTask(task_id, clips[3], labels=[LABEL], owner_id=owner.id,
+                                org_id=org.id if org else None))
+        emu.start_lambda(FUNCTION, task_id)
+
+    def visible(token, org=None):
+        with sdk(emu, token, org) as client:
+            calls, _ = client.api_client.lambda_api.list_requests()
+            return sorted(c.function.task for c in calls)
+
+    assert visible(TOKEN) == [31, 32, 33]  # admin, no organisation: everything
+    assert visible(TOKEN, "lab") == [31, 32]
+    assert visible("alice-token") == []  # a maintainer without the organisation: nothing
+    assert visible("alice-token", "lab") == [31, 32]
+    assert visible("bob-token") == [32] and visible("bob-token", "lab") == [32]
+    assert visible("carol-token") == [33] and visible("carol-token", "") == [33]
+    with pytest.raises(ApiException) as e:
+        visible("carol-token", "nowhere")
+    assert e.value.status == 404
+    # objects are checked in their own organisation: alice reads task 31 without the header,
+    # carol may not (not a member)
+    with sdk(emu, "alice-token") as client:
+        assert client.api_client.tasks_api.retrieve(31)[0].id == 31
+    with sdk(emu, "carol-token") as client, pytest.raises(ApiException) as e:
+        client.api_client.tasks_api.retrieve(31)
+    assert e.value.status == 403
+
+
+def test_emulator_runs_cvats_loop_raise_for_status_and_partial_saves(emu, clips):
+    """CVAT's Automatic annotation: frames in order, the first non-2xx answer ends the run,
+    what was saved before (every 100 frames; here every 2) stays, and a rerun duplicates it."""
+    task = emu.add_task(ce.EmuTask(41, clips[3], labels=[LABEL]))
+    mask = np.zeros((task.height, task.width), bool)
+    mask[4:9, 5:12] = True
+    seen = []
+
+    def detector(payload, headers):
+        seen.append(headers)
+        frame = len(seen) - 1
+        if frame == 5:
+            return 503, {"error": "not ready"}
+        return 200, [{"label": "sounding", "type": "mask", "mask": to_detector_mask(mask),
+                      "attributes": [{"name": "confidence", "value": "150"},
+                                     {"name": "review_priority", "value": "40"}]}]
+
+    first = emu.run_auto_annotation(detector, FUNCTION, SPEC, task, save_every=2)
+    assert first.status == "failed" and "503" in first.error
+    assert [c.frame for c in first.calls] == [0, 1, 2, 3, 4, 5]  # nothing after the 503
+    assert all(h == {"X-Nuclio-Invoke-Timeout": "120s"} for h in seen)
+    saved = saved_masks(task)
+    assert sorted(f for _, f in saved) == [0, 1, 2, 3, 4]  # saved at frames 2 and 4
+    assert all(np.array_equal(m, mask) for m in saved.values())
+    shape = task.annotation_jobs()[0].shapes[0]
+    assert [a["spec_id"] for a in shape["attributes"]] == [72]  # 150 is out of 0..100: dropped
+    seen.clear()
+    emu.run_auto_annotation(detector, FUNCTION, SPEC, task, save_every=2)
+    with pytest.raises(AssertionError, match="duplicate"):
+        saved_masks(task)
+    for job in task.jobs:
+        job.shapes.clear()
+    # a task attribute with float bounds: CVAT's int() raises and the whole run fails
+    floaty = emu.add_task(ce.EmuTask(42, clips[3], labels=[{**LABEL, "attributes": [
+        {**LABEL["attributes"][0], "values": ["0", "1.5", "1"]}]}]))
+    bad = emu.run_auto_annotation(lambda p, h: detector(p, []), FUNCTION, SPEC, floaty)
+    assert bad.status == "failed" and len(bad.calls) == 1
+
+
 # ----------------------------------------------------------------------------- detector path
 
 
-def test_detector_answers_each_frame_in_cvat_order(emu, platform, clips, reference, capsys,
-                                                   caplog):
-    task = task_a(emu, clips)
+def test_automatic_annotation_saves_the_engine_masks(emu, platform, clips, reference, capsys,
+                                                     caplog):
+    task = task_a(emu, clips, segment_size=3, overlap=1)  # jobs 0..2, 2..4
     ref = reference(3, 1, 2, 9)  # the engine starts at the task's first frame, steps by 2
-    seen = []
-    for frame, status, body in auto_annotation(emu, platform, task):
-        assert status == 200, body
-        check_answer(task, frame, body, ref[1 + 2 * frame])
-        seen.append(frame)
-    assert seen == [0, 1, 3, 4]  # the deleted frame is never asked for
-    # a job covering part of the task: frames 3..4 of task frames
-    emu.add_job(31, task.id, 3, 4)
-    answers = list(auto_annotation(emu, platform, task, job_id=31))
-    assert [f for f, _, _ in answers] == [3, 4]
-    for frame, status, body in answers:
-        assert status == 200
-        check_answer(task, frame, body, ref[1 + 2 * frame])
+    done = run(emu, platform, task, threshold=0.5)
+    assert done.status == "finished", done.error
+    assert [c.frame for c in done.calls] == [0, 1, 3, 4]  # the deleted frame is never asked
+    for c in done.calls:
+        assert c.status == 200
+        check_answer(task, c.frame, c.body, ref[task.media_frame(c.frame)])
+    check_saved(task, ref)  # CVAT's task-level save put a copy in each job holding a frame
+    assert saved_masks(task)  # (the random model sounds somewhere)
+    # a job of the task: its frames only
+    for job in task.jobs:
+        job.shapes.clear()
+    job = task.jobs[1]
+    done = run(emu, platform, task, job=job)
+    assert done.status == "finished" and [c.frame for c in done.calls] == [3, 4]
+    for c in done.calls:
+        check_answer(task, c.frame, c.body, ref[task.media_frame(c.frame)])
     # the original video was fetched once; only the configured host was contacted, always
     # with the token, and the token never appears in any log or answer
     assert len(emu.calls("POST", "/backup/export")) == 1
@@ -389,15 +638,27 @@ def test_detector_answers_each_frame_in_cvat_order(emu, platform, clips, referen
     assert TOKEN not in logs and "auralsam2" in logs
 
 
+def test_ground_truth_job_frames(emu, platform, clips, reference):
+    """A ground-truth job (specific frames): CVAT asks for its frames only, and the function
+    places each image among those (in a still scene only the job's frame set tells frame 4
+    from frame 2)."""
+    task = emu.add_task(ce.EmuTask(52, clips["still"], labels=[LABEL]))
+    gt = emu.add_gt_job(task, [1, 4])
+    ref = reference("still", 0, 1, task.size - 1)
+    done = run(emu, platform, task, job=gt)
+    assert done.status == "finished" and [c.frame for c in done.calls] == [1, 4]
+    for c in done.calls:
+        check_answer(task, c.frame, c.body, ref[task.media_frame(c.frame)])
+
+
 def test_results_are_cached_per_task(emu, env, clips, reference, monkeypatch):
-    from auralsam2_core import remote
+    from auralsam2_core import jobs
 
     runs = []
-    engine = remote.prelabel
-    monkeypatch.setattr(remote, "prelabel", lambda *a, **k: runs.append(a) or engine(*a, **k))
+    engine = jobs.prelabel
+    monkeypatch.setattr(jobs, "prelabel", lambda *a, **k: runs.append(a) or engine(*a, **k))
     task = task_a(emu, clips)
-    for _, status, _ in auto_annotation(emu, Platform(), task):
-        assert status == 200
+    assert run(emu, Platform(), task).status == "finished"
     assert len(runs) == 1 and len(emu.calls("POST", "/backup/export")) == 1
     cache = Path(env["AURALSAM2_CVAT_CACHE"])
     deadline = time.monotonic() + 30  # the results file is written when the engine ends
@@ -406,18 +667,21 @@ def test_results_are_cached_per_task(emu, env, clips, reference, monkeypatch):
         time.sleep(0.05)
     # a new worker (fresh state, same cache) neither downloads nor runs the model again
     ref = reference(3, 1, 2, 9)
-    for frame, status, body in auto_annotation(emu, Platform(), task):
-        assert status == 200
-        check_answer(task, frame, body, ref[1 + 2 * frame])
+    done = run(emu, Platform(), task)
+    for c in done.calls:
+        assert c.status == 200
+        check_answer(task, c.frame, c.body, ref[task.media_frame(c.frame)])
     assert len(runs) == 1 and len(emu.calls("POST", "/backup/export")) == 1
 
 
-def test_frames_are_answered_while_the_model_still_runs(emu, env, clips, reference,
-                                                       monkeypatch):
-    from auralsam2_core import remote
+def test_a_late_frame_gets_no_mask_and_the_run_goes_on(emu, env, clips, reference,
+                                                      monkeypatch):
+    """CVAT ends the whole run on a non-2xx answer: a frame the model has not reached in time
+    is answered [] (and logged), never 503."""
+    from auralsam2_core import jobs
 
     gate = threading.Event()
-    engine = remote.prelabel
+    engine = jobs.prelabel
 
     def held_after_one_frame(*args, **kwargs):
         for n, result in enumerate(engine(*args, **kwargs)):
@@ -425,42 +689,64 @@ def test_frames_are_answered_while_the_model_still_runs(emu, env, clips, referen
                 gate.wait(60)
             yield result
 
-    monkeypatch.setattr(remote, "prelabel", held_after_one_frame)
+    monkeypatch.setattr(jobs, "prelabel", held_after_one_frame)
     monkeypatch.setenv("AURALSAM2_CVAT_FRAME_WAIT", "1")
     task = task_a(emu, clips)
     platform, ref = Platform(), reference(3, 1, 2, 9)
-    emu.start_lambda(FUNCTION, task.id)
+
+    def invoke(payload, headers):
+        answer = call(platform, payload, headers)
+        if len(emu.last_run.calls) == 1:  # after the held frame's answer, let the model go
+            gate.set()
+        return answer
+
     try:
-        status, body = call(platform, {"image": task.frame_b64(0)})  # media frame 1: ready
-        assert status == 200
-        check_answer(task, 0, body, ref[1])
-        status, body = call(platform, {"image": task.frame_b64(1)})  # media frame 3: held
-        assert status == 503 and "not pre-labelled yet" in body["error"], body
+        done = emu.run_auto_annotation(invoke, FUNCTION, SPEC, task)
     finally:
         gate.set()
-    status, body = call(platform, {"image": task.frame_b64(1)})
-    assert status == 200
-    check_answer(task, 1, body, ref[3])
+    assert done.status == "finished", done.error
+    assert [(c.frame, c.status) for c in done.calls] == [(0, 200), (1, 200), (3, 200),
+                                                         (4, 200)]
+    assert done.answers[1] == []  # not pre-labelled within the wait
+    for c in done.calls:
+        if c.frame != 1:
+            check_answer(task, c.frame, c.body, ref[task.media_frame(c.frame)])
+    check_saved(task, ref, frames=[0, 3, 4])
 
 
 def test_two_tasks_annotated_at_once_are_told_apart(emu, platform, clips, reference):
     a, b = task_a(emu, clips), task_b(emu, clips)
-    ref_a, ref_b = reference(3, 1, 2, 9), reference(4, 0, 2, 8)
-    runs = [(a, auto_annotation(emu, platform, a)), (b, auto_annotation(emu, platform, b))]
+    ref = {a.id: reference(3, 1, 2, 9), b.id: reference(4, 0, 2, 8)}
+    runs = [(t, emu.auto_annotation(invoker(platform), FUNCTION, SPEC, t)) for t in (a, b)]
     done = {a.id: [], b.id: []}
     while runs:
         for item in list(runs):
-            task, run = item
-            step = next(run, None)
+            task, steps = item
+            step = next(steps, None)
             if step is None:
                 runs.remove(item)
                 continue
-            frame, status, body = step
-            assert status == 200, body
-            media = task.start + task.step * frame
-            check_answer(task, frame, body, (ref_a if task is a else ref_b)[media])
-            done[task.id].append(frame)
+            assert step.status == 200, step.body
+            check_answer(task, step.frame, step.body, ref[task.id][task.media_frame(step.frame)])
+            done[task.id].append(step.frame)
     assert done == {7: [0, 1, 3, 4], 9: [0, 1, 2, 3, 4]}
+
+
+def test_a_new_run_starts_at_its_first_frame_in_a_still_scene(emu, platform, clips, reference):
+    """Identical frames are told apart by CVAT's order, per run: after a cancelled run, a new
+    run's first image is frame 0 again, not the frame after the old run's last."""
+    task = emu.add_task(ce.EmuTask(51, clips["still"], labels=[LABEL]))
+    ref = reference("still", 0, 1, task.size - 1)
+    assert len({round(r.sounding_prob, 4) for r in ref.values()}) > 2  # frames differ in sound
+    steps = emu.auto_annotation(invoker(platform), FUNCTION, SPEC, task)
+    for _ in range(3):
+        next(steps)
+    steps.close()  # the user cancels; CVAT drops the request
+    emu.lambda_requests.clear()
+    done = run(emu, platform, task)
+    assert done.status == "finished"
+    for c in done.calls:
+        check_answer(task, c.frame, c.body, ref[task.media_frame(c.frame)])
 
 
 def test_malformed_payloads_get_clear_4xx(emu, platform, clips):
@@ -484,23 +770,26 @@ def test_malformed_payloads_get_clear_4xx(emu, platform, clips):
         assert words in answer["error"], (words, answer)
 
 
-def test_unidentifiable_and_silent_tasks_are_explained(emu, platform, clips):
+def test_unplaceable_images_and_silent_tasks(emu, platform, clips):
     task = task_a(emu, clips)
     # no running Automatic annotation of this function: say so instead of guessing
     emu.start_lambda("some-other-function", task.id)
     status, answer = call(platform, {"image": task.frame_b64(0)})
     assert status == 409 and "no running Automatic annotation" in answer["error"]
-    # an image that is no frame of the task being annotated
-    emu.start_lambda(FUNCTION, task.id)
-    other = ce.EmuTask(99, clips[4])
-    status, answer = call(platform, {"image": other.frame_b64(5)})
-    assert status == 409 and "matches no frame" in answer["error"], answer
-    # a video without audio
-    silent = emu.add_task(ce.EmuTask(11, clips["silent"], labels=[LABEL]))
+    assert "CVAT_ORG" in answer["error"]
+    # during a run, an image that is no frame of the task gets no mask, and the run goes on
     emu.lambda_requests.clear()
-    emu.start_lambda(FUNCTION, silent.id)
-    status, answer = call(platform, {"image": silent.frame_b64(0)})
-    assert status == 422 and "no audio" in answer["error"], answer
+    other = ce.EmuTask(99, clips[4])
+    done = emu.run_auto_annotation(
+        lambda payload, headers: call(platform, {**payload, "image": other.frame_b64(5)}
+                                      if payload["image"] == task.frame_b64(1) else payload,
+                                      headers), FUNCTION, SPEC, task)
+    assert done.status == "finished" and done.answers[1] == []
+    # a video without audio: the run ends at its first frame, with nothing saved
+    silent = emu.add_task(ce.EmuTask(11, clips["silent"], labels=[LABEL]))
+    done = run(emu, platform, silent)
+    assert done.status == "failed" and len(done.calls) == 1 and done.calls[0].status == 422
+    assert "no audio" in done.calls[0].body["error"] and not silent.shapes
     status, answer = call(platform, {"task_id": silent.id, "wait": 30})
     assert status == 422 and "no audio" in answer["error"]
 
@@ -522,104 +811,124 @@ def test_backup_url_on_another_host_is_refused(emu, platform, clips):
     try:
         emu.result_url_override = f"http://127.0.0.1:{other.server_port}/steal"
         task = task_a(emu, clips)
-        emu.start_lambda(FUNCTION, task.id)
-        status, answer = call(platform, {"image": task.frame_b64(0)})
+        done = run(emu, platform, task)
     finally:
         other.shutdown()
         other.server_close()
-    assert status == 502 and "another host" in answer["error"], answer
+    # nothing could work: the run ends at its first frame, saying why
+    assert done.status == "failed" and done.calls[0].status == 502
+    assert "another host" in done.calls[0].body["error"]
     assert hits == []
+
+
+# ----------------------------------------------------------------------------- accounts
+
+
+def test_an_organisation_maintainer_needs_cvat_org(emu, env, clips, reference, monkeypatch):
+    """A non-admin account sees the running requests of an organisation's tasks only with
+    CVAT_ORG (X-Organization) and a maintainer or owner role there."""
+    emu.add_user("fn", "fn-token")
+    emu.add_user("worker", "worker-token")
+    lab = emu.add_org("lab", emu.admin, fn="maintainer", worker="worker")
+    task = task_a(emu, clips, org_id=lab.id)
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", "fn-token")
+    without = run(emu, Platform(), task)  # no CVAT_ORG: CVAT lists nothing to this account
+    assert without.status == "failed" and without.calls[0].status == 409
+    assert "CVAT_ORG" in without.calls[0].body["error"] and not task.shapes
+    monkeypatch.setenv("CVAT_ORG", "lab")
+    done = run(emu, Platform(), task)
+    assert done.status == "finished"
+    ref = reference(3, 1, 2, 9)
+    for c in done.calls:
+        check_answer(task, c.frame, c.body, ref[task.media_frame(c.frame)])
+    assert all(h.get("X-Organization") == "lab" for h in emu.request_headers[-3:])
+    # a worker of the organisation cannot see others' tasks, even with CVAT_ORG
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", "worker-token")
+    emu.lambda_requests.clear()
+    assert run(emu, Platform(), task).calls[0].status == 409
+
+
+def test_an_old_cvat_stops_the_function_at_start(emu, env, clips):
+    emu.version = "2.47.2"
+    with pytest.raises(Exception, match="needs CVAT 2.48.0 or newer"):
+        Platform().call_handler(main.handler, nuclio_sdk.Event(body={}))
+    parser = argparse.ArgumentParser(prog="auralsam2")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["cvat", "prelabel", "--url", emu.url, "--task", "7", "--quiet"])
+    assert args.func(args) == 2
 
 
 # ----------------------------------------------------------------------------- task level
 
 
-def _decoded_track_masks(task, track):
-    return {s["frame"]: decode_mask(s["points"], image_width=task.width,
-                                    image_height=task.height)
-            for s in track["shapes"] if not s["outside"]}
-
-
-def check_tracks(task, ref, threshold=0.5):
-    frames = cvat_frames(task)
-    want = {f: expected_answer(ref[task.start + task.step * f], threshold) for f in frames}
-    got = {}
-    for t in own_tracks(task):
-        shapes = t["shapes"]
-        assert t["frame"] == shapes[0]["frame"]
-        got.update(_decoded_track_masks(task, t))
-        if shapes[-1]["outside"]:  # ends on the next frame CVAT shows
-            last = shapes[-2]["frame"]
-            assert shapes[-1]["frame"] == frames[frames.index(last) + 1]
-        assert [a["spec_id"] for a in t["attributes"]] == [72]  # immutable: per track
-        assert all([a["spec_id"] for a in s["attributes"]] == [71]
-                   for s in shapes if not s["outside"])
-    assert set(got) == {f for f, m in want.items() if m is not None}
-    for f, mask in got.items():
-        assert np.array_equal(mask, want[f]), f"frame {f}"
-
-
-def annotator_work(task):
+def annotator_work(emu, task):
+    """An annotator's rectangle track, an edited automatic mask, a manual polygon."""
+    job = task.annotation_jobs()[0]
     manual_track = {"id": 1, "label_id": 70, "frame": 0, "group": 0, "source": "manual",
                     "attributes": [], "elements": [],
                     "shapes": [{"id": 2, "type": "rectangle", "frame": 0, "points":
                                 [1.0, 1.0, 9.0, 9.0], "outside": False, "occluded": False,
                                 "z_order": 0, "rotation": 0.0, "attributes": []}]}
-    edited = {"id": 3, "label_id": 70, "frame": 1, "group": 0, "source": "semi-auto",
-              "attributes": [], "elements": [],
-              "shapes": [{"id": 4, "type": "mask", "frame": 1, "points": to_cvat_points(
+    edited = {"id": 3, "type": "mask", "label_id": 70, "frame": 1, "points": to_cvat_points(
                   np.eye(task.height, task.width, dtype=bool)), "outside": False,
-                          "occluded": False, "z_order": 0, "rotation": 0.0,
-                          "attributes": []}]}
-    shape = {"id": 5, "type": "polygon", "label_id": 80, "frame": 3, "points":
-             [0.0, 0.0, 5.0, 0.0, 5.0, 5.0], "outside": False, "occluded": False,
-             "z_order": 0, "rotation": 0.0, "group": 0, "source": "manual",
-             "attributes": [], "elements": []}
-    task.tracks.extend([manual_track, edited])
-    task.shapes.append(shape)
-    return json.loads(json.dumps([manual_track, edited, shape]))
+              "occluded": False, "z_order": 0, "rotation": 0.0, "group": 0,
+              "source": "semi-auto", "attributes": [], "elements": []}
+    polygon = {"id": 5, "type": "polygon", "label_id": 80, "frame": 1, "points":
+               [0.0, 0.0, 5.0, 0.0, 5.0, 5.0], "outside": False, "occluded": False,
+               "z_order": 0, "rotation": 0.0, "group": 0, "source": "manual",
+               "attributes": [], "elements": []}
+    emu.put_annotations(job, shapes=[edited, polygon], tracks=[manual_track])
+    return json.loads(json.dumps({"tracks": [manual_track], "shapes": [edited, polygon]}))
 
 
-def test_task_call_uploads_mask_tracks_and_reruns_replace_only_its_own(emu, platform, clips,
-                                                                       reference):
-    task = task_a(emu, clips)
-    theirs = annotator_work(task)
+def theirs(task):
+    return {"tracks": [t for t in task.tracks if t["source"] != "auto"],
+            "shapes": [s for s in task.shapes if s["source"] != "auto"]}
+
+
+def test_task_call_uploads_mask_shapes_per_job_and_replaces_only_its_own(emu, platform, clips,
+                                                                          reference):
+    task = task_a(emu, clips, segment_size=3, overlap=1)  # jobs 0..2 and 2..4
+    gt = emu.add_gt_job(task, [0, 3])
+    work = annotator_work(emu, task)
     status, report = call(platform, {"task_id": task.id, "wait": 60})
     assert status == 200 and report["state"] == "done", report
-    assert report["tracks_created"] == len(own_tracks(task)) >= 1
-    check_tracks(task, reference(3, 1, 2, 9))
-    first_ids = {t["id"] for t in own_tracks(task)}
-    # annotators' annotations untouched
-    assert [t for t in task.tracks if t["id"] in (1, 3)] == theirs[:2]
-    assert task.shapes == [theirs[2]]
-    # a re-run replaces its own tracks, never duplicates them
+    ref = reference(3, 1, 2, 9)
+    check_saved(task, ref)
+    assert not task.tracks[1:]  # no tracks made: CVAT has no mask tracks
+    assert report["shapes_created"] == len(saved_masks(task)) and report["jobs"] == 2
+    assert not gt.shapes and not gt.tracks  # the ground-truth job is never written
+    first_ids = {s["id"] for s in task.shapes if s["source"] == "auto"}
+    assert theirs(task) == work  # annotators' annotations untouched
+    # a re-run replaces its own shapes, never duplicates them
     status, report = call(platform, {"task_id": task.id, "wait": 60})
-    assert status == 200 and report["tracks_deleted"] == len(first_ids)
-    assert len(own_tracks(task)) == len(first_ids)
-    assert not first_ids & {t["id"] for t in own_tracks(task)}
-    check_tracks(task, reference(3, 1, 2, 9))
-    assert [t for t in task.tracks if t["id"] in (1, 3)] == theirs[:2]
+    assert status == 200 and report["shapes_deleted"] == len(first_ids)
+    check_saved(task, ref)
+    assert not first_ids & {s["id"] for s in task.shapes}
+    assert theirs(task) == work
     status, snap = call(platform, {"task_id": task.id, "action": "status"})
     assert status == 200 and snap["state"] == "done"
+    # every job opens in CVAT's UI, the task exports (checked again by the fixture)
+    emu.check_ui_and_export()
 
 
-def test_cvat_failing_mid_run_is_retried_or_reported(emu, platform, clips, reference):
+def test_cvat_failing_mid_upload_is_retried_or_reported(emu, platform, clips, reference):
     task = task_a(emu, clips)
+    ref = reference(3, 1, 2, 9)
     # CVAT applies the create but the answer is lost: the upload is redone from a fresh read
     emu.fail("PATCH", r"/annotations", status=500, times=1, after=True)
     status, report = call(platform, {"task_id": task.id, "wait": 60})
     assert status == 200 and report["state"] == "done", report
-    n = report["tracks_created"]
-    assert len(own_tracks(task)) == n and len(emu.calls("PATCH", "action=create")) == 2
-    check_tracks(task, reference(3, 1, 2, 9))
+    assert len(emu.calls("PATCH", "action=create")) == 2
+    check_saved(task, ref)
     # CVAT down for longer than the retries: reported, with CVAT's status
     emu.fail("PATCH", r"/annotations", status=503, times=100)
     status, report = call(platform, {"task_id": task.id, "wait": 60})
     assert status == 502 and report["state"] == "failed" and "503" in report["error"]
     emu.failures.clear()
     status, report = call(platform, {"task_id": task.id, "wait": 60})
-    assert status == 200 and len(own_tracks(task)) == n  # no duplicates after recovery
-    check_tracks(task, reference(3, 1, 2, 9))
+    assert status == 200
+    check_saved(task, ref)  # no duplicates after recovery
 
 
 def test_webhook_prelabels_a_new_task_once(emu, platform, clips, reference):
@@ -634,12 +943,56 @@ def test_webhook_prelabels_a_new_task_once(emu, platform, clips, reference):
     assert status == 202 and body["task_id"] == task.id and body["started"]
     status, report = call(platform, {"task_id": task.id, "action": "status", "wait": 60})
     assert status == 200 and report["state"] == "done", report
-    check_tracks(task, reference(3, 1, 2, 9))
-    n = len(own_tracks(task))
+    check_saved(task, reference(3, 1, 2, 9))
+    n = len(task.shapes)
     status, body = call(platform, {**payload, "event": "update:task"})
     assert status == 200 and "already" in body["ignored"]
-    assert len(own_tracks(task)) == n
+    assert len(task.shapes) == n
     assert all(urlpath.startswith("/api/") for _, urlpath in emu.log)
+
+
+def test_webhooks_pass_cvats_ssrf_proxy_only_when_allowed_and_are_signed(
+        emu, env, clips, reference, monkeypatch):
+    """CVAT sends webhooks through smokescreen, which refuses private and loopback addresses
+    unless SMOKESCREEN_OPTS allows them; with a secret, the function checks X-Signature-256
+    (over the body nuclio decoded) and refuses anything unsigned."""
+    monkeypatch.setenv("AURALSAM2_CVAT_WEBHOOK_SECRET", SECRET)
+    platform = Platform()
+    trigger = ce.NuclioHttpTrigger(lambda event: platform.call_handler(main.handler, event))
+    try:
+        lab = emu.add_org("lab", emu.admin)
+        hook = emu.add_webhook(trigger.url, secret=SECRET, org=lab)
+        first = ce.EmuTask(61, clips[3], start=1, step=2, labels=[LABEL], org_id=lab.id)
+        [refused] = emu.create_task(first)
+        assert refused["status_code"] == 407 and not trigger.events  # never reached
+        emu.smokescreen_opts = "--unsafe-allow-private-ranges"  # loopback stays refused
+        assert emu.send_webhook(hook, {"event": "ping"})["status_code"] == 407
+        emu.smokescreen_opts = "--allow-address=127.0.0.1"
+        task = ce.EmuTask(62, clips[3], start=1, step=2, deleted=[2], labels=[LABEL],
+                          org_id=lab.id)
+        [delivered] = emu.create_task(task)
+        assert delivered["status_code"] == 202, delivered
+        assert isinstance(trigger.events[-1].body, dict)  # nuclio decoded the JSON body
+        status, report = call(platform, *signed({"task_id": task.id, "action": "status",
+                                                 "wait": 60}))
+        assert status == 200 and report["state"] == "done", report
+        check_saved(task, reference(3, 1, 2, 9))
+        # a wrong secret, or none: 401, nothing started
+        hook["secret"] = "not-the-secret"
+        third = ce.EmuTask(63, clips[4], labels=[LABEL], org_id=lab.id)
+        [forged] = emu.create_task(third)
+        assert forged["status_code"] == 401 and "does not match" in forged["response"]
+        status, answer = call(platform, {"task_id": third.id})
+        assert status == 401 and "X-Signature-256" in answer["error"]
+        assert not third.shapes
+    finally:
+        trigger.close()
+
+
+def signed(body: dict) -> tuple:
+    raw = json.dumps(body).encode()
+    return body, {"X-Signature-256": "sha256=" + hmac.new(SECRET.encode(), raw,
+                                                          hashlib.sha256).hexdigest()}
 
 
 # ----------------------------------------------------------------------------- command
@@ -656,18 +1009,17 @@ def test_cli_register_and_prelabel(emu, env, clips, reference, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr()
     report = json.loads(out.out.strip().splitlines()[-1])
-    assert report["state"] == "done" and report["tracks_created"] == len(own_tracks(task))
-    check_tracks(task, reference(3, 1, 2, 9))
+    assert report["state"] == "done" and report["shapes_created"] == len(task.shapes)
+    check_saved(task, reference(3, 1, 2, 9))
     assert TOKEN not in out.out + out.err
     with pytest.raises(SystemExit):
         parser.parse_args(["cvat", "prelabel", "--url", emu.url])  # --task is required
 
 
-
 def test_cli_prelabel_through_the_shared_service(emu, env, clips, reference, capsys, model,
                                                  monkeypatch, tmp_path):
     """AURALSAM2_SERVER_URL set: the function loads no model, the service runs the video, and
-    the tracks are those of the in-process run."""
+    the masks are those of the in-process run."""
     try:
         from . import service_env as se
     except ImportError:
@@ -685,6 +1037,6 @@ def test_cli_prelabel_through_the_shared_service(emu, env, clips, reference, cap
         assert args.func(args) == 0
         report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert report["state"] == "done"
-        check_tracks(task, reference(3, 1, 2, 9))
+        check_saved(task, reference(3, 1, 2, 9))
         assert model_env.load_served_model.cache_info().currsize == 0  # no model here
         assert srv.service.counters["done"] == 1

@@ -25,6 +25,10 @@ log = logging.getLogger("auralsam2.cvat")
 T = TypeVar("T")
 
 ACTIVE_LAMBDA_STATES = ("queued", "started", "deferred", "scheduled")
+# CVAT 2.48.0 added personal access tokens ("[Server API] Support for API access tokens",
+# cvat-ai/cvat#9680); the backup export (POST /api/tasks/{id}/backup/export), /api/requests and
+# the X-Nuclio-Invoke-Timeout header the function relies on are older than that.
+MIN_CVAT_VERSION = (2, 48, 0)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts",
                   ".mts", ".m2ts", ".wmv", ".flv", ".3gp", ".ogv")
 
@@ -60,6 +64,10 @@ class CvatApi:
             conf.access_token = settings.token
         else:
             conf.username, conf.password = settings.username, settings.password
+        # The organisation context of list calls (GET /api/lambda/requests, /api/jobs): without
+        # it a non-admin account only sees tasks it owns or is assigned to (lambda.rego filter).
+        self.client.organization_slug = settings.org
+        self._version_checked = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -94,6 +102,25 @@ class CvatApi:
 
     # ------------------------------------------------------------------ reads
 
+    def server_version(self) -> tuple[int, ...]:
+        about = self.call("reading the server version",
+                          lambda: self._api.server_api.retrieve_about()[0])
+        return parse_version(str(about.version))
+
+    def require_supported_server(self) -> None:
+        """Refuses a CVAT older than :data:`MIN_CVAT_VERSION` (asked once per client)."""
+        if self._version_checked:
+            return
+        version = self.server_version()
+        if version < MIN_CVAT_VERSION:
+            need = ".".join(map(str, MIN_CVAT_VERSION))
+            raise CvatError(
+                f"CVAT at {self.url} is version {'.'.join(map(str, version))}; the AuralSAM2 "
+                f"function needs CVAT {need} or newer (personal access tokens, the backup "
+                "export and /api/requests). Upgrade CVAT, or use an older AuralSAM2 release",
+                status=None, transient=False)
+        self._version_checked = True
+
     def lambda_requests(self) -> list:
         calls, _ = self.call("listing lambda requests",
                              lambda: self._api.lambda_api.list_requests())
@@ -116,21 +143,31 @@ class CvatApi:
         return self.call(f"reading task {task_id}'s labels", lambda: get_paginated_collection(
             self._api.labels_api.list_endpoint, task_id=task_id))
 
-    def annotations(self, task_id: int):
-        return self.call(f"reading task {task_id}'s annotations",
-                         lambda: self._api.tasks_api.retrieve_annotations(task_id)[0])
+    def task_jobs(self, task_id: int) -> list:
+        from cvat_sdk.core.helpers import get_paginated_collection
+
+        return self.call(f"listing task {task_id}'s jobs", lambda: get_paginated_collection(
+            self._api.jobs_api.list_endpoint, task_id=task_id))
+
+    def job_meta(self, job_id: int):
+        return self.call(f"reading job {job_id}'s data meta",
+                         lambda: self._api.jobs_api.retrieve_data_meta(job_id)[0])
+
+    def job_annotations(self, job_id: int):
+        return self.call(f"reading job {job_id}'s annotations",
+                         lambda: self._api.jobs_api.retrieve_annotations(job_id)[0])
 
     # ------------------------------------------------------------------ writes
 
-    def patch_annotations(self, task_id: int, action: str, tracks: list) -> None:
-        """PATCH ``/api/tasks/{id}/annotations?action=...`` with tracks; not retried here
+    def patch_job_shapes(self, job_id: int, action: str, shapes: list) -> None:
+        """PATCH ``/api/jobs/{id}/annotations?action=...`` with shapes; not retried here
         (a lost answer to a create would duplicate): callers retry whole operations."""
         from cvat_sdk import models
 
-        data = models.PatchedLabeledDataRequest(version=0, tags=[], shapes=[], tracks=tracks)
-        self.call(f"{action} of {len(tracks)} track(s) in task {task_id}",
-                  lambda: self._api.tasks_api.partial_update_annotations(
-                      action, task_id, patched_labeled_data_request=data), retry=False)
+        data = models.PatchedLabeledDataRequest(version=0, tags=[], shapes=shapes, tracks=[])
+        self.call(f"{action} of {len(shapes)} shape(s) in job {job_id}",
+                  lambda: self._api.jobs_api.partial_update_annotations(
+                      action, job_id, patched_labeled_data_request=data), retry=False)
 
     # ------------------------------------------------------------------ media
 
@@ -190,6 +227,19 @@ def share_path(root: Path, name: str) -> Path | None:
     if root != path and root not in path.parents:
         return None
     return path if path.is_file() else None
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"2.58.1"`` (or ``"2.58.1.dev0"``) as ``(2, 58, 1)``."""
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    if not parts:
+        raise CvatError(f"CVAT reported an unreadable version {text!r}")
+    return tuple(parts)
 
 
 def _as_cvat_error(what: str, e: Exception) -> CvatError | None:

@@ -1,5 +1,6 @@
 """``auralsam2 cvat prelabel --url URL --task N``: pre-label a CVAT task from the command line
-(mask tracks uploaded through the API, replacing only this tool's earlier tracks).
+(one mask shape per sounding frame, uploaded job by job through the API, replacing only this
+tool's earlier shapes).
 
 Registered with the core command through the ``auralsam2.commands`` entry-point group.
 Credentials come from ``CVAT_ACCESS_TOKEN`` or ``CVAT_USERNAME``/``CVAT_PASSWORD`` (never from
@@ -18,15 +19,19 @@ from auralsam2_core.model_env import add_model_arguments, served_model_from_args
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("cvat", help="CVAT: pre-label video tasks with sounding-object "
-                                           "mask tracks")
+                                           "masks")
     sub = p.add_subparsers(dest="cvat_command", required=True)
     c = sub.add_parser(
-        "prelabel", help="pre-label a CVAT video task and upload mask tracks",
+        "prelabel", help="pre-label a CVAT video task and upload its masks",
         description="Fetch the task's original video (with its audio), run AuralSAM2 and "
-                    "upload one mask track per sounding stretch. Re-running replaces only the "
-                    "tracks this tool made (label, source 'auto'); annotators' work is kept. "
-                    "Credentials: CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD.")
+                    "upload one mask shape per sounding frame, job by job. Re-running replaces "
+                    "only the masks this tool made (its label, source 'auto', type mask); "
+                    "annotators' work is kept. Credentials: CVAT_ACCESS_TOKEN (or _FILE), or "
+                    "CVAT_USERNAME and CVAT_PASSWORD; CVAT_ORG for an organisation's tasks.")
     c.add_argument("--url", default=None, help="CVAT server URL (default: $CVAT_URL)")
+    c.add_argument("--org", default=None,
+                   help="organisation slug of the task (default: $CVAT_ORG; none: the "
+                        "account's own tasks)")
     c.add_argument("--task", type=int, required=True, action="append",
                    help="task id (repeat for several tasks)")
     c.add_argument("--label", default=None, help="task label to use (default 'sounding')")
@@ -51,15 +56,28 @@ def cmd_prelabel(args) -> int:
     from auralsam2_core.model_env import load_served_model
     from auralsam2_core.remote import engine_from_env
 
+    from .api import CvatError
     from .config import Settings
-    from .service import Service
+    from .service import Service, connect
 
-    settings = Settings.from_env(
-        url=args.url, label=args.label, threshold=args.threshold,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, media_source=args.media,
-        share_root=Path(args.share_root) if args.share_root else None, clip_len=args.clip_len)
+    def say(_level: str, message: str) -> None:
+        print(f"auralsam2 cvat: {message}", file=sys.stderr)
+
+    try:
+        settings = Settings.from_env(
+            url=args.url, org=args.org, label=args.label, threshold=args.threshold,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            media_source=args.media,
+            share_root=Path(args.share_root) if args.share_root else None,
+            clip_len=args.clip_len)
+        api = connect(settings, say)  # before loading the model: a CVAT too old stops here
+    except (ValueError, CvatError) as e:
+        say("error", str(e))
+        return 2
+    if api is None:
+        return 2
     spec = served_model_from_args(args)
-    service = Service(settings, engine_from_env(lambda: load_served_model(spec)))
+    service = Service(settings, engine_from_env(lambda: load_served_model(spec)), api=api)
     failed = False
     for task_id in args.task:
         job, _ = service.start_task(task_id, settings.threshold)

@@ -3,7 +3,10 @@ or the shell), and the one function that chooses the model.
 
 Credentials: ``CVAT_ACCESS_TOKEN`` (a personal access token) or ``CVAT_USERNAME`` +
 ``CVAT_PASSWORD``; each may instead be read from a file named by ``<NAME>_FILE`` (a mounted
-secret). They are kept out of ``repr`` and are never logged.
+secret; what manifests/cvat/deploy.sh sets up, so that no secret lands in the nuclio function
+spec). They are kept out of ``repr`` and are never logged. ``CVAT_ORG`` is the organisation
+whose tasks the function serves (sent as the ``X-Organization`` header, cvat-sdk's
+``organization_slug``).
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    org: str | None = None  # organisation slug: X-Organization on every CVAT call
+    webhook_secret: str | None = field(default=None, repr=False)  # checks X-Signature-256
     function_name: str = DEFAULT_FUNCTION_NAME  # this function's id in CVAT (metadata.name)
     label: str = DEFAULT_LABEL
     cache_dir: Path = Path.home() / ".cache" / "auralsam2" / "cvat"
     media_source: str = "auto"  # "auto" (share when found, else backup), "backup", "share"
     share_root: Path | None = None  # where CVAT's share is mounted in this container
     frame_wait: float = 50.0  # longest a detector request waits for its frame (s)
+    invoke_margin: float = 15.0  # kept free of CVAT's invoke timeout (X-Nuclio-Invoke-Timeout)
     task_wait_cap: float = 50.0  # longest a direct {"task_id"} call may block (s)
     data_wait: float = 1800.0  # webhooks: how long to wait for a new task's data (s)
     threshold: float = 0.5  # sounding probability from which a frame gets a mask
@@ -58,9 +64,11 @@ class Settings:
         share = env.get("AURALSAM2_CVAT_SHARE_ROOT")
         values = dict(
             url=env.get("CVAT_URL") or None,
-            token=secret(env, "CVAT_ACCESS_TOKEN"),
-            username=secret(env, "CVAT_USERNAME"),
-            password=secret(env, "CVAT_PASSWORD"),
+            token=_secret(env, "CVAT_ACCESS_TOKEN"),
+            username=_secret(env, "CVAT_USERNAME"),
+            password=_secret(env, "CVAT_PASSWORD"),
+            org=env.get("CVAT_ORG") or None,
+            webhook_secret=_secret(env, "AURALSAM2_CVAT_WEBHOOK_SECRET"),
             function_name=(env.get("AURALSAM2_CVAT_FUNCTION") or env.get("NUCLIO_FUNCTION_NAME")
                            or DEFAULT_FUNCTION_NAME),
             label=env.get("AURALSAM2_CVAT_LABEL") or DEFAULT_LABEL,
@@ -86,3 +94,11 @@ class Settings:
 
     def has_credentials(self) -> bool:
         return bool(self.token or (self.username and self.password))
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    try:
+        return secret(env, name)
+    except OSError as e:
+        raise ValueError(f"{name}_FILE={env.get(f'{name}_FILE')} cannot be read "
+                         f"({e.strerror or e}); mount the secret file there") from None

@@ -35,3 +35,9 @@ class NotReady(AdapterError):
     """The answer is not ready within the time CVAT waits; the work goes on in the background."""
 
     status = 503
+
+
+class Unauthorized(AdapterError):
+    """A webhook or direct call without the signature the configured secret requires."""
+
+    status = 401

@@ -86,11 +86,20 @@ class FrameMap:
         return [i for i in range(self.size) if i not in self.deleted]
 
 
-def job_frames(fmap: FrameMap, start: int, stop: int) -> list[int]:
-    """Task frames of a job whose segment covers task frames ``start..stop`` (inclusive), in
-    the order CVAT's automatic annotation visits them (deleted frames skipped)."""
+def job_frames(fmap: FrameMap, start: int, stop: int,
+               included: Iterable[int] | None = None) -> list[int]:
+    """Task frames of a job, in the order CVAT's automatic annotation visits them, deleted
+    frames skipped: its segment's task frames ``start..stop`` (inclusive), or, for a
+    ground-truth or other specific-frames job, the media frames its data meta lists as
+    ``included_frames`` (cvat/apps/lambda_manager/views.py ``_get_frame_set`` walks
+    ``sorted((abs - start_frame) // step for abs in segment.frame_set)``)."""
     lo, hi = max(0, start), min(stop, fmap.size - 1)
-    return [i for i in range(lo, hi + 1) if i not in fmap.deleted]
+    if included is None:
+        frames: Iterable[int] = range(lo, hi + 1)
+    else:
+        frames = sorted({tf for f in included if (tf := fmap.task_frame(int(f))) is not None
+                         and lo <= tf <= hi})
+    return [i for i in frames if i not in fmap.deleted]
 
 
 def expected_frame(frames: Sequence[int], last: int | None, progress: int | None = None,

@@ -8,20 +8,29 @@ CVAT webhooks. Configuration comes from the environment: see manifests/cvat/READ
 from __future__ import annotations
 
 import json
+import os
 
 from auralsam2_core.model_env import ServedModel, load_served_model
 from auralsam2_core.remote import engine_from_env
 from auralsam2_plugins.cvat.config import Settings
-from auralsam2_plugins.cvat.service import Service
+from auralsam2_plugins.cvat.service import Service, connect
 
 
 def init_context(context) -> None:
-    context.logger.info("auralsam2: loading the model")
     settings = Settings.from_env()
+    if os.environ.get("CVAT_ACCESS_TOKEN") or os.environ.get("CVAT_PASSWORD"):
+        context.logger.warn("auralsam2: the CVAT credentials are in the function's environment, "
+                            "hence in its nuclio spec and container labels; mount them as a "
+                            "file and set CVAT_ACCESS_TOKEN_FILE instead (manifests/cvat/"
+                            "deploy.sh does)")
+    # A CVAT older than the function needs, or refusing its credentials, stops the start here.
+    api = connect(settings, lambda level, msg: getattr(
+        context.logger, "warn" if level == "warning" else level)(f"auralsam2: {msg}"))
+    context.logger.info("auralsam2: loading the model")
     spec = ServedModel.from_env()
     # AURALSAM2_SERVER_URL set: the shared model service runs the model, none is loaded here.
     engine = engine_from_env(lambda: load_served_model(spec))
-    context.user_data.service = Service(settings, engine, logger=context.logger)
+    context.user_data.service = Service(settings, engine, api=api, logger=context.logger)
     where = getattr(engine, "url", None) or f"{spec.sam2_config} on {engine.model.device}"
     context.logger.info(f"auralsam2: ready (function '{settings.function_name}', model "
                         f"{where}, CVAT {settings.url or 'not set'})")

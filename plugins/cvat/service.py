@@ -2,17 +2,21 @@
 
 * ``{"image": <base64>, "threshold"?}`` — CVAT's Automatic annotation (see detector.py);
 * ``{"task_id": N, "wait"?: seconds, "threshold"?, "action"?: "prelabel"|"status"}`` —
-  pre-label the whole task and upload mask tracks (in the background; ``wait`` blocks up to
-  ``AURALSAM2_CVAT_TASK_WAIT`` seconds, ``"status"`` reports without starting anything);
+  pre-label the whole task and upload one mask shape per sounding frame (in the background;
+  ``wait`` blocks up to ``AURALSAM2_CVAT_TASK_WAIT`` seconds, ``"status"`` reports without
+  starting anything);
 * a CVAT webhook payload (``create:task`` / ``update:task``) — the same, once per task,
   after the task's data has been uploaded; ``ping`` is acknowledged.
 
-``handle`` returns ``(status, json_body)`` and never raises; messages say why and what to do
-and never contain credentials or image data.
+With ``AURALSAM2_CVAT_WEBHOOK_SECRET`` set, webhook payloads and direct calls must carry CVAT's
+``X-Signature-256`` (see :func:`verify_signature`). ``handle`` returns ``(status, json_body)``
+and never raises; messages say why and what to do and never contain credentials or image data.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -22,17 +26,60 @@ from auralsam2_core.remote import as_engine
 
 from .api import CvatApi, CvatError
 from .config import Settings
-from .detector import active_calls, detect, parse_threshold
-from .errors import AdapterError, BadRequest, Upstream
+from .detector import Call, active_calls, detect, header, parse_threshold
+from .errors import AdapterError, BadRequest, Unauthorized, Unprocessable, Upstream
+from .frames import job_frames
 from .masks import BadImage
-from .session import TaskSession, as_adapter_error
-from .tracks import build_tracks, replace_own_tracks
+from .session import ModelTurns, TaskSession, as_adapter_error
+from .upload import JobFrames, build_shapes, replace_own_shapes
 
 _pylog = logging.getLogger("auralsam2.cvat")
 
 
+def verify_signature(secret: str, body, headers) -> None:
+    """CVAT's webhook signature: ``X-Signature-256: sha256=<hex HMAC-SHA256 of the body>``
+    (cvat/apps/webhooks/signals.py ``send_webhook`` signs ``json.dumps(payload)`` and posts the
+    same serialisation with ``requests``' ``json=``). nuclio hands a JSON body to the handler
+    already decoded (nuclio_sdk/event.py, ``content_type == "application/json"``), so the raw
+    bytes are gone; ``json.dumps`` of the decoded object gives back exactly what CVAT signed
+    (same key order, same default separators and escaping). Bytes or text bodies (any other
+    content type) are checked as they came."""
+    sent = header(headers, "X-Signature-256")
+    if not sent:
+        raise Unauthorized("no X-Signature-256 header, but AURALSAM2_CVAT_WEBHOOK_SECRET is set: "
+                           "give the CVAT webhook the same secret (or sign direct calls)")
+    if isinstance(body, bytes | bytearray):
+        raw = bytes(body)
+    elif isinstance(body, str):
+        raw = body.encode("utf-8")
+    else:
+        raw = json.dumps(body).encode("utf-8")
+    want = "sha256=" + hmac.new(secret.encode("utf-8"), raw, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(want, sent.strip()):
+        raise Unauthorized("X-Signature-256 does not match AURALSAM2_CVAT_WEBHOOK_SECRET: the "
+                           "webhook's secret in CVAT differs from the function's")
+
+
+def connect(settings: Settings, log) -> CvatApi | None:
+    """The CVAT client at start-up, checked. Raises when nothing could work (CVAT older than
+    the function needs, credentials refused); a CVAT not reachable yet, or settings not given,
+    are only logged (and checked again on first use)."""
+    try:
+        api = CvatApi(settings)
+    except ValueError as e:
+        log("warning", f"the function is not configured yet: {e}")
+        return None
+    try:
+        api.require_supported_server()
+    except CvatError as e:
+        if not e.transient:
+            raise
+        log("warning", f"CVAT cannot be checked yet ({e}); checked again on first use")
+    return api
+
+
 class TaskJob:
-    """Pre-labelling one whole task and uploading its tracks (a background thread)."""
+    """Pre-labelling one whole task and uploading its shapes (a background thread)."""
 
     def __init__(self, service: Service, task_id: int, threshold: float, wait_for_data: bool):
         self.service, self.task_id = service, task_id
@@ -74,18 +121,18 @@ class TaskJob:
         fmap, size = self.session.fmap, self.session.frame_size
         if size is None:
             raise AdapterError(f"task {tid}: CVAT reports no frame size")
-        frames = fmap.task_frames()
-        tracks = build_tracks(frames, records, label, self.threshold, *size)
-        report = replace_own_tracks(api, tid, label.id, tracks,
+        jobs = svc.annotation_jobs(tid, fmap)
+        shapes = build_shapes(fmap.task_frames(), records, label, self.threshold, *size)
+        report = replace_own_shapes(api, label.id, jobs, shapes,
                                     attempts=svc.settings.retries,
                                     delay=svc.settings.retry_delay, log=svc.log)
-        self.result = {**report, "frames": len(frames),
-                       "sounding_frames": sum(len(t.shapes) for t in tracks) - sum(
-                           any(s.outside for s in t.shapes) for t in tracks)}
+        self.result = {**report, "frames": len(fmap.task_frames()),
+                       "sounding_frames": len(shapes)}
         self.state = "done"
         svc.uploaded_marker(tid).write_text(json.dumps(self.result))
-        svc.log("info", f"task {tid}: uploaded {report['tracks_created']} mask track(s), "
-                        f"replaced {report['tracks_deleted']} earlier one(s)")
+        svc.log("info", f"task {tid}: uploaded {report['shapes_created']} mask shape(s) in "
+                        f"{report['jobs']} job(s), replaced {report['shapes_deleted']} "
+                        "earlier one(s)")
 
     def snapshot(self) -> dict:
         out = {"task_id": self.task_id, "state": self.state}
@@ -100,6 +147,7 @@ class TaskJob:
 
 class Service:
     MAX_SESSIONS = 8
+    RUN_MEMORY = 900.0  # s: a run that got a mask this recently may still be going on
 
     def __init__(self, settings: Settings, engine, *, api: CvatApi | None = None,
                  logger=None) -> None:
@@ -109,11 +157,13 @@ class Service:
         self.engine = as_engine(engine)
         self._api = api
         self._logger = logger
-        self.model_lock = threading.Lock()
+        self.turns = ModelTurns()
         self.lock = threading.Lock()
         self.sessions: dict[int, TaskSession] = {}
         self.jobs: dict[int, TaskJob] = {}
-        self._cvat_jobs: dict[int, object] = {}
+        self._job_ranges: dict[int, tuple] = {}
+        self._label_attrs: dict[int, dict | None] = {}
+        self._masked_runs: dict[tuple, float] = {}  # CVAT run -> when it last got a mask
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -125,11 +175,16 @@ class Service:
 
     @property
     def api(self) -> CvatApi:
+        """The CVAT client, after checking once that the server is recent enough."""
         if self._api is None:
             try:
                 self._api = CvatApi(self.settings)
             except ValueError as e:
                 raise AdapterError(f"the function is not configured: {e}") from None
+        try:
+            self._api.require_supported_server()
+        except CvatError as e:
+            raise Upstream(str(e)) from None
         return self._api
 
     def session(self, task_id: int, retry_failed: bool = False) -> TaskSession:
@@ -140,7 +195,7 @@ class Service:
             if s is not None and s.failed and (retry_failed or isinstance(s.error, Upstream)):
                 s = None
             if s is None:
-                s = TaskSession(task_id, self.api, self.engine, self.settings, self.model_lock,
+                s = TaskSession(task_id, self.api, self.engine, self.settings, self.turns,
                                 self.log).start()
                 self._forget_old_sessions()
             self.sessions.pop(task_id, None)
@@ -154,27 +209,88 @@ class Service:
         for task_id in idle[: max(0, len(self.sessions) - self.MAX_SESSIONS + 1)]:
             del self.sessions[task_id]
 
-    def job(self, job_id: int):
-        if job_id not in self._cvat_jobs:
-            self._cvat_jobs[job_id] = self.api.job(job_id)
-        return self._cvat_jobs[job_id]
+    def _cvat(self, fn):
+        try:
+            return fn()
+        except CvatError as e:
+            raise Upstream(str(e)) from None
 
-    def active_calls(self) -> list[dict]:
-        return active_calls(self.api.lambda_requests(), self.settings.function_name)
+    def job_range(self, job_id: int) -> tuple[int, int, list[int] | None]:
+        """A job's task frames as ``(start, stop, included media frames or None)``: a range
+        segment, or the specific frames of a ground-truth job (its data meta's
+        ``included_frames``, cvat/apps/engine/views.py ``JobViewSet.metadata``)."""
+        if job_id not in self._job_ranges:
+            job = self._cvat(lambda: self.api.job(job_id))
+            included = None
+            if str(getattr(job, "type", "annotation") or "annotation") != "annotation":
+                meta = self._cvat(lambda: self.api.job_meta(job_id))
+                included = getattr(meta, "included_frames", None)
+            self._job_ranges[job_id] = (int(job.start_frame), int(job.stop_frame), included)
+        return self._job_ranges[job_id]
+
+    def annotation_jobs(self, task_id: int, fmap) -> list[JobFrames]:
+        """The task's annotation jobs (never ground-truth or consensus ones) and the task
+        frames each holds."""
+        out = []
+        for job in self._cvat(lambda: self.api.task_jobs(task_id)):
+            if str(getattr(job, "type", "annotation") or "annotation") != "annotation":
+                continue
+            frames = job_frames(fmap, int(job.start_frame), int(job.stop_frame))
+            out.append(JobFrames(int(job.id), tuple(frames)))
+        if not out:
+            raise Unprocessable(f"task {task_id} has no annotation job the function's CVAT "
+                                "account can see (set CVAT_ORG for an organisation's tasks)")
+        return sorted(out, key=lambda j: j.frames[:1])
+
+    def active_calls(self) -> list[Call]:
+        return active_calls(self._cvat(self.api.lambda_requests), self.settings.function_name)
 
     def task_label(self, task_id: int):
-        labels = self.api.labels(task_id)
+        labels = self._cvat(lambda: self.api.labels(task_id))
         for label in labels:
             if label.name == self.settings.label:
                 return label
         names = ", ".join(repr(lb.name) for lb in labels) or "none"
-        from .errors import Unprocessable
-
         raise Unprocessable(
             f"task {task_id} has no label {self.settings.label!r} (its labels: {names}); add a "
             f"label named {self.settings.label!r} (type mask or any), optionally with number "
             "attributes 'confidence' and 'review_priority' (0..100), or set "
             "AURALSAM2_CVAT_LABEL")
+
+    def label_attrs(self, task_id: int) -> dict | None:
+        """The score attributes of the task's label, by name (None when unknown)."""
+        if task_id not in self._label_attrs:
+            try:
+                label = self.task_label(task_id)
+                self._label_attrs[task_id] = {a.name: a for a in (label.attributes or [])}
+            except AdapterError:
+                self._label_attrs[task_id] = None
+        return self._label_attrs[task_id]
+
+    # ------------------------------------------------------------------ never abort a run
+
+    def answered(self, call: Call, with_mask: bool) -> None:
+        if with_mask:
+            self._masked_runs[call.run] = time.monotonic()
+
+    def skip(self, call: Call | None, reason: str) -> list:
+        """Answer ``[]`` (CVAT goes on to the next frame) and say why in the log."""
+        where = f"task {call.task}" if call else "a frame"
+        self.log("warning", f"answering no mask for {where}: {reason}")
+        return []
+
+    def skip_or_fail(self, call: Call | None, err: AdapterError, what: str) -> list:
+        """A failure that no later frame will get past: it ends CVAT's run only while the run
+        has saved nothing (no mask answered yet), so that a rerun duplicates nothing;
+        afterwards the frame is skipped and the log says why."""
+        now = time.monotonic()
+        if call is not None:
+            masked = call.run in self._masked_runs
+        else:
+            masked = any(now - t < self.RUN_MEMORY for t in self._masked_runs.values())
+        if masked:
+            return self.skip(call, f"{what}: {err}")
+        raise err
 
     def uploaded_marker(self, task_id: int):
         self.settings.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -199,10 +315,12 @@ class Service:
         try:
             payload = _parse(body)
             if "image" in payload:
-                return 200, detect(self, payload)
-            if "task_id" in payload:
-                return self._task_call(payload)
-            if "event" in payload:
+                return 200, detect(self, payload, headers)
+            if "task_id" in payload or "event" in payload:
+                if self.settings.webhook_secret:
+                    verify_signature(self.settings.webhook_secret, body, headers)
+                if "task_id" in payload:
+                    return self._task_call(payload)
                 return self._webhook(payload)
             raise BadRequest(
                 "expected CVAT's detector request {\"image\": <base64>}, {\"task_id\": N} or "

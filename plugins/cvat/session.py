@@ -2,8 +2,10 @@
 thumbnails for recognising CVAT's images, and the engine's results as they appear.
 
 Everything runs on background threads; request handlers only wait (with a deadline) for what
-they need. Results go through the core results writer into the cache directory, so a
-finished task is never computed twice (and a new process picks it up from disk).
+they need. The engine runs through the core's one results loop
+(:func:`auralsam2_core.jobs.prelabel_to_results`) into the cache directory, so a finished task
+is never computed twice (and a new process picks it up from disk); each frame's record is
+published to waiting requests as the loop writes it.
 """
 
 from __future__ import annotations
@@ -12,19 +14,75 @@ import hashlib
 import json
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from auralsam2_core.engine import PrelabelOptions
+from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, iter_frames, probe
-from auralsam2_core.results import ResultsWriter, read_results, video_record
+from auralsam2_core.results import ResultsWriter, read_results
 
 from . import masks
 from .api import CvatApi, CvatError, extract_video, share_path
 from .config import Settings
 from .errors import AdapterError, NotReady, Unprocessable, Upstream
 from .frames import FrameMap, choose_frame, expected_frame
+
+
+class ModelTurns:
+    """One model shared by every task being served: a task holds it for one frame, then the
+    task waiting longest goes next (a plain lock may hand it straight back to the same
+    thread, starving a second task that CVAT annotates at the same time)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: deque[object] = deque()
+        self._busy = False
+
+    def acquire(self) -> None:
+        ticket = object()
+        with self._cond:
+            self._waiting.append(ticket)
+            while self._busy or self._waiting[0] is not ticket:
+                self._cond.wait()
+            self._waiting.popleft()
+            self._busy = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def pass_turn(self) -> None:
+        """Between two frames: let a waiting task have the model first."""
+        with self._cond:
+            if not self._waiting:
+                return
+        self.release()
+        self.acquire()
+
+    def __enter__(self) -> ModelTurns:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class PublishingWriter(ResultsWriter):
+    """The core results writer that also hands each frame record to ``publish``."""
+
+    def __init__(self, out_dir: Path, name: str, publish: Callable[[dict], None]) -> None:
+        super().__init__(out_dir, name)
+        self._publish = publish
+
+    def add(self, r) -> dict:
+        rec = super().add(r)
+        self._publish(rec)
+        return rec
 
 
 def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
@@ -39,9 +97,9 @@ def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
 
 class TaskSession:
     def __init__(self, task_id: int, api: CvatApi, engine, settings: Settings,
-                 model_lock: threading.Lock, log) -> None:
+                 turns: ModelTurns, log) -> None:
         self.task_id, self.api, self.engine, self.settings = task_id, api, engine, settings
-        self.model_lock, self.log = model_lock, log
+        self.turns, self.log = turns, log
         self.cond = threading.Condition()
         self.fmap: FrameMap | None = None
         self.frame_size: tuple[int, int] | None = None  # CVAT's (width, height)
@@ -53,7 +111,7 @@ class TaskSession:
         self.thumbs_done = False
         self.records: dict[int, dict] = {}  # task frame -> results frame record
         self.engine_done = False
-        self.cursor: dict[int | None, int] = {}  # job id (None: whole task) -> last answered
+        self.cursor: dict[tuple, int] = {}  # CVAT run (see detector.run_key) -> last frame
         self.started = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"auralsam2-cvat-task-{task_id}")
@@ -178,7 +236,7 @@ class TaskSession:
                 self.cond.notify_all()
 
     def _run_engine(self) -> None:
-        writer = ResultsWriter(self.dir / "results", self._results_key())
+        writer = PublishingWriter(self.dir / "results", self._results_key(), self._publish)
         if writer.is_complete():
             for rec in read_results(writer.final)["frames"]:
                 self._publish(rec)
@@ -194,24 +252,19 @@ class TaskSession:
         # Decode and remember from the task's first frame: SAM2's memory starts there.
         opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride,
                                start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1)
-        results = self.engine.frames(self.media, opts, info=info)
-        try:
-            with writer:
-                while True:
-                    with self.model_lock:  # one model, shared by every task being served
-                        r = next(results, None)
-                    if r is None:
-                        break
-                    self._publish(writer.add(r))
-                    if r.index >= fmap.last_media_frame:
-                        break
-                meta = {**self.engine.meta, "clip_len": opts.clip_len,
-                        "stride": opts.stride, "no_audio": opts.no_audio,
-                        "cvat": {"task": self.task_id, "start": fmap.start, "step": fmap.step,
-                                 "size": fmap.size}}
-                writer.finish(video_record(info), meta)
-        finally:
-            results.close()
+        model = getattr(self.engine, "model", None)
+        if model is None:  # the shared model service runs the video; its results come at once
+            doc = self.engine.document(self.media, opts)
+            for rec in doc["frames"]:
+                self._publish(rec)
+            tmp = writer.final.with_name(writer.final.name + ".tmp")
+            writer.final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            tmp.replace(writer.final)
+            return
+        with self.turns:  # one frame at a time, taking turns with other tasks being served
+            prelabel_to_results(model, self.media, writer, opts, info=info,
+                                on_frame=lambda _n: self.turns.pass_turn())
 
     # ------------------------------------------------------------------ waiting
 
@@ -257,12 +310,15 @@ class TaskSession:
             raise self.error or self.engine_error
         return dict(self.records)
 
-    def match(self, thumb: np.ndarray, frames: list[int], key: int | None,
-              progress: int | None, deadline: float) -> tuple[int | None, float]:
+    def expected(self, frames: list[int], run: tuple, progress: int | None) -> int | None:
+        """The frame CVAT most likely asks for now in this run (see frames.expected_frame)."""
+        return expected_frame(frames, self.cursor.get(run), progress, self.fmap.size)
+
+    def match(self, thumb: np.ndarray, frames: list[int], expected: int | None,
+              deadline: float) -> tuple[int | None, float]:
         """The frame (among ``frames``) whose thumbnail matches, waiting for thumbnails up to
         a little past the expected frame; ``(None, best distance)`` when none matches."""
         tol = self.settings.match_tolerance
-        expected = expected_frame(frames, self.cursor.get(key), progress, self.fmap.size)
         pos = frames.index(expected) if expected in frames else 0
         needed = np.asarray(frames[: pos + 3], int)
         idx = np.asarray(frames, int)
