@@ -123,6 +123,8 @@ def test_parses_with_known_kinds(path):
                 assert "image" in svc, f"{rel(path)}: service {name} has no image"
         else:  # nuclio function
             assert doc["metadata"]["name"] and doc["spec"]["handler"] and doc["spec"]["runtime"]
+            # on CVAT's Docker network, or http://cvat-server:8080 does not resolve
+            assert doc["spec"]["platform"]["attributes"]["network"] == "cvat_cvat"
 
 
 def _pinned(image: str) -> bool:
@@ -242,6 +244,20 @@ def test_env_vars_are_read_by_the_code_and_weights_are_known(path):
         for _, k, v in nodes(doc):
             if k == "secretKeyRef":
                 assert v["name"] in readme, f"{rel(path)}: Secret {v['name']} is undocumented"
+
+
+def test_cvat_deploy_script_passes_only_variables_the_function_reads():
+    """deploy.sh's --env names and mounted secrets (NAME_FILE) are read by plugins/cvat."""
+    script = (ROOT / "manifests/cvat/deploy.sh").read_text()
+    plain = set(re.findall(r'--env "([A-Z0-9_]+)=', script))
+    secrets = set(re.findall(r"^mount_secret ([A-Z0-9_]+) ", script, re.M))
+    assert {"CVAT_URL", "CVAT_ORG"} <= plain
+    assert {"CVAT_ACCESS_TOKEN", "CVAT_PASSWORD", "AURALSAM2_CVAT_WEBHOOK_SECRET"} == secrets
+    cvat_code = "\n".join(p.read_text() for p in (ROOT / "plugins/cvat").glob("*.py"))
+    for name in plain:
+        assert f'"{name}"' in cvat_code, f"deploy.sh passes {name}, read nowhere"
+    for name in secrets:  # read as NAME or NAME_FILE (auralsam2_core.env.secret)
+        assert re.search(rf'_?secret\(env, "{name}"\)', cvat_code), f"{name} is read nowhere"
 
 
 def _script_text() -> str:

@@ -136,7 +136,10 @@ def detect(service, body: dict, headers=None) -> list[dict]:
             "owner of the task's organisation with CVAT_ORG set to that organisation's slug")
         return service.skip_or_fail(None, err, "no running request is visible")
 
-    sessions = [service.session(call.task) for call in calls]  # all start fetching now
+    try:
+        sessions = [service.session(call.task) for call in calls]  # all start fetching now
+    except AdapterError as e:
+        return service.skip_or_fail(calls[0], e, "CVAT could not be asked about the task")
     best_miss, failures, found, waiting = math.inf, [], [], []
     for call, session in zip(calls, sessions, strict=True):
         try:
@@ -175,7 +178,9 @@ def detect(service, body: dict, headers=None) -> list[dict]:
     except NotReady as e:
         return service.skip(call, str(e))
     except AdapterError as e:
-        return service.skip_or_fail(call, e, f"frame {frame} cannot be pre-labelled")
+        if session.error or session.engine_error:  # the whole task, not just this frame
+            return service.skip_or_fail(call, e, f"frame {frame} cannot be pre-labelled")
+        return service.skip(call, str(e))
     result = answer(rec, threshold, session.frame_size, service.label_attrs(session.task_id))
     service.answered(call, bool(result))
     service.log("info", f"task {session.task_id} frame {frame} (match {dist:.1f}): "

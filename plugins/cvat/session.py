@@ -280,9 +280,10 @@ class TaskSession:
     def wait_ready(self, deadline: float | None) -> FrameMap:
         if not self._wait(lambda: self.fmap is not None or self.error, deadline):
             raise NotReady(f"task {self.task_id}: still fetching its original video after "
-                           f"{time.monotonic() - self.started:.0f} s; the download goes on in "
-                           "the background, run Automatic annotation again in a while (or "
-                           "raise CVAT_NUCLIO_DEFAULT_TIMEOUT)")
+                           f"{time.monotonic() - self.started:.0f} s (it goes on in the "
+                           "background). For long videos pre-label the task first (webhook, "
+                           "{\"task_id\": N} or `auralsam2 cvat prelabel`), or raise "
+                           "CVAT_NUCLIO_DEFAULT_TIMEOUT")
         if self.error:
             raise self.error
         return self.fmap
@@ -297,8 +298,9 @@ class TaskSession:
         if not ok:
             raise NotReady(f"task {self.task_id}: frame {frame} is not pre-labelled yet "
                            f"({self.progress()['frames_done']} of {len(self.fmap.task_frames())} "
-                           "frames done); the model goes on in the background, run Automatic "
-                           "annotation again in a while")
+                           "frames done; the model goes on in the background). For long "
+                           "videos pre-label the task first, or raise "
+                           "CVAT_NUCLIO_DEFAULT_TIMEOUT")
         raise Unprocessable(f"task {self.task_id}: frame {frame} is not in the original video "
                             f"(the video decodes to fewer frames than CVAT counts)")
 
