@@ -306,6 +306,17 @@ def test_mask_formats_round_trip():
     assert big.shape == (60, 80) and np.array_equal(big[::2, ::2], mask)
 
 
+def test_invoke_timeout_header():
+    from auralsam2_plugins.cvat.detector import header, invoke_timeout
+
+    assert invoke_timeout({"X-Nuclio-Invoke-Timeout": "120s"}) == 120
+    assert invoke_timeout({b"x-nuclio-invoke-timeout": b"2m"}) == 120  # nuclio: bytes, any case
+    assert invoke_timeout({"X-Nuclio-Invoke-Timeout": "1500ms"}) == 1.5
+    assert invoke_timeout({"X-Nuclio-Invoke-Timeout": "soon"}) is None
+    assert invoke_timeout({}) is None and invoke_timeout(None) is None
+    assert header({"X-Signature-256": "sha256=ab"}, "x-signature-256") == "sha256=ab"
+
+
 def test_settings_from_env_and_secrets(tmp_path):
     secret = tmp_path / "token"
     secret.write_text("file-token\n")
@@ -690,7 +701,6 @@ def test_a_late_frame_gets_no_mask_and_the_run_goes_on(emu, env, clips, referenc
             yield result
 
     monkeypatch.setattr(jobs, "prelabel", held_after_one_frame)
-    monkeypatch.setenv("AURALSAM2_CVAT_FRAME_WAIT", "1")
     task = task_a(emu, clips)
     platform, ref = Platform(), reference(3, 1, 2, 9)
 
@@ -700,10 +710,12 @@ def test_a_late_frame_gets_no_mask_and_the_run_goes_on(emu, env, clips, referenc
             gate.set()
         return answer
 
-    try:
-        done = emu.run_auto_annotation(invoke, FUNCTION, SPEC, task)
+    started = time.monotonic()
+    try:  # CVAT_NUCLIO_DEFAULT_TIMEOUT=16: the function keeps 15 s free, so it waits 1 s
+        done = emu.run_auto_annotation(invoke, FUNCTION, SPEC, task, timeout=16)
     finally:
         gate.set()
+    assert time.monotonic() - started < 30  # not AURALSAM2_CVAT_FRAME_WAIT's 60 s
     assert done.status == "finished", done.error
     assert [(c.frame, c.status) for c in done.calls] == [(0, 200), (1, 200), (3, 200),
                                                          (4, 200)]
@@ -896,7 +908,7 @@ def test_task_call_uploads_mask_shapes_per_job_and_replaces_only_its_own(emu, pl
     assert status == 200 and report["state"] == "done", report
     ref = reference(3, 1, 2, 9)
     check_saved(task, ref)
-    assert not task.tracks[1:]  # no tracks made: CVAT has no mask tracks
+    assert [t["id"] for t in task.tracks] == [1]  # the annotator's only: no tracks made
     assert report["shapes_created"] == len(saved_masks(task)) and report["jobs"] == 2
     assert not gt.shapes and not gt.tracks  # the ground-truth job is never written
     first_ids = {s["id"] for s in task.shapes if s["source"] == "auto"}
