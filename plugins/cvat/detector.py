@@ -161,8 +161,8 @@ def detect(service, body: dict, headers=None) -> list[dict]:
         else:
             found.append((dist, session, call, frame))
     if not found:
-        if failures and not waiting:  # every candidate failed for good
-            call, err = failures[0]
+        if len(failures) == len(calls):  # every candidate failed for good (with two tasks
+            call, err = failures[0]     # running, one's failure must not end the other's run)
             return service.skip_or_fail(call, err, "the task cannot be pre-labelled")
         if waiting:
             return service.skip(waiting[0][0], str(waiting[0][1]))

@@ -262,16 +262,22 @@ class Service:
         if task_id not in self._label_attrs:
             try:
                 label = self.task_label(task_id)
-                self._label_attrs[task_id] = {a.name: a for a in (label.attributes or [])}
-            except AdapterError:
+            except Unprocessable:  # no such label: CVAT maps "sounding" elsewhere
                 self._label_attrs[task_id] = None
+            except AdapterError:  # CVAT did not answer: ask again next time
+                return None
+            else:
+                self._label_attrs[task_id] = {a.name: a for a in (label.attributes or [])}
         return self._label_attrs[task_id]
 
     # ------------------------------------------------------------------ never abort a run
 
     def answered(self, call: Call, with_mask: bool) -> None:
         if with_mask:
+            self._masked_runs.pop(call.run, None)
             self._masked_runs[call.run] = time.monotonic()
+            while len(self._masked_runs) > 256:  # oldest first
+                self._masked_runs.pop(next(iter(self._masked_runs)))
 
     def skip(self, call: Call | None, reason: str) -> list:
         """Answer ``[]`` (CVAT goes on to the next frame) and say why in the log."""
