@@ -386,6 +386,67 @@ def test_shapes_per_sounding_frame_and_cvat_attribute_rules():
         assert not is_own(ce.to_model(models.LabeledShape, {**made.to_dict(), **change}), 70)
 
 
+def largest_part(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected part of a mask (plain flood fill)."""
+    seen, best = np.zeros_like(mask, bool), np.zeros_like(mask, bool)
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        part, todo = np.zeros_like(mask, bool), [start]
+        seen[start] = part[start] = True
+        while todo:
+            y, x = todo.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    q = (y + dy, x + dx)
+                    if 0 <= q[0] < mask.shape[0] and 0 <= q[1] < mask.shape[1] and mask[q] \
+                            and not seen[q]:
+                        seen[q] = part[q] = True
+                        todo.append(q)
+        if part.sum() > best.sum():
+            best = part
+    return best
+
+
+def raster(points, width, height) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (width, height))
+    ImageDraw.Draw(img).polygon(list(zip(points[::2], points[1::2], strict=True)), fill=1,
+                                outline=1)
+    return np.asarray(img, bool)
+
+
+def iou(a, b) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_mask_outline_as_a_polygon():
+    from auralsam2_plugins.cvat import polygons
+    from auralsam2_plugins.cvat.polygons import outline
+
+    rng = np.random.default_rng(2)
+    for density in (0.3, 0.5, 0.6, 0.7):  # the run-based search finds the largest part
+        m = rng.random((30, 40)) < density
+        got = polygons.largest_part(m)
+        assert got.sum() == largest_part(m).sum() and not (got & ~m).any()
+        assert np.array_equal(largest_part(got), got)  # one part
+
+    yy, xx = np.mgrid[:60, :80]
+    disk = (yy - 30) ** 2 + (xx - 35) ** 2 < 15 ** 2
+    speck = (yy - 5) ** 2 + (xx - 75) ** 2 < 3 ** 2
+    hole = (yy - 30) ** 2 + (xx - 35) ** 2 < 4 ** 2
+    ell = np.zeros((60, 80), bool)
+    ell[10:50, 10:20] = ell[40:50, 10:60] = True
+    for mask, want in ((disk, disk), (disk | speck, disk), (disk & ~hole, disk), (ell, ell)):
+        points = outline(mask)
+        assert len(points) % 2 == 0 and len(points) >= 6
+        assert iou(raster(points, 80, 60), want) > 0.95  # the largest part, holes filled
+    assert len(outline(ell)) == 12  # six corners after simplification
+    assert outline(np.zeros((5, 5), bool)) is None
+    assert outline(np.eye(5, dtype=bool)) is None  # no area: no polygon
+
+
 # ----------------------------------------------------------------------------- yaml, deploy
 
 
@@ -923,6 +984,51 @@ def test_task_call_uploads_mask_shapes_per_job_and_replaces_only_its_own(emu, pl
     assert status == 200 and snap["state"] == "done"
     # every job opens in CVAT's UI, the task exports (checked again by the fixture)
     emu.check_ui_and_export()
+
+
+def test_polygon_tracks_option(emu, env, clips, reference, monkeypatch):
+    """AURALSAM2_CVAT_UPLOAD=polygon-tracks: a polygon track per sounding stretch, cut into the
+    jobs on their frames; CVAT opens and exports them (interpolation works for polygons);
+    re-runs, in either form, replace the tool's own objects only."""
+    monkeypatch.setenv("AURALSAM2_CVAT_UPLOAD", "polygon-tracks")
+    task = task_a(emu, clips, segment_size=3, overlap=1)  # jobs 0..2 and 2..4
+    work = annotator_work(emu, task)
+    status, report = call(Platform(), {"task_id": task.id, "wait": 60})
+    assert status == 200 and report["state"] == "done" and report["tracks_created"], report
+    ref = reference(3, 1, 2, 9)
+    frames = cvat_frames(task)
+    sounding = [f for f in frames if expected_answer(ref[task.media_frame(f)]) is not None]
+    for job in task.annotation_jobs():
+        job_frames_ = task.job_frames(job)
+        own = [t for t in job.tracks if t["source"] == "auto"]
+        got = {}
+        for t in own:
+            assert t["frame"] == t["shapes"][0]["frame"]
+            assert all(s["type"] == "polygon" for s in t["shapes"])
+            for s in t["shapes"]:
+                assert s["frame"] in job_frames_  # only the job's frames
+                if s["outside"]:  # ends where the sound stops
+                    assert s["frame"] not in sounding and s is t["shapes"][-1]
+                else:
+                    got[s["frame"]] = s
+            assert [a["spec_id"] for a in t["attributes"]] == [72]  # immutable: per track
+        assert set(got) == {f for f in sounding if f in job_frames_}
+        for f, s in got.items():
+            mask = largest_part(expected_answer(ref[task.media_frame(f)]))
+            assert iou(raster(s["points"], task.width, task.height), mask) > 0.5, f
+            assert [a["spec_id"] for a in s["attributes"]] == [71]
+    emu.check_ui_and_export()  # polygon tracks open and export
+    assert theirs(task) == work
+    # again as polygon tracks: replaced; then as masks: the tracks go, masks come
+    n = report["tracks_created"]
+    status, report = call(Platform(), {"task_id": task.id, "wait": 60})
+    assert report["tracks_deleted"] == n and report["tracks_created"] == n
+    monkeypatch.setenv("AURALSAM2_CVAT_UPLOAD", "shapes")
+    status, report = call(Platform(), {"task_id": task.id, "wait": 60})
+    assert report["tracks_deleted"] == n and report["tracks_created"] == 0
+    assert [t["id"] for t in task.tracks] == [1]
+    check_saved(task, ref)
+    assert theirs(task) == work
 
 
 def test_cvat_failing_mid_upload_is_retried_or_reported(emu, platform, clips, reference):

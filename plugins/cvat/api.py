@@ -159,13 +159,16 @@ class CvatApi:
 
     # ------------------------------------------------------------------ writes
 
-    def patch_job_shapes(self, job_id: int, action: str, shapes: list) -> None:
-        """PATCH ``/api/jobs/{id}/annotations?action=...`` with shapes; not retried here
-        (a lost answer to a create would duplicate): callers retry whole operations."""
+    def patch_job(self, job_id: int, action: str, *, shapes: list = (),
+                  tracks: list = ()) -> None:
+        """PATCH ``/api/jobs/{id}/annotations?action=...``; not retried here (a lost answer to
+        a create would duplicate): callers retry whole operations."""
         from cvat_sdk import models
 
-        data = models.PatchedLabeledDataRequest(version=0, tags=[], shapes=shapes, tracks=[])
-        self.call(f"{action} of {len(shapes)} shape(s) in job {job_id}",
+        data = models.PatchedLabeledDataRequest(version=0, tags=[], shapes=list(shapes),
+                                                tracks=list(tracks))
+        self.call(f"{action} of {len(shapes)} shape(s) and {len(tracks)} track(s) in job "
+                  f"{job_id}",
                   lambda: self._api.jobs_api.partial_update_annotations(
                       action, job_id, patched_labeled_data_request=data), retry=False)
 

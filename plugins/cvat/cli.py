@@ -35,6 +35,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--task", type=int, required=True, action="append",
                    help="task id (repeat for several tasks)")
     c.add_argument("--label", default=None, help="task label to use (default 'sounding')")
+    c.add_argument("--as", dest="upload", choices=("shapes", "polygon-tracks"), default=None,
+                   help="upload one mask shape per sounding frame (default), or polygon "
+                        "tracks that CVAT can interpolate")
     c.add_argument("--threshold", type=float, default=None,
                    help="sounding probability from which a frame gets a mask (default 0.5)")
     c.add_argument("--cache-dir", default=None,
@@ -66,6 +69,7 @@ def cmd_prelabel(args) -> int:
     try:
         settings = Settings.from_env(
             url=args.url, org=args.org, label=args.label, threshold=args.threshold,
+            upload=args.upload,
             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
             media_source=args.media,
             share_root=Path(args.share_root) if args.share_root else None,

@@ -36,6 +36,7 @@ class Settings:
     label: str = DEFAULT_LABEL
     cache_dir: Path = Path.home() / ".cache" / "auralsam2" / "cvat"
     media_source: str = "auto"  # "auto" (share when found, else backup), "backup", "share"
+    upload: str = "shapes"  # whole tasks as mask "shapes" or "polygon-tracks"
     share_root: Path | None = None  # where CVAT's share is mounted in this container
     frame_wait: float = 50.0  # longest a detector request waits for its frame (s)
     invoke_margin: float = 15.0  # kept free of CVAT's invoke timeout (X-Nuclio-Invoke-Timeout)
@@ -50,6 +51,9 @@ class Settings:
     verify_ssl: bool = True
 
     def __post_init__(self) -> None:
+        if self.upload not in ("shapes", "polygon-tracks"):
+            raise ValueError(f"AURALSAM2_CVAT_UPLOAD must be shapes or polygon-tracks, got "
+                             f"{self.upload!r}")
         if self.media_source not in ("auto", "backup", "share"):
             raise ValueError(f"media source must be auto, backup or share, got "
                              f"{self.media_source!r}")
@@ -74,6 +78,7 @@ class Settings:
             label=env.get("AURALSAM2_CVAT_LABEL") or DEFAULT_LABEL,
             cache_dir=Path(env.get("AURALSAM2_CVAT_CACHE") or cls.cache_dir),
             media_source=env.get("AURALSAM2_CVAT_MEDIA") or "auto",
+            upload=env.get("AURALSAM2_CVAT_UPLOAD") or "shapes",
             share_root=Path(share) if share else None,
             frame_wait=number(env, "AURALSAM2_CVAT_FRAME_WAIT", cls.frame_wait),
             task_wait_cap=number(env, "AURALSAM2_CVAT_TASK_WAIT", cls.task_wait_cap),

@@ -31,7 +31,7 @@ from .errors import AdapterError, BadRequest, Unauthorized, Unprocessable, Upstr
 from .frames import job_frames
 from .masks import BadImage
 from .session import ModelTurns, TaskSession, as_adapter_error
-from .upload import JobFrames, build_shapes, replace_own_shapes
+from .upload import JobFrames, build_polygon_runs, build_shapes, replace_own
 
 _pylog = logging.getLogger("auralsam2.cvat")
 
@@ -122,17 +122,24 @@ class TaskJob:
         if size is None:
             raise AdapterError(f"task {tid}: CVAT reports no frame size")
         jobs = svc.annotation_jobs(tid, fmap)
-        shapes = build_shapes(fmap.task_frames(), records, label, self.threshold, *size)
-        report = replace_own_shapes(api, label.id, jobs, shapes,
-                                    attempts=svc.settings.retries,
-                                    delay=svc.settings.retry_delay, log=svc.log)
-        self.result = {**report, "frames": len(fmap.task_frames()),
-                       "sounding_frames": len(shapes)}
+        frames = fmap.task_frames()
+        form = {}
+        if svc.settings.upload == "polygon-tracks":
+            form["runs"] = build_polygon_runs(frames, records, label, self.threshold, *size)
+            sounding = sum(len(r.shapes) for r in form["runs"])
+        else:
+            form["shapes"] = build_shapes(frames, records, label, self.threshold, *size)
+            sounding = len(form["shapes"])
+        report = replace_own(api, label.id, jobs, **form, attempts=svc.settings.retries,
+                             delay=svc.settings.retry_delay, log=svc.log)
+        self.result = {**report, "upload": svc.settings.upload, "frames": len(frames),
+                       "sounding_frames": sounding}
         self.state = "done"
         svc.uploaded_marker(tid).write_text(json.dumps(self.result))
-        svc.log("info", f"task {tid}: uploaded {report['shapes_created']} mask shape(s) in "
-                        f"{report['jobs']} job(s), replaced {report['shapes_deleted']} "
-                        "earlier one(s)")
+        svc.log("info", f"task {tid}: uploaded {report['shapes_created']} mask shape(s) and "
+                        f"{report['tracks_created']} polygon track part(s) in {report['jobs']} "
+                        f"job(s), replaced {report['shapes_deleted']} shape(s) and "
+                        f"{report['tracks_deleted']} track(s) made earlier")
 
     def snapshot(self) -> dict:
         out = {"task_id": self.task_id, "state": self.state}

@@ -1,4 +1,5 @@
-"""Pre-labels as CVAT mask shapes, one per sounding frame, written job by job.
+"""Pre-labels as CVAT mask shapes, one per sounding frame (or, as an option, polygon tracks),
+written job by job.
 
 Why shapes and not tracks: CVAT has no mask tracks. Its UI refuses to open a job holding one
 (cvat-core/src/annotations-objects/index.ts ``trackFactory``: ``An unexpected type of track
@@ -11,23 +12,36 @@ Why job by job: CVAT stores annotations per job; overlapping segments each hold 
 of a frame's objects. Reading, deleting and creating in each job keeps the ids exact and
 never touches ground-truth or consensus jobs (only ``annotation`` jobs are written).
 
-Own shapes: the adapter's label, ``source == "auto"`` and type ``mask``. Annotators' shapes are
-``manual``, and CVAT marks an automatic shape an annotator edited ``semi-auto``; neither is ever
-touched. Score attributes are written when the task's label defines them: ``confidence``
-(sounding probability) and ``review_priority``, as numbers within the attribute's range and
-step (or as text).
+Polygon tracks (``AURALSAM2_CVAT_UPLOAD=polygon-tracks``) are for users who want CVAT's
+interpolation: one track per stretch of consecutive sounding frames, a polygon (the outline of
+the mask's largest part, see polygons.py) on each of its frames and an ``outside`` shape on the
+frame after it. Each job gets the part of a track on its frames (every frame is a keyframe, so
+no interpolation is needed to cut it).
+
+Own annotations: the adapter's label, ``source == "auto"``, and type ``mask`` (shapes) or
+``polygon`` (tracks); both are replaced on every upload, whichever form it writes. Annotators'
+objects are ``manual``, and CVAT marks an automatic one an annotator edited ``semi-auto``;
+neither is ever touched. Score attributes are written when the task's label defines them:
+``confidence`` (sounding probability) and ``review_priority``, as numbers within the
+attribute's range and step (or as text); tracks carry mutable ones per frame and immutable ones
+once per track (mean confidence, highest priority).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from auralsam2_core import rle
 
 from .api import CvatApi, CvatError
 from .masks import resize_mask, to_cvat_points
+from .polygons import outline
+
+UPLOAD_FORMS = ("shapes", "polygon-tracks")
 
 SCORES = {"confidence": "sounding_prob", "review_priority": "review_priority"}
 MAX_SHAPES_PER_PATCH = 500
@@ -97,47 +111,162 @@ def build_shapes(frames: Sequence[int], records: dict[int, dict], label, thresho
     return shapes
 
 
+@dataclass(frozen=True)
+class PolygonRun:
+    """One stretch of consecutive sounding frames: a polygon per frame, ``end`` the frame of
+    its ``outside`` shape (None when it lasts to the task's last frame)."""
+
+    shapes: tuple  # TrackedShapeRequest, by frame
+    end: int | None
+    attributes: tuple  # AttributeValRequest of the track
+
+
+def sounding_runs(frames: Sequence[int], sounding: Callable[[int], bool]) -> list[list[int]]:
+    """Runs of consecutive entries of ``frames`` for which ``sounding`` holds."""
+    runs: list[list[int]] = []
+    current: list[int] = []
+    for f in frames:
+        if sounding(f):
+            current.append(f)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+def build_polygon_runs(frames: Sequence[int], records: dict[int, dict], label,
+                       threshold: float, width: int, height: int) -> list[PolygonRun]:
+    """Polygon tracks, before they are cut into jobs."""
+    from cvat_sdk import models
+
+    attrs = {a.name: a for a in (label.attributes or []) if a.name in SCORES}
+    polygons = {}
+    for f in frames:
+        rec = records.get(f)
+        if _is_sounding(rec, threshold):
+            points = outline(resize_mask(rle.decode(rec["mask"]), width, height))
+            if points is not None:
+                polygons[f] = points
+    position = {f: i for i, f in enumerate(frames)}
+    runs = []
+    for run in sounding_runs(frames, lambda f: f in polygons):
+        shapes = []
+        for f in run:
+            values = [models.AttributeValRequest(spec_id=a.id, value=v)
+                      for name, a in attrs.items() if a.mutable
+                      and (v := attribute_value(a, records[f][SCORES[name]])) is not None]
+            shapes.append(models.TrackedShapeRequest(
+                type=models.ShapeType("polygon"), frame=f, points=polygons[f], outside=False,
+                occluded=False, z_order=0, rotation=0.0, attributes=values))
+        nxt = position[run[-1]] + 1
+        summary = {"sounding_prob": float(np.mean([records[f]["sounding_prob"] for f in run])),
+                   "review_priority": max(records[f]["review_priority"] for f in run)}
+        track_attrs = [models.AttributeValRequest(spec_id=a.id, value=v)
+                       for name, a in attrs.items() if not a.mutable
+                       and (v := attribute_value(a, summary[SCORES[name]])) is not None]
+        runs.append(PolygonRun(tuple(shapes), frames[nxt] if nxt < len(frames) else None,
+                               tuple(track_attrs)))
+    return runs
+
+
+def job_tracks(runs: Sequence[PolygonRun], job: JobFrames, label_id: int) -> list:
+    """The parts of the polygon tracks on a job's frames, as ``LabeledTrackRequest``s."""
+    from cvat_sdk import models
+
+    frames = set(job.frames)
+    out = []
+    for run in runs:
+        shapes = [s for s in run.shapes if s.frame in frames]
+        if not shapes:
+            continue
+        if run.end is not None and run.end in frames and shapes[-1] is run.shapes[-1]:
+            last = shapes[-1]
+            shapes.append(models.TrackedShapeRequest(
+                type=models.ShapeType("polygon"), frame=run.end, points=last.points,
+                outside=True, occluded=False, z_order=0, rotation=0.0, attributes=[]))
+        out.append(models.LabeledTrackRequest(
+            label_id=label_id, frame=shapes[0].frame, shapes=shapes, group=0, source="auto",
+            attributes=list(run.attributes), elements=[]))
+    return out
+
+
+def _kind(obj) -> str:
+    return str(getattr(obj.type, "value", obj.type))
+
+
 def is_own(shape, label_id: int) -> bool:
+    """A mask shape this adapter made (or CVAT's Automatic annotation, on its label)."""
     return (shape.label_id == label_id and str(getattr(shape, "source", "")) == "auto"
-            and str(getattr(shape.type, "value", shape.type)) == "mask")
+            and _kind(shape) == "mask")
+
+
+def is_own_track(track, label_id: int) -> bool:
+    """A polygon track this adapter made."""
+    return (track.label_id == label_id and str(getattr(track, "source", "")) == "auto"
+            and bool(track.shapes) and all(_kind(s) == "polygon" for s in track.shapes))
 
 
 def _chunks(items: list, size: int = MAX_SHAPES_PER_PATCH) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def replace_own_shapes(api: CvatApi, label_id: int, jobs: Sequence[JobFrames],
-                       shapes: dict[int, object], *, attempts: int = 4, delay: float = 1.0,
-                       log=None) -> dict:
-    """In each job: delete this adapter's earlier shapes, then create those of its frames.
+def _track_chunks(tracks: list) -> list[list]:
+    out, cur, n = [], [], 0
+    for t in tracks:
+        if cur and n + len(t.shapes) > MAX_SHAPES_PER_PATCH:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(t)
+        n += len(t.shapes)
+    return out + ([cur] if cur else [])
+
+
+def replace_own(api: CvatApi, label_id: int, jobs: Sequence[JobFrames], *,
+                shapes: dict[int, object] | None = None,
+                runs: Sequence[PolygonRun] | None = None, attempts: int = 4,
+                delay: float = 1.0, log=None) -> dict:
+    """In each job: delete this adapter's earlier masks and polygon tracks, then create the
+    mask ``shapes`` of its frames, or the parts of the polygon tracks ``runs`` on them.
 
     Each job's read-delete-create is retried as a whole on transient failures, so an answer
     lost after CVAT applied a create cannot leave duplicates: the retry deletes what it finds
     first.
     """
-    report = {"jobs": len(jobs), "shapes_deleted": 0, "shapes_created": 0}
+    report = {"jobs": len(jobs), "shapes_deleted": 0, "shapes_created": 0,
+              "tracks_deleted": 0, "tracks_created": 0}
     for job in jobs:
-        done = _replace_in_job(api, label_id, job, shapes, attempts, delay, log)
-        report["shapes_deleted"] += done[0]
-        report["shapes_created"] += done[1]
+        new_shapes = [shapes[f] for f in job.frames if f in shapes] if shapes else []
+        new_tracks = job_tracks(runs, job, label_id) if runs else []
+        done = _replace_in_job(api, label_id, job, new_shapes, new_tracks, attempts, delay, log)
+        for key, n in zip(("shapes_deleted", "tracks_deleted"), done, strict=True):
+            report[key] += n
+        report["shapes_created"] += len(new_shapes)
+        report["tracks_created"] += len(new_tracks)
     return report
 
 
-def _replace_in_job(api: CvatApi, label_id: int, job: JobFrames, shapes: dict[int, object],
-                    attempts: int, delay: float, log) -> tuple[int, int]:
+def _replace_in_job(api: CvatApi, label_id: int, job: JobFrames, new_shapes: list,
+                    new_tracks: list, attempts: int, delay: float, log) -> tuple[int, int]:
     from cvat_sdk import models
 
-    new = [shapes[f] for f in job.frames if f in shapes]
     for attempt in range(1, max(1, attempts) + 1):
         try:
             current = api.job_annotations(job.job_id)
             old = [s for s in (current.shapes or []) if is_own(s, label_id)]
+            old_tracks = [t for t in (current.tracks or []) if is_own_track(t, label_id)]
             for chunk in _chunks(old):
-                api.patch_job_shapes(job.job_id, "delete",
-                                     [models.LabeledShapeRequest(**s.to_dict()) for s in chunk])
-            for chunk in _chunks(new):
-                api.patch_job_shapes(job.job_id, "create", chunk)
-            return len(old), len(new)
+                api.patch_job(job.job_id, "delete",
+                              shapes=[models.LabeledShapeRequest(**s.to_dict()) for s in chunk])
+            for chunk in _track_chunks(old_tracks):
+                api.patch_job(job.job_id, "delete",
+                              tracks=[models.LabeledTrackRequest(**t.to_dict()) for t in chunk])
+            for chunk in _chunks(new_shapes):
+                api.patch_job(job.job_id, "create", shapes=chunk)
+            for chunk in _track_chunks(new_tracks):
+                api.patch_job(job.job_id, "create", tracks=chunk)
+            return len(old), len(old_tracks)
         except CvatError as e:
             if not e.transient or attempt >= attempts:
                 raise
