@@ -12,18 +12,30 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
 from .config import Settings
 
-#: Paths only Label Studio serves (uploads, local-files storage, storage resolve/presign).
-LS_MEDIA_PATHS = ("/data/upload/", "/data/local-files/", "/tasks/", "/projects/")
+#: The only paths fetched from Label Studio (with its key): uploads, local-files storage and the
+#: storage resolve / presign endpoints (Label Studio 1.23's data_import/urls.py and
+#: io_storages/urls.py). Never its API or any other page, whatever a task's data says.
+_LS_MEDIA_PATH = re.compile(r"/data/upload/[^?#]+|/data/local-files/|/storage-data/uploaded/"
+                            r"|/(?:tasks|projects)/[0-9]+/(?:presign|resolve)/")
+
+
+def is_media_path(path: str) -> bool:
+    """Whether ``path`` (a URL's path, relative to Label Studio's root) is media."""
+    decoded = unquote(path)
+    if "\\" in decoded or any(seg in (".", "..") for seg in decoded.split("/")):
+        return False  # a client normalises dot segments: /data/upload/../../api/...
+    return _LS_MEDIA_PATH.fullmatch(path) is not None
 
 
 class LabelStudioError(RuntimeError):
@@ -136,29 +148,50 @@ class LabelStudioClient:
         token = base64.urlsafe_b64encode(uri.encode()).decode()
         return f"{self.base}/tasks/{int(task_id)}/presign/?fileuri={token}"
 
+    def _ls_path(self, path: str) -> str:
+        """A path on Label Studio's host, relative to its root (LABEL_STUDIO_URL's path)."""
+        prefix = urlsplit(self.base).path.rstrip("/")
+        return path[len(prefix):] if prefix and path.startswith(prefix + "/") else path
+
+    def _refuse_non_media(self, path: str, url: str) -> None:
+        if not is_media_path(self._ls_path(path)):
+            raise MediaRefused(
+                f"{url.split('?')[0][:200]!r} is not a Label Studio media link (/data/upload/"
+                "..., /data/local-files/..., a storage presign link): the backend fetches "
+                "only media from Label Studio")
+
     def media_url(self, url: str, task_id: int | None = None) -> str:
         """The URL to fetch a task's media from, after the allow-list check."""
         if not isinstance(url, str) or not url:
             raise MediaRefused("the task has no media URL")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            _ = parts.port  # a port that is not a number raises here
+        except ValueError:
+            raise MediaRefused(f"{url[:200]!r} is not a valid URL") from None
         if parts.scheme in ("s3", "gs", "azure-blob", "azure-spi"):
             return self._presign(task_id, url)
         if not parts.scheme:
-            if not url.startswith("/"):
-                raise MediaRefused(f"media path {url!r} is neither a Label Studio link "
+            if not url.startswith("/") or parts.netloc:
+                raise MediaRefused(f"media path {url[:200]!r} is neither a Label Studio link "
                                    "(/data/...) nor a URL")
-            return self.base + url
+            self._refuse_non_media(parts.path, url)
+            return self.base + self._ls_path(url)
         if parts.scheme not in ("http", "https"):
             raise MediaRefused(f"media URL scheme {parts.scheme!r} is not fetched")
-        if _host(url) == _host(self.base) or (parts.hostname or "").lower() in \
-                self.settings.storage_hosts:
+        if _host(url) == _host(self.base):
+            self._refuse_non_media(parts.path, url)
             return url
-        if parts.path.startswith(LS_MEDIA_PATHS):
+        if host in self.settings.storage_hosts:
+            return url
+        if is_media_path(self._ls_path(parts.path)):
             # Label Studio writes its own links with its public host (LABEL_STUDIO_HOST), which
             # the backend may reach under another name: fetch the path from LABEL_STUDIO_URL.
-            return self.base + parts.path + (f"?{parts.query}" if parts.query else "")
+            return self.base + self._ls_path(parts.path) + (f"?{parts.query}" if parts.query
+                                                            else "")
         raise MediaRefused(
-            f"media host {parts.hostname!r} is not Label Studio ({urlsplit(self.base).hostname})"
+            f"media host {host!r} is not Label Studio ({urlsplit(self.base).hostname})"
             " or a storage host in AURALSAM2_LS_STORAGE_HOSTS; the backend does not fetch "
             "arbitrary URLs")
 
@@ -182,8 +215,14 @@ class LabelStudioClient:
                                        f"({type(e).__name__})") from None
             if r.is_redirect:
                 nxt = urljoin(src, r.headers["location"])
-                host = (urlsplit(nxt).hostname or "").lower()
-                if _host(nxt) != _host(self.base) and host not in self.settings.storage_hosts:
+                try:
+                    host, own = (urlsplit(nxt).hostname or "").lower(), _host(nxt) == _host(
+                        self.base)
+                except ValueError:
+                    raise MediaRefused("the media was redirected to an invalid URL") from None
+                if own:  # the key goes there: media paths only
+                    self._refuse_non_media(urlsplit(nxt).path, nxt)
+                elif host not in self.settings.storage_hosts:
                     raise MediaRefused(f"Label Studio redirected the media to {host!r}, which "
                                        "is not in AURALSAM2_LS_STORAGE_HOSTS")
                 src = nxt
