@@ -3,8 +3,10 @@
 
 ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook`` (plus ``GET /metrics``
 and ``GET /jobs`` for operators). With credentials configured (``BASIC_AUTH_USER`` /
-``BASIC_AUTH_PASS``, Label Studio's "Use basic authentication"), every endpoint but the
-liveness check (``/`` and ``/health``) needs them: 401 before any of the body is read.
+``BASIC_AUTH_PASS``, Label Studio's "Use basic authentication"), every endpoint but the bare
+liveness probe ``GET /`` (``{"status": "UP"}``, for container probes) needs them, ``/health``
+included (so that Label Studio's connection check reports wrong credentials): 401 before any
+of the body is read.
 Handlers translate JSON to :class:`~.backend.Backend` calls; bad requests get a 4xx with a
 message, never a traceback; a body over ``max_body_bytes`` is refused with 413 as soon as that
 many bytes have arrived (chunked or not: the rest is never read).
@@ -28,7 +30,7 @@ from .backend import Backend
 from .errors import BadRequest
 
 _log = logging.getLogger("auralsam2.labelstudio")
-OPEN_PATHS = ("/", "/health")  # liveness: status and model version only
+OPEN_PATHS = ("/",)  # the liveness probe: {"status": "UP"}, nothing else
 
 
 def _no_constant(name: str):
@@ -97,6 +99,9 @@ def create_app(backend: Backend) -> Starlette:
                                 status_code=500)
         return JSONResponse(out, status_code=status)
 
+    async def alive(request: Request) -> JSONResponse:
+        return await call(request, lambda _b: (200, {"status": "UP"}))
+
     async def health(request: Request) -> JSONResponse:
         return await call(request, lambda _b: (200, backend.health()))
 
@@ -116,7 +121,7 @@ def create_app(backend: Backend) -> Starlette:
         return await call(request, lambda _b: (200, backend.jobs()))
 
     return Starlette(routes=[
-        Route("/", health), Route("/health", health), Route("/setup", setup, methods=["POST"]),
+        Route("/", alive), Route("/health", health), Route("/setup", setup, methods=["POST"]),
         Route("/predict", predict, methods=["POST"]),
         Route("/webhook", webhook, methods=["POST"]), Route("/metrics", metrics),
         Route("/jobs", jobs)])
