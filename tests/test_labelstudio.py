@@ -573,6 +573,35 @@ def test_local_files_storage_and_cloud_links(ls, tmp_path, model, media, engine)
     assert "could not serve the media 's3://bucket/a.mp4'" in r["error"]
 
 
+def test_a_file_changed_behind_the_same_link_is_fetched_again(ls, tmp_path, model, media,
+                                                              engine):
+    """The backend kept a task's media (and its predictions) by link forever: after the file
+    in a local-files storage changed, it still labelled the old one. Label Studio sends an
+    ETag for such files: the copy is revalidated (304 keeps it) and a new file is fetched."""
+    import os
+    import shutil
+
+    folder = ls.files_root / "changing-videos"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(media["clip"], folder / "clip.mp4")
+    p = ls.create_project("changing files", VIDEO_CONFIG)
+    st = ls.api("POST", "/api/storages/localfiles/", json={
+        "project": p["id"], "path": str(folder), "regex_filter": r".*\.mp4",
+        "use_blob_urls": True, "title": "videos"})
+    ls.api("POST", f"/api/storages/localfiles/{st['id']}/sync")
+    [task] = ls.tasks(p["id"])
+    b = make_backend(ls, tmp_path, model)
+    [r] = b.predict(predict_body([task]))["results"]
+    check_video_prediction(r["result"], engine, b.settings.keyframe_tolerance)
+    runs = b.seconds_per_frame
+    [again] = b.predict(predict_body([task]))["results"]  # unchanged: 304, cached results
+    assert again["result"] == r["result"] and b.seconds_per_frame == runs
+    shutil.copy(media["no_audio"], folder / "clip.mp4")  # same link, another file
+    os.utime(folder / "clip.mp4", ns=(1, 1 << 60))  # (whatever the clock's resolution)
+    [changed] = b.predict(predict_body([task]))["results"]
+    assert "result" not in changed and "no audio" in changed["error"], changed
+
+
 def test_redirects_are_checked_hop_by_hop(tmp_path, model):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

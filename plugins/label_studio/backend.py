@@ -196,12 +196,13 @@ class Backend:
                 frame = raw - 1
                 video = self.client.download(data[cfg.audio_key], media_dir, tid)
                 image = self.client.download(data[cfg.brush.data_key], media_dir, tid)
-                return TaskMedia(video, _key(tid, data[cfg.audio_key]), image, frame)
+                return TaskMedia(video, _key(tid, data[cfg.audio_key],
+                                             self.client.media_version(video)), image, frame)
             key = cfg.video_key
             if key is None or key not in data:
                 raise TaskError(f"the task has no '{key or 'video'}' in its data")
-            return TaskMedia(self.client.download(data[key], media_dir, tid),
-                             _key(tid, data[key]))
+            video = self.client.download(data[key], media_dir, tid)
+            return TaskMedia(video, _key(tid, data[key], self.client.media_version(video)))
         except (MediaRefused, LabelStudioError, ValueError) as e:
             raise TaskError(str(e)) from None
 
@@ -383,8 +384,11 @@ def _number(value, what: str) -> float:
     return float(value)
 
 
-def _key(task_id, url: str) -> str:
-    return f"task-{task_id}-{hashlib.sha1(str(url).encode()).hexdigest()[:8]}"
+def _key(task_id, url: str, version: str = "") -> str:
+    """Cache key of a task's media: its link, and the copy's version when the server gave
+    one (results computed from an older file behind the same link are not reused)."""
+    key = f"task-{task_id}-{hashlib.sha1(str(url).encode()).hexdigest()[:8]}"
+    return key + (f"-{hashlib.sha1(version.encode()).hexdigest()[:8]}" if version else "")
 
 
 def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info

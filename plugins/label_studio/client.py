@@ -195,19 +195,36 @@ class LabelStudioClient:
             " or a storage host in AURALSAM2_LS_STORAGE_HOSTS; the backend does not fetch "
             "arbitrary URLs")
 
+    @staticmethod
+    def media_version(path: Path) -> str:
+        """What tells this copy of a task's media from another behind the same link: the
+        ETag or Last-Modified its server sent ("" when it sent neither, as for Label Studio's
+        uploads, whose names are unique)."""
+        f = path.with_name(path.name + ".validator")
+        return f.read_text() if f.is_file() else ""
+
     def download(self, url: str, dest_dir: Path, task_id: int | None = None) -> Path:
-        """Fetch a task's media (cached by URL) and return the local path."""
+        """Fetch a task's media and return the local path. A copy is kept by URL; when its
+        server gave a validator (local-files storage and cloud storages do), the copy is
+        revalidated each time (a 304 keeps it), so a file changed behind the same link is
+        fetched again rather than labelled from the old copy."""
         src = self.media_url(url, task_id)
         name = Path(urlsplit(url).path).name or "media"
         key = hashlib.sha1(url.encode()).hexdigest()[:12]
         dest = Path(dest_dir) / f"{key}-{name}"[:200]
-        if dest.is_file() and dest.stat().st_size > 0:
+        cached = dest.is_file() and dest.stat().st_size > 0
+        validator = self.media_version(dest) if cached else ""
+        if cached and not validator:
             return dest
+        kind, _, value = validator.partition(" ")
+        conditional = {"If-None-Match": value} if kind == "etag" else \
+            {"If-Modified-Since": value} if kind == "last-modified" else {}
         dest.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # follow redirects ourselves, checking every hop
             own = _host(src) == _host(self.base)
             try:
-                r = self.http.get(src, headers=self._auth_header() if own else {}, stream=True,
+                r = self.http.get(src, headers={**conditional, **(self._auth_header() if own
+                                                                   else {})}, stream=True,
                                   timeout=self.timeout, allow_redirects=False)
             except requests.RequestException as e:
                 where = f"Label Studio at {self.base}" if own else urlsplit(src).hostname
@@ -227,13 +244,21 @@ class LabelStudioClient:
                                        "is not in AURALSAM2_LS_STORAGE_HOSTS")
                 src = nxt
                 continue
-            if r.status_code >= 400:
+            if r.status_code == 304 and cached:
+                return dest
+            if r.status_code >= 300:
                 where = "Label Studio" if own else urlsplit(src).hostname
                 raise LabelStudioError(
                     f"{where} could not serve the media {url.split('?')[0]!r} (HTTP "
                     f"{r.status_code}); check that the file is still in its storage and that "
                     "the API key may read this project")
-            return self._save(r, dest)
+            marker = dest.with_name(dest.name + ".validator")
+            marker.unlink(missing_ok=True)
+            self._save(r, dest)
+            etag, modified = r.headers.get("ETag"), r.headers.get("Last-Modified")
+            if etag or modified:
+                marker.write_text(f"etag {etag}" if etag else f"last-modified {modified}")
+            return dest
         raise LabelStudioError("too many redirects while fetching media")
 
     def _save(self, r: requests.Response, dest: Path) -> Path:
