@@ -338,8 +338,8 @@ class Service:
             opts, prompts = options_from_wire(
                 {**job.options, "prompts": job.prompts}, num_frames=info.num_frames,
                 frame_size=(info.width, info.height))
-            job.frames_total = -(-((opts.stop_frame or info.num_frames or 0)
-                                   - opts.start_frame) // opts.stride) or None
+            end = opts.stop_frame or info.num_frames  # > start_frame (checked) when known
+            job.frames_total = -(-(end - opts.start_frame) // opts.stride) if end else None
 
             def progress(n: int) -> None:
                 job.frames_done = n

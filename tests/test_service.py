@@ -319,6 +319,21 @@ def test_options_are_checked_strictly_and_the_field_is_named(tmp_path, media, mo
         RemoteEngine("http://127.0.0.1:9", se.TOKEN).submit(video, PrelabelOptions(stride=1.5))
 
 
+def test_start_frame_past_the_end_of_a_video_that_hides_its_length(tmp_path, media, model):
+    """An MKV does not say how many frames it has: start_frame past its end gave a "done" job
+    with no frame and frames_total -970. Now the job fails and says why."""
+    mkv = write_clip(make_clip(15, size=(64, 80), fps=10, seconds=0.5),
+                     media["root"] / "short.mkv")
+    service, client = client_for(tmp_path, media, model)
+    r = client.post("/v1/jobs", json={"video": str(mkv), "options": {"start_frame": 1000}},
+                    headers=AUTH)
+    assert r.status_code == 202, r.json()  # the length is not known before decoding
+    st = wait_done(client, r.json()["id"])
+    assert st["status"] == "failed" and st["error_kind"] == "media", st
+    assert "shorter" in st["error"] and st["progress"]["frames_total"] is None
+    assert client.get(f"/v1/jobs/{st['id']}/results", headers=AUTH).status_code == 409
+
+
 def test_prompts_are_bounded_everywhere(tmp_path, media, model):
     """8,000 points in one prompt took the service from 346 MB to 4.9 GB: now 400 before
     anything is built; prompted frames per job are bounded too; and no PointPrompt (the
