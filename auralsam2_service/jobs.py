@@ -161,7 +161,7 @@ class Service:
                     job.error = (f"interrupted {job.attempts} times (the service stopped "
                                  "while running it); not retried again")
                     job.finished = time.time()
-                    self._drop_download(job)
+                    self._drop_download(job.video)
                 else:
                     job.status = "queued"
                     self.counters["retried"] += 1
@@ -240,9 +240,9 @@ class Service:
             tmp.unlink(missing_ok=True)
         return dest
 
-    def _drop_download(self, job: Job) -> None:
-        """A URL's file serves one job: removed when the job ends."""
-        path = Path(job.video)
+    def _drop_download(self, video: str | Path) -> None:
+        """A URL's file serves one job: removed when the job ends (or is refused)."""
+        path = Path(video)
         if path.parent == self.dir / "media":
             path.unlink(missing_ok=True)
 
@@ -281,8 +281,7 @@ class Service:
                 self.cv.notify_all()
             return job
         except BaseException:
-            if path.parent == self.dir / "media":
-                path.unlink(missing_ok=True)
+            self._drop_download(path)
             raise
 
     def _refuse_when_full(self) -> None:
@@ -362,7 +361,7 @@ class Service:
                 _log.exception("job %s failed", job.id)
         finally:
             job.finished = time.time()
-            self._drop_download(job)
+            self._drop_download(job.video)
             self.seconds_running += time.perf_counter() - started
             self._save(job)
             with self.cv:
