@@ -10,6 +10,7 @@ from one clip to the next, so a long video is processed clip by clip in bounded 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -45,12 +46,33 @@ class ClipOutput:
     projections: list | None = None  # fuser projections for the contrastive loss (training)
 
 
+#: Points (clicks and box corners) one prompt may hold. SAM2 embeds every point as a token of
+#: its mask decoder, so memory grows with the count; annotators give a handful.
+MAX_PROMPT_POINTS = 64
+PROMPT_LABELS = (0, 1, 2, 3)
+
+
+def _finite_number(v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
 @dataclass(frozen=True)
 class PointPrompt:
     """An annotator's prompt on one frame, in model-input pixels (``0..image_size``).
 
     ``labels`` follow SAM2: 1 positive click, 0 negative click, 2 / 3 a box's top-left /
-    bottom-right corner (see :meth:`box`).
+    bottom-right corner (see :meth:`box`). Every entry point (the service, Label Studio's
+    refinement, the engine) builds one of these, so the checks below bound them all.
     """
 
     coords: tuple[tuple[float, float], ...]  # (x, y) pairs
@@ -59,8 +81,21 @@ class PointPrompt:
     def __post_init__(self) -> None:
         if not self.coords or len(self.coords) != len(self.labels):
             raise ValueError("a point prompt needs one label per (x, y) point, at least one")
-        if any(lab not in (0, 1, 2, 3) for lab in self.labels):
-            raise ValueError(f"point labels must be 0, 1, 2 or 3, got {self.labels}")
+        if len(self.coords) > MAX_PROMPT_POINTS:
+            raise ValueError(f"a prompt may hold at most {MAX_PROMPT_POINTS} points, got "
+                             f"{len(self.coords)}")
+        for i, c in enumerate(self.coords):
+            if not isinstance(c, tuple | list) or len(c) != 2 \
+                    or not all(_finite_number(v) for v in c):
+                raise ValueError(f"coords[{i}] must be an (x, y) pair of finite numbers, got "
+                                 f"{_short(c)}")
+        for i, lab in enumerate(self.labels):
+            if isinstance(lab, bool) or not isinstance(lab, int) or lab not in PROMPT_LABELS:
+                raise ValueError(f"labels[{i}] must be the integer 0, 1, 2 or 3 (negative "
+                                 f"click, positive click, box corners), got {_short(lab)}")
+        if self.labels.count(2) != self.labels.count(3) or self.labels.count(2) > 1:
+            raise ValueError("box corners (labels 2 and 3) come as one pair, got "
+                             f"{list(self.labels)}")
 
     @classmethod
     def box(cls, x0: float, y0: float, x1: float, y1: float) -> PointPrompt:
@@ -72,8 +107,22 @@ class PointPrompt:
 
     @classmethod
     def from_dict(cls, d: dict) -> PointPrompt:
-        return cls(tuple((float(x), float(y)) for x, y in d["coords"]),
-                   tuple(int(v) for v in d["labels"]))
+        """The JSON form back, checked strictly: ValueError naming the bad entry (no
+        rounding: a label 1.9 or a coordinate "3" is an error, not a 1 or a 3.0)."""
+        if not isinstance(d, dict) or set(d) != {"coords", "labels"}:
+            raise ValueError('a prompt must be {"coords": [[x, y], ...], "labels": [...]}')
+        coords, labels = d["coords"], d["labels"]
+        if not isinstance(coords, list) or not isinstance(labels, list):
+            raise ValueError("coords and labels must be lists")
+        if len(coords) > MAX_PROMPT_POINTS:  # before building anything from them
+            raise ValueError(f"a prompt may hold at most {MAX_PROMPT_POINTS} points, got "
+                             f"{len(coords)}")
+        for i, c in enumerate(coords):
+            if not isinstance(c, list) or len(c) != 2:
+                raise ValueError(f"coords[{i}] must be an [x, y] pair, got {_short(c)}")
+        return cls(tuple((float(x) if _finite_number(x) else x,
+                          float(y) if _finite_number(y) else y) for x, y in coords),
+                   tuple(labels))
 
     def as_inputs(self, device: torch.device) -> dict:
         """SAM2's ``point_inputs``: coords (1, N, 2) float, labels (1, N) int."""

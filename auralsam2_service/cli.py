@@ -38,7 +38,7 @@ def cmd_serve(args) -> int:
 
     from .app import create_app
     from .config import ServiceSettings
-    from .jobs import Service
+    from .jobs import Service, StateDirBusy
 
     try:
         settings = ServiceSettings.from_env(
@@ -46,7 +46,7 @@ def cmd_serve(args) -> int:
             max_queue=args.max_queue)
         served = served_model_from_args(args)
         service = Service(settings, served, start_worker=False)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, StateDirBusy) as e:  # before any job is touched
         print(f"auralsam2 serve: {e}", file=sys.stderr)
         return 2
     if not settings.media_roots and not settings.media_hosts:

@@ -1,17 +1,25 @@
 """The service's state: one model, a bounded queue of video jobs and one worker thread.
 
 Every job is a JSON file under ``state_dir/jobs`` written at each change, and its results go
-through :class:`~auralsam2_core.results.ResultsWriter` (partial, then final, atomically). When
-the process dies mid-job, the next start finds the job "running" and queues it again (up to
-``max_attempts`` runs, then it is marked failed with the reason): a job is never lost.
+through :class:`~auralsam2_core.results.ResultsWriter` (partial, then final, atomically). One
+process owns a state directory (an OS lock held for its lifetime; a second service on it
+refuses to start and touches nothing). When the owner dies mid-job, the next owner finds the
+job "running" and queues it again (up to ``max_attempts`` runs, then it is marked failed with
+the reason): a job is never lost, and never taken from a live owner.
+
+Requests are checked completely before anything is created: a refused request leaves no job
+and no file behind. A video given as a URL is downloaded for that job alone and removed when
+the job ends, so a changed file behind the same URL is never mistaken for the old one.
 """
 
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import logging
 import os
+import re
+import socket
 import threading
 import time
 import uuid
@@ -20,12 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from auralsam2_core.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.engine import NoAudioError
 from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
-from auralsam2_core.model import PointPrompt
 from auralsam2_core.model_env import ServedModel, load_served_model
-from auralsam2_core.remote import OPTION_KEYS
+from auralsam2_core.remote import OPTION_KEYS, OptionsError, options_from_wire
 from auralsam2_core.results import ResultsWriter, read_results
 
 from .config import ServiceSettings
@@ -34,11 +41,37 @@ _log = logging.getLogger("auralsam2.service")
 
 
 class Refused(Exception):
-    """A request the service will not take; ``status`` is the HTTP answer."""
+    """A request the service will not take; ``status`` is the HTTP answer, ``field`` the
+    request field at fault (when one is)."""
 
-    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None, *,
+                 field: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.retry_after = status, retry_after
+        self.status, self.retry_after, self.field = status, retry_after, field
+
+
+class StateDirBusy(RuntimeError):
+    """Another live process owns the state directory."""
+
+
+def own_state_dir(state_dir: Path):
+    """Lock ``state_dir`` for this process's lifetime (the open file holds the lock; the OS
+    drops it when the process dies, however it dies) or raise :class:`StateDirBusy`."""
+    fh = open(state_dir / "owner.lock", "a+")  # noqa: SIM115 - held until close()
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        owner = fh.read().strip() or "another process"
+        fh.close()
+        raise StateDirBusy(f"the state directory {state_dir} is in use by {owner}: one "
+                           "service per state directory (give this one its own --state-dir "
+                           "or AURALSAM2_SERVER_STATE)") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"auralsam2 serve, pid {os.getpid()} on {socket.gethostname()}\n")
+    fh.flush()
+    return fh
 
 
 @dataclass
@@ -62,19 +95,6 @@ class Job:
         return d
 
 
-def parse_options(raw: dict) -> tuple[PrelabelOptions, dict]:
-    """(engine options, prompts) from a job request; ValueError with the reason."""
-    if not isinstance(raw, dict):
-        raise ValueError("'options' must be an object")
-    unknown = set(raw) - set(OPTION_KEYS) - {"prompts"}
-    if unknown:
-        raise ValueError(f"unknown options {sorted(unknown)}; known: {list(OPTION_KEYS)}")
-    opts = PrelabelOptions(**{k: raw[k] for k in OPTION_KEYS if k in raw})
-    prompts = {int(frame): PointPrompt.from_dict(p)
-               for frame, p in (raw.get("prompts") or {}).items()}
-    return opts, prompts
-
-
 class Service:
     def __init__(self, settings: ServiceSettings, served: ServedModel | None = None, *,
                  model=None, start_worker: bool = True) -> None:
@@ -85,8 +105,10 @@ class Service:
         self.served = served or ServedModel.from_env()
         self._model = model
         self.dir = Path(settings.state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._owner_lock = own_state_dir(self.dir)  # before reading or writing any job
         for sub in ("jobs", "results", "media"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.dir / sub).mkdir(exist_ok=True)
         self.jobs: dict[str, Job] = {}
         self.queue: deque[str] = deque()
         self.cv = threading.Condition()
@@ -100,6 +122,10 @@ class Service:
 
     def start_worker(self) -> None:
         threading.Thread(target=self._work, daemon=True, name="auralsam2-worker").start()
+
+    def close(self) -> None:
+        """Give up the state directory (the process exiting does the same)."""
+        self._owner_lock.close()
 
     # ------------------------------------------------------------------ model
 
@@ -122,6 +148,7 @@ class Service:
         os.replace(tmp, path)
 
     def _recover(self) -> None:
+        """Queue again the jobs a dead owner left running (we hold the lock: it is dead)."""
         for f in sorted(self.dir.glob("jobs/*.json"), key=lambda p: p.stat().st_mtime):
             try:
                 job = Job(**json.loads(f.read_text()))
@@ -134,6 +161,7 @@ class Service:
                     job.error = (f"interrupted {job.attempts} times (the service stopped "
                                  "while running it); not retried again")
                     job.finished = time.time()
+                    self._drop_download(job.video)
                 else:
                     job.status = "queued"
                     self.counters["retried"] += 1
@@ -144,81 +172,124 @@ class Service:
 
     # ------------------------------------------------------------------ requests
 
-    def resolve_media(self, video: str) -> Path:
-        """The local file for a submitted path or URL, or :class:`Refused`."""
+    def resolve_media(self, video: str, job_id: str) -> Path:
+        """The local file for a submitted path or URL, or :class:`Refused`. A URL is
+        downloaded for ``job_id`` alone (see :meth:`_drop_download`)."""
         if not isinstance(video, str) or not video:
-            raise Refused(400, "'video' must be a path or an http(s) URL")
+            raise Refused(400, "must be a path or an http(s) URL", field="video")
+        if "\0" in video or len(video) > 4096:
+            raise Refused(400, "a NUL byte or more than 4096 characters: not a path or URL",
+                          field="video")
         parts = urlsplit(video)
         if parts.scheme in ("http", "https"):
-            host = (parts.hostname or "").lower()
+            try:
+                host = (parts.hostname or "").lower()
+            except ValueError:  # e.g. an unbalanced [ in the host
+                raise Refused(400, "not a valid URL", field="video") from None
             if host not in self.settings.media_hosts:
-                raise Refused(403, f"host {host!r} is not in AURALSAM2_SERVER_MEDIA_HOSTS")
-            return self._download(video)
+                raise Refused(403, f"host {host!r} is not in AURALSAM2_SERVER_MEDIA_HOSTS",
+                              field="video")
+            return self._download(video, job_id)
         if parts.scheme and len(parts.scheme) > 1:  # (a Windows drive letter is not a scheme)
-            raise Refused(400, f"URL scheme {parts.scheme!r} is not supported")
+            raise Refused(400, f"URL scheme {parts.scheme!r} is not supported", field="video")
         path = Path(video)
         if not path.is_absolute():
-            raise Refused(400, "video paths must be absolute (as the service sees them)")
-        real = path.resolve()
-        if not any(real.is_relative_to(root) for root in self.settings.media_roots):
+            raise Refused(400, "video paths must be absolute (as the service sees them)",
+                          field="video")
+        if any(len(os.fsencode(part)) > 255 for part in path.parts):
+            raise Refused(400, "a path component is longer than 255 bytes", field="video")
+        try:
+            real = path.resolve()
+            inside = any(real.is_relative_to(root) for root in self.settings.media_roots)
+            exists = inside and real.is_file()
+        except (OSError, RuntimeError) as e:  # a symlink loop, a name the OS refuses
+            raise Refused(400, f"{video} cannot be resolved ({type(e).__name__}: "
+                               f"{getattr(e, 'strerror', None) or e})", field="video") from None
+        if not inside:
             raise Refused(403, f"{video} is outside the media roots the service may read "
-                               "(AURALSAM2_SERVER_MEDIA_ROOTS)")
-        if not real.is_file():
-            raise Refused(404, f"{video} does not exist")
+                               "(AURALSAM2_SERVER_MEDIA_ROOTS)", field="video")
+        if not exists:
+            raise Refused(404, f"{video} does not exist", field="video")
         return real
 
-    def _download(self, url: str) -> Path:
+    def _download(self, url: str, job_id: str) -> Path:
         import urllib.request
 
-        name = Path(urlsplit(url).path).name or "video"
-        dest = self.dir / "media" / f"{hashlib.sha1(url.encode()).hexdigest()[:12]}-{name}"
-        if dest.is_file():
-            return dest
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(urlsplit(url).path).name)[-100:]
+        dest = self.dir / "media" / f"{job_id}-{name or 'video'}"
 
         class NoRedirect(urllib.request.HTTPRedirectHandler):
             def redirect_request(self, *args, **kwargs):  # a redirect could leave the hosts
                 return None
 
         opener = urllib.request.build_opener(NoRedirect)
-        tmp = dest.with_suffix(".part")
+        tmp = dest.with_name(dest.name + ".part")
         try:
             with opener.open(url, timeout=60) as r, open(tmp, "wb") as fh:
                 size = 0
                 while chunk := r.read(1 << 20):
                     size += len(chunk)
                     if size > self.settings.max_download_bytes:
-                        raise Refused(413, "the video is larger than the download limit")
+                        raise Refused(413, "the video is larger than the download limit",
+                                      field="video")
                     fh.write(chunk)
             os.replace(tmp, dest)
-        except OSError as e:
-            raise Refused(502, f"cannot download the video: {e}") from None
+        except (OSError, ValueError) as e:  # ValueError: http.client's invalid URLs
+            raise Refused(502, f"cannot download the video: {e}", field="video") from None
         finally:
             tmp.unlink(missing_ok=True)
         return dest
 
+    def _drop_download(self, video: str | Path) -> None:
+        """A URL's file serves one job: removed when the job ends (or is refused)."""
+        path = Path(video)
+        if path.parent == self.dir / "media":
+            path.unlink(missing_ok=True)
+
     def submit(self, video: str, options: dict | None = None) -> Job:
+        """Check everything, then create the job; a refusal leaves nothing behind."""
+        def bad_options(e: OptionsError) -> Refused:
+            return Refused(400, f"bad options: {e}", field=e.field)
+
+        raw = {} if options is None else options
         try:
-            opts, prompts = parse_options(options or {})
-        except (ValueError, TypeError, KeyError) as e:
-            raise Refused(400, f"bad options: {e}") from None
+            options_from_wire(raw)
+        except OptionsError as e:
+            raise bad_options(e) from None
+        self._refuse_when_full()
+        job_id = uuid.uuid4().hex[:16]
+        path = self.resolve_media(video, job_id)
+        try:
+            try:
+                info = probe(path)
+            except MediaError:
+                info = None  # the job reports what is wrong with the file, as it runs
+            try:
+                opts, prompts = options_from_wire(
+                    raw, num_frames=info and info.num_frames,
+                    frame_size=info and (info.width, info.height))
+            except OptionsError as e:
+                raise bad_options(e) from None
+            job = Job(job_id, str(path), {k: getattr(opts, k) for k in OPTION_KEYS},
+                      {str(k): p.as_dict() for k, p in prompts.items()})
+            with self.cv:
+                self._refuse_when_full()  # filled while we downloaded
+                self.jobs[job.id] = job
+                self._save(job)
+                self.queue.append(job.id)
+                self.counters["submitted"] += 1
+                self.cv.notify_all()
+            return job
+        except BaseException:
+            self._drop_download(path)
+            raise
+
+    def _refuse_when_full(self) -> None:
         with self.cv:
             if len(self.queue) >= self.settings.max_queue:
                 self.counters["refused_full"] += 1
                 raise Refused(429, f"the queue is full ({len(self.queue)} jobs waiting); "
                                    "retry later", retry_after=5)
-        path = self.resolve_media(video)
-        job = Job(uuid.uuid4().hex[:16], str(path), {k: getattr(opts, k) for k in OPTION_KEYS},
-                  {str(k): p.as_dict() for k, p in prompts.items()})
-        with self.cv:
-            if len(self.queue) >= self.settings.max_queue:  # filled while we downloaded
-                self.counters["refused_full"] += 1
-                raise Refused(429, "the queue is full; retry later", retry_after=5)
-            self.jobs[job.id] = job
-            self._save(job)
-            self.queue.append(job.id)
-            self.counters["submitted"] += 1
-            self.cv.notify_all()
-        return job
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -262,16 +333,23 @@ class Service:
         started = time.perf_counter()
         writer = ResultsWriter(self.dir / "results", job.id)
         try:
-            opts, prompts = parse_options({**job.options, "prompts": job.prompts})
             info = probe(job.video)
-            job.frames_total = -(-((opts.stop_frame or info.num_frames or 0)
-                                   - opts.start_frame) // opts.stride) or None
+            opts, prompts = options_from_wire(
+                {**job.options, "prompts": job.prompts}, num_frames=info.num_frames,
+                frame_size=(info.width, info.height))
+            end = opts.stop_frame or info.num_frames  # > start_frame (checked) when known
+            job.frames_total = -(-(end - opts.start_frame) // opts.stride) if end else None
+
             def progress(n: int) -> None:
                 job.frames_done = n
                 self.counters["frames"] += 1
 
-            prelabel_to_results(self.model, job.video, writer, opts, info=info,
-                                prompts=prompts, on_frame=progress)
+            doc = prelabel_to_results(self.model, job.video, writer, opts, info=info,
+                                      prompts=prompts, on_frame=progress)
+            if not doc["frames"]:  # a container that did not tell its length
+                writer.final.unlink(missing_ok=True)
+                raise MediaError(f"no frame from start_frame {opts.start_frame} on: the "
+                                 "video is shorter")
             job.status = "done"
             self.counters["done"] += 1
         except Exception as e:  # noqa: BLE001 - a failed job reports why; the worker goes on
@@ -283,6 +361,7 @@ class Service:
                 _log.exception("job %s failed", job.id)
         finally:
             job.finished = time.time()
+            self._drop_download(job.video)
             self.seconds_running += time.perf_counter() - started
             self._save(job)
             with self.cv:

@@ -3,6 +3,7 @@ app that way with a token and media roots. Nothing here is a test."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -60,3 +61,48 @@ class ServiceThread(UvicornThread):
 
     def env(self) -> dict[str, str]:
         return {"AURALSAM2_SERVER_URL": self.url, "AURALSAM2_SERVER_TOKEN": TOKEN}
+
+
+def stream_chunked(port: int, path: str, headers: dict[str, str], total: int,
+                   chunk: int = 64 << 10, give_up_s: float = 120.0) -> tuple[int, bytes]:
+    """POST ``total`` bytes of body to 127.0.0.1:``port`` in chunked encoding (no
+    Content-Length), watching for the answer between writes. Returns (body bytes written
+    when the answer came or the server closed the connection, the answer's first bytes): a
+    server that stops reading at its limit answers long before ``total`` is written."""
+    import select
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: application/json\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+    sock.sendall(head.encode())
+    sock.setblocking(False)
+    frame = f"{chunk:x}\r\n".encode() + b"x" * chunk + b"\r\n"
+    pending, sent, answer = memoryview(b""), 0, b""
+    deadline = time.monotonic() + give_up_s
+    try:
+        while sent < total and time.monotonic() < deadline:
+            readable, writable, _ = select.select([sock], [sock], [], 1.0)
+            if readable:
+                with contextlib.suppress(ConnectionResetError):
+                    answer = sock.recv(1 << 16)
+                break  # an answer, or the connection closed
+            if writable:
+                if not pending:
+                    pending = memoryview(frame)
+                try:
+                    n = sock.send(pending)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                pending, sent = pending[n:], sent + n
+        if not answer and sent >= total:  # everything went: finish the body, read the answer
+            sock.setblocking(True)
+            sock.settimeout(give_up_s)
+            try:
+                sock.sendall(b"0\r\n\r\n")
+                answer = sock.recv(1 << 16)
+            except OSError:
+                pass
+    finally:
+        sock.close()
+    return sent, answer

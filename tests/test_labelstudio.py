@@ -11,6 +11,7 @@ The model is the bundled demo model (real weights, masks that follow the sound).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import subprocess
@@ -52,6 +53,7 @@ TEMPLATES = Path(lss.ROOT / "plugins" / "label_studio" / "templates")
 VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
 KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
 FPS = 25.0  # = the template's framerate, so Label Studio frame = engine index + 1
+BASIC = ("label-studio", "basic-auth-pass-for-tests")  # the backend's HTTP Basic credentials
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -288,6 +290,26 @@ def test_bad_tasks_get_a_clear_error_and_no_prediction(ls, project, tmp_path, mo
     assert not list((tmp_path / "work" / "results").glob("*/task-90*"))
 
 
+def test_task_links_never_reach_label_studio_api(ls, project, tmp_path, model):
+    """A task whose video is an API path ("/api/projects", the same on Label Studio's host or
+    rewritten from a foreign one, or hidden behind dot segments) made the backend fetch it
+    with its key and keep the answer in its media folder. Only media paths are fetched."""
+    b = make_backend(ls, tmp_path, model)
+    links = ["/api/projects", f"{ls.url}/api/projects", "/api/current-user/whoami",
+             "http://label-studio.example.com/api/projects",
+             "http://label-studio.example.com/data/upload/../../api/projects",
+             "/data/upload/%2e%2e/%2e%2e/api/projects", f"/tasks/{project['task']}/annotations/"]
+    tasks = [{"id": project["task"], "data": {"video": link}} for link in links]
+    out = b.predict(predict_body(tasks))["results"]
+    for link, r in zip(links, out, strict=True):
+        assert "result" not in r and ("not a Label Studio media link" in r["error"] or
+                                      "not Label Studio" in r["error"]), (link, r)
+    assert not list((b.work / "media").glob("*"))  # nothing was fetched or kept
+    # The task's real upload still is.
+    [r] = b.predict(predict_body([ls_task(ls, project["task"])]))["results"]
+    assert r["result"]
+
+
 def test_long_video_is_finished_in_the_background(ls, project, tmp_path, model, engine):
     b = make_backend(ls, tmp_path, model, predict_budget=0.001)
     task = ls_task(ls, project["task"])
@@ -319,6 +341,25 @@ def test_refinement_with_a_box_repropagates(ls, project, tmp_path, model, media,
     bad = {"result": [{"type": "videorectangle", "value": {"sequence": []}}]}
     [r] = b.predict(predict_body([task], context=bad))["results"]
     assert "needs a box" in r["error"]
+    # Malformed or oversized contexts: the task gets the reason, never a 500 (they were
+    # KeyErrors / TypeErrors, and any number of clicks reached SAM2's prompt encoder).
+    from auralsam2_core.model import MAX_PROMPT_POINTS
+
+    click = {"type": "keypointlabels", "value": {"x": 10.0, "y": 10.0}}
+    seq = {"frame": 6, "x": 50, "y": 50, "width": 50, "height": 50}
+    for result, reason in [
+            ([{"type": "videorectangle", "value": {"sequence": [seq]}}]
+             + [click] * MAX_PROMPT_POINTS, f"at most {MAX_PROMPT_POINTS} points"),
+            ([{"type": "videorectangle", "value": {"sequence": [{**seq, "x": "a"}]}}],
+             "the box.x must be a finite number"),
+            ([{"type": "videorectangle", "value": {"sequence": [{**seq, "frame": 1.5}]}}],
+             "1-based 'frame'"),
+            ([{"type": "videorectangle", "value": {"sequence": [{"frame": 6}]}}],
+             "the box.x must be a finite number"),
+            ([{"type": "videorectangle", "value": {"sequence": "x"}}], "'sequence'"),
+            ([{"type": "keypointlabels", "value": {"x": None}}], "keypoint's x")]:
+        [r] = b.predict(predict_body([task], context={"result": result}))["results"]
+        assert reason in r["error"] and "result" not in r, (reason, r)
 
 
 def test_keyframe_image_task_gets_a_brush_mask(ls, tmp_path, model, media, engine):
@@ -393,12 +434,38 @@ def test_end_to_end_with_label_studio(ls, media, tmp_path, model, engine):
     from auralsam2_core.build import build_auralsam2
 
     own = build_auralsam2("bundled", device="cpu")  # fine-tuning changes it: not shared
-    b = make_backend(ls, tmp_path, own, train_steps=3)
+    b = make_backend(ls, tmp_path, own, train_steps=3, basic_auth_user=BASIC[0],
+                     basic_auth_pass=BASIC[1])
     with se.UvicornThread(create_app(b)) as srv:  # as `auralsam2 labelstudio serve` runs it
-        ml = ls.api("POST", "/api/ml/", json={"url": srv.url, "project": p["id"],
-                                              "title": "AuralSAM2", "is_interactive": True})
+        connect = {"url": srv.url, "project": p["id"], "title": "AuralSAM2",
+                   "is_interactive": True}
+        # Without the credentials (or with wrong ones) Label Studio's own check fails.
+        for auth in ({}, {"auth_method": "BASIC_AUTH", "basic_auth_user": BASIC[0],
+                          "basic_auth_pass": "wrong"}):
+            r = ls.http.post(f"{ls.url}/api/ml/", json={**connect, **auth}, timeout=60)
+            assert r.status_code == 400 and "authentication" in r.text, r.text
+        # Settings -> Model -> "Use basic authentication", as ml/api.py takes it.
+        ml = ls.api("POST", "/api/ml/", json={**connect, "auth_method": "BASIC_AUTH",
+                                              "basic_auth_user": BASIC[0],
+                                              "basic_auth_pass": BASIC[1]})
         assert ml["state"] in ("CO", "CONNECTED"), ml
         assert ml["model_version"] == b.model_version()
+        # The webhook Label Studio made for the backend (ml/models.py create_ml_webhook)
+        # carries no credentials: give it the header (Settings -> Webhooks), as README says.
+        [hook] = [h for h in ls.api("GET", "/api/webhooks/", params={"project": p["id"]})
+                  if h["url"] == f"{srv.url}/webhook"]
+        token = base64.b64encode(f"{BASIC[0]}:{BASIC[1]}".encode()).decode()
+        ls.api("PATCH", f"/api/webhooks/{hook['id']}/",
+               json={"headers": {"Authorization": f"Basic {token}"}})
+        # Anyone else gets 401, and nothing runs.
+        import requests
+
+        anon = requests.post(f"{srv.url}/predict", json=predict_body([ls_task(ls, tid)]),
+                             timeout=30)
+        assert anon.status_code == 401
+        anon = requests.post(f"{srv.url}/webhook", timeout=30, json={
+            "action": "START_TRAINING", "project": {"id": p["id"]}})
+        assert anon.status_code == 401 and b.finetune.snapshot() is None
         done = ls.api("POST", f"/api/dm/actions/?id=retrieve_tasks_predictions&project={p['id']}",
                       json={"selectedItems": {"all": False, "included": [tid, silent]}})
         assert done is not None
@@ -504,6 +571,35 @@ def test_local_files_storage_and_cloud_links(ls, tmp_path, model, media, engine)
     [r] = b.predict(predict_body([{"id": task["id"], "data": {
         "video": "s3://bucket/a.mp4"}}]))["results"]
     assert "could not serve the media 's3://bucket/a.mp4'" in r["error"]
+
+
+def test_a_file_changed_behind_the_same_link_is_fetched_again(ls, tmp_path, model, media,
+                                                              engine):
+    """The backend kept a task's media (and its predictions) by link forever: after the file
+    in a local-files storage changed, it still labelled the old one. Label Studio sends an
+    ETag for such files: the copy is revalidated (304 keeps it) and a new file is fetched."""
+    import os
+    import shutil
+
+    folder = ls.files_root / "changing-videos"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(media["clip"], folder / "clip.mp4")
+    p = ls.create_project("changing files", VIDEO_CONFIG)
+    st = ls.api("POST", "/api/storages/localfiles/", json={
+        "project": p["id"], "path": str(folder), "regex_filter": r".*\.mp4",
+        "use_blob_urls": True, "title": "videos"})
+    ls.api("POST", f"/api/storages/localfiles/{st['id']}/sync")
+    [task] = ls.tasks(p["id"])
+    b = make_backend(ls, tmp_path, model)
+    [r] = b.predict(predict_body([task]))["results"]
+    check_video_prediction(r["result"], engine, b.settings.keyframe_tolerance)
+    runs = b.seconds_per_frame
+    [again] = b.predict(predict_body([task]))["results"]  # unchanged: 304, cached results
+    assert again["result"] == r["result"] and b.seconds_per_frame == runs
+    shutil.copy(media["no_audio"], folder / "clip.mp4")  # same link, another file
+    os.utime(folder / "clip.mp4", ns=(1, 1 << 60))  # (whatever the clock's resolution)
+    [changed] = b.predict(predict_body([task]))["results"]
+    assert "result" not in changed and "no audio" in changed["error"], changed
 
 
 def test_redirects_are_checked_hop_by_hop(tmp_path, model):

@@ -262,3 +262,231 @@ def test_media_urls_only_from_allowed_hosts_without_redirects(tmp_path, media, m
         assert r.status_code == 403  # no media roots configured: no local paths at all
     finally:
         server.shutdown()
+
+
+# --------------------------------------------------------------------------- hardening (#13)
+
+
+def state_files(service) -> set[str]:
+    return {str(p.relative_to(service.dir)) for p in service.dir.rglob("*") if p.is_file()}
+
+
+def test_options_are_checked_strictly_and_the_field_is_named(tmp_path, media, model):
+    """stride 1.5, clip_len 2.5, stride true, start_frame past the end, a prompt on frame
+    10^9, label 1.9, NaN / Infinity coordinates, prompts as a list: 400 naming the field,
+    and no job or file is created."""
+    service, client = client_for(tmp_path, media, model)
+    video = str(media["clip"])  # 15 frames, 80 x 64
+    box = {"coords": [[1, 1], [20, 20]], "labels": [2, 3]}
+    cases = [({"stride": 1.5}, "options.stride"), ({"clip_len": 2.5}, "options.clip_len"),
+             ({"stride": True}, "options.stride"), ({"clip_len": 0}, "options.clip_len"),
+             ({"clip_len": 100000}, "options.clip_len"), ({"start_frame": -1},
+                                                          "options.start_frame"),
+             ({"start_frame": 1000}, "options.start_frame"),
+             ({"stop_frame": 1000}, "options.stop_frame"),
+             ({"start_frame": 5, "stop_frame": 5}, "options.stop_frame"),
+             ({"no_audio": "loud"}, "options.no_audio"), ({"no_audio": 1}, "options.no_audio"),
+             ({"prompts": {"1000000000": box}}, "options.prompts.1000000000"),
+             ({"stride": 2, "prompts": {"3": box}}, "options.prompts.3"),
+             ({"prompts": {"x": box}}, "options.prompts.x"),
+             ({"prompts": {"01": box}}, "options.prompts.01"),
+             ({"prompts": {"2": {"coords": [[5, 5]], "labels": [1.9]}}}, "options.prompts.2"),
+             ({"prompts": {"2": {"coords": [[5, 5]], "labels": [True]}}}, "options.prompts.2"),
+             ({"prompts": {"2": {"coords": [[5, 5]], "labels": [4]}}}, "options.prompts.2"),
+             ({"prompts": {"2": {"coords": [["5", 5]], "labels": [1]}}}, "options.prompts.2"),
+             ({"prompts": {"2": {"coords": [[500, 5]], "labels": [1]}}}, "options.prompts.2"),
+             ({"prompts": {"2": {"coords": [[5, 5]], "labels": [2]}}}, "options.prompts.2"),
+             ({"prompts": [box]}, "options.prompts"), ({"prompts": {"2": [1, 2]}},
+                                                       "options.prompts.2"),
+             ({"bogus": 1}, "options.bogus"), ([1, 2], "options")]
+    before = state_files(service)
+    for options, field in cases:
+        r = client.post("/v1/jobs", json={"video": video, "options": options}, headers=AUTH)
+        assert r.status_code == 400 and r.json()["field"] == field, (options, r.json())
+        assert field in r.json()["error"]
+    # NaN and Infinity are not JSON (Python's json module would take them).
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        raw = json.dumps({"video": video, "options": {"prompts": {"2": {
+            "coords": [["X", 5]], "labels": [1]}}}}).replace('"X"', constant)
+        r = client.post("/v1/jobs", content=raw.encode(), headers=AUTH)
+        assert r.status_code == 400, (constant, r.text)
+    r = client.post("/v1/jobs", json={"video": video, "priority": 1}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["field"] == "priority"
+    assert service.jobs == {} and state_files(service) == before
+    assert client.get("/metrics", headers=AUTH).status_code == 200  # still answers
+    # The client checks the same rules before sending anything.
+    with pytest.raises(ValueError, match="options.stride"):
+        RemoteEngine("http://127.0.0.1:9", se.TOKEN).submit(video, PrelabelOptions(stride=1.5))
+
+
+def test_start_frame_past_the_end_of_a_video_that_hides_its_length(tmp_path, media, model):
+    """An MKV does not say how many frames it has: start_frame past its end gave a "done" job
+    with no frame and frames_total -970. Now the job fails and says why."""
+    mkv = write_clip(make_clip(15, size=(64, 80), fps=10, seconds=0.5),
+                     media["root"] / "short.mkv")
+    service, client = client_for(tmp_path, media, model)
+    r = client.post("/v1/jobs", json={"video": str(mkv), "options": {"start_frame": 1000}},
+                    headers=AUTH)
+    assert r.status_code == 202, r.json()  # the length is not known before decoding
+    st = wait_done(client, r.json()["id"])
+    assert st["status"] == "failed" and st["error_kind"] == "media", st
+    assert "shorter" in st["error"] and st["progress"]["frames_total"] is None
+    assert client.get(f"/v1/jobs/{st['id']}/results", headers=AUTH).status_code == 409
+
+
+def test_prompts_are_bounded_everywhere(tmp_path, media, model):
+    """8,000 points in one prompt took the service from 346 MB to 4.9 GB: now 400 before
+    anything is built; prompted frames per job are bounded too; and no PointPrompt (the
+    engine's and Label Studio's input) can hold more than the bound."""
+    from auralsam2_core.model import MAX_PROMPT_POINTS
+    from auralsam2_core.remote import MAX_PROMPTED_FRAMES
+
+    service, client = client_for(tmp_path, media, model, max_body_bytes=1 << 20)
+    many = {"coords": [[5, 5]] * 8000, "labels": [1] * 8000}
+    r = client.post("/v1/jobs", json={"video": str(media["clip"]),
+                                      "options": {"prompts": {"2": many}}}, headers=AUTH)
+    assert r.status_code == 400 and f"at most {MAX_PROMPT_POINTS} points" in r.json()["error"]
+    click = {"coords": [[5, 5]], "labels": [1]}
+    r = client.post("/v1/jobs", json={"video": str(media["clip"]), "options": {
+        "prompts": {str(i): click for i in range(MAX_PROMPTED_FRAMES + 1)}}}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["field"] == "options.prompts"
+    assert service.jobs == {}
+    with pytest.raises(ValueError, match="at most"):
+        PointPrompt(((1.0, 1.0),) * (MAX_PROMPT_POINTS + 1), (1,) * (MAX_PROMPT_POINTS + 1))
+    with pytest.raises(ValueError, match="finite"):
+        PointPrompt(((float("nan"), 1.0),), (1,))
+    ok = PointPrompt(((1.0, 1.0),) * MAX_PROMPT_POINTS, (1,) * MAX_PROMPT_POINTS)
+    assert len(ok.coords) == MAX_PROMPT_POINTS
+
+
+def test_bad_paths_are_400_with_a_reason(tmp_path, media, model):
+    """A NUL byte, a symlink loop, a component over 255 bytes, a 5,000-character path:
+    400 naming 'video' (they were 500s)."""
+    service, client = client_for(tmp_path, media, model)
+    root = media["root"]
+    loop = root / "loop.mp4"
+    if not loop.is_symlink():
+        loop.symlink_to(loop)
+    for video in (f"{root}/a\x00.mp4", str(loop), f"{root}/{'n' * 300}.mp4",
+                  f"{root}/{'d/' * 2500}a.mp4"):
+        r = client.post("/v1/jobs", json={"video": video}, headers=AUTH)
+        assert r.status_code == 400 and r.json()["field"] == "video", (video[:60], r.text)
+    assert service.jobs == {}
+
+
+def test_body_limit_stops_reading_a_chunked_body(tmp_path, media, model):
+    """A chunked body (no Content-Length) 1,000 times the limit: the 413 arrives while the
+    client is still sending, long before the body is through (it was buffered whole)."""
+    limit = 64 << 10
+    with se.ServiceThread(tmp_path / "state", [media["root"]], model=model,
+                          max_body_bytes=limit) as srv:
+        total = 1000 * limit
+        sent, answer = se.stream_chunked(srv.port, "/v1/jobs", AUTH, total)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+        assert sent < total // 8, f"the server read {sent} of {total} bytes before answering"
+        # Without the token: 401 without reading the body at all.
+        sent, answer = se.stream_chunked(srv.port, "/v1/jobs", {}, total)
+        assert answer.startswith(b"HTTP/1.1 401") and sent < total // 8
+        assert srv.service.jobs == {}
+
+
+def test_url_media_are_fetched_per_job_not_cached(tmp_path, media, model):
+    """After the file behind a URL changed, the next job ran on the old copy: now every job
+    downloads its own copy and removes it when it ends."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    clips = [media["clip"].read_bytes(),
+             write_clip(make_clip(21, size=(64, 80), fps=10, seconds=1.0),
+                        tmp_path / "other.mp4").read_bytes()]
+    serving = {"data": clips[0]}
+
+    class Media(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            data = serving["data"]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Media)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+    try:
+        settings = ServiceSettings(token=se.TOKEN, media_hosts=("127.0.0.1",),
+                                   state_dir=tmp_path / "state")
+        service = Service(settings, ServedModel(), model=model)
+        client = starlette_testclient.TestClient(create_app(service))
+        docs = []
+        for data in clips:
+            serving["data"] = data
+            r = client.post("/v1/jobs", json={"video": url}, headers=AUTH)
+            assert r.status_code == 202, r.json()
+            assert wait_done(client, r.json()["id"])["status"] == "done"
+            docs.append(client.get(f"/v1/jobs/{r.json()['id']}/results", headers=AUTH).json())
+        assert len(docs[0]["frames"]) == 15 and len(docs[1]["frames"]) == 10
+        assert docs[1]["frames"] == LocalEngine(model).document(tmp_path / "other.mp4")["frames"]
+        assert list((service.dir / "media").iterdir()) == []  # each copy went with its job
+        # A refused request leaves no download behind either (start_frame past the end).
+        r = client.post("/v1/jobs", json={"video": url, "options": {"start_frame": 500}},
+                        headers=AUTH)
+        assert r.status_code == 400 and list((service.dir / "media").iterdir()) == []
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_a_second_serve_on_the_same_state_dir_refuses_and_touches_nothing(tmp_path, media,
+                                                                          model):
+    """A second `auralsam2 serve` on a live state directory "recovered" the running job,
+    truncated its partial file and the job ended failed, even when the second one then could
+    not bind its port. Now it refuses before reading any job, and the job finishes."""
+    long = write_clip(make_clip(14, size=(64, 80), fps=25, seconds=30),
+                      media["root"] / "long-lock.mp4")
+    port = se.free_port()
+    proc, engine = _serve(tmp_path, media, port)
+    try:
+        job = engine.submit(long, PrelabelOptions())
+        deadline = time.monotonic() + 120
+        while engine._call("GET", f"/v1/jobs/{job}")["progress"]["frames_done"] < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        state = tmp_path / "state"
+        job_file = state / "jobs" / f"{job}.json"
+        before = job_file.read_bytes()
+        env = {**os.environ, "AURALSAM2_SERVER_TOKEN": se.TOKEN,
+               "AURALSAM2_SERVER_MEDIA_ROOTS": str(media["root"]), "OMP_NUM_THREADS": "1"}
+        second = subprocess.run([sys.executable, "-m", "auralsam2_core.cli", "serve", "--port",
+                                 str(port), "--state-dir", str(state)], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"in use by auralsam2 serve, pid {proc.pid}" in second.stderr
+        assert job_file.read_bytes() == before  # still running, attempt 1, untouched
+        assert json.loads(before)["status"] == "running"
+        deadline = time.monotonic() + 600
+        while (st := engine._call("GET", f"/v1/jobs/{job}"))["status"] not in ("done",
+                                                                               "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert st["status"] == "done" and st["attempts"] == 1, st
+        assert len(engine._call("GET", f"/v1/jobs/{job}/results")["frames"]) == 750
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    # The owner gone, the directory is free again (and a job it left is recovered).
+    settings = ServiceSettings(token=se.TOKEN, state_dir=tmp_path / "state")
+    Service(settings, ServedModel(), model=model, start_worker=False).close()
+
+
+def test_state_dir_lock_in_process(tmp_path, model):
+    from auralsam2_service.jobs import StateDirBusy
+
+    settings = ServiceSettings(token=se.TOKEN, state_dir=tmp_path)
+    first = Service(settings, ServedModel(), model=model, start_worker=False)
+    with pytest.raises(StateDirBusy, match=f"pid {os.getpid()}"):
+        Service(settings, ServedModel(), model=model, start_worker=False)
+    first.close()
+    Service(settings, ServedModel(), model=model, start_worker=False).close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -38,7 +39,7 @@ from auralsam2_core.results import (
 from . import predictions as P
 from .client import LabelStudioClient, LabelStudioError, MediaRefused
 from .config import Settings
-from .errors import BadRequest, OutOfTime, TaskError
+from .errors import BadRequest, OutOfTime, TaskError, is_id
 from .labelconfig import LabelConfigError, ProjectConfig, parse
 
 _log = logging.getLogger("auralsam2.labelstudio")
@@ -113,7 +114,7 @@ class Backend:
 
     def setup(self, body: dict) -> dict:
         # Label Studio calls /setup before every predict and gives it 3 s: never load here.
-        if body.get("schema"):
+        if body.get("schema") is not None:
             try:
                 parse(body["schema"])
             except LabelConfigError as e:
@@ -141,11 +142,22 @@ class Backend:
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
+        for i, task in enumerate(tasks):
+            if not isinstance(task.get("data", {}), dict):
+                raise BadRequest(f"tasks[{i}].data must be an object")
+            if task.get("id") is not None and not is_id(task["id"]):
+                raise BadRequest(f"tasks[{i}].id must be a task id (an integer >= 0)")
         try:
             cfg = parse(body.get("label_config") or "")
         except LabelConfigError as e:
             raise BadRequest(str(e)) from None
-        context = (body.get("params") or {}).get("context")
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadRequest("'params' must be an object")
+        context = params.get("context")
+        if context is not None and not (isinstance(context, dict) and isinstance(
+                context.get("result", []), list)):
+            raise BadRequest("'params.context' must be an object with a 'result' list")
         deadline = time.monotonic() + self.settings.predict_budget
         version = self.model_version()
         out = []
@@ -175,17 +187,22 @@ class Backend:
                 if cfg.audio_key not in data or "frame" not in data:
                     raise TaskError(f"keyframe task needs '{cfg.audio_key}' (its video, for the "
                                     "sound) and 'frame' (1-based) in its data")
-                frame = int(data["frame"]) - 1
-                if frame < 0:
-                    raise TaskError(f"'frame' is 1-based, got {data['frame']}")
+                raw = data["frame"]
+                if isinstance(raw, str) and raw.isdigit() and len(raw) < 12:
+                    raw = int(raw)  # task data imported from CSV is text
+                if not is_id(raw) or raw < 1:
+                    raise TaskError(f"'frame' must be a 1-based frame number, got "
+                                    f"{str(raw)[:40]!r}")
+                frame = raw - 1
                 video = self.client.download(data[cfg.audio_key], media_dir, tid)
                 image = self.client.download(data[cfg.brush.data_key], media_dir, tid)
-                return TaskMedia(video, _key(tid, data[cfg.audio_key]), image, frame)
+                return TaskMedia(video, _key(tid, data[cfg.audio_key],
+                                             self.client.media_version(video)), image, frame)
             key = cfg.video_key
             if key is None or key not in data:
                 raise TaskError(f"the task has no '{key or 'video'}' in its data")
-            return TaskMedia(self.client.download(data[key], media_dir, tid),
-                             _key(tid, data[key]))
+            video = self.client.download(data[key], media_dir, tid)
+            return TaskMedia(video, _key(tid, data[key], self.client.media_version(video)))
         except (MediaRefused, LabelStudioError, ValueError) as e:
             raise TaskError(str(e)) from None
 
@@ -360,32 +377,59 @@ class Backend:
                     self._queue.pop(key, None)
 
 
-def _key(task_id, url: str) -> str:
-    return f"task-{task_id}-{hashlib.sha1(str(url).encode()).hexdigest()[:8]}"
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+            value):
+        raise TaskError(f"{what} must be a finite number, got {str(value)[:40]!r}")
+    return float(value)
+
+
+def _key(task_id, url: str, version: str = "") -> str:
+    """Cache key of a task's media: its link, and the copy's version when the server gave
+    one (results computed from an older file behind the same link are not reused)."""
+    key = f"task-{task_id}-{hashlib.sha1(str(url).encode()).hexdigest()[:8]}"
+    return key + (f"-{hashlib.sha1(version.encode()).hexdigest()[:8]}" if version else "")
 
 
 def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
                     ) -> tuple[int, PointPrompt]:
-    """(0-based video frame, prompt in display pixels) from Label Studio's context."""
+    """(0-based video frame, prompt in display pixels) from Label Studio's context; a
+    malformed one is a :class:`TaskError` naming what is wrong."""
     items = [r for r in context.get("result", []) if isinstance(r, dict)]
     if not items:
         raise TaskError("the context has no result (draw a box or click on the object)")
     w, h = info.width, info.height
+
+    def box_of(v: dict, what: str) -> tuple[float, float, float, float]:
+        x, y = _number(v.get("x"), f"{what}.x"), _number(v.get("y"), f"{what}.y")
+        bw, bh = _number(v.get("width"), f"{what}.width"), _number(v.get("height"),
+                                                                   f"{what}.height")
+        clip = lambda p: min(100.0, max(0.0, p))  # percent of the frame, as drawn
+        return clip(x), clip(y), clip(x + bw), clip(y + bh)
+
     clicks, labels, frame, box = [], [], None, None
     for r in items:
         v = r.get("value") or {}
+        if not isinstance(v, dict):
+            raise TaskError("a context result's 'value' must be an object")
         kind = r.get("type", "")
         if kind == "videorectangle":
-            seq = sorted(v.get("sequence") or [], key=lambda s: s.get("frame", 0))
+            seq = v.get("sequence") or []
+            if not isinstance(seq, list) or not all(isinstance(s, dict) for s in seq):
+                raise TaskError("a VideoRectangle's 'sequence' must be a list of objects")
+            for s in seq:
+                if not is_id(s.get("frame")) or s["frame"] < 1:
+                    raise TaskError("a VideoRectangle keyframe needs a 1-based 'frame'")
             if not seq:
                 continue
-            s = seq[-1]
-            frame = round((int(s["frame"]) - 1) / cfg.framerate * (info.fps or cfg.framerate))
-            box = (s["x"], s["y"], s["x"] + s["width"], s["y"] + s["height"])
+            s = max(seq, key=lambda s: s["frame"])
+            frame = round((s["frame"] - 1) / cfg.framerate * (info.fps or cfg.framerate))
+            box = box_of(s, "the box")
         elif kind in ("rectanglelabels", "rectangle"):
-            box = (v["x"], v["y"], v["x"] + v["width"], v["y"] + v["height"])
+            box = box_of(v, "the rectangle")
         elif kind in ("keypointlabels", "keypoint"):
-            clicks.append((v["x"] * w / 100.0, v["y"] * h / 100.0))
+            clicks.append((_number(v.get("x"), "a keypoint's x") * w / 100.0,
+                           _number(v.get("y"), "a keypoint's y") * h / 100.0))
             labels.append(0 if r.get("is_positive") is False else 1)
     if media.image is not None:
         frame = media.frame
@@ -393,13 +437,16 @@ def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
         raise TaskError("a video refinement needs a box drawn on a frame (VideoRectangle)")
     if info.num_frames and not 0 <= frame < info.num_frames:
         raise TaskError(f"frame {frame + 1} is outside the video")
-    if box is not None:
-        x0, y0, x1, y1 = box
-        coords = [(x0 * w / 100.0, y0 * h / 100.0), (x1 * w / 100.0, y1 * h / 100.0)]
-        return frame, PointPrompt(tuple(coords) + tuple(clicks), (2, 3, *labels))
-    if not clicks:
-        raise TaskError("the context has no box or keypoint to refine with")
-    return frame, PointPrompt(tuple(clicks), tuple(labels))
+    try:
+        if box is not None:
+            x0, y0, x1, y1 = box
+            coords = [(x0 * w / 100.0, y0 * h / 100.0), (x1 * w / 100.0, y1 * h / 100.0)]
+            return frame, PointPrompt(tuple(coords) + tuple(clicks), (2, 3, *labels))
+        if not clicks:
+            raise TaskError("the context has no box or keypoint to refine with")
+        return frame, PointPrompt(tuple(clicks), tuple(labels))
+    except ValueError as e:  # e.g. more points than a prompt may hold
+        raise TaskError(f"cannot refine with this context: {e}") from None
 
 
 def _merge(base: dict, part: dict) -> dict:

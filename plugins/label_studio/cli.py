@@ -22,7 +22,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                        description="Serve /health, /setup, /predict and /webhook for Label "
                                    "Studio. Connect it in Project settings -> Model.")
     s.add_argument("--host", default="127.0.0.1",
-                   help="bind address (default 127.0.0.1; 0.0.0.0 in a container)")
+                   help="bind address (default 127.0.0.1; 0.0.0.0 in a container, which "
+                        "needs BASIC_AUTH_USER and BASIC_AUTH_PASS)")
     s.add_argument("--port", type=int, default=9090)
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
@@ -45,14 +46,40 @@ def _backend():
     return Backend(Settings.from_env())
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def cmd_serve(args) -> int:
     import threading
 
     import uvicorn
 
     from .app import create_app
+    from .backend import Backend
+    from .config import Settings
 
-    backend = _backend()
+    try:
+        settings = Settings.from_env()
+    except (ValueError, OSError) as e:
+        print(f"auralsam2 labelstudio serve: {e}", file=sys.stderr)
+        return 2
+    if settings.basic_auth is None and not is_loopback(args.host):
+        print(f"auralsam2 labelstudio serve: refusing to listen on {args.host} without "
+              "credentials: anyone who reaches the port could run predictions and fetch "
+              "through this backend's Label Studio key. Set BASIC_AUTH_USER and "
+              "BASIC_AUTH_PASS (or their _FILE forms) and give the same in Label Studio "
+              "(Settings -> Model -> Use basic authentication), or bind 127.0.0.1.",
+              file=sys.stderr)
+        return 2
+    backend = Backend(settings)
     threading.Thread(target=backend.warm_up, daemon=True).start()
     # One process: the model, the background queue and fine-tuning live in it.
     uvicorn.run(create_app(backend), host=args.host, port=args.port, log_level=args.log_level)

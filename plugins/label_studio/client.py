@@ -12,18 +12,30 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
 from .config import Settings
 
-#: Paths only Label Studio serves (uploads, local-files storage, storage resolve/presign).
-LS_MEDIA_PATHS = ("/data/upload/", "/data/local-files/", "/tasks/", "/projects/")
+#: The only paths fetched from Label Studio (with its key): uploads, local-files storage and the
+#: storage resolve / presign endpoints (Label Studio 1.23's data_import/urls.py and
+#: io_storages/urls.py). Never its API or any other page, whatever a task's data says.
+_LS_MEDIA_PATH = re.compile(r"/data/upload/[^?#]+|/data/local-files/|/storage-data/uploaded/"
+                            r"|/(?:tasks|projects)/[0-9]+/(?:presign|resolve)/")
+
+
+def is_media_path(path: str) -> bool:
+    """Whether ``path`` (a URL's path, relative to Label Studio's root) is media."""
+    decoded = unquote(path)
+    if "\\" in decoded or any(seg in (".", "..") for seg in decoded.split("/")):
+        return False  # a client normalises dot segments: /data/upload/../../api/...
+    return _LS_MEDIA_PATH.fullmatch(path) is not None
 
 
 class LabelStudioError(RuntimeError):
@@ -136,45 +148,83 @@ class LabelStudioClient:
         token = base64.urlsafe_b64encode(uri.encode()).decode()
         return f"{self.base}/tasks/{int(task_id)}/presign/?fileuri={token}"
 
+    def _ls_path(self, path: str) -> str:
+        """A path on Label Studio's host, relative to its root (LABEL_STUDIO_URL's path)."""
+        prefix = urlsplit(self.base).path.rstrip("/")
+        return path[len(prefix):] if prefix and path.startswith(prefix + "/") else path
+
+    def _refuse_non_media(self, path: str, url: str) -> None:
+        if not is_media_path(self._ls_path(path)):
+            raise MediaRefused(
+                f"{url.split('?')[0][:200]!r} is not a Label Studio media link (/data/upload/"
+                "..., /data/local-files/..., a storage presign link): the backend fetches "
+                "only media from Label Studio")
+
     def media_url(self, url: str, task_id: int | None = None) -> str:
         """The URL to fetch a task's media from, after the allow-list check."""
         if not isinstance(url, str) or not url:
             raise MediaRefused("the task has no media URL")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            _ = parts.port  # a port that is not a number raises here
+        except ValueError:
+            raise MediaRefused(f"{url[:200]!r} is not a valid URL") from None
         if parts.scheme in ("s3", "gs", "azure-blob", "azure-spi"):
             return self._presign(task_id, url)
         if not parts.scheme:
-            if not url.startswith("/"):
-                raise MediaRefused(f"media path {url!r} is neither a Label Studio link "
+            if not url.startswith("/") or parts.netloc:
+                raise MediaRefused(f"media path {url[:200]!r} is neither a Label Studio link "
                                    "(/data/...) nor a URL")
-            return self.base + url
+            self._refuse_non_media(parts.path, url)
+            return self.base + self._ls_path(url)
         if parts.scheme not in ("http", "https"):
             raise MediaRefused(f"media URL scheme {parts.scheme!r} is not fetched")
-        if _host(url) == _host(self.base) or (parts.hostname or "").lower() in \
-                self.settings.storage_hosts:
+        if _host(url) == _host(self.base):
+            self._refuse_non_media(parts.path, url)
             return url
-        if parts.path.startswith(LS_MEDIA_PATHS):
+        if host in self.settings.storage_hosts:
+            return url
+        if is_media_path(self._ls_path(parts.path)):
             # Label Studio writes its own links with its public host (LABEL_STUDIO_HOST), which
             # the backend may reach under another name: fetch the path from LABEL_STUDIO_URL.
-            return self.base + parts.path + (f"?{parts.query}" if parts.query else "")
+            return self.base + self._ls_path(parts.path) + (f"?{parts.query}" if parts.query
+                                                            else "")
         raise MediaRefused(
-            f"media host {parts.hostname!r} is not Label Studio ({urlsplit(self.base).hostname})"
+            f"media host {host!r} is not Label Studio ({urlsplit(self.base).hostname})"
             " or a storage host in AURALSAM2_LS_STORAGE_HOSTS; the backend does not fetch "
             "arbitrary URLs")
 
+    @staticmethod
+    def media_version(path: Path) -> str:
+        """What tells this copy of a task's media from another behind the same link: the
+        ETag or Last-Modified its server sent ("" when it sent neither, as for Label Studio's
+        uploads, whose names are unique)."""
+        f = path.with_name(path.name + ".validator")
+        return f.read_text() if f.is_file() else ""
+
     def download(self, url: str, dest_dir: Path, task_id: int | None = None) -> Path:
-        """Fetch a task's media (cached by URL) and return the local path."""
+        """Fetch a task's media and return the local path. A copy is kept by URL; when its
+        server gave a validator (local-files storage and cloud storages do), the copy is
+        revalidated each time (a 304 keeps it), so a file changed behind the same link is
+        fetched again rather than labelled from the old copy."""
         src = self.media_url(url, task_id)
         name = Path(urlsplit(url).path).name or "media"
         key = hashlib.sha1(url.encode()).hexdigest()[:12]
         dest = Path(dest_dir) / f"{key}-{name}"[:200]
-        if dest.is_file() and dest.stat().st_size > 0:
+        cached = dest.is_file() and dest.stat().st_size > 0
+        validator = self.media_version(dest) if cached else ""
+        if cached and not validator:
             return dest
+        kind, _, value = validator.partition(" ")
+        conditional = {"If-None-Match": value} if kind == "etag" else \
+            {"If-Modified-Since": value} if kind == "last-modified" else {}
         dest.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # follow redirects ourselves, checking every hop
             own = _host(src) == _host(self.base)
             try:
-                r = self.http.get(src, headers=self._auth_header() if own else {}, stream=True,
+                r = self.http.get(src, headers={**conditional, **(self._auth_header() if own
+                                                                   else {})}, stream=True,
                                   timeout=self.timeout, allow_redirects=False)
             except requests.RequestException as e:
                 where = f"Label Studio at {self.base}" if own else urlsplit(src).hostname
@@ -182,19 +232,33 @@ class LabelStudioClient:
                                        f"({type(e).__name__})") from None
             if r.is_redirect:
                 nxt = urljoin(src, r.headers["location"])
-                host = (urlsplit(nxt).hostname or "").lower()
-                if _host(nxt) != _host(self.base) and host not in self.settings.storage_hosts:
+                try:
+                    host, own = (urlsplit(nxt).hostname or "").lower(), _host(nxt) == _host(
+                        self.base)
+                except ValueError:
+                    raise MediaRefused("the media was redirected to an invalid URL") from None
+                if own:  # the key goes there: media paths only
+                    self._refuse_non_media(urlsplit(nxt).path, nxt)
+                elif host not in self.settings.storage_hosts:
                     raise MediaRefused(f"Label Studio redirected the media to {host!r}, which "
                                        "is not in AURALSAM2_LS_STORAGE_HOSTS")
                 src = nxt
                 continue
-            if r.status_code >= 400:
+            if r.status_code == 304 and cached:
+                return dest
+            if r.status_code >= 300:
                 where = "Label Studio" if own else urlsplit(src).hostname
                 raise LabelStudioError(
                     f"{where} could not serve the media {url.split('?')[0]!r} (HTTP "
                     f"{r.status_code}); check that the file is still in its storage and that "
                     "the API key may read this project")
-            return self._save(r, dest)
+            marker = dest.with_name(dest.name + ".validator")
+            marker.unlink(missing_ok=True)
+            self._save(r, dest)
+            etag, modified = r.headers.get("ETag"), r.headers.get("Last-Modified")
+            if etag or modified:
+                marker.write_text(f"etag {etag}" if etag else f"last-modified {modified}")
+            return dest
         raise LabelStudioError("too many redirects while fetching media")
 
     def _save(self, r: requests.Response, dest: Path) -> Path:

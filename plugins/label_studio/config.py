@@ -4,8 +4,10 @@ secret or the shell).
 ``LABEL_STUDIO_URL`` is the only host media and annotations are fetched from (plus the
 storage hosts named in ``AURALSAM2_LS_STORAGE_HOSTS``, for cloud-storage links that Label Studio
 presigns). ``LABEL_STUDIO_API_KEY`` (or ``LABEL_STUDIO_API_KEY_FILE``) is kept out of ``repr``
-and never logged. The model comes from the ``AURALSAM2_*`` variables of
-:mod:`auralsam2_core.model_env`.
+and never logged. ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` (or their ``_FILE`` forms; the
+names label-studio-ml-backend uses) are the HTTP Basic credentials Label Studio must send
+(Settings -> Model -> "Use basic authentication"). The model comes from the ``AURALSAM2_*``
+variables of :mod:`auralsam2_core.model_env`.
 """
 
 from __future__ import annotations
@@ -35,8 +37,15 @@ class Settings:
     max_download_bytes: int = 4 << 30
     clip_len: int = 5
     label: str | None = None  # label to predict (default: the first in the label config)
+    basic_auth_user: str | None = field(default=None, repr=False)
+    basic_auth_pass: str | None = field(default=None, repr=False)
+    max_body_bytes: int = 16 << 20  # request bodies (Label Studio's largest: /predict)
 
     def __post_init__(self) -> None:
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.basic_auth_user and ":" in self.basic_auth_user:
+            raise ValueError("BASIC_AUTH_USER cannot contain ':' (HTTP Basic auth splits there)")
         if self.url:
             parts = urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -64,9 +73,18 @@ class Settings:
                                            cls.max_download_bytes)),
             clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
             label=env.get("AURALSAM2_LS_LABEL") or None,
+            basic_auth_user=secret(env, "BASIC_AUTH_USER"),
+            basic_auth_pass=secret(env, "BASIC_AUTH_PASS"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        """(user, password) Label Studio must send, or None (loopback only, see the CLI)."""
+        if self.basic_auth_user and self.basic_auth_pass:
+            return self.basic_auth_user, self.basic_auth_pass
+        return None
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)

@@ -7,6 +7,7 @@ The backend fills, when present, a ``VideoRectangle`` (the sounding object's box
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -50,6 +51,9 @@ class ProjectConfig:
 
 
 def parse(label_config: str) -> ProjectConfig:
+    if not isinstance(label_config, str):
+        raise LabelConfigError("the labelling config must be XML text, got "
+                               f"{type(label_config).__name__}")
     try:
         root = ET.fromstring(label_config)
     except ET.ParseError as e:
@@ -66,7 +70,9 @@ def parse(label_config: str) -> ProjectConfig:
             try:
                 framerate = float(raw) if raw else framerate
             except ValueError:
-                raise LabelConfigError(f"<Video framerate={raw!r}> is not a number") from None
+                framerate = math.nan
+            if not (math.isfinite(framerate) and framerate > 0):
+                raise LabelConfigError(f"<Video framerate={raw!r}> is not a positive number")
         if tag == "audio" and value.startswith("$"):
             audio_key = value[1:]
     box_labels: dict[str, tuple[str, ...]] = {}  # a <Labels toName=video> names the boxes

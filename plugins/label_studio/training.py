@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from auralsam2_core import rle
 from auralsam2_core.results import FORMAT, FORMAT_VERSION
 
 from . import brush
-from .errors import BadRequest, TaskError
+from .errors import BadRequest, TaskError, is_id
 from .labelconfig import LabelConfigError, parse
 from .predictions import ls_frame
 
@@ -147,9 +148,20 @@ class FineTuner:
         ann, task, project = body.get("annotation"), body.get("task"), body.get("project")
         if not (isinstance(ann, dict) and isinstance(task, dict)):
             raise BadRequest("annotation events need 'annotation' and 'task' objects")
-        pid = (project or {}).get("id") or task.get("project") or ann.get("project")
-        if pid is None:
-            raise BadRequest("annotation event without a project id")
+        if project is not None and not isinstance(project, dict):
+            raise BadRequest("'project' must be an object")
+        pid = next((p for p in ((project or {}).get("id"), task.get("project"),
+                                ann.get("project")) if p is not None), None)
+        if not is_id(pid):
+            raise BadRequest("annotation event without a project id (an integer >= 0)")
+        if not is_id(task.get("id")):
+            raise BadRequest("'task.id' must be a task id (an integer >= 0)")
+        if not isinstance(task.get("data") or {}, dict) or not isinstance(
+                ann.get("result") or [], list):
+            raise BadRequest("'task.data' must be an object and 'annotation.result' a list")
+        label_config = (project or {}).get("label_config")
+        if label_config is not None and not isinstance(label_config, str):
+            raise BadRequest("'project.label_config' must be XML text")
         path = self._task_file(pid, task["id"])
         if ann.get("was_cancelled"):
             path.unlink(missing_ok=True)
@@ -157,15 +169,21 @@ class FineTuner:
         path.parent.mkdir(parents=True, exist_ok=True)
         rec = {"task": {"id": task["id"], "data": task.get("data") or {}},
                "annotation": {"id": ann.get("id"), "result": ann.get("result") or []},
-               "label_config": (project or {}).get("label_config")}
+               "label_config": label_config}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec))
         tmp.replace(path)
         return {"status": "stored", "task": task["id"]}
 
     def forget(self, body: dict) -> dict:
-        ids = {a.get("id") for a in body.get("annotations") or [] if isinstance(a, dict)}
-        pid = (body.get("project") or {}).get("id")
+        annotations, project = body.get("annotations") or [], body.get("project") or {}
+        if not isinstance(annotations, list) or not isinstance(project, dict):
+            raise BadRequest("ANNOTATIONS_DELETED needs an 'annotations' list and a 'project' "
+                             "object")
+        ids = {a["id"] for a in annotations if isinstance(a, dict) and is_id(a.get("id"))}
+        pid = project.get("id")
+        if pid is not None and not is_id(pid):
+            raise BadRequest("'project.id' must be a project id (an integer >= 0)")
         removed = 0
         folder = self.dir / "annotations" / f"project-{int(pid)}" if pid is not None else None
         for f in (folder.glob("task-*.json") if folder and folder.is_dir() else []):
@@ -177,9 +195,11 @@ class FineTuner:
     # ------------------------------------------------------------------ training
 
     def start(self, project: dict) -> dict:
-        pid = project.get("id")
-        if pid is None:
-            raise BadRequest("START_TRAINING without a project id")
+        if not isinstance(project, dict) or not is_id(project.get("id")):
+            raise BadRequest("START_TRAINING needs 'project' with its id (an integer >= 0)")
+        pid = project["id"]
+        if not isinstance(project.get("label_config") or "", str):
+            raise BadRequest("'project.label_config' must be XML text")
         if self.backend.remote is not None:
             raise BadRequest("fine-tuning runs where the model is: this backend uses the shared "
                              "service (AURALSAM2_SERVER_URL); run `auralsam2 train --results` "
@@ -266,6 +286,7 @@ class FineTuner:
         data.mkdir(parents=True, exist_ok=True)
         files = self.training_data(pid, label_config, data)
         if not files:
+            shutil.rmtree(out, ignore_errors=True)
             raise ValueError(f"project {pid} has no usable annotations to train on")
         model = b.model
         dataset = CorrectedResultsDataset(files, image_size=model.image_size,
