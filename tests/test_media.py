@@ -468,10 +468,10 @@ def test_audio_stream_equals_whole_track_and_keeps_a_window():
 
 def test_the_default_audio_track_is_used_and_any_track_can_be_chosen(tmp_path):
     video = mf.make_two_track_video(tmp_path / "two.mkv", default=1)  # track 0 is silent
+    assert rms(audio_of(video)) > 0.2  # the tone on the default track, not track 0
     info = probe(video)
     assert (info.audio_track, info.audio_tracks, info.audio_stream) == (1, 2, 2)
     assert (info.audio_language, info.audio_title) == ("fra", "Tone")
-    assert rms(audio_of(video)) > 0.2  # the tone on the default track, not track 0
     assert rms(np.concatenate(list(iter_audio_16k(video, track=0)), axis=1)) < 1e-4
     assert rms(np.concatenate(list(iter_audio_16k(video, track=1)), axis=1)) > 0.2
     chosen = probe(video, audio_track=0)
