@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from auralsam2_core.model_env import add_model_arguments, served_model_from_args
 
@@ -54,6 +55,8 @@ def cmd_batch(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be >= 1")
+    if args.report and (Path(args.report).is_dir() or not Path(args.report).parent.is_dir()):
+        raise ValueError(f"--report {args.report}: give a file in an existing folder")
     items = read_manifest(args.manifest)
     opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio,
                            audio_track=args.audio_track)

@@ -124,3 +124,6 @@ def test_batch_names_what_is_wrong_with_each_manifest_path(tmp_path):
     run = auralsam2("batch", manifest, "--out", "/dev/null", "--quiet")
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "results folder /dev/null is a character device" in run.stderr
+    run = auralsam2("batch", manifest, "--out", tmp_path / "out", "--report", tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "--report" in run.stderr and not (tmp_path / "out").exists()  # before any work
