@@ -9,6 +9,9 @@ downmixed to left/right (left-side channels to L, right-side to R, centre and un
 channels at -3 dB to both, LFE dropped; each output normalised so its weights sum to 1); a
 track that does not name its channels (PCM in Matroska, plain WAV) gets FFmpeg's default
 layout for its channel count, as the ffmpeg command line does.
+
+Track policy: the audio track asked for, else the one marked *default* (what a player plays),
+else the first (:func:`audio_stream`); :class:`MediaInfo` says which one and how many there are.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ def audio_stream(container: av.container.InputContainer, track: int | None = Non
 
 
 def describe_audio_tracks(tracks) -> str:
-    """'it has 2 audio tracks: 0 (eng), 1 (default, fra, "Commentary")' for messages."""
+    """'it has 2 audio tracks: 0 (eng), 1 (default, fra, Commentary)' for messages."""
     if not tracks:
         return "it has no audio track"
     parts = []

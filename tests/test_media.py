@@ -5,7 +5,10 @@ rotation, odd sizes, 8-96 kHz, mono / 5.1, short audio) come out right.
 Documented behaviours chosen here:
 
 * missing / directory / 0-byte / random-bytes / text files and an audio-only file are
-  :class:`MediaError` naming the path;
+  :class:`MediaError` naming the path; so are named pipes, devices, symbolic-link loops and
+  names too long for the file system, each saying what it is (never "not found");
+* of several audio tracks the *default* one is heard (else the first) unless one is asked
+  for; asking for a track that does not exist names the tracks there are;
 * a still image (PNG) is a 1-frame video without audio;
 * a video stream without a decodable frame is a :class:`MediaError` from ``probe``
   (``iter_frames`` then yields nothing);
