@@ -84,7 +84,7 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
 def _kind(mode: int) -> str:
     kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
              (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
-    return next((k for is_kind, k in kinds if is_kind(mode)), "not a folder")
+    return next((k for is_kind, k in kinds if is_kind(mode)), "another kind of file")
 
 
 def _os_message(e: OSError) -> str:
@@ -97,7 +97,7 @@ def name_candidates(video: Path) -> list[str]:
     """Results names for ``video``, preferred first: its file stem, then the stem and a
     short hash of its full path (for when another video with that stem has the first).
     A stem too long for the file system is cut to fit and always gets the hash."""
-    digest = hashlib.sha1(str(video.resolve()).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(os.fsencode(video.resolve())).hexdigest()[:8]
     raw = os.fsencode(video.stem)
     if len(raw) <= MAX_NAME_BYTES:
         return [video.stem, f"{video.stem}-{digest}"]
@@ -153,7 +153,9 @@ def plan_outputs(out_dir: str | os.PathLike, videos: Sequence[Path],
             held = "; ".join(f"{out / c}.json holds " + (f"the results of {owners[c]}"
                                                           if owners[c] else "another file")
                              for c in candidates)
-            plans.append(PlannedOutput(video, None, error=f"no free results name: {held}"))
+            error = f"{held}; not overwriting it, give this video another name" if name \
+                else f"no free results name: {held}"
+            plans.append(PlannedOutput(video, None, error=error))
             continue
         taken.add(chosen)
         plans.append(PlannedOutput(video, chosen))

@@ -151,6 +151,14 @@ def test_local_batch_reuses_only_up_to_date_results_and_keeps_other_videos(media
     assert [(o.status, o.note) for o in strided] == [
         ("done", "redone: options changed: stride 1 -> 2")] * 2
     assert [f["index"] for f in read_results(out / "cam.json")["frames"]] == [0, 2, 4]
+    kept = (out / "cam.json").read_bytes()
+    named = tmp_path / "named.jsonl"  # a name given in the manifest is not moved elsewhere
+    named.write_text('{"video": "day2/cam.mp4", "name": "cam"}\n')
+    report = run_batch(read_manifest(named), out, served=ServedModel(), progress=False)
+    [o] = report.failed
+    assert o.error == (f"{out / 'cam.json'} holds the results of {tmp_path / 'day1' / 'cam.mp4'}"
+                       "; not overwriting it, give this video another name")
+    assert (out / "cam.json").read_bytes() == kept
 
 
 def test_batch_command_takes_an_audio_track(media, tmp_path, capsys):
