@@ -2,15 +2,18 @@
 
 While a video runs, frames are appended to ``<name>.partial.jsonl``; when it finishes, the
 complete ``<name>.json`` is written atomically and the partial file removed. A killed run
-therefore leaves no half-written results, and re-running skips finished videos and restarts
-unfinished ones from their first frame (SAM2's memory cannot be resumed mid-video).
+therefore leaves no half-written results, and re-running reuses up-to-date results
+(:func:`why_stale`) and restarts unfinished ones from their first frame (SAM2's memory cannot
+be resumed mid-video). ``<name>.lock`` is held while a name is written.
 
 Layout of ``<name>.json`` (``format: "auralsam2-prelabel"``, ``format_version: 1``)::
 
     video:     path, name, width, height (display), rotation, fps, num_frames, duration,
-               audio {sample_rate, channels} or null, size_bytes
-    model:     package version, sam2_config, image_size, mask_choice, clip_len, stride,
-               checkpoints {sam2, fuser}: {path, sha256} or null (random init)
+               audio {sample_rate, channels, track, tracks, stream_index, language?, title?}
+               or null, size_bytes, mtime_ns
+    model:     package version, sam2_config, image_size, mask_choice, fuser_config,
+               checkpoints {sam2, fuser}: {path, sha256} or null (random init), and the
+               run's options: clip_len, stride, no_audio, audio_track, start_frame, stop_frame
     frames:    [{index, time, sounding_prob, predicted_iou, mask_score, review_priority,
                  mask: COCO RLE {size: [H, W], counts}}]   (frame order; index 0-based)
     intervals: [{start_frame, end_frame, start_time, end_time, mean_prob}]  (end inclusive
@@ -134,8 +137,8 @@ def why_stale(doc: dict, video: dict, model: dict) -> str | None:
     """Why the results ``doc`` are not what a run recording ``video`` and ``model`` (see
     :func:`video_record`, :func:`model_record`) would write, or None when they are: the same
     file (path, size and modification time; files written before the time was recorded are
-    matched on path and size), options and model. A different hysteresis ``rule`` is
-    reported separately by :func:`intervals_stale` (no model run needed)."""
+    matched on path and size), options and model. The hysteresis is checked apart, by
+    :func:`intervals_stale` (new intervals need no model run)."""
     old_v, old_m = doc.get("video") or {}, doc.get("model") or {}
     if old_v.get("path") != video["path"]:
         return f"they were made from another video ({old_v.get('path')})"
