@@ -79,10 +79,11 @@ class AudioTrack:
         return cls(frames.contiguous())
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> AudioTrack:
+    def from_file(cls, path: str | os.PathLike, track: int | None = None) -> AudioTrack:
+        """Audio track ``track`` of the file (default: :func:`~.media.audio_stream`)."""
         from .media import iter_audio_16k
 
-        return cls.from_chunks(iter_audio_16k(path))
+        return cls.from_chunks(iter_audio_16k(path, track))
 
     @classmethod
     def silent(cls) -> AudioTrack:
@@ -113,10 +114,11 @@ class AudioStream:
         self._ended = False
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> AudioStream:
+    def from_file(cls, path: str | os.PathLike, track: int | None = None) -> AudioStream:
+        """Audio track ``track`` of the file (default: :func:`~.media.audio_stream`)."""
         from .media import iter_audio_16k
 
-        return cls(iter_audio_16k(path))
+        return cls(iter_audio_16k(path, track))
 
     def _pull(self) -> None:
         chunk = next(self._chunks, None)

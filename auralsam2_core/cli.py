@@ -121,23 +121,22 @@ def _build_model(args):
 
 
 def cmd_prelabel(args) -> int:
+    """Exit 0: every video done or up to date; 1: some video failed (each is reported and
+    the others still run); 2: the command itself is wrong (options, --out unusable)."""
     from .engine import PrelabelOptions
-    from .jobs import OutputOptions, prelabel_videos
+    from .jobs import OutputOptions, outcome_line, prelabel_videos, prepare_out_dir
     from .results import Hysteresis
 
-    missing = [v for v in args.videos if not Path(v).is_file()]
-    if missing:
-        raise FileNotFoundError(f"video(s) not found: {', '.join(missing)}")
-    opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio)
+    opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio,
+                           audio_track=args.audio_track)
     outs = OutputOptions(png_masks=args.png_masks, overlay=args.overlay,
                          timeline=args.timeline, overwrite=args.overwrite,
                          hysteresis=Hysteresis(args.enter, args.exit, args.min_frames))
-    model = _build_model(args)
-    outcomes = prelabel_videos(model, args.videos, args.out, opts, outs,
+    out = prepare_out_dir(args.out)
+    outcomes = prelabel_videos(lambda: _build_model(args), args.videos, out, opts, outs,
                                progress=not args.quiet)
     for o in outcomes:
-        detail = o.results if o.status != "failed" else o.error
-        print(f"{o.status:8s} {o.video}  {detail}")
+        print(outcome_line(o))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
@@ -317,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--stride", type=int, default=1, help="pre-label every N-th frame")
     pl.add_argument("--no-audio", choices=("error", "silent"), default="error",
                     help="video without audio: error (default) or mark every frame silent")
+    pl.add_argument("--audio-track", type=int, default=None, metavar="N",
+                    help="audio track to hear: the N-th audio track of each file, 0-based "
+                         "(default: the track marked default, else the first)")
     pl.add_argument("--png-masks", action="store_true", help="also write one PNG per frame")
     pl.add_argument("--overlay", action="store_true",
                     help="also write a review video (tinted masks, original audio)")
@@ -324,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--enter", type=float, default=0.6, help="interval starts at p >= this")
     pl.add_argument("--exit", type=float, default=0.4, help="interval ends at p < this")
     pl.add_argument("--min-frames", type=int, default=1, help="shortest interval kept")
-    pl.add_argument("--overwrite", action="store_true", help="redo videos already finished")
+    pl.add_argument("--overwrite", action="store_true",
+                    help="redo videos whose results are up to date")
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     pl.set_defaults(func=cmd_prelabel)
 
@@ -443,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         args.fuser_checkpoint = args.fuser_checkpoint and str(fetch(args.fuser_checkpoint))
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # OSError: a path that cannot be used
+        if isinstance(e, OSError) and e.strerror and e.filename:
+            e = f"{e.strerror}: {e.filename}"
         print(f"auralsam2 {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -490,7 +490,8 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
         if any(x is None for x in rgb):
             raise ValueError(f"{video}: frames {sorted(wanted)} not all decodable")
         masks = np.stack([decode(rec["mask"]) for rec in recs])
-        track = AudioTrack.from_file(video)
+        audio = doc["video"].get("audio") or {}
+        track = AudioTrack.from_file(video, audio.get("track", 0))  # the one labelled
         times = [float(rec["time"]) for rec in recs]
         return ClipSample(frames=normalise_frames(np.stack(rgb), self.image_size),
                           log_mel=track.examples_at(times),

@@ -10,6 +10,7 @@ video's length: audio is decoded alongside and only the log-mel frames still nee
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -24,6 +25,8 @@ from .audio_track import AudioStream
 from .media import MediaError, MediaInfo, iter_frames, probe
 from .model import AuralSAM2, PointPrompt, upsample_logits
 
+log = logging.getLogger("auralsam2")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -36,6 +39,9 @@ class PrelabelOptions:
     prefetch_clips: int = 2  # decoded clips waiting for the model (bounds memory)
     start_frame: int = 0  # first frame to label (0-based); SAM2's memory starts there
     stop_frame: int | None = None  # label frames before this one (None: to the end)
+    # Which audio track to hear: its index among the file's audio tracks (0-based, file
+    # order). None: the track marked default, else the first (media.audio_stream).
+    audio_track: int | None = None
 
     def __post_init__(self) -> None:
         if self.start_frame < 0 or (self.stop_frame is not None
@@ -48,6 +54,11 @@ class PrelabelOptions:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.no_audio not in ("error", "silent"):
             raise ValueError(f"no_audio must be 'error' or 'silent', got {self.no_audio!r}")
+        if self.audio_track is not None and (isinstance(self.audio_track, bool) or not
+                                             isinstance(self.audio_track, int)
+                                             or self.audio_track < 0):
+            raise ValueError(f"audio_track must be an integer >= 0 (or None for the default "
+                             f"track), got {self.audio_track!r}")
 
 
 @dataclass
@@ -153,7 +164,7 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
     are labelled with the prompt plus the audio and become SAM2 conditioning frames.
     """
     opts = options or PrelabelOptions()
-    info = info or probe(video)
+    info = probe_for(video, opts, info)
     for i in prompts or {}:
         if i < opts.start_frame or (opts.stop_frame is not None and i >= opts.stop_frame) \
                 or (i - opts.start_frame) % opts.stride:
@@ -169,7 +180,11 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
     if not info.has_audio:
         yield from _silent(video, info, opts, on_progress)
         return
-    track = AudioStream.from_file(video)
+    if info.audio_tracks > 1:
+        log.warning("auralsam2: %s has %d audio tracks; using track %d%s; choose one with "
+                    "--audio-track N (0-based)", video, info.audio_tracks, info.audio_track,
+                    "" if opts.audio_track is not None else ", the default one")
+    track = AudioStream.from_file(video, info.audio_track)
     state = model.new_state(num_frames=info.num_frames)
     clips = _Producer(video, model.image_size, opts, info.fps).clips()
     try:
@@ -177,6 +192,14 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
                                 on_progress, prompts)
     finally:
         clips.close()  # stops the decoding thread even if the caller gives up early
+
+
+def probe_for(video: str | os.PathLike, opts: PrelabelOptions,
+              info: MediaInfo | None = None) -> MediaInfo:
+    """``info`` when it describes the audio track ``opts`` asks for, else a fresh probe."""
+    if info is None or (opts.audio_track is not None and info.audio_track != opts.audio_track):
+        return probe(video, audio_track=opts.audio_track)
+    return info
 
 
 def _to_model_pixels(p: PointPrompt, info: MediaInfo, size: int) -> PointPrompt:

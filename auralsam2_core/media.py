@@ -9,12 +9,17 @@ downmixed to left/right (left-side channels to L, right-side to R, centre and un
 channels at -3 dB to both, LFE dropped; each output normalised so its weights sum to 1); a
 track that does not name its channels (PCM in Matroska, plain WAV) gets FFmpeg's default
 layout for its channel count, as the ffmpeg command line does.
+
+Track policy: the audio track asked for, else the one marked *default* (what a player plays),
+else the first (:func:`audio_stream`); :class:`MediaInfo` says which one and how many there are.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +47,54 @@ class MediaInfo:
     has_audio: bool
     audio_sample_rate: int | None
     audio_channels: int | None
+    audio_track: int | None = None  # the audio track used: its index among the audio tracks
+    audio_tracks: int = 0  # how many audio tracks the file has
+    audio_stream: int | None = None  # the used track's stream index in the container
+    audio_language: str | None = None  # the used track's language tag, when it has one
+    audio_title: str | None = None  # the used track's title, when it has one
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a video file (a sentence naming it), or None.
+
+    Checked before FFmpeg sees the path: opening a named pipe would block forever, and a
+    symbolic-link loop or an over-long name must not read as "not found"."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            longest = max((len(os.fsencode(part)) for part in p.parts), default=0)
+            return (f"{p}: file name too long ({longest} bytes in one name; the file system "
+                    "allows 255)" if longest > 255 else f"{p}: path too long")
+        if e.errno == errno.ELOOP:
+            return f"{p} is a symbolic link loop"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            if p.is_symlink():
+                return f"{p} is a broken symbolic link (to {os.readlink(p)})"
+            return f"video not found: {p}"
+        return f"cannot read {p}: {e.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{p} is a directory, not a video file"
+    for is_kind, kind in _NOT_REGULAR:
+        if is_kind(st.st_mode):
+            return f"{p} is {kind}, not a video file"
+    if st.st_size == 0:
+        return f"{p} is empty (0 bytes)"
+    if not os.access(p, os.R_OK):
+        return f"cannot read {p}: permission denied"
+    return None
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
     p = Path(path)
-    if not p.exists():
-        raise MediaError(f"video not found: {p}")
-    if p.is_dir():
-        raise MediaError(f"{p} is a directory, not a video file")
-    if p.stat().st_size == 0:
-        raise MediaError(f"{p} is empty (0 bytes)")
+    problem = file_problem(p)
+    if problem:
+        raise MediaError(problem)
     try:
         c = av.open(str(p))
     except av.error.InvalidDataError as e:
@@ -64,8 +107,9 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
     return c
 
 
-def probe(path: str | os.PathLike) -> MediaInfo:
-    """Describe a video file, or raise :class:`MediaError` saying what is wrong with it."""
+def probe(path: str | os.PathLike, audio_track: int | None = None) -> MediaInfo:
+    """Describe a video file, or raise :class:`MediaError` saying what is wrong with it.
+    ``audio_track`` picks the audio track (see :func:`audio_stream`)."""
     p = Path(path)
     with _open(p) as c:
         v = video_stream(c)
@@ -83,13 +127,51 @@ def probe(path: str | os.PathLike) -> MediaInfo:
             duration = float(v.duration * v.time_base)
         elif c.duration is not None:
             duration = c.duration / av.time_base
-        a = c.streams.audio[0] if c.streams.audio else None
+        a = audio_stream(c, audio_track)
+        tracks = list(c.streams.audio)
         return MediaInfo(
             path=p, width=width, height=height, rotation=rotation, fps=fps,
             num_frames=v.frames or None, duration=duration, has_audio=a is not None,
             audio_sample_rate=a.codec_context.sample_rate if a else None,
             audio_channels=a.codec_context.channels if a else None,
+            audio_track=tracks.index(a) if a else None, audio_tracks=len(tracks),
+            audio_stream=a.index if a else None,
+            audio_language=_language(a) if a else None,
+            audio_title=(a.metadata.get("title") or None) if a else None,
         )
+
+
+def audio_stream(container: av.container.InputContainer, track: int | None = None):
+    """The audio track to use: number ``track`` among the audio tracks (0-based, in file
+    order) when given, else the one marked *default* (a player's choice), else the first.
+    None when the file has no audio; :class:`MediaError` naming the tracks when ``track``
+    does not exist."""
+    tracks = list(container.streams.audio)
+    if track is not None:
+        if not 0 <= track < len(tracks):
+            raise MediaError(f"{container.name} has no audio track {track}; "
+                             f"{describe_audio_tracks(tracks)}")
+        return tracks[track]
+    default = [s for s in tracks if s.disposition & av.stream.Disposition.default]
+    return (default or tracks or [None])[0]
+
+
+def describe_audio_tracks(tracks) -> str:
+    """'it has 2 audio tracks: 0 (eng), 1 (default, fra, Commentary)' for messages."""
+    if not tracks:
+        return "it has no audio track"
+    parts = []
+    for n, s in enumerate(tracks):
+        tags = ["default"] if s.disposition & av.stream.Disposition.default else []
+        tags += [t for t in (_language(s), s.metadata.get("title")) if t]
+        parts.append(f"{n} ({', '.join(tags)})" if tags else str(n))
+    return f"it has {len(tracks)} audio track{'s' if len(tracks) > 1 else ''}: " + \
+        ", ".join(parts)
+
+
+def _language(stream) -> str | None:
+    lang = stream.metadata.get("language")
+    return lang if lang and lang != "und" else None
 
 
 def _is_cover(stream) -> bool:
@@ -261,17 +343,18 @@ class _Resampler16k:
         return chunk
 
 
-def iter_audio_16k(path: str | os.PathLike) -> Iterator[np.ndarray]:
-    """Yield the first audio track as ``(2, n)`` float32 chunks at 16 kHz (channel policy
-    above). Raises :class:`MediaError` when there is no audio track.
+def iter_audio_16k(path: str | os.PathLike, track: int | None = None) -> Iterator[np.ndarray]:
+    """Yield an audio track (``track``, else the default one: :func:`audio_stream`) as
+    ``(2, n)`` float32 chunks at 16 kHz (channel policy above). Raises :class:`MediaError`
+    when there is no audio track.
 
     Sample 0 is at the video stream's start (the time origin of :func:`iter_frames`): audio
     that starts later (an ``-itsoffset``, a delayed track) is preceded by silence and audio
     from before the video starts is dropped, so sound and picture line up as in a player."""
     with _open(path) as c:
-        if not c.streams.audio:
+        a = audio_stream(c, track)
+        if a is None:
             raise MediaError(f"{path} has no audio track")
-        a = c.streams.audio[0]
         if not a.codec_context.sample_rate:
             raise MediaError(f"{path}: audio track has no sample rate")
         shift = 0

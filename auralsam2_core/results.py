@@ -2,15 +2,18 @@
 
 While a video runs, frames are appended to ``<name>.partial.jsonl``; when it finishes, the
 complete ``<name>.json`` is written atomically and the partial file removed. A killed run
-therefore leaves no half-written results, and re-running skips finished videos and restarts
-unfinished ones from their first frame (SAM2's memory cannot be resumed mid-video).
+therefore leaves no half-written results, and re-running reuses up-to-date results
+(:func:`why_stale`) and restarts unfinished ones from their first frame (SAM2's memory cannot
+be resumed mid-video). ``<name>.lock`` is held while a name is written.
 
 Layout of ``<name>.json`` (``format: "auralsam2-prelabel"``, ``format_version: 1``)::
 
     video:     path, name, width, height (display), rotation, fps, num_frames, duration,
-               audio {sample_rate, channels} or null, size_bytes
-    model:     package version, sam2_config, image_size, mask_choice, clip_len, stride,
-               checkpoints {sam2, fuser}: {path, sha256} or null (random init)
+               audio {sample_rate, channels, track, tracks, stream_index, language?, title?}
+               or null, size_bytes, mtime_ns
+    model:     package version, sam2_config, image_size, mask_choice, fuser_config,
+               checkpoints {sam2, fuser}: {path, sha256} or null (random init), and the
+               run's options: clip_len, stride, no_audio, audio_track, start_frame, stop_frame
     frames:    [{index, time, sounding_prob, predicted_iou, mask_score, review_priority,
                  mask: COCO RLE {size: [H, W], counts}}]   (frame order; index 0-based)
     intervals: [{start_frame, end_frame, start_time, end_time, mean_prob}]  (end inclusive
@@ -20,8 +23,11 @@ Layout of ``<name>.json`` (``format: "auralsam2-prelabel"``, ``format_version: 1
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, rle
-from .engine import FrameResult
+from .engine import FrameResult, PrelabelOptions
 from .media import MediaInfo
 
 FORMAT = "auralsam2-prelabel"
@@ -87,12 +93,92 @@ def frame_record(r: FrameResult) -> dict:
 
 
 def video_record(info: MediaInfo) -> dict:
+    """The results' ``video`` block: what the video is, and the file it was read from (path,
+    size and modification time: re-runs reuse results only for the same file)."""
     d = asdict(info)
     path = Path(d.pop("path"))
-    audio = {"sample_rate": d.pop("audio_sample_rate"), "channels": d.pop("audio_channels")}
+    audio = {"sample_rate": d.pop("audio_sample_rate"), "channels": d.pop("audio_channels"),
+             "track": d.pop("audio_track"), "tracks": d.pop("audio_tracks"),
+             "stream_index": d.pop("audio_stream")}
+    for key in ("language", "title"):
+        value = d.pop(f"audio_{key}")
+        if value:
+            audio[key] = value
     has_audio = d.pop("has_audio")
+    st = path.stat()
     return {"path": str(path.resolve()), "name": path.name, **d,
-            "audio": audio if has_audio else None, "size_bytes": path.stat().st_size}
+            "audio": audio if has_audio else None, "size_bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def model_record(meta: dict, opts: PrelabelOptions) -> dict:
+    """The results' ``model`` block (``finish`` adds the package version): the model's
+    provenance and the options of the run."""
+    return {**meta, "clip_len": opts.clip_len, "stride": opts.stride, "no_audio": opts.no_audio,
+            "audio_track": opts.audio_track, "start_frame": opts.start_frame,
+            "stop_frame": opts.stop_frame}
+
+
+def _model_identity(m: dict) -> dict:
+    """What makes two models give the same masks: config, input size, mask choice, fuser
+    config and the weights' sha256 (not their paths: moved weights are the same model)."""
+    ident = {k: m.get(k) for k in ("sam2_config", "image_size", "mask_choice", "fuser_config")}
+    ident["weights"] = {part: (desc or {}).get("sha256")
+                        for part, desc in (m.get("checkpoints") or {}).items()}
+    return json.loads(json.dumps(ident, default=str))  # tuples vs lists, as stored
+
+
+def _audio_track(video: dict) -> int | None:
+    audio = video.get("audio")
+    return None if audio is None else audio.get("track", 0)  # unrecorded: the first one
+
+
+def why_stale(doc: dict, video: dict, model: dict) -> str | None:
+    """Why the results ``doc`` are not what a run recording ``video`` and ``model`` (see
+    :func:`video_record`, :func:`model_record`) would write, or None when they are: the same
+    file (path, size and modification time; files written before the time was recorded are
+    matched on path and size), options and model. The hysteresis is checked apart, by
+    :func:`intervals_stale` (new intervals need no model run)."""
+    old_v, old_m = doc.get("video") or {}, doc.get("model") or {}
+    if old_v.get("path") != video["path"]:
+        return f"they were made from another video ({old_v.get('path')})"
+    if old_v.get("size_bytes") != video["size_bytes"] or \
+            old_v.get("mtime_ns", video["mtime_ns"]) != video["mtime_ns"]:
+        return "the video file changed (size or modification time)"
+    pairs = [(k, old_m.get(k, default), model.get(k, default))
+             for k, default in (("clip_len", 5), ("stride", 1), ("start_frame", 0),
+                                ("stop_frame", None))]
+    pairs.append(("audio track", _audio_track(old_v), _audio_track(video)))
+    if video.get("audio") is None:  # the no-audio policy matters only without audio
+        pairs.append(("no_audio", old_m.get("no_audio"), model.get("no_audio")))
+    changed = [f"{k} {a} -> {b}" for k, a, b in pairs if a != b]
+    if changed:
+        return "options changed: " + ", ".join(changed)
+    old_id, new_id = _model_identity(old_m), _model_identity(model)
+    if old_id != new_id:
+        diff = [k for k in new_id if old_id.get(k) != new_id[k]]
+        return f"another model ({', '.join(diff)} differ)"
+    return None
+
+
+def intervals_stale(doc: dict, rule: Hysteresis) -> bool:
+    return doc.get("hysteresis") != asdict(rule)
+
+
+def with_intervals(doc: dict, rule: Hysteresis) -> dict:
+    """``doc`` with its intervals (and summary count) recomputed for another hysteresis
+    rule, from the stored per-frame probabilities."""
+    intervals = sounding_intervals(doc["frames"], doc["video"].get("fps") or 0.0, rule)
+    return {**doc, "intervals": intervals, "hysteresis": asdict(rule),
+            "summary": {**doc["summary"], "intervals": len(intervals)}}
+
+
+class OutputBusy(RuntimeError):
+    """Another run is writing these results right now."""
+
+
+class OutputTaken(ValueError):
+    """The results file name holds something that is not this video's results."""
 
 
 class ResultsWriter:
@@ -103,6 +189,7 @@ class ResultsWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.final = self.dir / f"{name}.json"
         self.partial = self.dir / f"{name}.partial.jsonl"
+        self.lockfile = self.dir / f"{name}.lock"
         self._fh = None
 
     def is_complete(self) -> bool:
@@ -112,6 +199,55 @@ class ResultsWriter:
             return read_results(self.final).get("status") == "complete"
         except (OSError, ValueError):
             return False
+
+    def existing(self) -> dict | None:
+        """The complete results already at this name, or None (nothing, or only a killed
+        run's partial file). :class:`OutputTaken` when the file there is not results."""
+        if not self.final.exists():
+            return None
+        try:
+            doc = read_results(self.final)
+        except ValueError as e:  # foreign or damaged JSON: someone else's file, keep it
+            raise OutputTaken(f"{self.final} exists and is not AuralSAM2 results ({e}); "
+                              "not overwriting it") from e
+        return doc if doc.get("status") == "complete" else None
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold ``<name>.lock`` (an exclusive ``flock``) while this name is written; a second
+        run refuses with :class:`OutputBusy` instead of clobbering the first one's files. The
+        kernel drops the lock when a process dies, so a killed run never blocks the next."""
+        while True:
+            fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise OutputBusy(f"{self.final} is being written by another run ({holder}); "
+                                 "wait for it to finish, or use another --out") from None
+            try:  # the holder before us may have removed the file: lock the one at the path
+                current = os.stat(self.lockfile)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+            yield self
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lockfile)
+            os.close(fd)
+
+    def replace_final(self, doc: dict) -> None:
+        """Write ``doc`` as the final results, atomically."""
+        tmp = self.final.with_suffix(".json.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, separators=(",", ":"))
+        os.replace(tmp, self.final)
 
     def __enter__(self) -> ResultsWriter:
         self._fh = open(self.partial, "w", encoding="utf-8")  # restart: drop any old partial
@@ -137,10 +273,7 @@ class ResultsWriter:
                            "intervals": len(intervals),
                            "seconds": round(time.perf_counter() - self._started, 2)},
                "hysteresis": asdict(rule)}
-        tmp = self.final.with_suffix(".json.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
-        os.replace(tmp, self.final)
+        self.replace_final(doc)
         self.partial.unlink()
         return doc
 

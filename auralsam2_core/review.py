@@ -35,8 +35,9 @@ def _even(n: int) -> int:
 def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLike, *,
                   max_side: int = 1280) -> Path:
     """H.264 review video: masks tinted red, the sounding probability as a bar at the top,
-    and the source's audio stream copied in unchanged (no re-encoding). Frames keep their
-    own timestamps (VFR stays in sync) and time 0 is the video's start, as in the results."""
+    and the source's audio track (the one the results heard) copied in unchanged (no
+    re-encoding). Frames keep their own timestamps (VFR stays in sync) and time 0 is the
+    video's start, as in the results."""
     masks = {f["index"]: f for f in doc["frames"]}
     width, height = doc["video"]["width"], doc["video"]["height"]
     scale = min(1.0, max_side / max(width, height))
@@ -49,7 +50,10 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.options = {"crf": "23", "preset": "veryfast"}
         vs.time_base = Fraction(1, 90000)
-        audio_in = src.streams.audio[0] if src.streams.audio else None
+        audio = doc["video"].get("audio")  # the track the results were made from
+        tracks = list(src.streams.audio)
+        track = audio.get("track", 0) if audio else 0  # unrecorded: the first (older files)
+        audio_in = tracks[track] if track < len(tracks) else None
         audio_out = dst.add_stream_from_template(audio_in) if audio_in is not None else None
         last_pts = -1
         for frame in iter_frames(video, fps_hint=fps):

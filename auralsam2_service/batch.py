@@ -1,8 +1,9 @@
 """Batch pre-labelling of a manifest of videos, on this machine or on a Ray cluster.
 
 Both ways write exactly the files of ``auralsam2 prelabel`` (``<name>.json`` per video, through
-:func:`auralsam2_core.jobs.prelabel_one`), skip videos whose results are complete (so a killed
-run resumes), and report a failing video without stopping the others.
+:func:`auralsam2_core.jobs.prelabel_one`, named by :func:`auralsam2_core.jobs.plan_outputs`),
+reuse results only when they are up to date (same file, options and model; so a killed run
+resumes), and report a failing video without stopping the others.
 
 With Ray, Ray Data maps the videos over a pool of model actors: one per GPU when the cluster
 has GPUs (else one per CPU), each loading the model once. Actors write their results straight
@@ -24,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from auralsam2_core.engine import PrelabelOptions
-from auralsam2_core.jobs import OutputOptions, VideoOutcome, output_names, prelabel_one
+from auralsam2_core.jobs import (
+    MAX_NAME_BYTES,
+    OutputOptions,
+    VideoOutcome,
+    plan_outputs,
+    prelabel_one,
+    prepare_out_dir,
+)
+from auralsam2_core.media import file_problem
 from auralsam2_core.model_env import ServedModel, load_served_model
 from auralsam2_core.results import ResultsWriter
 
@@ -36,7 +45,8 @@ class ManifestError(ValueError):
 @dataclass(frozen=True)
 class BatchItem:
     video: Path
-    name: str  # results go to <out_dir>/<name>.json
+    name: str | None = None  # results go to <out_dir>/<name>.json; None: the file's stem
+    # (or stem-<hash> when another video's results have the stem: jobs.plan_outputs)
 
 
 @dataclass
@@ -51,7 +61,8 @@ class BatchReport:
     def as_dict(self) -> dict:
         def rows(outcomes):
             return [{"video": str(o.video), "results": str(o.results) if o.results else None,
-                     **({"error": o.error} if o.error else {})} for o in outcomes]
+                     **({"error": o.error} if o.error else {}),
+                     **({"note": o.note} if o.note else {})} for o in outcomes]
         return {"backend": self.backend, "workers": self.workers,
                 "seconds": round(self.seconds, 2), "done": rows(self.done),
                 "skipped": rows(self.skipped), "failed": rows(self.failed)}
@@ -61,7 +72,8 @@ def read_manifest(path: str | os.PathLike) -> list[BatchItem]:
     """Videos from a manifest: ``.jsonl`` / ``.ndjson`` lines ``{"video": path, "name"?: str}``,
     anything else a list of paths, one per line (blank lines and ``#`` lines ignored).
     Relative paths are relative to the manifest's folder. Raises :class:`ManifestError` naming
-    every missing file, duplicate video or name and bad line at once."""
+    every missing or unusable file (a folder, a named pipe, a link loop...), duplicate video
+    or name and bad line at once. Videos without a name get theirs when the batch runs."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
@@ -82,14 +94,16 @@ def read_manifest(path: str | os.PathLike) -> list[BatchItem]:
                     raise ValueError(f"unknown keys {sorted(set(rec) - {'video', 'name'})}")
                 video, name = rec["video"], rec.get("name")
                 if name is not None and (not isinstance(name, str) or not _safe_name(name)):
-                    raise ValueError(f"name {name!r} must be a plain file name")
+                    raise ValueError(f"name {name!r} must be a plain file name of at most "
+                                     f"{MAX_NAME_BYTES} bytes")
             except ValueError as e:
                 problems.append(f"line {lineno}: {e}")
                 continue
         p = Path(video).expanduser()
         p = p if p.is_absolute() else path.parent / p
-        if not p.is_file():
-            problems.append(f"line {lineno}: {video} not found ({p})")
+        problem = file_problem(p)
+        if problem:
+            problems.append(f"line {lineno}: {video}: {problem}")
             continue
         entries.append((lineno, p.resolve(), name))
     seen: dict[Path, int] = {}
@@ -101,30 +115,27 @@ def read_manifest(path: str | os.PathLike) -> list[BatchItem]:
         raise ManifestError(f"manifest {path}: " + "; ".join(problems))
     if not entries:
         raise ManifestError(f"manifest {path} lists no videos")
-    defaults = output_names([p for _, p, _ in entries])
-    items = [BatchItem(p, name or default)
-             for (_, p, name), default in zip(entries, defaults, strict=True)]
+    items = [BatchItem(p, name) for _, p, name in entries]
     _check_unique_names(items)
     return items
 
 
 def _safe_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name and len(os.fsencode(name)) <= MAX_NAME_BYTES
 
 
 def _check_unique_names(items: Sequence[BatchItem]) -> None:
     first: dict[str, Path] = {}
     clashes = [f"{it.name!r} ({first[it.name]} and {it.video})" for it in items
-               if first.setdefault(it.name, it.video) != it.video]
+               if it.name and first.setdefault(it.name, it.video) != it.video]
     if clashes:
         raise ManifestError(f"two videos would write the same results: {', '.join(clashes)}")
 
 
 def as_items(videos: Sequence[BatchItem | str | os.PathLike]) -> list[BatchItem]:
-    """Items as given; bare paths get the names ``auralsam2 prelabel`` would give them."""
-    paths = [Path(v) for v in videos if not isinstance(v, BatchItem)]
-    names = iter(output_names(paths))
-    items = [v if isinstance(v, BatchItem) else BatchItem(Path(v), next(names)) for v in videos]
+    """Items as given; bare paths are named as ``auralsam2 prelabel`` names them."""
+    items = [v if isinstance(v, BatchItem) else BatchItem(Path(v)) for v in videos]
     _check_unique_names(items)
     return items
 
@@ -133,29 +144,48 @@ def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os
               options: PrelabelOptions | None = None, *, ray: bool = False,
               num_workers: int | None = None, served: ServedModel | None = None,
               outputs: OutputOptions | None = None, progress: bool = True) -> BatchReport:
-    """Pre-label ``videos`` into ``out_dir``, here (one model) or on Ray (a pool of actors)."""
+    """Pre-label ``videos`` into ``out_dir``, here (one model) or on Ray (a pool of actors).
+
+    Whether a video's results are up to date is decided where its model is (the model is
+    part of the key), so a run loads the model even when every video turns out skipped."""
     opts = options or PrelabelOptions()
     outs = outputs or OutputOptions()
     served = served or ServedModel.from_env()
     items = as_items(videos)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_out_dir(out_dir)
     report = BatchReport(backend="ray" if ray else "local")
-    todo = []
-    for it in items:  # complete results are skipped here, before any model is loaded
-        writer = ResultsWriter(out_dir, it.name)
-        if writer.is_complete() and not outs.overwrite:
-            report.skipped.append(VideoOutcome(it.video, "skipped", writer.final))
+    outcomes: list[VideoOutcome | None] = [None] * len(items)
+    usable = []
+    for i, it in enumerate(items):
+        problem = file_problem(it.video)
+        if problem:
+            outcomes[i] = VideoOutcome(it.video, "failed", error=problem)
         else:
-            todo.append(it)
+            usable.append(i)
+    plans = plan_outputs(out_dir, [items[i].video for i in usable],
+                         [items[i].name for i in usable])
+    todo: list[tuple[int, BatchItem]] = []
+    for i, plan in zip(usable, plans, strict=True):
+        if plan.error:
+            outcomes[i] = VideoOutcome(plan.video, "failed", error=plan.error)
+        elif plan.same_as is None:
+            todo.append((i, BatchItem(plan.video, plan.name)))
     started = time.perf_counter()
     if todo and ray:
-        outcomes, report.workers = _run_on_ray(todo, out_dir, opts, outs, served, num_workers,
-                                               progress)
+        done, report.workers = _run_on_ray([it for _, it in todo], out_dir, opts, outs,
+                                           served, num_workers, progress)
     elif todo:
         model = load_served_model(served)
-        outcomes = [_one(model, it, out_dir, opts, outs, progress) for it in todo]
+        done = [_one(model, it, out_dir, opts, outs, progress) for _, it in todo]
     else:
-        outcomes = []
+        done = []
+    for (i, _), o in zip(todo, done, strict=True):
+        outcomes[i] = o
+    for i, plan in zip(usable, plans, strict=True):
+        if plan.same_as is not None:  # the same file listed twice: labelled once
+            o = outcomes[usable[plan.same_as]]
+            outcomes[i] = VideoOutcome(plan.video, o.status, o.results, o.error,
+                                       note="listed twice; labelled once")
     report.seconds = time.perf_counter() - started
     for o in outcomes:
         getattr(report, o.status).append(o)
@@ -187,7 +217,7 @@ class _Prelabeller:
 
     def __call__(self, batch: dict) -> dict:
         rows: dict[str, list] = {"video": [], "name": [], "status": [], "results": [],
-                                 "error": []}
+                                 "error": [], "note": []}
         for video, name in zip(batch["video"], batch["name"], strict=True):
             o = _one(self.model, BatchItem(Path(str(video)), str(name)), self.out_dir,
                      self.opts, self.outs, progress=False)
@@ -196,6 +226,7 @@ class _Prelabeller:
             rows["status"].append(o.status)
             rows["results"].append(str(o.results) if o.results else "")
             rows["error"].append(o.error or "")
+            rows["note"].append(o.note or "")
         return rows
 
 
@@ -229,7 +260,8 @@ def _run_on_ray(items: list[BatchItem], out_dir, opts, outs, served: ServedModel
                 "its Ray worker died twice on it (out of memory? a crash?); see the Ray logs")))
             continue
         outcomes.append(VideoOutcome(it.video, r["status"], Path(r["results"])
-                                     if r["results"] else None, r["error"] or None))
+                                     if r["results"] else None, r["error"] or None,
+                                     r["note"] or None))
     return outcomes, workers
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from auralsam2_core.model_env import add_model_arguments, served_model_from_args
 
@@ -20,7 +21,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="MANIFEST is a text file with one video path per line ('#' comments) or a "
                     ".jsonl file of {\"video\": path, \"name\": optional} lines; relative paths "
                     "are relative to the manifest. Writes the same <name>.json files as "
-                    "'auralsam2 prelabel' and skips videos already finished. With --ray, "
+                    "'auralsam2 prelabel' and reuses results made from the same file with the "
+                    "same options and model (others are redone). With --ray, "
                     "Ray Data runs one model per GPU (else per CPU) on the cluster at "
                     "RAY_ADDRESS (or a local one); the videos and --out must then be on a "
                     "filesystem every Ray node sees at the same path.")
@@ -33,6 +35,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--clip-len", type=int, default=5, help="frames per fuser clip (authors: 5)")
     p.add_argument("--no-audio", choices=("error", "silent"), default="error",
                    help="video without audio: error (default) or mark every frame silent")
+    p.add_argument("--audio-track", type=int, default=None, metavar="N",
+                   help="audio track to hear: the N-th audio track of each file, 0-based "
+                        "(default: the track marked default, else the first)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo videos whose results are up to date")
     add_model_arguments(p)
     p.add_argument("--report", default=None, help="also write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -42,18 +49,23 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def cmd_batch(args) -> int:
     from auralsam2_core.engine import PrelabelOptions
+    from auralsam2_core.jobs import OutputOptions, outcome_line
 
     from .batch import read_manifest, run_batch
 
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be >= 1")
+    if args.report and (Path(args.report).is_dir() or not Path(args.report).parent.is_dir()):
+        raise ValueError(f"--report {args.report}: give a file in an existing folder")
     items = read_manifest(args.manifest)
-    opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio)
+    opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio,
+                           audio_track=args.audio_track)
     served = served_model_from_args(args)
     report = run_batch(items, args.out, opts, ray=args.ray, num_workers=args.workers,
-                       served=served, progress=not args.quiet)
+                       served=served, outputs=OutputOptions(overwrite=args.overwrite),
+                       progress=not args.quiet)
     for o in report.done + report.skipped + report.failed:
-        print(f"{o.status:8s} {o.video}  {o.error if o.status == 'failed' else o.results}")
+        print(outcome_line(o))
     print(f"auralsam2 batch: {len(report.done)} done, {len(report.skipped)} skipped, "
           f"{len(report.failed)} failed in {report.seconds:.1f} s ({report.backend}, "
           f"{report.workers} worker(s))", file=sys.stderr)

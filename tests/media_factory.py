@@ -130,3 +130,19 @@ def zero_frame_video(path: str | Path) -> Path:
     ffmpeg(*video_src(1.0, 10), *audio_src(1.0), "-vf", "trim=end_frame=0", "-c:v", "mpeg4",
            "-c:a", "aac", path)
     return Path(path)
+
+
+def make_two_track_video(path: str | Path, *, frames: int = 5, fps: float = 5,
+                         default: int | None = 1) -> Path:
+    """A video with two audio tracks: track 0 silent, track 1 a 440 Hz tone (language
+    ``fra``, title ``Tone``); ``default`` is the track with the *default* disposition (None:
+    neither; use Matroska for that, MP4 marks the first track default whatever is asked)."""
+    seconds = frames / fps
+    args = [*video_src(frames=frames, fps=fps), *audio_src(seconds, channels=("0",)),
+            *audio_src(seconds, channels=(tone(440),)), "-map", "0:v", "-map", "1:a",
+            "-map", "2:a", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-metadata:s:a:1", "language=fra", "-metadata:s:a:1", "title=Tone"]
+    for track in (0, 1):
+        args += [f"-disposition:a:{track}", "default" if track == default else "0"]
+    ffmpeg(*args, path)
+    return Path(path)

@@ -133,6 +133,36 @@ def test_audio_longer_than_the_video(tmp_path, model, spy):
     assert all(float(ex.max()) > SILENCE + 1 for _, ex in spy)  # all frames hear the tone
 
 
+def test_the_default_audio_track_is_heard_and_recorded(tmp_path, model, spy, caplog):
+    """Track 0 silent, track 1 (default) a tone: the engine hears the tone, says which
+    track it used in the results, and warns that the file has several."""
+    video = mf.make_two_track_video(tmp_path / "two.mkv", frames=4, default=1)
+    with caplog.at_level("WARNING", logger="auralsam2"):
+        [o] = prelabel_videos(model, [video], tmp_path / "out", PrelabelOptions(clip_len=4),
+                              progress=False)
+    assert o.status == "done"
+    assert all(float(ex.max()) > SILENCE + 1 for _, ex in spy)  # the tone, on every frame
+    audio = read_results(o.results)["video"]["audio"]
+    assert audio == {"sample_rate": 16000, "channels": 1, "track": 1, "tracks": 2,
+                     "stream_index": 2, "language": "fra", "title": "Tone"}
+    assert "has 2 audio tracks; using track 1, the default one" in caplog.text
+    assert "--audio-track" in caplog.text
+
+    spy.clear()
+    silent = run(model, video, clip_len=4, audio_track=0)  # the other track, on request
+    assert len(silent) == 4 and all(torch.all(ex == SILENCE) for _, ex in spy)
+    with pytest.raises(MediaError, match=r"no audio track 5; it has 2 audio tracks"):
+        run(model, video, audio_track=5)
+    # info probed for the default track is not reused for another one
+    spy.clear()
+    list(prelabel(model, video, PrelabelOptions(audio_track=0), info=probe(video)))
+    assert all(torch.all(ex == SILENCE) for _, ex in spy)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="auralsam2"):
+        run(model, mf.make_video(tmp_path / "one.mp4", frames=2))
+    assert "audio tracks" not in caplog.text  # one track: nothing to warn about
+
+
 # ----------------------------------------------------------------------- frames and files
 
 
@@ -238,7 +268,8 @@ def test_abandoned_run_stops_its_decoder_thread(tmp_path, model):
 
 
 def test_bad_options():
-    for bad in ({"clip_len": 0}, {"stride": 0}, {"no_audio": "ignore"}):
+    for bad in ({"clip_len": 0}, {"stride": 0}, {"no_audio": "ignore"}, {"audio_track": -1},
+                {"audio_track": "1"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             PrelabelOptions(**bad)
     for bad in ({"start_frame": -1}, {"start_frame": 4, "stop_frame": 4}):
@@ -295,11 +326,14 @@ def test_results_file_matches_a_direct_run(tmp_path, model):
     v = doc["video"]
     assert v["name"] == "fichier 1.mp4" and v["path"] == str(video.resolve())
     assert (v["width"], v["height"], v["rotation"], v["num_frames"]) == (64, 48, 0, 6)
-    assert v["audio"] == {"sample_rate": 44100, "channels": 2}
+    assert v["audio"] == {"sample_rate": 44100, "channels": 2, "track": 0, "tracks": 1,
+                          "stream_index": 1}
     assert v["size_bytes"] == video.stat().st_size
+    assert v["mtime_ns"] == video.stat().st_mtime_ns
     m = doc["model"]
     assert (m["sam2_config"], m["image_size"], m["clip_len"], m["stride"]) == (
         "sam2_hiera_t", 64, 4, 1)
+    assert (m["audio_track"], m["start_frame"], m["stop_frame"]) == (None, 0, None)
     assert m["checkpoints"] == {"sam2": None, "fuser": None}
     assert doc["summary"]["frames"] == 6 and doc["summary"]["intervals"] == len(
         doc["intervals"])
@@ -390,12 +424,12 @@ def test_killed_run_is_redone_and_finished_one_skipped(tmp_path, model, monkeypa
     indices = [f["index"] for f in read_results(out / "clip.json")["frames"]]
     assert indices == [0, 1, 2, 3]  # redone from the first frame, no duplicates
 
-    [o] = prelabel_videos(model, [video], out, progress=False)
+    [o] = prelabel_videos(model, [video], out, PrelabelOptions(clip_len=2), progress=False)
     assert o.status == "skipped" and o.results == out / "clip.json"
 
     # a stale partial from some earlier kill next to a finished result changes nothing
     partial.write_text('{"index": 0}\n')
-    [o] = prelabel_videos(model, [video], out, progress=False)
+    [o] = prelabel_videos(model, [video], out, PrelabelOptions(clip_len=2), progress=False)
     assert o.status == "skipped"
 
 
@@ -490,5 +524,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main(["prelabel", str(good), str(junk), *base]) == 1  # one failed
     printed = capsys.readouterr().out
     assert "skipped" in printed and "failed" in printed and str(junk) in printed
-    assert main(["prelabel", str(tmp_path / "missing.mp4"), *base]) == 2
+    assert main(["prelabel", str(tmp_path / "missing.mp4"), *base]) == 1  # a failed video
     assert "not found" in capsys.readouterr().err
+    assert main(["prelabel", str(good), *base, "--stride", "0"]) == 2  # a wrong command
+    assert "stride must be >= 1" in capsys.readouterr().err

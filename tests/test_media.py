@@ -5,7 +5,10 @@ rotation, odd sizes, 8-96 kHz, mono / 5.1, short audio) come out right.
 Documented behaviours chosen here:
 
 * missing / directory / 0-byte / random-bytes / text files and an audio-only file are
-  :class:`MediaError` naming the path;
+  :class:`MediaError` naming the path; so are named pipes, devices, symbolic-link loops and
+  names too long for the file system, each saying what it is (never "not found");
+* of several audio tracks the *default* one is heard (else the first) unless one is asked
+  for; asking for a track that does not exist names the tracks there are;
 * a still image (PNG) is a 1-frame video without audio;
 * a video stream without a decodable frame is a :class:`MediaError` from ``probe``
   (``iter_frames`` then yields nothing);
@@ -19,6 +22,8 @@ Documented behaviours chosen here:
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +89,28 @@ def test_missing_directory_and_empty_files(tmp_path):
         with pytest.raises(MediaError, match=r"empty \(0 bytes\)") as e:
             fn(empty)
         assert str(empty) in str(e.value)
+
+
+def test_paths_that_are_not_regular_files_say_what_they_are(tmp_path):
+    """A named pipe would block FFmpeg forever; none of these is "not found"."""
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    (tmp_path / "a.mp4").symlink_to(tmp_path / "b.mp4")
+    (tmp_path / "b.mp4").symlink_to(tmp_path / "a.mp4")
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    long_name = tmp_path / ("x" * 300 + ".mp4")
+    cases = {fifo: "is a named pipe (FIFO), not a video file",
+             tmp_path / "a.mp4": "is a symbolic link loop",
+             tmp_path / "gone.mp4": "is a broken symbolic link",
+             long_name: "file name too long (304 bytes in one name",
+             Path("/dev/null"): "is a character device, not a video file",
+             tmp_path: "is a directory"}
+    for path, message in cases.items():
+        with pytest.raises(MediaError, match=re.escape(message)) as e:
+            probe(path)
+        assert str(path) in str(e.value)
 
 
 def test_random_bytes_are_a_media_error_naming_the_path(tmp_path):
@@ -437,3 +464,27 @@ def test_audio_stream_equals_whole_track_and_keeps_a_window():
         assert len(stream._frames) < 400  # a few seconds, not the whole 20 s (2000 frames)
     with pytest.raises(ValueError, match="time order"):
         stream.examples_at([1.0])
+
+
+# --------------------------------------------------------------------------- audio tracks
+
+
+def test_the_default_audio_track_is_used_and_any_track_can_be_chosen(tmp_path):
+    video = mf.make_two_track_video(tmp_path / "two.mkv", default=1)  # track 0 is silent
+    assert rms(audio_of(video)) > 0.2  # the tone on the default track, not track 0
+    info = probe(video)
+    assert (info.audio_track, info.audio_tracks, info.audio_stream) == (1, 2, 2)
+    assert (info.audio_language, info.audio_title) == ("fra", "Tone")
+    assert rms(np.concatenate(list(iter_audio_16k(video, track=0)), axis=1)) < 1e-4
+    assert rms(np.concatenate(list(iter_audio_16k(video, track=1)), axis=1)) > 0.2
+    chosen = probe(video, audio_track=0)
+    assert (chosen.audio_track, chosen.audio_stream, chosen.audio_language) == (0, 1, None)
+    with pytest.raises(MediaError, match=re.escape(
+            "has no audio track 2; it has 2 audio tracks: 0, 1 (default, fra, Tone)")):
+        probe(video, audio_track=2)
+    with pytest.raises(MediaError, match="has no audio track 2"):
+        next(iter_audio_16k(video, track=2))
+    # no track marked default: the first one
+    assert probe(mf.make_two_track_video(tmp_path / "none.mkv", default=None)).audio_track == 0
+    one = probe(mf.make_video(tmp_path / "one.mp4", frames=2))
+    assert (one.audio_track, one.audio_tracks) == (0, 1)

@@ -21,6 +21,11 @@ from auralsam2_core.results import read_results
 from auralsam2_core.synthetic import make_clip, write_clip
 from auralsam2_service.batch import BatchItem, ManifestError, read_manifest, run_batch
 
+try:  # tests/ as a package or as a rootdir-inserted folder
+    from . import media_factory as mf
+except ImportError:
+    import media_factory as mf
+
 ray = pytest.importorskip("ray", reason="ray is not installed (scripts/setup.d/50-ray.sh)")
 
 # Ray's own deprecation warnings (Serve's pydantic models, Ray Data's context defaults).
@@ -77,14 +82,14 @@ def _comparable(path: Path) -> dict:
 
 def test_read_manifest_text_and_jsonl(media, tmp_path):
     items = read_manifest(media / "manifest.txt")
-    assert [i.name for i in items] == ["clip0", "broken", "clip1", "clip2"]
+    assert [i.name for i in items] == [None] * 4  # named when the batch runs (plan_outputs)
     assert all(i.video.is_absolute() and i.video.is_file() for i in items)
 
     jl = media / "named.jsonl"
     jl.write_text('{"video": "videos/clip0.mp4", "name": "first"}\n# comment\n'
                   '{"video": "videos/clip1.mp4"}\n')
     assert read_manifest(jl) == [BatchItem((media / "videos/clip0.mp4").resolve(), "first"),
-                                 BatchItem((media / "videos/clip1.mp4").resolve(), "clip1")]
+                                 BatchItem((media / "videos/clip1.mp4").resolve())]
 
     def error(text: str, suffix: str = ".txt") -> str:
         m = media / f"bad{suffix}"
@@ -94,12 +99,14 @@ def test_read_manifest_text_and_jsonl(media, tmp_path):
         return str(e.value)
 
     msg = error("videos/clip0.mp4\nvideos/nope.mp4\nvideos/other.mp4\n")
-    assert "line 2: videos/nope.mp4 not found" in msg and "line 3: videos/other.mp4" in msg
+    assert "line 2: videos/nope.mp4: video not found" in msg and "line 3: videos/other.mp4" in msg
     assert "repeats line 1" in error("videos/clip0.mp4\n./videos/../videos/clip0.mp4\n")
     assert "lists no videos" in error("# nothing\n\n")
     assert "line 1" in error("{not json\n", ".jsonl")
     assert "plain file name" in error('{"video": "videos/clip0.mp4", "name": "../x"}\n',
                                       ".jsonl")
+    assert "at most 200 bytes" in error('{"video": "videos/clip0.mp4", "name": "%s"}\n'
+                                        % ("n" * 201), ".jsonl")
     assert "unknown keys" in error('{"video": "videos/clip0.mp4", "frames": 3}\n', ".jsonl")
     assert "same results" in error('{"video": "videos/clip0.mp4", "name": "a"}\n'
                                    '{"video": "videos/clip1.mp4", "name": "a"}\n', ".jsonl")
@@ -113,6 +120,61 @@ def test_local_batch_reports_the_broken_file_and_finishes_the_others(local_run, 
     [bad] = report.failed
     assert bad.video.name == "broken.mp4" and "not a readable media file" in bad.error
     assert sorted(p.name for p in out.iterdir()) == [f"{c}.json" for c in CLIPS]
+
+
+def test_local_batch_reuses_only_up_to_date_results_and_keeps_other_videos(media, tmp_path):
+    """Issue #13: ``batch`` reused results by name (another day's cam.mp4, another stride)."""
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+    (tmp_path / "day1" / "cam.mp4").write_bytes((media / "videos" / "clip0.mp4").read_bytes())
+    (tmp_path / "day2" / "cam.mp4").write_bytes((media / "videos" / "clip1.mp4").read_bytes())
+    out = tmp_path / "out"
+
+    def batch(*videos, **options):
+        from auralsam2_core.engine import PrelabelOptions
+
+        report = run_batch([tmp_path / v for v in videos], out, PrelabelOptions(**options),
+                           served=ServedModel(), progress=False)
+        return report.done + report.skipped + report.failed
+
+    [day1] = batch("day1/cam.mp4")
+    assert (day1.status, day1.results) == ("done", out / "cam.json")
+    kept = day1.results.read_bytes()
+    [day2] = batch("day2/cam.mp4")
+    assert day2.status == "done" and day2.results.name.startswith("cam-")
+    assert day1.results.read_bytes() == kept
+    assert read_results(day2.results)["video"]["path"] == str(tmp_path / "day2" / "cam.mp4")
+    again = batch("day2/cam.mp4", "day1/cam.mp4")
+    assert [(o.status, o.results) for o in again] == [("skipped", day2.results),
+                                                      ("skipped", day1.results)]
+    strided = batch("day1/cam.mp4", "day2/cam.mp4", stride=2)
+    assert [(o.status, o.note) for o in strided] == [
+        ("done", "redone: options changed: stride 1 -> 2")] * 2
+    assert [f["index"] for f in read_results(out / "cam.json")["frames"]] == [0, 2, 4]
+    kept = (out / "cam.json").read_bytes()
+    named = tmp_path / "named.jsonl"  # a name given in the manifest is not moved elsewhere
+    named.write_text('{"video": "day2/cam.mp4", "name": "cam"}\n')
+    report = run_batch(read_manifest(named), out, served=ServedModel(), progress=False)
+    [o] = report.failed
+    assert o.error == (f"{out / 'cam.json'} holds the results of {tmp_path / 'day1' / 'cam.mp4'}"
+                       "; not overwriting it, give this video another name")
+    assert (out / "cam.json").read_bytes() == kept
+
+
+def test_batch_command_takes_an_audio_track(media, tmp_path, capsys):
+    mf.make_two_track_video(tmp_path / "two.mkv", frames=3, default=1)
+    manifest = tmp_path / "m.txt"
+    manifest.write_text("two.mkv\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(manifest), "--out", str(out), "--quiet"]) == 0
+    assert read_results(out / "two.json")["video"]["audio"]["track"] == 1  # the default
+    assert main(["batch", str(manifest), "--out", str(out), "--quiet",
+                 "--audio-track", "0"]) == 0
+    assert "redone: options changed: audio track 1 -> 0" in capsys.readouterr().out
+    assert read_results(out / "two.json")["video"]["audio"]["track"] == 0
+    assert main(["batch", str(manifest), "--out", str(out), "--quiet",
+                 "--audio-track", "2"]) == 1
+    assert "has no audio track 2; it has 2 audio tracks" in capsys.readouterr().out
 
 
 def test_ray_batch_writes_the_same_results_as_the_local_run(cluster, local_run, media):
@@ -143,6 +205,7 @@ def test_ray_batch_resumes_and_skips_complete_videos(cluster, local_run, media):
     report = run_batch(read_manifest(media / "manifest.txt"), out, ray=True, num_workers=2,
                        served=ServedModel(), progress=False)
     assert [o.video.name for o in report.skipped] == ["clip0.mp4", "clip2.mp4"]
+    assert {o.note for o in report.skipped} == {"same video, options and model"}
     assert [o.video.name for o in report.done] == ["clip1.mp4"]
     assert [o.video.name for o in report.failed] == ["broken.mp4"]
     assert {c: (out / f"{c}.json").stat().st_mtime_ns for c in before} == before
@@ -189,7 +252,9 @@ def test_batch_command_on_ray(cluster, local_run, media, capsys):
 
     (media / "good.txt").write_text("videos/clip0.mp4\nvideos/clip2.mp4\n")
     assert main(["batch", str(media / "good.txt"), "--out", str(out), "--quiet"]) == 0
-    assert capsys.readouterr().out.split()[::3] == ["skipped", "skipped"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["skipped", "skipped"]
+    assert all(line.endswith("(same video, options and model)") for line in lines)
     assert main(["batch", str(media / "missing.txt"), "--out", str(out)]) == 2
 
 
