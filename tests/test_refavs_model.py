@@ -5,6 +5,7 @@ clip handling (REF_AVS_SPEC.md §3: T = 10, conditioning frame int(T/2) processe
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -230,3 +231,44 @@ def test_build_loads_the_text_encoder_from_the_hub_cache(tmp_path, monkeypatch):
     with torch.inference_mode():
         out = m.forward_clip(frames, log_mel, text="the sounding object")
     assert out.mask_logits.shape == (3, 1, SIZE // 4, SIZE // 4)
+
+
+# --------------------------------------------------------------------------- auralsam2 check
+
+
+def test_cli_check_refavs_without_a_cached_text_encoder(tmp_path, monkeypatch, capsys):
+    from auralsam2_core.cli import main
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    assert main(["check", "--variant", "refavs", "--sam2-config", "sam2_hiera_t",
+                 "--image-size", "64", "--frames", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    layout = report["fuser_layout"]
+    assert layout["keys"] == layout["official_keys"] == 752
+    assert layout["same_keys_in_order"] and layout["mismatches"] == []
+    assert report["variant"] == "refavs" and report["frames"] == 4
+    assert report["outputs"]["mask_logits"] == [4, 1, SIZE // 4, SIZE // 4]
+    assert report["text"]["conditioning_frame"] == 2
+    assert "tiny random" in report["text"]["encoder"]
+    assert "not in the Hugging Face cache" in out.err and "check: OK" in out.err
+
+
+def test_cli_check_refavs_uses_the_cached_text_encoder(tmp_path, monkeypatch, capsys):
+    from auralsam2_core.cli import main
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    snap, _ = make_hf_cache(tmp_path / "hf" / "hub")
+    assert main(["check", "--variant", "refavs", "--sam2-config", "sam2_hiera_t",
+                 "--image-size", "64", "--frames", "2", "--device", "cpu",
+                 "--text", "the dog barking"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["text"] == {"expression": "the dog barking", "conditioning_frame": 1,
+                              "encoder": str(snap)}
+    assert "not in the Hugging Face cache" not in out.err
+    # the bundled demo model is AVS: a clear error, not a traceback
+    assert main(["check", "--variant", "refavs"]) == 2
+    assert "needs --sam2-config" in capsys.readouterr().err
