@@ -272,3 +272,20 @@ def test_cli_check_refavs_uses_the_cached_text_encoder(tmp_path, monkeypatch, ca
     # the bundled demo model is AVS: a clear error, not a traceback
     assert main(["check", "--variant", "refavs"]) == 2
     assert "needs --sam2-config" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_matches_cpu(model):
+    """On CUDA the whole clip, RoBERTa included, runs under bf16 autocast as the authors'."""
+    frames, log_mel = _clip()
+    with torch.inference_mode():
+        cpu = model.forward_clip(frames, log_mel, text="the man playing the guitar")
+        model.cuda()
+        try:
+            gpu = model.forward_clip(frames.cuda(), log_mel.cuda(),
+                                     text="the man playing the guitar")
+        finally:
+            model.cpu()
+    agree = ((gpu.mask_logits.cpu() > 0) == (cpu.mask_logits > 0)).float().mean()
+    assert agree > 0.9
