@@ -11,6 +11,7 @@ from sam2.modeling.sam2_base import SAM2Base
 
 from .fuser import AuralFuser
 from .model import AuralSAM2, MaskChoice
+from .text_encoder import TEXT_ENCODER_NAME, TextEncoder
 
 #: Short names for the configs the ``sam2`` package ships (Hiera t/s/b+/l, SAM2 and SAM2.1).
 SAM2_CONFIGS: dict[str, str] = {
@@ -81,16 +82,24 @@ def build_sam2_model(config: str = DEFAULT_SAM2_CONFIG, checkpoint: str | os.Pat
     return sam2.to(resolve_device(device)).eval()
 
 
-def build_fuser(checkpoint: str | os.PathLike | None = None, config: dict | None = None
-                ) -> AuralFuser:
-    """The AuralFuser (authors' AVS configuration unless ``config`` says otherwise), with a
-    released or trained checkpoint loaded strictly when given."""
-    fuser = AuralFuser.from_official_config(config)
+def build_fuser(checkpoint: str | os.PathLike | None = None, config: dict | None = None,
+                variant: str = "avs") -> AuralFuser:
+    """The AuralFuser (authors' configuration unless ``config`` says otherwise; ``variant``
+    ``"avs"`` or ``"refavs"``), with a released or trained checkpoint loaded strictly when
+    given, through the variant's checkpoint filter."""
+    fuser = AuralFuser.from_official_config(config, variant=variant)
     if checkpoint is not None:
-        from .checkpoint import fuser_checkpoint_filter, load_into, read_state_dict
+        from .checkpoint import (
+            fuser_checkpoint_filter,
+            load_into,
+            read_state_dict,
+            refavs_fuser_checkpoint_filter,
+        )
 
-        load_into(fuser, fuser_checkpoint_filter(read_state_dict(checkpoint)),
-                  what="AuralFuser", source=str(checkpoint))
+        refavs = variant == "refavs"
+        sd_filter = refavs_fuser_checkpoint_filter if refavs else fuser_checkpoint_filter
+        load_into(fuser, sd_filter(read_state_dict(checkpoint)),
+                  what="AuralFuser (Ref-AVS)" if refavs else "AuralFuser", source=str(checkpoint))
     return fuser
 
 
@@ -161,24 +170,44 @@ def build_auralsam2(sam2_config: str = DEFAULT_SAM2_CONFIG, *,
                     fuser_checkpoint: str | os.PathLike | None = None,
                     fuser_config: dict | None = None, image_size: int | None = None,
                     device: str | torch.device = "auto",
-                    mask_choice: MaskChoice = "iou_select") -> AuralSAM2:
+                    mask_choice: MaskChoice = "iou_select", variant: str = "avs",
+                    text_encoder: str | os.PathLike | TextEncoder | None = None) -> AuralSAM2:
     """SAM2 + AuralFuser, in eval mode on ``device`` ("auto": CUDA when available).
 
+    ``variant="refavs"`` builds the Ref-AVS model (text-referred; e.g. with
+    ``fuser_checkpoint="auralsam2_refavs_best.pth"``) with a frozen text encoder:
+    ``text_encoder`` is a :class:`TextEncoder`, a folder, or a registry name (default
+    ``distilroberta-base``, loaded from the Hugging Face hub cache, never downloaded here).
     ``sam2_config="bundled"`` gives the demo model shipped in the package
-    (:func:`build_demo_model`); it takes no checkpoints, configs or image size."""
+    (:func:`build_demo_model`, AVS); it takes no checkpoints, configs or image size."""
+    if variant not in ("avs", "refavs"):
+        raise ValueError(f"variant must be 'avs' or 'refavs', got {variant!r}")
+    if text_encoder is not None and variant != "refavs":
+        raise ValueError("a text encoder is only for variant='refavs'")
     if sam2_config == BUNDLED:
         if sam2_checkpoint or fuser_checkpoint or fuser_config or image_size:
             raise ValueError("the bundled demo model has its own weights, fuser config and "
                              "input size; give --sam2-config to use other ones")
+        if variant != "avs":
+            raise ValueError("the bundled demo model is an AVS model; give --sam2-config and "
+                             "a Ref-AVS fuser checkpoint for variant refavs")
         return build_demo_model(device, mask_choice)
     device = resolve_device(device)
+    encoder = None
+    if variant == "refavs":  # first: a missing text encoder fails before the big builds
+        from .text_encoder import load_text_encoder
+
+        encoder = load_text_encoder(TEXT_ENCODER_NAME if text_encoder is None else text_encoder)
     sam2 = build_sam2_model(sam2_config, sam2_checkpoint, image_size=image_size, device=device)
-    fuser = build_fuser(fuser_checkpoint, fuser_config)
-    model = AuralSAM2(sam2, fuser, mask_choice=mask_choice).to(device).eval()
+    fuser = build_fuser(fuser_checkpoint, fuser_config, variant=variant)
+    model = AuralSAM2(sam2, fuser, mask_choice=mask_choice,
+                      text_encoder=encoder).to(device).eval()
     model.meta = {"sam2_config": str(sam2_config), "image_size": model.image_size,
                   "mask_choice": mask_choice, "fuser_config": fuser_config,
                   "checkpoints": {"sam2": _describe(sam2_checkpoint),
                                   "fuser": _describe(fuser_checkpoint)}}
+    if encoder is not None:
+        model.meta.update(variant=variant, text_encoder=encoder.source)
     return model
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "fuser_checkpoint_filter",
     "load_into",
     "read_state_dict",
+    "refavs_fuser_checkpoint_filter",
     "sam2_checkpoint_filter",
     "save_state_dict",
     "vggish_checkpoint_filter",
@@ -48,6 +49,15 @@ _LEGACY_FUSER_NAMES = [
     *[(f"train_a_block{i + 1}", f"a_blocks.{i}") for i in range(3)],
     *[(f"train_smooth{i + 1}", f"smooth_convs.{i}") for i in range(2)],
 ]
+# Authors' remap tool (ref-avs.code/tools): legacy `training_layers.<i>` ModuleList order.
+_LEGACY_TRAINING_LAYERS = (
+    "patch_embeds.0", "patch_embeds.1", "patch_embeds.2",
+    "f_blocks.0", "a_blocks.0", "fusion_modules.0",
+    "f_blocks.1", "a_blocks.1", "fusion_modules.1",
+    "f_blocks.2", "a_blocks.2", "fusion_modules.2",
+    "smooth_convs.0", "smooth_convs.1", "train_proj_v1", "train_proj_a1", "text_proj",
+)
+_LEGACY_LAYER = re.compile(r"^(training_layers\.(\d+)|finetuning_layers\.0)\.(.+)$")
 _SHOW = 10
 
 
@@ -207,6 +217,50 @@ def fuser_checkpoint_filter(sd: Mapping[str, Any]) -> StateDict:
     return sd
 
 
+def _refavs_legacy_name(key: str) -> str:
+    """``training_layers.<i>.x`` / ``finetuning_layers.0.x`` / flat ``train_*`` -> our name;
+    an unknown layer index is kept as it is (strict loading then names it)."""
+    m = _LEGACY_LAYER.match(key)
+    if m and m.group(2) is None:
+        return f"vgg.{m.group(3)}"
+    if m and int(m.group(2)) < len(_LEGACY_TRAINING_LAYERS):
+        return f"{_LEGACY_TRAINING_LAYERS[int(m.group(2))]}.{m.group(3)}"
+    for old, new in _LEGACY_FUSER_NAMES:
+        key = key.replace(old, new)
+    return key
+
+
+def refavs_fuser_checkpoint_filter(sd: Mapping[str, Any]) -> StateDict:
+    """Map any Ref-AVS fuser layout onto ``AuralFuser(variant="refavs")``'s keys.
+
+    The released ``auralsam2_refavs_best.pth`` is plain (no prefix); the authors' whole
+    ``AVmodel`` state has ``aural_fuser.*`` (kept), ``v_model.*`` (SAM2) and ``t_model.*``
+    (RoBERTa, fetched separately) — both dropped; legacy files use ``audio_prompter.``,
+    ``training_layers.<i>`` / ``finetuning_layers.0`` (VGGish) or flat ``train_*`` names, mapped
+    as the authors' remap tool does. Where a key exists under both its own and a legacy name,
+    its own name wins.
+    """
+    sd = _strip(_unwrap(sd), "module.")
+    sd = {k: v for k, v in sd.items() if not k.startswith(("v_model.", "t_model."))}
+    for prefix in ("aural_fuser.", "audio_prompter."):
+        if any(k.startswith(prefix) for k in sd):
+            sd = _with_prefix(sd, prefix)
+            break
+    legacy = {k: v for k, v in sd.items() if _refavs_legacy_name(k) != k}
+    out = {k: v for k, v in sd.items() if k not in legacy}
+    for k, v in legacy.items():
+        out.setdefault(_refavs_legacy_name(k), v)
+
+    if ex := _example(out, _SAM2_PREFIXES):
+        raise CheckpointError(f"this is a SAM2 checkpoint, not a Ref-AVS fuser checkpoint "
+                              f"(key {ex!r}); give auralsam2_refavs_best.pth as the fuser")
+    if out and "text_proj.0.weight" not in out and "train_proj_v1.proj.1.running_mean" in out:
+        raise CheckpointError("this is an AVS fuser checkpoint (no text_proj, BatchNorm "
+                              "projection heads), not a Ref-AVS one; use the AVS variant or "
+                              "auralsam2_refavs_best.pth")
+    return out
+
+
 def sam2_checkpoint_filter(sd: Mapping[str, Any]) -> StateDict:
     """Meta's ``{"model": sd}`` (or the SAM2 part of an AuralSAM2 ``AVmodel``) -> SAM2 keys."""
     sd = _strip(_unwrap(sd), "module.")
@@ -231,10 +285,12 @@ def vggish_checkpoint_filter(sd: Mapping[str, Any]) -> StateDict:
 
 FILTERS: dict[str, Callable[[Mapping[str, Any]], StateDict]] = {
     "auralsam2_fuser": fuser_checkpoint_filter,
+    "auralsam2_refavs_fuser": refavs_fuser_checkpoint_filter,
     "sam2": sam2_checkpoint_filter,
     "vggish": vggish_checkpoint_filter,
 }
-"""Filter per :attr:`auralsam2_core.weights.WeightFile.kind`."""
+"""Filter per :attr:`auralsam2_core.weights.WeightFile.kind` (``hf_model`` repos are loaded by
+``transformers`` from the hub cache, not through a state-dict filter)."""
 
 
 # --------------------------------------------------------------------------- loading

@@ -37,10 +37,12 @@ def _synthetic_clip(frames: int, size: int, seconds_per_frame: float = 1.0):
 
 
 def _fuser_layout_report(fuser) -> dict:
+    """The fuser's state dict against the authors' key list of its variant."""
     from importlib.resources import files
 
+    key_list = "refavs_fuser_keys.tsv" if fuser.variant == "refavs" else "official_fuser_keys.tsv"
     rows = [line.rstrip("\n").split("\t") for line in
-            files("auralsam2_core").joinpath("data/official_fuser_keys.tsv").open()
+            files("auralsam2_core").joinpath("data", key_list).open()
             if line.strip() and not line.startswith("#")]
     sd = fuser.state_dict()
     expected = {k: (tuple(int(x) for x in shape.split(",") if x), dtype)
@@ -55,21 +57,51 @@ def _fuser_layout_report(fuser) -> dict:
     }
 
 
+def _build_refavs_check_model(args):
+    """``check --variant refavs``: the Ref-AVS model with distilroberta-base from the Hugging
+    Face cache, or a tiny random text encoder when it is not cached (said on stderr)."""
+    from .build import BUNDLED, build_auralsam2
+    from .text_encoder import TEXT_ENCODER_NAME, load_text_encoder, tiny_random_text_encoder
+    from .weights import REGISTRY
+
+    if args.sam2_config in (None, BUNDLED):
+        raise ValueError("--variant refavs needs --sam2-config (the bundled demo model is an "
+                         "AVS model), e.g. --sam2-config sam2_hiera_t")
+    if REGISTRY[TEXT_ENCODER_NAME].is_cached():
+        encoder = load_text_encoder(TEXT_ENCODER_NAME)
+    else:
+        encoder = tiny_random_text_encoder()
+        print(f"auralsam2: {TEXT_ENCODER_NAME} is not in the Hugging Face cache; using a tiny "
+              f"random text encoder (`auralsam2 download {TEXT_ENCODER_NAME}` fetches the "
+              "real one)", file=sys.stderr)
+    if not (args.sam2_checkpoint and args.fuser_checkpoint):
+        print("auralsam2: warning: no --sam2-checkpoint/--fuser-checkpoint given; using random "
+              "weights, so the masks are meaningless", file=sys.stderr)
+    return build_auralsam2(args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+                           fuser_checkpoint=args.fuser_checkpoint,
+                           image_size=args.image_size or args.default_image_size,
+                           device=args.device, mask_choice=args.mask_choice, variant="refavs",
+                           text_encoder=encoder)
+
+
 def cmd_check(args) -> int:
     t0 = time.perf_counter()
-    model = _build_model(args)
+    refavs = args.variant == "refavs"
+    model = _build_refavs_check_model(args) if refavs else _build_model(args)
     bundled = str(model.meta.get("sam2_config", "")).startswith("bundled")
     layout = {"bundled_demo_model": True, "sha256_verified": True} if bundled else \
         _fuser_layout_report(model.fuser)
-    frames, log_mel = _synthetic_clip(args.frames, model.image_size)
+    n_frames = args.frames or (10 if refavs else 5)
+    frames, log_mel = _synthetic_clip(n_frames, model.image_size)
+    text = {"text": args.text} if refavs else {}
     t1 = time.perf_counter()
     with torch.inference_mode():
-        out = model.forward_clip(frames.to(model.device), log_mel.to(model.device))
+        out = model.forward_clip(frames.to(model.device), log_mel.to(model.device), **text)
     t2 = time.perf_counter()
     report = {
-        "version": __version__, "device": str(model.device),
+        "version": __version__, "device": str(model.device), "variant": args.variant,
         "sam2_config": model.meta.get("sam2_config", args.sam2_config),
-        "image_size": model.image_size, "frames": args.frames,
+        "image_size": model.image_size, "frames": n_frames,
         "weights": {"sam2": _weights_label(model, "sam2", args.sam2_checkpoint),
                     "fuser": _weights_label(model, "fuser", args.fuser_checkpoint)},
         "fuser_layout": layout,
@@ -79,6 +111,11 @@ def cmd_check(args) -> int:
                                       out.object_score_logits.sigmoid().flatten().tolist()]},
         "seconds": {"build": round(t1 - t0, 2), "forward_clip": round(t2 - t1, 2)},
     }
+    if refavs:
+        source = model.text_encoder.source
+        report["text"] = {"expression": args.text, "conditioning_frame": n_frames // 2,
+                          "encoder": source if source != "tiny-random" else
+                          "tiny random RoBERTa (distilroberta-base not cached)"}
     print(json.dumps(report, indent=2))
     ok = bundled or (layout["same_keys_in_order"] and not layout["mismatches"])
     print("check: OK" if ok else "check: FAILED (fuser layout differs from the authors')",
@@ -145,8 +182,8 @@ def cmd_weights(args) -> int:
 
     print(f"cache: {cache_dir()}  (set AURALSAM2_HOME to move it)")
     for name, w in REGISTRY.items():
-        state = "cached" if w.cache_path.is_file() else "-"
-        print(f"{name:26s} {w.kind:15s} {state:7s} {w.url}")
+        state = "cached" if w.is_cached() else "-"
+        print(f"{name:26s} {w.kind:22s} {state:7s} {w.url}")
     return 0
 
 
@@ -305,7 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="build the model, verify the authors' layout and run one "
                                      "clip end to end (no downloads)")
     model_options(c, image_size=256)
-    c.add_argument("--frames", type=int, default=5, help="clip length T (authors: 5)")
+    c.add_argument("--frames", type=int, default=None,
+                   help="clip length T (authors: 5 for AVS, 10 for Ref-AVS)")
+    c.add_argument("--variant", choices=("avs", "refavs"), default="avs",
+                   help="refavs: the Ref-AVS (text-referred) fuser with its text encoder")
+    c.add_argument("--text", default="the sounding object",
+                   help="referring expression for --variant refavs")
     c.set_defaults(func=cmd_check)
 
     pl = sub.add_parser("prelabel", help="pre-label videos: one results JSON per video")

@@ -8,6 +8,11 @@ behaviours that look like bugs are kept on purpose; each is marked ``Quirk``.
 
 Shapes: ``N`` frames (the whole clip, all videos of a batch flattened), ``h`` the token grid
 side (image_size / 16), ``C = 256``.
+
+Two variants share this code (``variant=``): ``"avs"`` (AVSBench) and ``"refavs"`` (Ref-AVS,
+referring expressions; ``shared/reference/REF_AVS_SPEC.md``). The Ref-AVS fuser projects
+RoBERTa's 25 token states with ``text_proj`` and appends them as extra rows of the audio
+stream, so the audio side carries ``M = n_audio + 25`` rows; it also has other projection heads.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ OFFICIAL_AVS_CONFIG: dict[str, Any] = {
 
 CHANNELS = 256  # FPN width of every shipped SAM2 config, and the released fuser's width
 AUDIO_LEVEL_DEPTH = 3  # audio blocks per level, hard-coded by the authors
+
+VARIANTS = ("avs", "refavs")
+TEXT_DIM = 768  # hidden size of distilroberta-base, the Ref-AVS text encoder
+TEXT_PROJ_HIDDEN = 1024
+#: Quirk (Ref-AVS): the audio projection head takes the first 10 rows of d1..d3, hard-coded
+#: (the audio rows when T = 10), whatever the clip length.
+REFAVS_AUDIO_PROJ_ROWS = 10
 
 
 def _init_block_weights(m: nn.Module) -> None:
@@ -178,8 +190,10 @@ class Block(nn.Module):
 class AudioVisualFusion(nn.Module):
     """Bidirectional dot-product non-local block between a level's tokens and the audio.
 
-    No softmax; products are divided by ``N*h*h``. Registered-but-unused layers (``g``,
-    ``align_channel_back``) are kept so checkpoints load strictly.
+    No softmax; products are divided by ``N*h*h`` (the visual token count, whatever the number
+    ``M`` of audio rows). Registered-but-unused layers (``g``, ``align_channel_back``) are kept
+    so checkpoints load strictly. Returns the fused tokens, the fused audio rows and the W_z
+    output before the residual (the Ref-AVS visual projection head reads it).
     """
 
     def __init__(self, channels: int = CHANNELS) -> None:
@@ -204,8 +218,9 @@ class AudioVisualFusion(nn.Module):
         self.v_audio = nn.Conv1d(channels, inter, 1)
 
     def forward(self, tokens: torch.Tensor, hw: tuple[int, int], audio: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, _, c = tokens.shape
+        m = audio.shape[0]  # audio rows: N for AVS, n_audio + 25 text rows for Ref-AVS
         h, w = hw
         ci = self.inter
         frame = tokens.transpose(1, 2).reshape(n, c, 1, h, w)
@@ -222,14 +237,17 @@ class AudioVisualFusion(nn.Module):
         frame_attn = ((q_f @ k_a.mT) / length) @ v_a  # (1, N*h*w, ci)
         # Quirk: raw reinterpretation of the (ci, N*h*w) layout as (N, ci, 1, h, w).
         frame_attn = frame_attn.transpose(1, 2).reshape(n, ci, 1, h, w)
-        frame = self.norm_layer((self.W_z(frame_attn) + frame).permute(0, 2, 3, 4, 1))
+        frame_z = self.W_z(frame_attn)
+        frame = self.norm_layer((frame_z + frame).permute(0, 2, 3, 4, 1))
         tokens_out = frame.reshape(n, h * w, c)
 
-        audio_attn = ((q_a @ k_f.mT) / length) @ v_f  # (1, N, ci)
-        audio_attn = audio_attn.transpose(1, 2).reshape(n, ci, 1)  # Quirk: raw view again
+        audio_attn = ((q_a @ k_f.mT) / length) @ v_f  # (1, M, ci)
+        # Quirk: raw view of the (ci, M) layout as (M, ci); with Ref-AVS's text rows it mixes
+        # channels across the audio AND text rows.
+        audio_attn = audio_attn.transpose(1, 2).reshape(m, ci, 1)
         # The residual is the channel-aligned audio, not the module's input.
         audio_out = self.norm_layer2((self.W_z2(audio_attn) + audio).squeeze(-1))
-        return tokens_out, audio_out
+        return tokens_out, audio_out, frame_z
 
 
 class ProjectionHead(nn.Module):
@@ -245,6 +263,23 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.proj(x), p=2, dim=1)
 
 
+class TokenProjectionHead(nn.Module):
+    """Ref-AVS head: Linear -> GELU -> LayerNorm -> Linear on the last dim, then L2 norm over
+    dim 1; feeds only the training contrastive loss.
+
+    Quirk: for the visual maps, given as ``(N, h*w, C)``, dim 1 is the spatial positions, so
+    each channel is normalised over the positions, not each position over the channels.
+    """
+
+    def __init__(self, dim_in: int, proj_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(dim_in, proj_dim), nn.GELU(), nn.LayerNorm(proj_dim),
+                                  nn.Linear(proj_dim, proj_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(x), p=2, dim=1)
+
+
 def audio_position_vector(dim: int, device=None, dtype=None) -> torch.Tensor:
     """Quirk: the authors' "position encoding" for audio is a 1-D sine PE of length 1, i.e. the
     constant [sin 0, cos 0, ...] = [0, 1, 0, 1, ...]; it carries no temporal information."""
@@ -254,15 +289,18 @@ def audio_position_vector(dim: int, device=None, dtype=None) -> torch.Tensor:
 
 
 class AuralFuser(nn.Module):
-    """SAM2 FPN maps + stereo log-mel -> visual prompts [a, b, c] and audio prompts [d1, d2, d3].
+    """SAM2 FPN maps + stereo log-mel (+ text for Ref-AVS) -> visual prompts [a, b, c] and audio
+    prompts [d1, d2, d3].
 
     Outputs depend on the whole batch (all ``N`` frames are mixed in the audio blocks and the
     fusion modules), exactly as in the authors' code: feed one clip (``N = T``) at a time to
     reproduce their numbers.
 
-    The defaults are the released model. ``dim``, ``audio_depth`` and ``audio_encoder="tiny"``
-    are our extensions for compact models (the bundled demo model): the same architecture at
-    another width (SAM2's FPN width), with a small conv audio encoder instead of VGGish.
+    The defaults are the released AVS model; ``variant="refavs"`` is the released Ref-AVS model
+    (adds ``text_proj`` and swaps the projection heads; see the module docstring). ``dim``,
+    ``audio_depth`` and ``audio_encoder="tiny"`` are our extensions for compact models (the
+    bundled demo model): the same architecture at another width (SAM2's FPN width), with a
+    small conv audio encoder instead of VGGish.
     """
 
     def __init__(self, patch_cfgs: Sequence[Sequence[int]] = ((4, 4), (2, 2), (1, 1)),
@@ -271,13 +309,16 @@ class AuralFuser(nn.Module):
                  one_d_kw: Mapping[str, Any] | None = None,
                  freeze_vggish: bool = True, *, dim: int = CHANNELS,
                  audio_depth: int = AUDIO_LEVEL_DEPTH,
-                 audio_encoder: str = "vggish") -> None:
+                 audio_encoder: str = "vggish", variant: str = "avs") -> None:
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if len(patch_cfgs) != len(f_depths):
             raise ValueError("patch_cfgs and f_depths must have one entry per FPN level")
         if dim % 2:
             raise ValueError(f"dim must be even, got {dim}")
         self.dim = dim
+        self.variant = variant
         block_kw = _check_block_kw(block_kw or OFFICIAL_AVS_CONFIG["block_kw"], dim)
         one_d_kw = _check_block_kw(one_d_kw or OFFICIAL_AVS_CONFIG["one_d_kw"], dim)
         if audio_encoder == "vggish":
@@ -303,17 +344,25 @@ class AuralFuser(nn.Module):
         self.fusion_modules = nn.ModuleList(AudioVisualFusion(dim) for _ in range(levels))
         self.smooth_convs = nn.ModuleList(
             nn.Conv2d(dim, dim, kernel_size=1) for _ in range(levels - 1))
-        self.train_proj_v1 = ProjectionHead(dim, dim // 2, one_d=False)
-        self.train_proj_a1 = ProjectionHead(dim, dim // 2, one_d=True)
+        if variant == "avs":
+            self.train_proj_v1 = ProjectionHead(dim, dim // 2, one_d=False)
+            self.train_proj_a1 = ProjectionHead(dim, dim // 2, one_d=True)
+        else:  # registered last, in the authors' order (refavs_fuser_keys.tsv)
+            self.train_proj_v1 = TokenProjectionHead(dim, dim // 2)
+            self.train_proj_a1 = TokenProjectionHead(dim, dim // 2)
+            self.text_proj = nn.Sequential(nn.Linear(TEXT_DIM, TEXT_PROJ_HIDDEN), nn.GELU(),
+                                           nn.Linear(TEXT_PROJ_HIDDEN, dim))
 
     #: Our extension keys, accepted next to the authors' names in config dicts.
     EXTENSION_KEYS = ("dim", "audio_depth", "audio_encoder")
 
     @classmethod
-    def from_official_config(cls, cfg: Mapping[str, Any] | None = None, **kwargs) -> AuralFuser:
-        """Build from a dict under the authors' names (``official_arch.json["aural_fuser"]``);
-        no argument gives the released AVS configuration. Our extension keys ``dim``,
-        ``audio_depth`` and ``audio_encoder`` may appear too (compact models)."""
+    def from_official_config(cls, cfg: Mapping[str, Any] | None = None, variant: str = "avs",
+                             **kwargs) -> AuralFuser:
+        """Build from a dict under the authors' names (``official_arch.json["aural_fuser"]``,
+        the same form for both variants); no ``cfg`` gives the released configuration.
+        ``variant``: ``"avs"`` or ``"refavs"`` (Ref-AVS, text-referred). Our extension keys
+        ``dim``, ``audio_depth`` and ``audio_encoder`` may appear too (compact models)."""
         cfg = dict(OFFICIAL_AVS_CONFIG if cfg is None else cfg)
         unknown = set(cfg) - {"patch_cfgs", "f_depths", "block_kw", "one_d_kw",
                               *cls.EXTENSION_KEYS}
@@ -323,7 +372,7 @@ class AuralFuser(nn.Module):
         return cls(patch_cfgs=cfg.get("patch_cfgs", OFFICIAL_AVS_CONFIG["patch_cfgs"]),
                    f_depths=cfg.get("f_depths", OFFICIAL_AVS_CONFIG["f_depths"]),
                    block_kw=cfg.get("block_kw"), one_d_kw=cfg.get("one_d_kw"),
-                   **extra, **kwargs)
+                   variant=variant, **extra, **kwargs)
 
     def embed_audio(self, log_mel: torch.Tensor) -> torch.Tensor:
         """(N, 2, 96, 64) -> (N, dim): VGGish (or the tiny encoder) on left and right
@@ -335,19 +384,45 @@ class AuralFuser(nn.Module):
         emb = encoder(log_mel.transpose(0, 1).reshape(2 * n, 1, *log_mel.shape[2:]))
         return torch.cat([emb[:n], emb[n:]], dim=-1)
 
-    def forward(self, backbone_fpn: Sequence[torch.Tensor], log_mel: torch.Tensor, *,
-                projections: bool | None = None):
-        """Return ``(visual, audio, proj)``: ``visual = [a, b, c]`` each ``(N, h*h, 256)``,
-        ``audio = [d1, d2, d3]`` each ``(N, 256)``; ``proj`` holds the contrastive-loss
-        projections (computed in training mode or when ``projections=True``, else None)."""
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Ref-AVS: RoBERTa ``last_hidden_state`` ``(1, L, 768)`` (or ``(L, 768)``) -> ``(L, dim)``
+        rows for the audio stream. One expression per call, as in the authors' code."""
+        if text.dim() == 3 and text.shape[0] == 1:
+            text = text[0]
+        if text.dim() != 2 or text.shape[-1] != TEXT_DIM or text.shape[0] == 0:
+            raise ValueError(f"text must be one expression's hidden states (1, L, {TEXT_DIM}), "
+                             f"got {tuple(text.shape)}")
+        return self.text_proj(text)
+
+    def forward(self, backbone_fpn: Sequence[torch.Tensor], log_mel: torch.Tensor,
+                text: torch.Tensor | None = None, *, projections: bool | None = None):
+        """Return ``(visual, audio, proj)``: ``visual = [a, b, c]`` each ``(N, h*h, dim)``,
+        ``audio = [d1, d2, d3]`` each ``(M, dim)``; ``proj`` holds the contrastive-loss
+        projections (computed in training mode or when ``projections=True``, else None).
+
+        AVS: ``M = N`` (one log-mel example per frame). Ref-AVS: ``text`` is the expression's
+        hidden states ``(1, 25, 768)``; ``M = n_audio + 25`` rows, audio rows first, and
+        ``n_audio`` may differ from ``N`` (the authors' loader does not force it; frame ``t``
+        then still takes row ``t`` in the decoder).
+        """
         if len(backbone_fpn) != len(self.patch_embeds):
             raise ValueError(f"expected {len(self.patch_embeds)} FPN maps, got {len(backbone_fpn)}")
-        if backbone_fpn[0].shape[0] != log_mel.shape[0]:
-            raise ValueError("backbone_fpn and log_mel must have the same number of frames")
+        if self.variant == "avs":
+            if text is not None:
+                raise ValueError("text is only for the Ref-AVS fuser (variant='refavs')")
+            if backbone_fpn[0].shape[0] != log_mel.shape[0]:
+                raise ValueError("backbone_fpn and log_mel must have the same number of frames")
+        elif text is None:
+            raise ValueError("the Ref-AVS fuser needs text: the expression's RoBERTa hidden "
+                             "states (1, 25, 768)")
         d = self.embed_audio(log_mel)
+        if text is not None:
+            # Text tokens become extra rows ("frames") of the audio stream, after the audio.
+            d = torch.cat([d, self.embed_text(text).to(d.dtype)])
         pos = audio_position_vector(d.shape[-1], d.device, d.dtype)
         visual: list[torch.Tensor] = []
         audio: list[torch.Tensor] = []
+        attn_maps: list[torch.Tensor] = []
         for i, fpn in enumerate(backbone_fpn):
             x = self.patch_embeds[i](fpn)
             n, c, h, w = x.shape
@@ -358,21 +433,38 @@ class AuralFuser(nn.Module):
                 x = self.smooth_convs[i - 1](x.transpose(1, 2).reshape(n, c, h, w))
                 x = x.flatten(2).transpose(1, 2)
             x = x + pe
-            d = d + pos
+            d = d + pos  # every row, text rows included (Ref-AVS), here and before the fusion
             for blk in self.f_blocks[i]:
                 x = blk(x, (h, w))
             for blk in self.a_blocks[i]:
                 d = blk(d)
-            x, d = self.fusion_modules[i](x + pe, (h, w), d + pos)
+            x, d, attn_map = self.fusion_modules[i](x + pe, (h, w), d + pos)
             visual.append(x)
             audio.append(d)
+            attn_maps.append(attn_map)
         if projections is None:
             projections = self.training
-        proj = self.project(visual, audio) if projections else None
+        proj = self.project(visual, audio, attn_maps) if projections else None
         return visual, audio, proj
 
-    def project(self, visual: Sequence[torch.Tensor], audio: Sequence[torch.Tensor]):
-        """Contrastive-loss embeddings: ``[[pv(a), pv(b), pv(c)], [pa(d1), pa(d2), pa(d3)]]``."""
+    def project(self, visual: Sequence[torch.Tensor], audio: Sequence[torch.Tensor],
+                attn_maps: Sequence[torch.Tensor] | None = None):
+        """Contrastive-loss embeddings ``[[pv(a), pv(b), pv(c)], [pa(d1), pa(d2), pa(d3)]]``,
+        ``(N, dim/2, h, h)`` and ``(rows, dim/2, 1)``.
+
+        Ref-AVS (authors' code): the visual head reads each fusion module's W_z output
+        (``attn_maps``, before the residual), normalised over the positions, and the audio
+        head only the first 10 rows of d1..d3 (Quirks)."""
+        if self.variant == "refavs":
+            if attn_maps is None:
+                raise ValueError("the Ref-AVS projections need the fusion modules' W_z outputs")
+            maps = []
+            for z in attn_maps:
+                n, c, _, h, w = z.shape
+                tokens = self.train_proj_v1(z.flatten(2).transpose(1, 2))  # (N, h*w, dim/2)
+                maps.append(tokens.reshape(n, h, w, -1).permute(0, 3, 1, 2))
+            return [maps, [self.train_proj_a1(d[:REFAVS_AUDIO_PROJ_ROWS]).unsqueeze(-1)
+                           for d in audio]]
         maps = []
         for x in visual:
             n, hw, c = x.shape

@@ -28,6 +28,12 @@ per-threshold counts are reverse cumulative sums of a 256-bin histogram. This gi
 counts of the ``>=`` comparisons, vectorised over all thresholds, with memory O(H·W).
 
 :func:`dataset_level_j_f` is a different protocol used by some papers (pooled IoU); see there.
+
+Ref-AVS (``shared/reference/REF_AVS_SPEC.md`` §5): :func:`refavs_j_f` groups clips into the
+authors' 4-clip evaluation batches; the null split's S (fraction of pixels predicted as
+foreground where nothing is referred; lower is better) comes in two definitions that are not
+comparable — :func:`null_s_pooled` (AuralSAM2's published S) and :func:`null_s_sqrt_per_clip`
+(the GeWu-Lab Ref-AVS baseline's); :class:`NullSAccumulator` gives both.
 """
 
 from __future__ import annotations
@@ -47,12 +53,16 @@ __all__ = [
     "IOU_EPS",
     "MetricsReport",
     "MetricsAccumulator",
+    "NullSAccumulator",
     "avsbench_j_f",
     "dataset_level_j_f",
     "evaluate",
     "evaluate_dirs",
     "f_thresholds",
     "load_mask_dir",
+    "null_s_pooled",
+    "null_s_sqrt_per_clip",
+    "refavs_j_f",
     "video_f",
     "video_f_curve",
     "video_j",
@@ -96,35 +106,41 @@ def _as_tensor(x: Any, what: str) -> torch.Tensor:
     raise TypeError(f"{what}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
 
 
-def _check_prob(prob: Any, gt: Any, what: str, logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate one video; returns (prob in [0,1], gt as bool) on the same device."""
+def _check_pred(prob: Any, what: str, logits: bool) -> torch.Tensor:
+    """Validate one video's prediction ``(T, H, W)``; returns probabilities in [0, 1]."""
     p = _as_tensor(prob, f"{what} prediction")
-    g = _as_tensor(gt, f"{what} ground truth")
     if p.dim() != 3:
         raise ValueError(f"{what}: prediction must be (T, H, W), got shape {tuple(p.shape)}")
-    if g.shape != p.shape:
-        raise ValueError(f"{what}: prediction shape {tuple(p.shape)} != ground-truth shape "
-                         f"{tuple(g.shape)}")
     if p.numel() == 0:
         raise ValueError(f"{what}: empty video (shape {tuple(p.shape)})")
-    if p.is_complex() or g.is_complex():
+    if p.is_complex():
         raise ValueError(f"{what}: complex tensors are not supported")
-    g = g.to(p.device)
     if not p.is_floating_point():
         p = p.to(torch.float32)
     if logits:
         if torch.isnan(p).any():
             raise ValueError(f"{what}: logits contain NaN")
         # The reference applies sigmoid in the logits' own dtype (float32 there).
-        p = torch.sigmoid(p)
-    else:
-        if torch.isnan(p).any():
-            raise ValueError(f"{what}: probabilities contain NaN")
-        lo, hi = p.min().item(), p.max().item()
-        if lo < -PROB_TOLERANCE or hi > 1 + PROB_TOLERANCE:
-            raise ValueError(f"{what}: probabilities must lie in [0, 1], found range "
-                             f"[{lo:.6g}, {hi:.6g}] (pass logits=True for raw logits)")
-        p = p.clamp(0, 1)
+        return torch.sigmoid(p)
+    if torch.isnan(p).any():
+        raise ValueError(f"{what}: probabilities contain NaN")
+    lo, hi = p.min().item(), p.max().item()
+    if lo < -PROB_TOLERANCE or hi > 1 + PROB_TOLERANCE:
+        raise ValueError(f"{what}: probabilities must lie in [0, 1], found range "
+                         f"[{lo:.6g}, {hi:.6g}] (pass logits=True for raw logits)")
+    return p.clamp(0, 1)
+
+
+def _check_prob(prob: Any, gt: Any, what: str, logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate one video; returns (prob in [0,1], gt as bool) on the same device."""
+    g = _as_tensor(gt, f"{what} ground truth")
+    if g.is_complex():
+        raise ValueError(f"{what}: complex tensors are not supported")
+    p = _check_pred(prob, what, logits)
+    if g.shape != p.shape:
+        raise ValueError(f"{what}: prediction shape {tuple(p.shape)} != ground-truth shape "
+                         f"{tuple(g.shape)}")
+    g = g.to(p.device)
     if g.dtype != torch.bool:
         if g.is_floating_point() and torch.isnan(g).any():
             raise ValueError(f"{what}: ground truth contains NaN")
@@ -424,6 +440,117 @@ def dataset_level_j_f(probs: Any, gts: Any, *, logits: bool = False,
         acc.add(p, g, n)
     r = acc.report()
     return r.dataset_J, r.dataset_F
+
+
+# --------------------------------------------------------------------------- Ref-AVS
+
+
+def refavs_j_f(probs: Any, gts: Any, *, clips_per_batch: int = 4, logits: bool = False,
+               dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """``(J, F)`` as the AuralSAM2 Ref-AVS evaluation reports them (test_s / test_u).
+
+    Clips ``(T, H, W)`` are taken in order in batches of ``clips_per_batch`` (the authors'
+    loader batch: 4; the last batch may be shorter); each batch's frames are scored as one
+    video with the AVSBench formulas (J: mean IoU over the batch's frames; F: max over
+    thresholds of the batch's mean F curve), then the batch values are averaged.
+    ``clips_per_batch=1`` is the per-clip protocol (:func:`avsbench_j_f`). The authors round
+    the results to 5 decimals; these are not rounded.
+    """
+    if clips_per_batch < 1:
+        raise ValueError(f"clips_per_batch must be >= 1, got {clips_per_batch}")
+    p_list, g_list, _ = _normalise_inputs(probs, gts, None)
+    batches_p, batches_g = [], []
+    for s in range(0, len(p_list), clips_per_batch):
+        ps = [_as_tensor(p, "prediction") for p in p_list[s:s + clips_per_batch]]
+        gs = [_as_tensor(g, "ground truth") for g in g_list[s:s + clips_per_batch]]
+        if len({tuple(p.shape[1:]) for p in ps}) > 1:
+            raise ValueError(f"clips {s}..{s + len(ps) - 1} of one batch differ in size")
+        batches_p.append(torch.cat(ps))
+        batches_g.append(torch.cat(gs))
+    return avsbench_j_f(batches_p, batches_g, logits=logits, dtype=dtype)
+
+
+def _null_counts(pred: Any, what: str, logits: bool) -> tuple[int, int]:
+    """Foreground pixels (``prob > 0.5``; from logits: ``sigmoid(logit) > 0.5`` in the
+    logits' dtype, as the references) and all pixels of one clip."""
+    p = _check_pred(pred, what, logits)
+    return int((p > 0.5).sum()), p.numel()
+
+
+class NullSAccumulator:
+    """Ref-AVS null split (test_n): how much is segmented where the expression refers to
+    nothing. ``add`` one clip's prediction ``(T, H, W)`` at a time; ``report()`` gives both S
+    definitions. Lower is better; an all-empty prediction scores 0."""
+
+    def __init__(self, *, logits: bool = False) -> None:
+        self.logits = logits
+        self.per_clip: list[dict[str, Any]] = []
+
+    def add(self, pred: Any, name: str | None = None) -> dict[str, Any]:
+        index = len(self.per_clip)
+        name = f"clip_{index}" if name is None else str(name)
+        fg, pixels = _null_counts(pred, f"clip {index} ({name!r})", self.logits)
+        row = {"name": name, "foreground": fg, "pixels": pixels}
+        self.per_clip.append(row)
+        return row
+
+    def pooled(self) -> float:
+        """AuralSAM2's S (``utils/foreground_s.py``): Σ foreground pixels / Σ pixels over the
+        whole split. (The authors accumulate the foreground count in float32; this sum is
+        exact, so their value can differ in the 7th significant digit.)"""
+        self._need_clips()
+        return sum(r["foreground"] for r in self.per_clip) / sum(r["pixels"]
+                                                                 for r in self.per_clip)
+
+    def sqrt_per_clip(self, clips_per_group: int = 1) -> float:
+        """The GeWu-Lab Ref-AVS baseline's S (``metric_s_for_null``): ``sqrt(fg / pixels)``
+        of each call, averaged over calls; a call scores ``clips_per_group`` clips together
+        (their test loader: one clip). Computed in float32 like the reference."""
+        self._need_clips()
+        if clips_per_group < 1:
+            raise ValueError(f"clips_per_group must be >= 1, got {clips_per_group}")
+        values = []
+        for s in range(0, len(self.per_clip), clips_per_group):
+            group = self.per_clip[s:s + clips_per_group]
+            fg = torch.tensor(sum(r["foreground"] for r in group))
+            values.append(float(torch.sqrt(fg / sum(r["pixels"] for r in group))))
+        return sum(values) / len(values)
+
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable: both S definitions, clip and pixel counts."""
+        return {"protocol": "refavs-null-s", "S_pooled": self.pooled(),
+                "S_sqrt_per_clip": self.sqrt_per_clip(), "num_clips": len(self.per_clip),
+                "pixels": sum(r["pixels"] for r in self.per_clip),
+                "per_clip": [dict(r) for r in self.per_clip]}
+
+    def _need_clips(self) -> None:
+        if not self.per_clip:
+            raise ValueError("no clips to evaluate")
+
+
+def _null_accumulator(preds: Any, logits: bool) -> NullSAccumulator:
+    if isinstance(preds, torch.Tensor | np.ndarray):
+        if preds.ndim != 4:
+            raise ValueError(f"preds: pass a list of (T, H, W) clips or one (clips, T, H, W) "
+                             f"tensor, got shape {tuple(preds.shape)}")
+        preds = list(preds)
+    acc = NullSAccumulator(logits=logits)
+    for p in preds:
+        acc.add(p)
+    return acc
+
+
+def null_s_pooled(preds: Any, *, logits: bool = False) -> float:
+    """AuralSAM2's Ref-AVS null-split S: Σ foreground pixels / Σ pixels over all clips
+    (foreground: probability > 0.5). ``preds``: clips ``(T, H, W)`` or ``(clips, T, H, W)``."""
+    return _null_accumulator(preds, logits).pooled()
+
+
+def null_s_sqrt_per_clip(preds: Any, *, logits: bool = False, clips_per_group: int = 1
+                         ) -> float:
+    """The GeWu-Lab Ref-AVS baseline's null-split S: mean over clips (or groups of clips) of
+    ``sqrt(foreground pixels / pixels)``. Not comparable with :func:`null_s_pooled`."""
+    return _null_accumulator(preds, logits).sqrt_per_clip(clips_per_group)
 
 
 # --------------------------------------------------------------------------- PNG folders

@@ -5,6 +5,13 @@ image encoder on all frames, the fuser on the raw FPN maps (before ``conv_s0/con
 SAM2's own tracking step per frame with the clip's prompts injected into the mask decoder.
 Frame 0 of a video is the conditioning frame; a :class:`TrackState` carries SAM2's memory
 from one clip to the next, so a long video is processed clip by clip in bounded memory.
+
+The Ref-AVS variant (``fuser.variant == "refavs"``) also takes a referring expression: its
+RoBERTa hidden states (``text=``, or a string encoded by the model's :class:`TextEncoder`).
+As published, the conditioning frame of a fresh clip is then the middle one, ``int(T/2)``,
+processed first, then frames ``0, 1, …`` in order. :meth:`AuralSAM2.forward_features` takes
+precomputed image features, so one image-encoder pass serves several expressions
+(:meth:`AuralSAM2.forward_queries`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from torch import nn
 
 from .fuser import AuralFuser
 from .prompting import FramePrompts, install_prompted_transformer
+from .text_encoder import Expressions, TextEncoder
 
 MaskChoice = Literal["first", "iou_select", "iou_occ_select"]
 MASK_CHOICES: tuple[str, ...] = ("first", "iou_select", "iou_occ_select")
@@ -187,11 +195,14 @@ def _capture_outputs(module: nn.Module) -> Iterator[list]:
 
 
 class AuralSAM2(nn.Module):
-    """SAM2 + AuralFuser. SAM2 stays frozen and in eval mode; only the fuser trains."""
+    """SAM2 + AuralFuser (+ a frozen text encoder for Ref-AVS). SAM2 stays frozen and in eval
+    mode; only the fuser trains."""
 
-    def __init__(self, sam2: SAM2Base, fuser: AuralFuser, mask_choice: MaskChoice = "iou_select"
-                 ) -> None:
+    def __init__(self, sam2: SAM2Base, fuser: AuralFuser, mask_choice: MaskChoice = "iou_select",
+                 text_encoder: TextEncoder | None = None) -> None:
         super().__init__()
+        if text_encoder is not None and fuser.variant != "refavs":
+            raise ValueError("a text encoder goes with the Ref-AVS fuser (variant='refavs')")
         if mask_choice not in MASK_CHOICES:
             raise ValueError(f"mask_choice must be one of {MASK_CHOICES}, got {mask_choice!r}")
         if sam2.hidden_dim != fuser.dim or sam2.num_feature_levels != 3:
@@ -200,6 +211,7 @@ class AuralSAM2(nn.Module):
                              f"{sam2.num_feature_levels} levels)")
         self.sam2 = sam2
         self.fuser = fuser
+        self.text_encoder = text_encoder
         self.mask_choice = mask_choice
         self.meta: dict = {}  # provenance (config, checkpoints), filled by build_auralsam2
         self._transformer = install_prompted_transformer(sam2.sam_mask_decoder)
@@ -214,6 +226,11 @@ class AuralSAM2(nn.Module):
     @property
     def image_size(self) -> int:
         return self.sam2.image_size
+
+    @property
+    def variant(self) -> str:
+        """``"avs"`` or ``"refavs"`` (the fuser's variant)."""
+        return self.fuser.variant
 
     @property
     def device(self) -> torch.device:
@@ -244,36 +261,95 @@ class AuralSAM2(nn.Module):
         return contextlib.nullcontext()
 
     def encode_images(self, frames: torch.Tensor) -> dict:
-        """SAM2's image encoder; ``backbone_fpn`` are the raw maps (no conv_s0/conv_s1)."""
-        return self.sam2.image_encoder(frames)
+        """SAM2's image encoder; ``backbone_fpn`` are the raw maps (no conv_s0/conv_s1). The
+        result is not modified later, so it can be reused for several expressions."""
+        self._check_frames(frames)
+        with self._autocast():
+            return self.sam2.image_encoder(frames)
 
-    def forward_clip(self, frames: torch.Tensor, log_mel: torch.Tensor,
-                     state: TrackState | None = None, *, projections: bool | None = None,
-                     points: dict[int, PointPrompt] | None = None) -> ClipOutput:
-        """Segment the sounding object in one clip.
+    def encode_text(self, expressions: Expressions) -> torch.Tensor:
+        """Ref-AVS: RoBERTa hidden states ``(K, 25, 768)`` of K expressions (``(1, 25, 768)`` for
+        one string), as the fuser's ``text`` takes them one at a time."""
+        if self.text_encoder is None:
+            raise ValueError("this model has no text encoder: build it with variant='refavs' "
+                             "(and a text encoder), or pass RoBERTa hidden states as text")
+        with self._autocast():
+            return self.text_encoder(expressions)
 
-        ``frames``: ``(T, 3, S, S)`` normalised with ImageNet mean/std at ``S = image_size``;
-        ``log_mel``: ``(T, 2, 96, 64)``, one stereo example per frame. ``state`` continues a
-        video (created fresh when None: the clip's first frame is then the conditioning frame).
-        ``points`` (clip-local frame -> :class:`PointPrompt`) adds an annotator's clicks or box
-        to the audio prompts; such a frame becomes a conditioning frame, as in SAM2.
-        """
-        t_len = frames.shape[0]
+    def _check_frames(self, frames: torch.Tensor) -> None:
         if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[-1] != self.image_size \
                 or frames.shape[-2] != self.image_size:
             raise ValueError(f"frames must be (T, 3, {self.image_size}, {self.image_size}), "
                              f"got {tuple(frames.shape)}")
-        if log_mel.shape[0] != t_len:
-            raise ValueError(f"need one log-mel example per frame: {t_len} frames, "
-                             f"{log_mel.shape[0]} examples")
-        state = state if state is not None else self.new_state()
+
+    def forward_clip(self, frames: torch.Tensor, log_mel: torch.Tensor,
+                     state: TrackState | None = None, *, projections: bool | None = None,
+                     points: dict[int, PointPrompt] | None = None,
+                     text: torch.Tensor | str | None = None) -> ClipOutput:
+        """Segment the sounding (Ref-AVS: the referred) object in one clip.
+
+        ``frames``: ``(T, 3, S, S)`` normalised with ImageNet mean/std at ``S = image_size``;
+        ``log_mel``: ``(T, 2, 96, 64)``, one stereo example per frame. ``state`` continues a
+        video (created fresh when None: the clip then starts the video and holds its
+        conditioning frame). ``points`` (clip-local frame -> :class:`PointPrompt`) adds an
+        annotator's clicks or box to the audio prompts; such a frame becomes a conditioning
+        frame, as in SAM2. ``text`` (Ref-AVS only): the expression's hidden states
+        ``(1, 25, 768)`` (:meth:`encode_text`) or the expression itself.
+        """
+        return self.forward_features(self.encode_images(frames), log_mel, state,
+                                     projections=projections, points=points, text=text)
+
+    def forward_features(self, enc: dict, log_mel: torch.Tensor,
+                         state: TrackState | None = None, *, projections: bool | None = None,
+                         points: dict[int, PointPrompt] | None = None,
+                         text: torch.Tensor | str | None = None) -> ClipOutput:
+        """:meth:`forward_clip` from image features already computed by :meth:`encode_images`
+        (the fuser and SAM2's tracking only). ``enc`` is left as it is."""
+        t_len = enc["backbone_fpn"][0].shape[0]
+        if self.variant == "refavs":
+            if text is None:
+                raise ValueError("the Ref-AVS model needs a referring expression (text=)")
+            if isinstance(text, str):
+                text = self.encode_text(text)
+            if log_mel.shape[0] == 0:
+                raise ValueError("need at least one log-mel example")
+        else:
+            if text is not None:
+                raise ValueError("text is only for the Ref-AVS model (variant='refavs')")
+            if log_mel.shape[0] != t_len:
+                raise ValueError(f"need one log-mel example per frame: {t_len} frames, "
+                                 f"{log_mel.shape[0]} examples")
+        if state is None:
+            # Ref-AVS as published: one clip is one video (SAM2's num_frames = T).
+            state = self.new_state(t_len if self.variant == "refavs" else None)
         with self._autocast():
-            enc = self.encode_images(frames)
-            visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, projections=projections)
+            visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, text,
+                                             projections=projections)
             outs = self._track(enc, visual, audio, state, points or {})
         multi, raw, ious, obj = (torch.cat(x) for x in zip(*outs, strict=True))
         chosen_logits, chosen = choose_masks(multi, ious, obj, self.mask_choice)
         return ClipOutput(multi, raw, ious.float(), obj.float(), chosen_logits, chosen, proj)
+
+    def forward_queries(self, frames: torch.Tensor, log_mel: torch.Tensor,
+                        texts: Sequence[torch.Tensor | str],
+                        states: Sequence[TrackState] | None = None) -> list[ClipOutput]:
+        """Ref-AVS: one clip, K expressions. The image encoder runs once; the fuser and the
+        tracking run per expression, each with its own SAM2 memory (``states[k]``, fresh when
+        None). Same results as K :meth:`forward_clip` calls."""
+        if states is not None and len(states) != len(texts):
+            raise ValueError(f"{len(texts)} expressions but {len(states)} track states")
+        enc = self.encode_images(frames)
+        return [self.forward_features(enc, log_mel, None if states is None else states[k],
+                                      text=text) for k, text in enumerate(texts)]
+
+    def _frame_order(self, t_len: int, state: TrackState) -> tuple[list[int], int | None]:
+        """Processing order of a clip's frames and its conditioning frame (None when the clip
+        continues a video). AVS: frame 0, then in order. Ref-AVS (authors' code): the middle
+        frame ``int(T/2)`` first, then ``0, 1, …`` skipping it, at training and evaluation."""
+        if state.next_frame or state.output_dict["cond_frame_outputs"]:
+            return list(range(t_len)), None
+        cond = t_len // 2 if self.variant == "refavs" else 0
+        return [cond, *(t for t in range(t_len) if t != cond)], cond
 
     def _track(self, enc: dict, visual: Sequence[torch.Tensor], audio: Sequence[torch.Tensor],
                state: TrackState, points: dict[int, PointPrompt]
@@ -284,14 +360,18 @@ class AuralSAM2(nn.Module):
         fpn[0], fpn[1] = decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])
         _, feats, pos, sizes = sam2._prepare_backbone_features(
             {"backbone_fpn": fpn, "vision_pos_enc": enc["vision_pos_enc"]})
-        results = []
-        for t in range(fpn[0].shape[0]):
-            frame_idx = state.next_frame
+        t_len = fpn[0].shape[0]
+        order, cond = self._frame_order(t_len, state)
+        start = state.next_frame
+        results: dict[int, tuple[torch.Tensor, ...]] = {}
+        for t in order:
+            frame_idx = start + t
             clicks = points[t].as_inputs(self.device) if t in points else None
-            is_cond = frame_idx == 0 or clicks is not None
+            is_cond = t == cond or clicks is not None
             cur_feats = [x[:, t:t + 1] for x in feats]
             cur_pos = [x[:, t:t + 1] for x in pos]
-            # Lists reversed as in the authors' model: [c, b, a] and [d3, d2, d1].
+            # Lists reversed as in the authors' model: [c, b, a] and [d3, d2, d1]; frame t takes
+            # row t (Ref-AVS: rows 0..T-1 of the M audio + text rows).
             prompts = FramePrompts([v[t] for v in reversed(visual)],
                                    [d[t] for d in reversed(audio)],
                                    keep_sparse=clicks is not None)
@@ -307,9 +387,9 @@ class AuralSAM2(nn.Module):
             sam2._encode_memory_in_output(cur_feats, sizes, True, True, high_res, obj_logits,
                                           out)
             state.store(frame_idx, out, is_cond, keep=self._memory_horizon())
-            state.next_frame += 1
             raw = captured[-1][0].float()
             if multi.shape[1] == 1:  # a box or several clicks: SAM2 predicts a single mask
                 multi, raw, ious = (x.expand(-1, 3, *x.shape[2:]) for x in (multi, raw, ious))
-            results.append((multi, raw, ious, obj_logits))
-        return results
+            results[t] = (multi, raw, ious, obj_logits)
+        state.next_frame = start + t_len
+        return [results[t] for t in range(t_len)]

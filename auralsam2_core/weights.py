@@ -3,6 +3,11 @@
 Nothing here unpickles anything; reading files is :mod:`auralsam2_core.checkpoint`'s job.
 Downloads go to ``<dest>.part`` first and are checksummed before the final rename, so a
 file at its final cache path is always complete (an interrupted download resumes instead).
+
+Hugging Face model repos (``kind="hf_model"``: the Ref-AVS text encoder) are not single
+files: they live in Hugging Face's own hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``,
+else ``~/.cache/huggingface/hub``), are fetched only by an explicit ``fetch`` (``auralsam2
+download``) with the ``huggingface_hub`` client, and are loaded from that cache only.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ __all__ = [
     "cache_dir",
     "download",
     "fetch",
+    "hf_hub_cache",
+    "hf_snapshot",
     "sha256_file",
 ]
 
-WeightKind = Literal["auralsam2_fuser", "sam2", "vggish"]
+WeightKind = Literal["auralsam2_fuser", "auralsam2_refavs_fuser", "sam2", "vggish", "hf_model"]
 
 _HF = "https://huggingface.co/yyliu01/AuralSAM2/resolve/main/ckpts/"
 _SAM2_V1 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
@@ -57,6 +64,8 @@ class WeightFile:
     sha256_prefix: str | None = None  # torch.hub style: leading hex digits in the file name
     pairs_with: str | None = None  # registry name of the SAM2 backbone a fuser was trained on
     note: str = ""
+    hf_repo: str | None = None  # kind == "hf_model": the Hugging Face repo id
+    hf_files: tuple[str, ...] = ()  # ...and the files of it that are fetched
 
     @property
     def filename(self) -> str:
@@ -65,13 +74,26 @@ class WeightFile:
 
     @property
     def cache_path(self) -> Path:
+        """Where the file is cached; for a Hugging Face repo its snapshot folder (if cached) or
+        its folder in the hub cache."""
+        if self.hf_repo:
+            snap = hf_snapshot(self.hf_repo)
+            return snap or hf_hub_cache() / ("models--" + self.hf_repo.replace("/", "--"))
         return cache_dir() / self.filename
 
+    def is_cached(self) -> bool:
+        return hf_snapshot(self.hf_repo) is not None if self.hf_repo else self.cache_path.is_file()
 
-def _fuser(name: str, note: str) -> WeightFile:
+
+def _fuser(name: str, note: str, kind: WeightKind = "auralsam2_fuser") -> WeightFile:
     # All four were trained on SAM2 hiera-L v1 (authors' configs: sam2_hiera_large.pt).
-    return WeightFile(name, f"{_HF}{name}.pth", "auralsam2_fuser",
-                      pairs_with="sam2_hiera_large", note=note)
+    return WeightFile(name, f"{_HF}{name}.pth", kind, pairs_with="sam2_hiera_large", note=note)
+
+
+#: What is fetched of a RoBERTa repo: config, tokenizer files and the safetensors weights
+#: (``pytorch_model.bin`` only when a repo has no safetensors; see :func:`fetch`).
+_HF_TEXT_FILES = ("config.json", "vocab.json", "merges.txt", "tokenizer.json",
+                  "tokenizer_config.json", "special_tokens_map.json", "model.safetensors")
 
 
 def _sam2(version: str, size: str, short: str) -> WeightFile:
@@ -88,7 +110,12 @@ REGISTRY: dict[str, WeightFile] = {
         _fuser("auralsam2_avs_v1s", "AVSBench single-source (S4) fuser"),
         _fuser("auralsam2_avs_v1m", "AVSBench multi-source (MS3) fuser"),
         _fuser("auralsam2_avs_v2", "AVSBench semantic (AVSS / v2) fuser"),
-        _fuser("auralsam2_refavs_best", "Ref-AVS fuser (has the text projection)"),
+        _fuser("auralsam2_refavs_best", "Ref-AVS fuser (text projection; variant refavs)",
+               kind="auralsam2_refavs_fuser"),
+        WeightFile("distilroberta-base", "https://huggingface.co/distilbert/distilroberta-base",
+                   "hf_model", hf_repo="distilbert/distilroberta-base", hf_files=_HF_TEXT_FILES,
+                   note="Ref-AVS text encoder (frozen RoBERTa), in the Hugging Face hub cache; "
+                        "no checksum published"),
         *[
             _sam2(v, size, short)
             for v in ("sam2", "sam2.1")
@@ -99,6 +126,49 @@ REGISTRY: dict[str, WeightFile] = {
                    note="standalone VGGish (harritaylor/torchvggish): features.*, embeddings.*"),
     ]
 }
+
+
+def hf_hub_cache() -> Path:
+    """Hugging Face's hub cache, read from the environment at call time: ``$HF_HUB_CACHE``,
+    else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    if env := os.environ.get("HF_HUB_CACHE"):
+        return Path(env).expanduser()
+    home = os.environ.get("HF_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".cache" / "huggingface") / "hub"
+
+
+def hf_snapshot(repo: str, revision: str = "main") -> Path | None:
+    """The cached snapshot folder of a Hugging Face model repo (no network), or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo, revision=revision, cache_dir=hf_hub_cache(),
+                                      local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+    return path if (path / "config.json").is_file() else None
+
+
+def _fetch_hf(entry: WeightFile) -> Path:
+    """Download a Hugging Face repo's needed files into the hub cache (resumable, the
+    ``huggingface_hub`` client's own checks); no code of the repo is ever run."""
+    from huggingface_hub import snapshot_download
+
+    if (snap := hf_snapshot(entry.hf_repo)) is not None:
+        return snap
+    try:
+        snap = Path(snapshot_download(entry.hf_repo, cache_dir=hf_hub_cache(),
+                                      allow_patterns=list(entry.hf_files)))
+        if not (snap / "model.safetensors").is_file():  # older repos: weights only as .bin
+            snap = Path(snapshot_download(entry.hf_repo, cache_dir=hf_hub_cache(),
+                                          allow_patterns=["pytorch_model.bin"]))
+    except Exception as e:  # network, HTTP and hub errors come in many types
+        raise DownloadError(
+            f"could not download {entry.hf_repo} from the Hugging Face hub: {e}\n(offline? on "
+            f"a machine with internet run `huggingface-cli download {entry.hf_repo}` and copy "
+            f"its hub cache folder to {hf_hub_cache()}, or set HF_HOME)") from e
+    return snap
 
 
 def cache_dir() -> Path:
@@ -236,7 +306,8 @@ def fetch(name_or_path_or_url: str | os.PathLike[str], *, progress: bool = True)
     """Resolve a registry name, local path or URL to a local file, downloading if needed.
 
     Order: URL -> registry name -> existing local path -> registry file name
-    (``"auralsam2_avs_v2.pth"``). A local path is never copied or checksummed.
+    (``"auralsam2_avs_v2.pth"``). A local path is never copied or checksummed. A Hugging Face
+    repo entry (``distilroberta-base``) gives its snapshot folder in the hub cache.
     """
     s = os.fspath(name_or_path_or_url)
     if _is_url(s):
@@ -256,6 +327,8 @@ def fetch(name_or_path_or_url: str | os.PathLike[str], *, progress: bool = True)
             f"(known: {', '.join(REGISTRY)}) nor an http(s) URL"
         )
 
+    if entry.hf_repo:
+        return _fetch_hf(entry)
     dest = entry.cache_path
     if dest.is_file():
         return dest

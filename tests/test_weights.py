@@ -275,9 +275,10 @@ def test_fetch_local_path_as_is_and_missing_path(tmp_path):
 
 
 def test_registry_contents():
-    fusers = {k for k, w in REGISTRY.items() if w.kind == "auralsam2_fuser"}
+    fusers = {k for k, w in REGISTRY.items() if w.kind.startswith("auralsam2_")}
     assert fusers == {"auralsam2_avs_v1s", "auralsam2_avs_v1m", "auralsam2_avs_v2",
                       "auralsam2_refavs_best"}
+    assert REGISTRY["auralsam2_refavs_best"].kind == "auralsam2_refavs_fuser"
     for k in fusers:
         w = REGISTRY[k]
         assert w.url == f"https://huggingface.co/yyliu01/AuralSAM2/resolve/main/ckpts/{k}.pth"
