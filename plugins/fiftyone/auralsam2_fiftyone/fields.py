@@ -26,6 +26,9 @@ class Target:
     doc_type: type  # embedded document type the field holds
     role: str
     description: str
+    #: label attributes declared in the schema (``(subpath, field type)``), so that the App's
+    #: sidebar lists and filters them
+    attributes: tuple = ()
 
     @property
     def is_frame_field(self) -> bool:
@@ -40,7 +43,9 @@ def prelabel_targets(label_field: str) -> list[Target]:
         Target(f"{label_field}_intervals", fo.TemporalDetections, "intervals",
                "AuralSAM2 sounding intervals (hysteresis on the sounding probability). "
                "frame_range / time_range: as the App's timeline shows them (#0 = first "
-               "frame); support: FiftyOne's 1-based frame numbers (#0 is support 1)"),
+               "frame); support: FiftyOne's 1-based frame numbers (#0 is support 1)",
+               attributes=(("detections.frame_range", fo.StringField),
+                           ("detections.time_range", fo.StringField))),
         Target(f"{label_field}_summary", fo.DynamicEmbeddedDocument, "summary",
                "AuralSAM2 run summary: status, error, frame counts, review priority"),
     ]
@@ -99,3 +104,7 @@ def claim(dataset: fo.Dataset, targets: list[Target], *, overwrite: bool,
                                                **owner_info}}
             f.description = t.description
             f.save()
+        for sub, ftype in t.attributes:
+            if _get_field(dataset, f"{t.path}.{sub}") is None:
+                add = dataset.add_frame_field if t.is_frame_field else dataset.add_sample_field
+                add(f"{t.path.removeprefix('frames.')}.{sub}", ftype)

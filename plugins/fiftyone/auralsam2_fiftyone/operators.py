@@ -86,10 +86,13 @@ def what_happens(ctx, plan: RunPlan, options, lf: str) -> list[tuple[str, types.
     if plan.videos == 0:
         return [("summary", types.Warning(label=f"No video {where}: nothing to pre-label"))]
     if plan.to_run == 0:
+        every = ("The video {w} already has results in `{lf}`: Execute would skip it"
+                 if plan.videos == 1 else
+                 "All {n} videos {w} already have results in `{lf}`: Execute would skip "
+                 "every one")
         return [("summary", types.Warning(
-            label=f"All {_plural(plan.videos, 'video')} {where} already have results in "
-                  f"`{lf}`: Execute would skip every one",
-            description="Tick Overwrite to pre-label them again, or choose another label "
+            label=every.format(n=plan.videos, w=where, lf=lf),
+            description="Tick Overwrite to pre-label again, or choose another label "
                         "field."))]
     done = (f"{plan.finished} already pre-labelled in `{lf}` (skipped), "
             if plan.finished else "")
