@@ -223,6 +223,7 @@ def test_operator_browser_lists_auralsam2_together_and_first_for_sound(app, arti
         page.wait_for_function("() => document.querySelector('[data-cy=operators-browser]')"
                                ".innerText.includes('review_sounding_objects')",
                                timeout=30_000)
+        page.wait_for_timeout(800)  # the dialog fades in
         page.screenshot(path=artifacts / "fiftyone_operator_browser_all.png")
         everything = _browser_names(page)
         page.keyboard.type("sound")
