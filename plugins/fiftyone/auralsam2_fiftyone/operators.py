@@ -55,17 +55,18 @@ def _settings(params: dict) -> PrelabelSettings:
                             overwrite=bool(params.get("overwrite", False)))
 
 
-def estimated_frames(plan: RunPlan) -> int:
-    return plan.frames + plan.unknown * LONG_RUN_FRAMES
+def is_long(plan: RunPlan) -> bool:
+    """Long enough to offer delegated execution first."""
+    return plan.frames + plan.unknown * LONG_RUN_FRAMES > LONG_RUN_FRAMES
 
 
-def delegation_available(options) -> bool:
-    """Whether the App can schedule the run: the FiftyOne App (1.22) offers "Schedule" only
-    with legacy orchestrators allowed (``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true``, then
-    ``fiftyone delegated launch`` runs it) or with a registered orchestrator; otherwise it
+def app_can_schedule() -> bool:
+    """Whether the App offers "Schedule": FiftyOne 1.22 does so with legacy orchestrators
+    allowed (``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true``; ``fiftyone delegated launch`` then
+    runs the queue) or for registered orchestrators, which only FiftyOne Enterprise lists
+    (``fiftyone/operators/server.py`` never fills ``available_orchestrators``); otherwise it
     shows "Schedule: NOT AVAILABLE" and Execute runs everything at once."""
-    return bool(options.allow_delegated_execution and (
-        fo.config.allow_legacy_orchestrators or options.available_orchestrators))
+    return bool(fo.config.allow_legacy_orchestrators)
 
 
 def _where(ctx) -> str:
@@ -77,12 +78,9 @@ def _where(ctx) -> str:
     return "in the current view"
 
 
-def what_happens(ctx, plan: RunPlan, options, lf: str) -> list[tuple[str, types.View]]:
+def what_happens(ctx, plan: RunPlan, lf: str) -> list[tuple[str, types.View]]:
     """The form's account of the run: how many videos, how many done, now or scheduled."""
-    out = []
     where = _where(ctx)
-    frames = f"about {plan.frames} frames" + (
-        f" + {_plural(plan.unknown, 'video')} of unknown length" if plan.unknown else "")
     if plan.videos == 0:
         return [("summary", types.Warning(label=f"No video {where}: nothing to pre-label"))]
     if plan.to_run == 0:
@@ -94,16 +92,18 @@ def what_happens(ctx, plan: RunPlan, options, lf: str) -> list[tuple[str, types.
             label=every.format(n=plan.videos, w=where, lf=lf),
             description="Tick Overwrite to pre-label again, or choose another label "
                         "field."))]
+    frames = f"about {plan.frames} frames" + (
+        f" + {_plural(plan.unknown, 'video')} of unknown length" if plan.unknown else "")
     done = (f"{plan.finished} already pre-labelled in `{lf}` (skipped), "
             if plan.finished else "")
-    out.append(("summary", types.Notice(
-        label=f"{_plural(plan.videos, 'video')} {where}: {done}"
-              f"{plan.to_run} to pre-label ({frames})")))
-    long_run = estimated_frames(plan) > LONG_RUN_FRAMES
-    if ctx.requesting_delegated_execution or (long_run and options.default_choice_to_delegated
-                                              and delegation_available(options)):
+    out = [("summary", types.Notice(label=f"{_plural(plan.videos, 'video')} {where}: {done}"
+                                          f"{plan.to_run} to pre-label ({frames})"))]
+    long_run = is_long(plan)
+    if ctx.requesting_delegated_execution or (long_run and app_can_schedule()):
         out.append(("mode", types.Notice(
-            label="Scheduled as a delegated run (Schedule is the default for this size)",
+            label="Scheduled as a delegated run" + (
+                "" if ctx.requesting_delegated_execution
+                else " (Schedule is the default for this size)"),
             description="It waits for a worker: run `fiftyone delegated launch`, and follow "
                         "it in the App's Runs page.")))
     elif long_run:
@@ -144,7 +144,7 @@ class PrelabelSoundingObjects(foo.Operator):
         from fiftyone.operators.executor import ExecutionOptions
 
         try:
-            long_run = estimated_frames(self._plan(ctx)) > LONG_RUN_FRAMES
+            long_run = is_long(self._plan(ctx))
         except Exception:  # noqa: BLE001 - no dataset yet (App start-up), bad field: assume long
             long_run = True
         return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
@@ -190,8 +190,7 @@ class PrelabelSoundingObjects(foo.Operator):
             except ValueError as e:  # not videos, invalid label field
                 inputs.view("summary", types.Error(label=str(e)))
             else:
-                for name, view in what_happens(ctx, plan, self.resolve_execution_options(ctx),
-                                               lf):
+                for name, view in what_happens(ctx, plan, lf):
                     inputs.view(name, view)
         return types.Property(inputs, view=types.View(label="AuralSAM2 pre-label"))
 
