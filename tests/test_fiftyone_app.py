@@ -331,6 +331,11 @@ def test_sound_panel_plays_the_sample_audio(app, artifacts):
             seek = audio.evaluate("e => ({src: e.src, t: e.currentTime})")
             seek_plot = _plot(page)["data"][2]
             seek_text = _text(page, "#modal")
+            page.locator("#modal [data-cy=modal-looker-container]").hover()
+            page.keyboard.press("ArrowRight")  # the next video: not pre-labelled
+            page.get_by_text("This video has no auralsam2 pre-labels").wait_for(
+                timeout=30_000)
+            next_audio = page.locator("#modal audio").count()
         finally:
             _close_modal(page)
     query = urllib.parse.parse_qs(urllib.parse.urlparse(props["src"]).query)
@@ -351,6 +356,7 @@ def test_sound_panel_plays_the_sample_audio(app, artifacts):
     assert seek["src"].endswith("#t=1.400") and seek["t"] == pytest.approx(1.4, abs=0.05)
     assert seek_plot["x"] == pytest.approx([1.4, 1.4])
     assert "Hearing frame #7 (0:01.40)" in seek_text and "Hearing frame" in heard_text
+    assert next_audio == 0  # the panel follows the modal to the next video
 
 
 def test_interval_labels_read_like_the_app_timeline(app, artifacts):

@@ -189,7 +189,7 @@ class SoundingObjectsSound(foo.Panel):
         if ctx.current_sample and lf:
             track = sound_track(ctx.view, ctx.current_sample, lf)
         state.set({"label_field": lf, "fields": fields, "has_track": False, "message": None})
-        if track is None:
+        if track is None or not track["frames"]:
             return
         if not track["fps"]:
             state.message = "the video has no frame rate"
