@@ -1,9 +1,14 @@
-"""The FiftyOne App in headless Chromium: it lists the plugin's operators and draws the masks.
+"""The FiftyOne App in headless Chromium: what a reviewer sees of the plugin.
 
 Debian's ``chromium`` driven by ``playwright`` (never ``playwright install``). Screenshots are
-kept in ``$AURALSAM2_TEST_ARTIFACTS`` (default ``out/test-artifacts/``). Skipped when
-FiftyOne, playwright or ``/usr/bin/chromium`` is missing (``scripts/setup.d/20-fiftyone.sh``
-installs all three).
+kept in ``$AURALSAM2_TEST_ARTIFACTS`` (default ``out/test-artifacts/``; the list is in
+plugins/fiftyone/README.md); each test takes its screenshots before it asserts, so a run
+against older code leaves "before" pictures. Skipped when FiftyOne, playwright or
+``/usr/bin/chromium`` is missing (``scripts/setup.d/20-fiftyone.sh`` installs all three).
+
+The dataset: three short generated clips; the first is pre-labelled with the bundled demo
+model (sounding on frames 1-7 of 10), the second is not, the third has no metadata (its
+length is unknown to the form).
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import socket
 import time
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +47,21 @@ from PIL import Image  # noqa: E402
 
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 
-PARAMS = {"model": "checkpoints", "sam2_config": "sam2_hiera_t", "image_size": 64,
-          "fuser_config": {"f_depths": [1, 1, 1]}, "allow_random_weights": True,
-          "device": "cpu"}
+PLUGIN = "@auralsam2/auralsam2"
+PRELABEL = f"{PLUGIN}/prelabel_sounding_objects"
+OURS = ["prelabel_sounding_objects", "review_sounding_objects", "evaluate_sounding_objects"]
+PARAMS = {"device": "cpu"}  # the bundled demo model
+FPS, SECONDS = 5.0, 2.0  # 10 frames per clip
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DASH = "\u2013"
+
+
+@dataclass
+class App:
+    url: str
+    dataset: object
+    session: object
+    labelled: object  # the pre-labelled sample
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +74,31 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """A pre-labelled one-video dataset served by the App; yields (url, dataset)."""
+    """Three videos served by the App, the first pre-labelled (see the module docstring)."""
     plugins = fiftyone_env.plugins_dir(tmp_path_factory.mktemp("fo_app_plugins"))
     old_dir, old_env = fo.config.plugins_dir, os.environ.get("FIFTYONE_PLUGINS_DIR")
     fo.config.plugins_dir = os.environ["FIFTYONE_PLUGINS_DIR"] = str(plugins)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    video = write_clip(make_clip(21, size=(96, 128), fps=5.0, seconds=1.0),
-                       tmp_path_factory.mktemp("fo_app_media") / "app.mp4")
+    media = tmp_path_factory.mktemp("fo_app_media")
+    paths = [write_clip(make_clip(seed, size=(96, 128), fps=FPS, seconds=SECONDS),
+                        media / f"{name}.mp4")
+             for seed, name in ((21, "sounding"), (22, "second"), (23, "nometa"))]
     ds = fo.Dataset()
-    ds.add_sample(fo.Sample(filepath=str(video)))
+    ds.add_samples([fo.Sample(filepath=str(p)) for p in paths])
     ds.compute_metadata()
-    execute_operator("@auralsam2/auralsam2/prelabel_sounding_objects", dataset=ds,
-                     params=PARAMS)
+    nometa = ds.skip(2).first()
+    nometa.metadata = None  # e.g. added without compute_metadata(): length unknown
+    nometa.save()
+    first = ds.first()
+    execute_operator(PRELABEL, dataset=ds, view=ds.select(first.id),
+                     params={**PARAMS, "view_target": "CURRENT_VIEW"})
+    first.reload()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    fo.launch_app(ds, remote=True, port=port, address="127.0.0.1", auto=False)
-    yield f"http://127.0.0.1:{port}/datasets/{ds.name}", ds
+    session = fo.launch_app(ds, remote=True, port=port, address="127.0.0.1", auto=False)
+    yield App(f"http://127.0.0.1:{port}/datasets/{ds.name}", ds, session, first)
     torch.set_num_threads(threads)
     fo.config.plugins_dir = old_dir
     if old_env is None:
@@ -81,6 +106,16 @@ def app(tmp_path_factory):
     else:
         os.environ["FIFTYONE_PLUGINS_DIR"] = old_env
     ds.delete()
+
+
+@contextlib.contextmanager
+def browser_page():
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 900})
+        finally:
+            browser.close()
 
 
 def _open(page, url: str) -> None:
@@ -95,36 +130,290 @@ def _open(page, url: str) -> None:
             time.sleep(1)
     with contextlib.suppress(playwright.Error):  # "Explore Enterprise" covers the grid
         page.get_by_text("Dismiss").click(timeout=15_000)
+    page.locator("canvas[canvas-loaded=true]").first.wait_for(timeout=60_000)
+
+
+def _close_modal(page) -> None:
+    if page.locator("#modal canvas").count():
+        page.mouse.click(5, 5)  # the backdrop
+        page.locator("#modal canvas").first.wait_for(state="detached", timeout=15_000)
+
+
+def _open_modal(page, index: int = 0) -> None:
+    """Open the grid's ``index``-th video. The modal lays out its panel tabs once, from the
+    modal panels registered by then (and keeps that layout in localStorage
+    "fo-sample-modal-plugins"): wait for the plugin's operators before the first open."""
+    _close_modal(page)  # the App's session remembers an open modal
+    page.wait_for_function(
+        "() => !!localStorage.getItem('fo-sample-modal-plugins') || "
+        "performance.getEntriesByType('resource').some(e => e.name.includes('/operators'))",
+        timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.locator("canvas[canvas-loaded=true]").nth(index).click()
+    page.locator("#modal [data-cy=modal-looker-container]").wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+
+
+def _browser_names(page) -> list[str]:
+    """Operator names in the operator browser, in the order shown."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll(
+        '[data-cy=operators-browser] .MuiDialogContent-root *'))
+        .filter(e => e.children.length === 0 && !e.classList.contains('material-icons')
+                && /^[a-z0-9_]+$/.test(e.textContent))
+        .map(e => e.textContent)""")
+
+
+def _timeline_display(page) -> str:
+    """The modal timeline's position readout: "0:00.60 / 0:02.00" or "#3 / #10"."""
+    m = re.search(r"(\d+:\d\d\.\d\d|#\d+) / (\d+:\d\d\.\d\d|#\d+)",
+                  page.locator("#modal").inner_text())
+    assert m, "no timeline readout in the modal"
+    return m.group(0)
+
+
+def _plot(page) -> dict:
+    return page.evaluate("""() => { const g = document.querySelector('#modal .js-plotly-plot');
+        return g ? {data: g.data.map(t => ({name: t.name, x: t.x, y: t.y})),
+                    shapes: (g.layout.shapes || []).map(s => [s.x0, s.x1])} : null }""")
+
+
+def _text(page, selector: str = "body") -> str:
+    return page.locator(selector).inner_text().replace("`", "")
+
+
+# ------------------------------------------------------------------------------ tests
 
 
 def test_app_lists_operators_and_draws_masks(app, artifacts):
-    url, ds = app
-    assert ds.first().frames[1]["auralsam2"].detections  # frame 1 (the thumbnail) has a mask
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        try:
-            _open(page, url)
-            canvas = page.locator("canvas[canvas-loaded=true]").first
-            canvas.wait_for(timeout=60_000)
-            page.wait_for_timeout(1500)
-            page.screenshot(path=artifacts / "fiftyone_app_grid.png")
-            with_masks = canvas.screenshot(path=artifacts / "fiftyone_app_thumbnail.png")
-            page.locator('[data-cy="checkbox-frames.auralsam2"]').click()
-            page.wait_for_timeout(1500)
-            without = canvas.screenshot(path=artifacts / "fiftyone_app_thumbnail_off.png")
-            page.keyboard.press("`")  # the operator browser
-            page.keyboard.type("AuralSAM2")
-            page.get_by_text("AuralSAM2: pre-label sounding objects").wait_for(timeout=30_000)
-            page.screenshot(path=artifacts / "fiftyone_app_operators.png")
-            for label in ("AuralSAM2: pre-label sounding objects",
-                          "AuralSAM2: review least confident first",
-                          "AuralSAM2: evaluate sounding objects (AVSBench J and F)"):
-                assert page.get_by_text(label).count() == 1, label
-        finally:
-            browser.close()
+    ds = app.dataset
+    assert app.labelled.frames[1]["auralsam2"].detections  # frame 1 (the thumbnail) has a mask
+    with browser_page() as page:
+        _open(page, app.url)
+        canvas = page.locator("canvas[canvas-loaded=true]").first
+        page.wait_for_timeout(1500)
+        page.screenshot(path=artifacts / "fiftyone_app_grid.png")
+        with_masks = canvas.screenshot(path=artifacts / "fiftyone_app_thumbnail.png")
+        page.locator('[data-cy="checkbox-frames.auralsam2"]').click()
+        page.wait_for_timeout(1500)
+        without = canvas.screenshot(path=artifacts / "fiftyone_app_thumbnail_off.png")
+        page.locator('[data-cy="checkbox-frames.auralsam2"]').click()  # back on
+        page.keyboard.press("`")  # the operator browser
+        page.keyboard.type("AuralSAM2")
+        page.get_by_text("AuralSAM2: pre-label sounding objects").wait_for(timeout=30_000)
+        page.screenshot(path=artifacts / "fiftyone_app_operators.png")
+        for label in ("AuralSAM2: pre-label sounding objects",
+                      "AuralSAM2: review sounding objects, least confident first",
+                      "AuralSAM2: evaluate sounding objects (AVSBench J and F)"):
+            assert page.get_by_text(label).count() == 1, label
     a = np.asarray(Image.open(io.BytesIO(with_masks)).convert("RGB"), np.int16)
     b = np.asarray(Image.open(io.BytesIO(without)).convert("RGB"), np.int16)
     assert a.shape == b.shape
     changed = (np.abs(a - b).max(axis=-1) > 30).mean()
     assert changed > 0.01, f"the masks change only {changed:.2%} of the thumbnail"
+    assert len(ds) == 3
+
+
+def test_operator_browser_lists_auralsam2_together_and_first_for_sound(app, artifacts):
+    """Issue #17.7: the browser orders by the first character of each operator's description
+    (or label), so all three start with "AuralSAM2"; "sound" lists them, pre-label first."""
+    with browser_page() as page:
+        _open(page, app.url)
+        page.keyboard.press("`")
+        page.locator("[data-cy=operators-browser]").wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('[data-cy=operators-browser]')"
+                               ".innerText.includes('review_sounding_objects')",
+                               timeout=30_000)
+        page.wait_for_timeout(800)  # the dialog fades in
+        page.screenshot(path=artifacts / "fiftyone_operator_browser_all.png")
+        everything = _browser_names(page)
+        page.keyboard.type("sound")
+        page.wait_for_timeout(1000)
+        page.screenshot(path=artifacts / "fiftyone_operator_browser_sound.png")
+        for_sound = _browser_names(page)
+        page.keyboard.press("Enter")  # runs the first (highlighted) choice
+        page.get_by_text("AuralSAM2 pre-label").wait_for(timeout=30_000)
+    at = [everything.index(name) for name in OURS]
+    assert at == list(range(at[0], at[0] + 3)), f"not together: {everything}"
+    assert at[0] < 10, f"pre-label is number {at[0] + 1} of {len(everything)}"
+    assert for_sound[:3] == OURS, for_sound
+
+
+def test_prelabel_form_says_what_will_happen(app, artifacts):
+    """Issue #17.8: the form counts the videos, those already done (skipped) and says whether
+    Execute runs it now or the App schedules it (here: no orchestrator, so "Schedule" is not
+    available and a long run still runs at once)."""
+    def open_form(page):
+        page.keyboard.press("`")
+        page.locator("[data-cy=operators-browser-search]").wait_for(timeout=30_000)
+        page.keyboard.type("pre-label sounding")
+        page.get_by_text("AuralSAM2: pre-label sounding objects").click()
+        page.get_by_text("AuralSAM2 pre-label").wait_for(timeout=30_000)
+        page.wait_for_timeout(2500)
+
+    with browser_page() as page:
+        _open(page, app.url)
+        _close_modal(page)
+        open_form(page)
+        page.screenshot(path=artifacts / "fiftyone_prelabel_form.png")
+        first = _text(page)
+        page.get_by_text("Overwrite", exact=True).click()
+        page.get_by_text("3 to pre-label").wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=artifacts / "fiftyone_prelabel_form_overwrite.png")
+        overwrite = _text(page)
+        page.get_by_text("Cancel", exact=True).click()
+        app.session.view = app.dataset.select(app.labelled.id)  # a reviewer's filtered view
+        try:
+            page.wait_for_timeout(3000)
+            open_form(page)
+            page.screenshot(path=artifacts / "fiftyone_prelabel_form_all_done.png")
+            all_done = _text(page)
+            button = page.get_by_role("button", name="Execute").count()
+        finally:
+            app.session.view = None
+    assert ("3 videos in the dataset: 1 already pre-labelled in auralsam2 (skipped), 2 to "
+            "pre-label (about 10 frames + 1 video of unknown length)") in first
+    assert ("Runs at once when you press Execute, in the App's server, which stops immediate "
+            f"runs after {fo.config.operator_timeout} s") in first
+    assert "Schedule: not available" in first
+    assert "Long runs are scheduled as delegated operations" not in first
+    assert "3 videos in the dataset: 3 to pre-label (about 20 frames + 1 video" in overwrite
+    assert ("The video in the current view already has results in auralsam2: Execute would "
+            "skip it") in all_done
+    assert "Runs at once" not in all_done and button == 1
+
+
+def test_sound_panel_plays_the_sample_audio(app, artifacts):
+    """Issue #17.5: the modal's "AuralSAM2: sound" panel plays the sample's own media with
+    sound (not muted, volume control), draws the sounding probability on the App's time axis
+    with the heard frame marked, follows the player, and moves the player on a plot click."""
+    sample = app.labelled
+    probs = {n: f["auralsam2"].sounding_prob for n, f in sample.frames.items()
+             if f["auralsam2"] is not None}
+    (interval,) = sample.auralsam2_intervals.detections
+    with browser_page() as page:
+        _open(page, app.url)
+        _open_modal(page, 0)
+        page.screenshot(path=artifacts / "fiftyone_sound_modal.png")
+        try:
+            page.locator("[data-cy=panel-tab-sounding_objects_sound]").wait_for(
+                timeout=30_000)
+            page.locator("#modal button[title='Split horizontally']").first.click()
+            audio = page.locator("#modal audio")
+            audio.wait_for(timeout=30_000)
+            page.wait_for_function("() => document.querySelector('#modal audio').readyState "
+                                   ">= 1", timeout=30_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=artifacts / "fiftyone_sound_panel.png")
+            props = audio.evaluate("e => ({src: e.src, muted: e.muted, controls: e.controls,"
+                                   " volume: e.volume, duration: e.duration})")
+            served = page.request.get(props["src"]).body()
+            plot = _plot(page)
+            box = audio.bounding_box()
+            page.mouse.click(box["x"] + 25, box["y"] + box["height"] / 2)  # its play button
+            page.wait_for_function("() => document.querySelector('#modal audio').currentTime"
+                                   " > 0.9", timeout=30_000)
+            page.wait_for_function("() => document.querySelector('#modal .js-plotly-plot')"
+                                   ".data[2].x[0] >= 0.6", timeout=30_000)
+            playing = audio.evaluate("e => ({t: e.currentTime, paused: e.paused})")
+            heard = _plot(page)["data"][2]
+            heard_text = _text(page, "#modal")
+            page.screenshot(path=artifacts / "fiftyone_sound_panel_playing.png")
+            page.wait_for_function("() => document.querySelector('#modal audio').ended",
+                                   timeout=30_000)
+            area = page.locator("#modal .js-plotly-plot .nsewdrag").first.bounding_box()
+            page.mouse.click(area["x"] + area["width"] * 1.45 / SECONDS,
+                             area["y"] + area["height"] / 2)  # near 1.4 s
+            page.wait_for_function("() => document.querySelector('#modal audio').src"
+                                   ".includes('#t=')", timeout=30_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=artifacts / "fiftyone_sound_panel_seek.png")
+            seek = audio.evaluate("e => ({src: e.src, t: e.currentTime})")
+            seek_plot = _plot(page)["data"][2]
+            seek_text = _text(page, "#modal")
+            page.locator("#modal [data-cy=modal-looker-container]").hover()
+            page.keyboard.press("ArrowRight")  # the next video: not pre-labelled
+            page.get_by_text("This video has no auralsam2 pre-labels").wait_for(
+                timeout=30_000)
+            next_audio = page.locator("#modal audio").count()
+        finally:
+            _close_modal(page)
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(props["src"]).query)
+    assert query == {"filepath": [sample.filepath]}  # the sample's own media file
+    assert served == Path(sample.filepath).read_bytes()
+    assert props["muted"] is False and props["controls"] is True and props["volume"] == 1
+    assert props["duration"] == pytest.approx(SECONDS, abs=0.1)
+    prob, _, marker = plot["data"]
+    assert prob["x"] == pytest.approx([(n - 1) / FPS for n in sorted(probs)])
+    assert prob["y"] == pytest.approx([probs[n] for n in sorted(probs)], abs=1e-6)
+    assert marker["x"] == [0, 0] and marker["name"] == "hearing #0 (0:00.00)"
+    a, b = interval.support
+    assert plot["shapes"] == [pytest.approx([(a - 1) / FPS, b / FPS])]
+    assert not playing["paused"]
+    k = round(heard["x"][0] * FPS)  # the marker sits on the start of the heard frame
+    assert 3 <= k <= int(playing["t"] * FPS) and heard["x"][0] == pytest.approx(k / FPS)
+    assert f"#{k} (0:0{k // 5}.{k % 5 * 20:02d})" in heard["name"]
+    assert seek["src"].endswith("#t=1.400") and seek["t"] == pytest.approx(1.4, abs=0.05)
+    assert seek_plot["x"] == pytest.approx([1.4, 1.4])
+    assert "Hearing frame #7 (0:01.40)" in seek_text and "Hearing frame" in heard_text
+    assert next_audio == 0  # the panel follows the modal to the next video
+
+
+def test_interval_labels_read_like_the_app_timeline(app, artifacts):
+    """Issue #17.6: an interval's frame_range / time_range are what the modal's timeline
+    shows: the App draws the interval from its first frame through its last (#6 here), not
+    at the next one (#7), whose start time is where time_range ends."""
+    sample = app.labelled
+    (interval,) = sample.auralsam2_intervals.detections
+    a, b = interval.support  # FiftyOne's 1-based frames: the App draws from these
+    with browser_page() as page:
+        _open(page, app.url)
+        _open_modal(page, 0)
+        try:
+            canvas = page.locator("#modal [data-cy=modal-looker-container] canvas").first
+            toggle = page.locator("#modal [data-cy=checkbox-auralsam2_intervals]")
+            shown = {"time@1": _timeline_display(page)}
+            page.get_by_text(shown["time@1"]).click()  # the readout switches to frames
+            page.wait_for_timeout(500)
+            shown["frame@1"] = _timeline_display(page)
+            drawn = {}
+            for n in range(2, b + 2):
+                page.keyboard.press(".")
+                page.wait_for_timeout(600)
+                shown[f"frame@{n}"] = _timeline_display(page)
+                if n in (b, b + 1):
+                    with_iv = canvas.screenshot(
+                        path=artifacts / f"fiftyone_interval_frame{n}.png")
+                    toggle.click()
+                    page.wait_for_timeout(800)
+                    without = canvas.screenshot()
+                    toggle.click()
+                    page.wait_for_timeout(800)
+                    drawn[n] = _changed(with_iv, without)
+            page.get_by_text(shown[f"frame@{b + 1}"]).click()  # back to times
+            page.wait_for_timeout(500)
+            shown[f"time@{b + 1}"] = _timeline_display(page)
+            page.locator("#modal [data-cy=sidebar-field-arrow-enabled-auralsam2_intervals]"
+                         ).click()
+            page.wait_for_timeout(2000)
+            page.screenshot(path=artifacts / "fiftyone_interval_sidebar.png")
+            sidebar = page.locator("#modal [data-cy=sidebar]").inner_text()
+        finally:
+            _close_modal(page)
+    assert (a, b) == (1, 7)
+    assert drawn[b] > 0.002 and drawn[b + 1] < 0.0005, drawn  # drawn through frame b only
+
+    def readout(key):
+        return shown[key].split(" / ")[0]
+
+    app_frames = f"{readout('frame@1')}{DASH}{readout(f'frame@{b}')}"
+    app_times = f"{readout('time@1')}{DASH}{readout(f'time@{b + 1}')}"
+    assert (app_frames, app_times) == ("#0\u2013#6", "0:00.00\u20130:01.40")
+    assert interval["frame_range"] == app_frames and interval["time_range"] == app_times
+    assert f"frame_range\n{app_frames}" in sidebar and f"time_range\n{app_times}" in sidebar
+
+
+def _changed(png_a: bytes, png_b: bytes) -> float:
+    a = np.asarray(Image.open(io.BytesIO(png_a)).convert("RGB"), np.int16)
+    b = np.asarray(Image.open(io.BytesIO(png_b)).convert("RGB"), np.int16)
+    return float((np.abs(a - b).max(axis=-1) > 30).mean())

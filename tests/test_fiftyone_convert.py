@@ -1,5 +1,5 @@
 """The FiftyOne adapter's platform-independent parts (plugins/fiftyone/auralsam2_fiftyone:
-convert.py, spec.py): run without FiftyOne installed."""
+convert.py, spec.py, timeline.py): run without FiftyOne installed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "fiftyone"))
 
-from auralsam2_fiftyone import convert  # noqa: E402
+from auralsam2_fiftyone import convert, timeline  # noqa: E402
 from auralsam2_fiftyone.spec import BUNDLED, ModelSpec  # noqa: E402
 
 
@@ -77,6 +77,32 @@ def test_interval_supports_follow_hysteresis_with_one_based_inclusive_frames():
     assert [g["support"] for g in got] == [[2, 3], [5, 6]]
     assert got[0]["label"] == "sounding"
     assert got[0]["confidence"] == pytest.approx((0.7 + 0.5) / 2, abs=1e-4)
+
+
+def test_intervals_read_as_the_app_timeline_shows_them():
+    """Issue #17.6: the App's timeline shows FiftyOne frame n as #(n-1) at (n-1)/fps, so an
+    interval with support [1, 7] at 5 fps reads "#0–#6", "0:00.00–0:01.40"."""
+    frames = _frames([0.9] * 7 + [0.1] * 3)
+    (iv,) = convert.interval_supports(frames, fps=5.0, last_frame=10)
+    assert iv["support"] == [1, 7]  # FiftyOne's data model stays 1-based
+    assert iv["frame_range"] == "#0\u2013#6" and iv["time_range"] == "0:00.00\u20130:01.40"
+    (iv,) = convert.interval_supports(frames, fps=0.0, last_frame=10)
+    assert "time_range" not in iv and iv["frame_range"] == "#0\u2013#6"
+
+
+@pytest.mark.parametrize("seconds, shown", [
+    (0.0, "0:00.00"), (0.2, "0:00.20"), (0.29, "0:00.29"), (1.4, "0:01.40"),
+    (59.999, "0:59.99"), (61.5, "1:01.50"), (3723.456, "62:03.45"), (-0.5, "0:00.00")])
+def test_app_time_format_is_the_timeline_s(seconds, shown):
+    """m:ss.cc with centiseconds truncated, as the App's timeline formats time."""
+    assert timeline.app_time(seconds) == shown
+
+
+def test_frame_labels():
+    assert timeline.app_frame(1) == "#0" and timeline.app_frame(10) == "#9"
+    assert timeline.frame_label(4, 5.0) == "#3 (0:00.60)"
+    assert timeline.frame_label(4, None) == "#3"
+    assert timeline.frame_start(31, 29.97) == pytest.approx(30 / 29.97)
 
 
 def test_interval_supports_cover_strided_gaps_but_not_past_the_video():

@@ -48,6 +48,7 @@ PLUGIN = "@auralsam2/auralsam2"
 PRELABEL = f"{PLUGIN}/prelabel_sounding_objects"
 EVALUATE = f"{PLUGIN}/evaluate_sounding_objects"
 REVIEW = f"{PLUGIN}/review_sounding_objects"
+PANEL = f"{PLUGIN}/sounding_objects_sound"
 SPEC = ModelSpec("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]})
 PARAMS = {**SPEC.to_params(), "device": "cpu"}
 SIZE, FPS, SECONDS = (48, 64), 5.0, 1.2  # 6 frames per clip
@@ -184,8 +185,8 @@ def test_plugin_is_discovered_with_every_operator():
     assert meta["name"] == PLUGIN
     assert PLUGIN in [p.name for p in fop.list_plugins()]
     registered = {op.uri for op in foo.list_operators() if op.plugin_name == PLUGIN}
-    assert registered == {f"{PLUGIN}/{name}" for name in meta["operators"]}
-    assert {PRELABEL, EVALUATE, REVIEW} <= registered
+    assert registered == {f"{PLUGIN}/{name}" for name in meta["operators"] + meta["panels"]}
+    assert {PRELABEL, EVALUATE, REVIEW, PANEL} <= registered
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,8 @@ def test_intervals_and_summary(labelled, reference):
         s = samples[name]
         frames = [convert.frame_dict(r) for r in results]
         want = convert.interval_supports(frames, fps=FPS, last_frame=6)
-        got = [{"label": d.label, "support": list(d.support), "confidence": d.confidence}
+        got = [{"label": d.label, "support": list(d.support), "confidence": d.confidence,
+                "frame_range": d.frame_range, "time_range": d.time_range}
                for d in s.auralsam2_intervals.detections]
         assert got == want
         summary = s.auralsam2_summary
@@ -231,6 +233,8 @@ def test_intervals_and_summary(labelled, reference):
             max(r.review_priority for r in results), abs=1e-6)
     for f in ("frames.auralsam2", "auralsam2_intervals", "auralsam2_summary"):
         assert "auralsam2" in ds.get_field(f).info  # ownership mark
+    for attr in ("frame_range", "time_range"):  # in the schema: the App's sidebar lists them
+        assert ds.get_field(f"auralsam2_intervals.detections.{attr}") is not None
 
 
 def test_strided_intervals_from_stored_probabilities(media, monkeypatch):
@@ -403,6 +407,11 @@ def test_review_orders_least_confident_first(labelled, reference):
     assert len(rows) == 18
     prios = [r["review_priority"] for r in rows]
     assert prios == sorted(prios, reverse=True)
+    # what the output shows a person: frames as the App's timeline does (#0 = frame 1)
+    top = out["top_frames"][0]
+    assert top["frame"] == f"#{rows[0]['frame_number'] - 1} " \
+                           f"(0:00.{(rows[0]['frame_number'] - 1) * 20:02d})"  # 5 fps
+    assert top["review_priority"] == rows[0]["review_priority"]
     clips = execute_operator(REVIEW, dataset=ds, params={
         "label_field": "auralsam2", "level": "clips", "threshold": 0.0}).result
     assert clips["count"] == 3  # every labelled frame qualifies: one clip per video
@@ -476,3 +485,97 @@ def test_app_server_lists_the_operators(labelled, monkeypatch):
     uris = {op["uri"] for op in listed["operators"]}
     assert {PRELABEL, EVALUATE, REVIEW} <= uris
     assert not [e for e in listed.get("errors", []) if "auralsam2" in json.dumps(e)]
+
+
+def _form_notes(ds, view, **request):
+    """The pre-label form's account of the run, as the App receives it: {name: (view, label,
+    description)} for the notes the plugin adds (issue #17.8)."""
+    import asyncio
+
+    from fiftyone.operators.executor import resolve_type
+    from fiftyone.operators.registry import OperatorRegistry
+
+    params = request.pop("params", {})
+    form = asyncio.run(resolve_type(OperatorRegistry(), PRELABEL, {
+        "dataset_name": ds.name, "view": view._serialize(), "params": params, **request}))
+    props = form.to_json()["type"]["properties"]
+    return {k: (props[k]["view"]["name"], props[k]["view"]["label"],
+                props[k]["view"].get("description"))
+            for k in ("summary", "mode") if k in props}
+
+
+def test_prelabel_form_states_what_will_happen(labelled, monkeypatch):
+    """How many videos, how many already done (skipped), and whether Execute runs it now or
+    the App schedules it: the App's own decision (Schedule exists only with legacy
+    orchestrators allowed or a registered orchestrator)."""
+    ds = labelled[0]  # stereo, stereo2, mono complete; noaudio (6 frames) and corrupt failed
+    notes = _form_notes(ds, ds.view())
+    assert notes["summary"][:2] == ("Notice", "5 videos in the dataset: 3 already pre-labelled "
+                                    "in `auralsam2` (skipped), 2 to pre-label (about 6 frames "
+                                    "+ 1 video of unknown length)")
+    kind, label, description = notes["mode"]  # corrupt.mp4 counts as long; no orchestrator
+    assert kind == "Warning" and label.startswith("Runs at once when you press Execute")
+    assert f"after {fo.config.operator_timeout} s" in label
+    assert "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true" in description
+
+    monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", True)  # Schedule offered
+    kind, label, description = _form_notes(ds, ds.view())["mode"]
+    assert (kind, label) == ("Notice", "Scheduled as a delegated run (Schedule is the "
+                                       "default for this size)")
+    assert "fiftyone delegated launch" in description
+    monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", False)
+
+    done = ds.select([s.id for s in ds if s.clip_name in ("stereo", "stereo2", "mono")])
+    notes = _form_notes(ds, done)
+    assert notes["summary"][:2] == ("Warning", "All 3 videos in the current view already "
+                                    "have results in `auralsam2`: Execute would skip every one")
+    assert "mode" not in notes
+    notes = _form_notes(ds, done, params={"overwrite": True})
+    assert notes["summary"][1] == ("3 videos in the current view: 3 to pre-label (about 18 "
+                                   "frames)")
+    assert notes["mode"][:2] == ("Notice", "Runs at once when you press Execute")
+    assert _form_notes(ds, done, params={"stride": 4, "overwrite": True})["summary"][1] \
+        .endswith("(about 6 frames)")  # 2 of 6 frames per video
+    assert _form_notes(ds, done, request_delegation=True, params={"overwrite": True})[
+        "mode"][1].startswith("Scheduled as a delegated run")
+
+    one = by_name(ds)["stereo"].id
+    notes = _form_notes(ds, ds.view(), selected=[one], params={
+        "view_target": "SELECTED_SAMPLES"})
+    assert notes["summary"][1] == ("The video selected already has results in `auralsam2`: "
+                                   "Execute would skip it")
+    notes = _form_notes(ds, ds.view(), params={"label_field": "other"})
+    assert notes["summary"][1].startswith("5 videos in the dataset: 5 to pre-label")
+    notes = _form_notes(ds, ds.to_frames(sample_frames=False))
+    assert notes["summary"][0] == "Error" and "pre-labels videos" in notes["summary"][1]
+
+    # what the form says is what a run does
+    assert run_prelabel(ds, view=done).result["skipped"] == 3
+
+
+def test_sound_panel_reads_the_sample_media_and_probabilities(labelled, reference):
+    """What the sound panel (issue #17.5) plays and draws, for a video and for a clip of it;
+    the App test checks the same in the browser."""
+    from auralsam2_fiftyone import panel
+
+    ds = labelled[0]
+    sample = by_name(ds)["stereo"]
+    assert panel.owned_frame_fields(ds) == ["auralsam2"]
+    track = panel.sound_track(ds.view(), sample.id, "auralsam2")
+    assert track["filepath"] == sample.filepath and track["num_frames"] == 6
+    assert track["fps"] == pytest.approx(FPS)
+    want = [(r.index + 1, r.sounding_prob) for r in reference["stereo"]]
+    assert [n for n, _ in track["frames"]] == [n for n, _ in want]
+    assert [p for _, p in track["frames"]] == pytest.approx([p for _, p in want], abs=1e-6)
+    assert track["intervals"] == [list(d.support) for d in sample.auralsam2_intervals.detections]
+    prob, threshold, marker = panel.plot_traces(track)
+    assert prob["x"] == pytest.approx([(n - 1) / FPS for n, _ in want])  # the App's time axis
+    assert prob["text"][3].startswith("#3 (0:00.60)")
+    assert marker["x"] == [0.0, 0.0] and marker["name"] == "hearing #0 (0:00.00)"
+    clips = ds.select(sample.id).to_clips([[(3, 5)]])
+    assert panel.sound_track(clips, clips.first().id,
+                             "auralsam2")["filepath"] == sample.filepath  # the source video
+    assert panel.sound_track(ds.view(), "0" * 24, "auralsam2") is None
+    assert panel.media_url("/data/a b/c#1.mp4") == "/media?filepath=%2Fdata%2Fa%20b%2Fc%231.mp4"
+    assert panel.media_url("https://host/v.mp4") == "https://host/v.mp4"
+    assert [panel.frame_at(t, FPS, 6) for t in (0.0, 0.199, 0.2, 1.0, 99.0)] == [1, 1, 2, 6, 6]

@@ -17,8 +17,12 @@ from auralsam2_fiftyone.operators import (  # noqa: E402
     PrelabelSoundingObjects,
     ReviewSoundingObjects,
 )
+from auralsam2_fiftyone.panel import SoundingObjectsSound  # noqa: E402
 
-OPERATORS = (PrelabelSoundingObjects, EvaluateSoundingObjects, ReviewSoundingObjects)
+# Registration order is the operator browser's order among equals (see operators.py): the
+# workflow's order. The panel is listed in the modal's panel menu, not in the browser.
+OPERATORS = (PrelabelSoundingObjects, ReviewSoundingObjects, EvaluateSoundingObjects,
+             SoundingObjectsSound)
 
 
 def register(p):

@@ -5,7 +5,9 @@ keeping the arithmetic here lets it be tested without a database.
 
 Conventions (FiftyOne's): frame numbers are 1-based (``frame_number = engine index + 1``);
 bounding boxes are ``[x, y, w, h]`` relative to the frame; an instance mask is the boolean
-crop of the box; a temporal support is ``[first, last]`` frame numbers, both inclusive.
+crop of the box; a temporal support is ``[first, last]`` frame numbers, both inclusive. What a
+person reads (an interval's ``frame_range`` / ``time_range``) is in the App's timeline terms
+(:mod:`.timeline`: ``#0`` is frame 1).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from auralsam2_core.results import Hysteresis, sounding_intervals
+
+from .timeline import interval_terms
 
 LABEL = "sounding"
 TRACK_INDEX = 1  # one sounding-object track per video (AVS ground truth is one union mask)
@@ -93,7 +97,9 @@ def _resize_nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
 def interval_supports(frames: Sequence[Mapping], *, fps: float, stride: int = 1,
                       last_frame: int | None = None,
                       rule: Hysteresis | None = None) -> list[dict]:
-    """Sounding intervals as ``fo.TemporalDetection`` keyword arguments.
+    """Sounding intervals as ``fo.TemporalDetection`` keyword arguments: ``support`` (1-based,
+    what the App draws from), ``confidence`` (mean probability), and ``frame_range`` /
+    ``time_range``, the interval as the App's timeline shows it (``#0–#6``, ``0:00.00–0:01.40``).
 
     ``frames``: the labelled frames in order, dicts with ``frame_number`` and
     ``sounding_prob``. With ``stride > 1`` an interval also covers the unlabelled frames after
@@ -111,9 +117,10 @@ def interval_supports(frames: Sequence[Mapping], *, fps: float, stride: int = 1,
             end = min(end, later[0] - 1)
         if last_frame is not None:
             end = min(end, last_frame - 1)
-        out.append({"label": LABEL, "support": [frame_number(iv["start_frame"]),
-                                                frame_number(end)],
-                    "confidence": iv["mean_prob"]})
+        support = [frame_number(iv["start_frame"]), frame_number(end)]
+        terms = {k: v for k, v in interval_terms(support, fps).items() if v is not None}
+        out.append({"label": LABEL, "support": support, "confidence": iv["mean_prob"],
+                    **terms})
     return out
 
 

@@ -26,6 +26,9 @@ class Target:
     doc_type: type  # embedded document type the field holds
     role: str
     description: str
+    #: label attributes declared in the schema (``(subpath, field type)``), so that the App's
+    #: sidebar lists and filters them
+    attributes: tuple = ()
 
     @property
     def is_frame_field(self) -> bool:
@@ -38,7 +41,11 @@ def prelabel_targets(label_field: str) -> list[Target]:
                "AuralSAM2 sounding-object masks (one per frame; Detections carry the frame's "
                "sounding_prob and review_priority)"),
         Target(f"{label_field}_intervals", fo.TemporalDetections, "intervals",
-               "AuralSAM2 sounding intervals (hysteresis on the sounding probability)"),
+               "AuralSAM2 sounding intervals (hysteresis on the sounding probability). "
+               "frame_range / time_range: as the App's timeline shows them (#0 = first "
+               "frame); support: FiftyOne's 1-based frame numbers (#0 is support 1)",
+               attributes=(("detections.frame_range", fo.StringField),
+                           ("detections.time_range", fo.StringField))),
         Target(f"{label_field}_summary", fo.DynamicEmbeddedDocument, "summary",
                "AuralSAM2 run summary: status, error, frame counts, review priority"),
     ]
@@ -91,8 +98,13 @@ def claim(dataset: fo.Dataset, targets: list[Target], *, overwrite: bool,
             name = t.path.removeprefix("frames.")
             add(name, fo.EmbeddedDocumentField, embedded_doc_type=t.doc_type)
             f = dataset.get_field(t.path)
-        if not is_owned(f) or f.info[MARK].get("role") != t.role:
+        if not is_owned(f) or f.info[MARK].get("role") != t.role or \
+                f.description != t.description:
             f.info = {**(f.info or {}), MARK: {"plugin": PLUGIN, "role": t.role,
                                                **owner_info}}
             f.description = t.description
             f.save()
+        for sub, ftype in t.attributes:
+            if _get_field(dataset, f"{t.path}.{sub}") is None:
+                add = dataset.add_frame_field if t.is_frame_field else dataset.add_sample_field
+                add(f"{t.path.removeprefix('frames.')}.{sub}", ftype)

@@ -1,4 +1,11 @@
-"""The plugin's operators: thin wrappers that read inputs, call the modules and report."""
+"""The plugin's operators: thin wrappers that read inputs, call the modules and report.
+
+Labels and descriptions all start with "AuralSAM2": the App's operator browser orders its list
+by the first character of each operator's description (or label, without one), keeping the
+registration order among equals, and matches a query against label, URI and description. So
+the three stay together, after FiftyOne's own "A..." operators, and "sound" lists only them,
+pre-label first.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,13 @@ from auralsam2_core.remote import remote_from_env
 
 from .evaluate import evaluate_collection
 from .fields import conflicts, is_owned, prelabel_targets
-from .prelabel import PrelabelSettings, prelabel_collection
+from .prelabel import PrelabelSettings, RunPlan, plan_run, prelabel_collection
 from .review import clips_by_priority, frames_by_priority, videos_by_priority
 from .spec import BUNDLED, ModelSpec, resolve_model
+from .timeline import frame_label
 
-#: Above this many frames (known from metadata, or 300 per video without metadata) the App
-#: offers delegated execution first.
+#: Above this many frames to pre-label (known from metadata; a video without a frame count
+#: counts as this many) the App offers delegated execution first.
 LONG_RUN_FRAMES = 300
 SAM2_CONFIGS = ["sam2_hiera_l", "sam2_hiera_b+", "sam2_hiera_s", "sam2_hiera_t",
                 "sam2.1_hiera_l", "sam2.1_hiera_b+", "sam2.1_hiera_s", "sam2.1_hiera_t"]
@@ -36,9 +44,81 @@ def _frame_fields(dataset, *doc_types) -> list[str]:
     return sorted(schema)
 
 
-def estimated_frames(view) -> int:
-    counts = view.values("metadata.total_frame_count")
-    return sum(c if c else LONG_RUN_FRAMES for c in counts)
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _settings(params: dict) -> PrelabelSettings:
+    return PrelabelSettings(label_field=params.get("label_field") or "auralsam2",
+                            stride=max(int(params.get("stride") or 1), 1),
+                            no_audio=params.get("no_audio") or "error",
+                            overwrite=bool(params.get("overwrite", False)))
+
+
+def is_long(plan: RunPlan) -> bool:
+    """Long enough to offer delegated execution first."""
+    return plan.frames + plan.unknown * LONG_RUN_FRAMES > LONG_RUN_FRAMES
+
+
+def app_can_schedule() -> bool:
+    """Whether the App offers "Schedule": FiftyOne 1.22 does so with legacy orchestrators
+    allowed (``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true``; ``fiftyone delegated launch`` then
+    runs the queue) or for registered orchestrators, which only FiftyOne Enterprise lists
+    (``fiftyone/operators/server.py`` never fills ``available_orchestrators``); otherwise it
+    shows "Schedule: NOT AVAILABLE" and Execute runs everything at once."""
+    return bool(fo.config.allow_legacy_orchestrators)
+
+
+def _where(ctx) -> str:
+    target = ctx.params.get("view_target") or ctx.request_params.get("view_target")
+    if target == "SELECTED_SAMPLES":
+        return "selected"
+    if target in ("DATASET", "DATASET_VIEW") or (target is None and not ctx.has_custom_view):
+        return "in the dataset"
+    return "in the current view"
+
+
+def what_happens(ctx, plan: RunPlan, lf: str) -> list[tuple[str, types.View]]:
+    """The form's account of the run: how many videos, how many done, now or scheduled."""
+    where = _where(ctx)
+    if plan.videos == 0:
+        return [("summary", types.Warning(label=f"No video {where}: nothing to pre-label"))]
+    if plan.to_run == 0:
+        every = ("The video {w} already has results in `{lf}`: Execute would skip it"
+                 if plan.videos == 1 else
+                 "All {n} videos {w} already have results in `{lf}`: Execute would skip "
+                 "every one")
+        return [("summary", types.Warning(
+            label=every.format(n=plan.videos, w=where, lf=lf),
+            description="Tick Overwrite to pre-label again, or choose another label "
+                        "field."))]
+    frames = f"about {plan.frames} frames" + (
+        f" + {_plural(plan.unknown, 'video')} of unknown length" if plan.unknown else "")
+    done = (f"{plan.finished} already pre-labelled in `{lf}` (skipped), "
+            if plan.finished else "")
+    out = [("summary", types.Notice(label=f"{_plural(plan.videos, 'video')} {where}: {done}"
+                                          f"{plan.to_run} to pre-label ({frames})"))]
+    long_run = is_long(plan)
+    if ctx.requesting_delegated_execution or (long_run and app_can_schedule()):
+        out.append(("mode", types.Notice(
+            label="Scheduled as a delegated run" + (
+                "" if ctx.requesting_delegated_execution
+                else " (Schedule is the default for this size)"),
+            description="It waits for a worker: run `fiftyone delegated launch`, and follow "
+                        "it in the App's Runs page.")))
+    elif long_run:
+        out.append(("mode", types.Warning(
+            label="Runs at once when you press Execute, in the App's server, which stops "
+                  f"immediate runs after {fo.config.operator_timeout} s",
+            description="This App cannot schedule it (Schedule: not available). For a "
+                        "background run, start the App with "
+                        "`FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true` and a worker with "
+                        "`fiftyone delegated launch`, or run it from Python (see the guide).")))
+    else:
+        out.append(("mode", types.Notice(
+            label="Runs at once when you press Execute",
+            description=f"{frames}: short enough for an immediate run")))
+    return out
 
 
 class PrelabelSoundingObjects(foo.Operator):
@@ -47,21 +127,25 @@ class PrelabelSoundingObjects(foo.Operator):
         return foo.OperatorConfig(
             name="prelabel_sounding_objects",
             label="AuralSAM2: pre-label sounding objects",
-            description="Masks of the objects that make the sound, on every frame, from the "
-                        "video and its audio",
+            description="AuralSAM2: masks of the objects that make the sound, on every "
+                        "frame, from the video and its audio",
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
             default_choice_to_delegated=True,
+            resolve_execution_options_on_change=True,
             icon="graphic_eq",
         )
+
+    def _plan(self, ctx) -> RunPlan:
+        return plan_run(ctx.target_view(), _settings(ctx.params))
 
     def resolve_execution_options(self, ctx):
         from fiftyone.operators.executor import ExecutionOptions
 
         try:
-            long_run = estimated_frames(ctx.target_view()) > LONG_RUN_FRAMES
-        except Exception:  # noqa: BLE001 - no dataset yet (App start-up): assume long
+            long_run = is_long(self._plan(ctx))
+        except Exception:  # noqa: BLE001 - no dataset yet (App start-up), bad field: assume long
             long_run = True
         return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
                                 default_choice_to_delegated=long_run)
@@ -100,18 +184,19 @@ class PrelabelSoundingObjects(foo.Operator):
                 inputs.view("conflict", types.Warning(
                     label=f"{', '.join(taken)} exist and were not created by AuralSAM2",
                     description="choose another label field, or tick Overwrite"))
-        inputs.view("delegation", types.Notice(
-            label="Long runs are scheduled as delegated operations",
-            description="they run when a worker is started: `fiftyone delegated launch`"))
+        if ctx.dataset is not None:
+            try:
+                plan = self._plan(ctx)
+            except ValueError as e:  # not videos, invalid label field
+                inputs.view("summary", types.Error(label=str(e)))
+            else:
+                for name, view in what_happens(ctx, plan, lf):
+                    inputs.view(name, view)
         return types.Property(inputs, view=types.View(label="AuralSAM2 pre-label"))
 
     def execute(self, ctx):
         params = ctx.params
-        settings = PrelabelSettings(
-            label_field=params.get("label_field") or "auralsam2",
-            stride=int(params.get("stride") or 1),
-            no_audio=params.get("no_audio") or "error",
-            overwrite=bool(params.get("overwrite", False)))
+        settings = _settings(params)
         spec = ModelSpec.from_params(params)
         # With AURALSAM2_SERVER_URL set, the shared service runs its model; none loads here.
         model = remote_from_env() or resolve_model(spec, params.get("device") or "auto")
@@ -149,6 +234,8 @@ class EvaluateSoundingObjects(foo.Operator):
         return foo.OperatorConfig(
             name="evaluate_sounding_objects",
             label="AuralSAM2: evaluate sounding objects (AVSBench J and F)",
+            description="AuralSAM2: AVSBench J and F of sounding-object masks against "
+                        "ground truth",
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
@@ -197,7 +284,9 @@ class ReviewSoundingObjects(foo.Operator):
     def config(self):
         return foo.OperatorConfig(
             name="review_sounding_objects",
-            label="AuralSAM2: review least confident first",
+            label="AuralSAM2: review sounding objects, least confident first",
+            description="AuralSAM2: a view of the pre-labelled videos or uncertain clips, "
+                        "least confident first",
             dynamic=True,
             icon="low_priority",
         )
@@ -232,14 +321,18 @@ class ReviewSoundingObjects(foo.Operator):
         if not ctx.delegated:
             ctx.ops.set_view(view=view)
         top = frames_by_priority(ctx.dataset, lf, limit=20)
+        fps = dict(zip(*ctx.dataset.select([t["sample_id"] for t in top]).values(
+            ["id", f"{lf}_summary.fps"]), strict=True)) if top else {}
         return {"view_name": name if p.get("save_view", True) else None, "count": len(view),
                 "top_frames": [{"video": t["filepath"].rsplit("/", 1)[-1],
-                                "frame_number": t["frame_number"],
+                                "frame": frame_label(t["frame_number"], fps.get(t["sample_id"])),
                                 "review_priority": t["review_priority"]} for t in top]}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("view_name", label="saved view")
         outputs.int("count", label="videos / clips in the view")
-        outputs.list("top_frames", types.Object(), label="least confident frames")
+        outputs.list("top_frames", types.Object(), label="least confident frames",
+                     description="frames as the App's timeline shows them: #0 (0:00.00) is "
+                                 "the first")
         return types.Property(outputs, view=types.View(label="AuralSAM2 review"))

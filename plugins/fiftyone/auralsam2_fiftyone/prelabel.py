@@ -110,6 +110,44 @@ def prelabel_collection(collection, model, settings: PrelabelSettings | None = N
     return [u.outcome for u in units]
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run with ``settings`` would do to a collection, before it runs (for the form)."""
+
+    videos: int  # source videos in the collection (a clips view counts the videos it cuts)
+    finished: int  # videos that already have results: a run skips them (overwrite off)
+    frames: int  # frames to pre-label in the other videos (known from metadata, per stride)
+    unknown: int  # videos to pre-label whose frame count is not in their metadata
+
+    @property
+    def to_run(self) -> int:
+        return self.videos - self.finished
+
+
+def plan_run(collection, settings: PrelabelSettings | None = None) -> RunPlan:
+    """Count what :func:`prelabel_collection` would skip and pre-label; reads no media."""
+    settings = settings or PrelabelSettings()
+    lf = check_label_field(settings.label_field)
+    units = _units(collection)
+    dataset = collection._root_dataset
+    status = {}
+    if not settings.overwrite and dataset.get_field(f"{lf}_summary") is not None:
+        status = _statuses(dataset, [u.sample_id for u in units], lf)
+    todo = [u for u in units
+            if not (status and _finished(dataset, u, status.get(u.sample_id), lf,
+                                         settings.stride))]
+    counts = dict(zip(*dataset.select([u.sample_id for u in todo]).values(
+        ["id", "metadata.total_frame_count"]), strict=True)) if todo else {}
+    frames = unknown = 0
+    for u in todo:
+        n = sum(b - a + 1 for a, b in u.ranges) if u.ranges else counts.get(u.sample_id)
+        if n:
+            frames += -(-n // settings.stride)
+        else:
+            unknown += 1
+    return RunPlan(len(units), len(units) - len(todo), frames, unknown)
+
+
 def _statuses(dataset, ids: list[str], lf: str) -> dict[str, str | None]:
     got_ids, got = dataset.select(ids).values(["id", f"{lf}_summary.status"])
     return dict(zip(got_ids, got, strict=True))
