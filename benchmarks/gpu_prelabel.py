@@ -31,7 +31,7 @@ from _common import (  # noqa: E402
     make_video,
     sync,
 )
-from bench_prelabel import engine_run, flops_per_frame, stage_breakdown  # noqa: E402
+from bench_prelabel import engine_run, flops_of_runs, stage_breakdown  # noqa: E402
 
 from auralsam2_core.build import build_auralsam2  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions  # noqa: E402
@@ -102,8 +102,8 @@ def main() -> None:
     print(f"decode + scale + normalise alone: {decode_fps:.1f} frames/s "
           f"({info.width}x{info.height} -> {args.size}px)", flush=True)
 
-    gflop = flops_per_frame(model, args.clip_len)  # before compiling (eager FLOPs)
-    share = gflop["fuser_with_audio"] / (gflop["encoder"] + gflop["tracking"])
+    gflop = flops_of_runs(model, video, opts, shape)  # before compiling (eager FLOPs)
+    share = gflop["fuser_with_audio"] / gflop["plain_sam2"]
     print("GFLOP per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in gflop.items())
           + f"; fuser FLOP share {share:.4f}", flush=True)
 

@@ -57,6 +57,15 @@ ROWS: tuple[Row, ...] = (
     Row("prelabel_1024", "bench_prelabel.py",
         ("--config", "sam2.1_hiera_t", "--size", "1024", "--frames", "5", "--repeats", "1"),
         "engine vs plain SAM2 propagation, Hiera-t, 1024 px, 5 frames"),
+    Row("fuser_profile_256", "bench_fuser_profile.py",
+        ("--config", "sam2.1_hiera_t", "--size", "256", "--clip-len", "5", "--repeats", "3"),
+        "fuser efficiency by component, tracking vs plain, threads; Hiera-t, 256 px"),
+    Row("fuser_profile_1024", "bench_fuser_profile.py",
+        ("--config", "sam2.1_hiera_t", "--size", "1024", "--clip-len", "5", "--repeats", "1"),
+        "fuser efficiency by component, tracking vs plain, threads; Hiera-t, 1024 px"),
+    Row("audio_sharing_256", "bench_audio_sharing.py",
+        ("--config", "sam2.1_hiera_t", "--size", "256", "--seconds", "2", "--demo-clips", "4"),
+        "audio encoder cost; masks and J when its examples are batched or shared; 256 px"),
     Row("core_256", "bench_core.py",
         ("--config", "sam2.1_hiera_t", "--size", "256", "--frames", "5", "--repeats", "3"),
         "fuser and clip cost vs SAM2 parts, Hiera-t, 256 px, T = 5"),
@@ -120,6 +129,19 @@ def _details(doc: dict) -> str:
     if doc.get("gflop_per_frame"):
         parts.append("GFLOP/frame: " + ", ".join(f"{k} {_fmt(v)}"
                                                  for k, v in doc["gflop_per_frame"].items()))
+    if doc.get("components"):
+        comps = sorted(doc["components"].items(), key=lambda kv: -kv[1]["time_share"])
+        parts.append("fuser time (share, GFLOP/s vs encoder): " + ", ".join(
+            f"{k} {c['time_share']:.0%} {_fmt(c['efficiency_vs_encoder'])}"
+            for k, c in comps if c["time_share"] >= 0.01))
+    if doc.get("variants"):
+        parts.append(", ".join(
+            f"{k}: examples saved {v['examples_saved']:.0%}, max raw logit change "
+            f"{_fmt(v['max_abs_raw_logit_change'])}"
+            for k, v in doc["variants"].items() if "examples_saved" in v))
+        if "demo_j" in doc["variants"]:
+            parts.append("demo J: " + ", ".join(f"{k} {v:.3f}"
+                                               for k, v in doc["variants"]["demo_j"].items()))
     if doc.get("seconds_per_frame"):
         total = doc["seconds_per_frame"]
         parts.append("time vs encoder: " + ", ".join(
