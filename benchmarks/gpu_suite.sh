@@ -66,7 +66,11 @@ else
 fi
 "$PY" - "$DRY" <<'EOF'
 import sys
-import torch
+try:
+    import torch
+except ImportError as e:
+    sys.exit(f"gpu_suite: {sys.executable} cannot import torch ({e}); set PYTHON to an "
+             "interpreter with this project installed (scripts/setup.sh) and a CUDA torch")
 dry = sys.argv[1] == "1"
 print(f"python {sys.version.split()[0]} at {sys.executable}; torch {torch.__version__}, "
       f"CUDA build: {torch.version.cuda or 'none'}")
