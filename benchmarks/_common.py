@@ -1,13 +1,32 @@
-"""Shared pieces of the benchmark scripts: test media, FLOP counting, plain-SAM2 baseline."""
+"""Shared pieces of the benchmark scripts: test media, FLOP counting, the plain-SAM2 baseline,
+stage timing of the real engine, and the common output format.
+
+Every script ends its output with its headline figures (``figure <name> = <value>``: rates,
+memory) and then its ratios (``ratio <name> = <value>``), one per line, each optionally followed
+by a note in brackets, so that the test suite and ``report.py`` can read them; with
+``--json PATH`` it also writes everything it measured to PATH.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import subprocess
+import json
+import math
+import platform
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+PREFIXES = ("figure ", "ratio ")
 
 
 def _sdpa_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
@@ -31,21 +50,162 @@ def count_flops(fn) -> int:
     return fc.get_total_flops()
 
 
-def make_video(path: Path, seconds: float, fps: int = 30, size: str = "128x128",
+# ----------------------------------------------------------------------------- output format
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """``--quick`` (the test suite's tiny size: seconds) and ``--json PATH``."""
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (a few seconds on 2 CPU cores): checks the script runs")
+    p.add_argument("--json", metavar="PATH", help="also write all results to PATH as JSON")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's own choice)")
+
+
+def apply_quick(p: argparse.ArgumentParser, tiny: dict) -> argparse.Namespace:
+    """Parse the arguments; with ``--quick``, the ones named in ``tiny`` that were left at
+    their defaults take the tiny values (so ``--quick --device cuda`` still runs on CUDA)."""
+    args = p.parse_args()
+    if args.quick:
+        for k, v in tiny.items():
+            if getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def finish(args: argparse.Namespace, ratios: dict[str, float], notes: dict[str, str] | None = None,
+           *, figures: dict[str, float] | None = None, **details) -> None:
+    """Print the figures, then the ratios, as the script's last lines
+    (``figure|ratio <name> = <value>  (<note>)``) and write everything to ``--json``."""
+    notes = notes or {}
+    figures = figures or {}
+    for prefix, values in zip(PREFIXES, (figures, ratios), strict=True):
+        for name, value in values.items():
+            note = f"  ({notes[name]})" if name in notes else ""
+            print(f"{prefix}{name} = {value:.4g}{note}", flush=True)
+    if getattr(args, "json", None):
+        doc = {"script": Path(sys.argv[0]).name,
+               "args": {k: v for k, v in vars(args).items() if k != "json"},
+               "machine": machine(), "figures": figures, "ratios": ratios, "notes": notes,
+               "date": time.strftime("%Y-%m-%d"), **details}
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
+
+
+def parse_results(stdout: str) -> dict[str, dict[str, float]]:
+    """``{"figure": {...}, "ratio": {...}}`` from the lines that end a benchmark's output."""
+    found: dict[str, dict[str, float]] = {"figure": {}, "ratio": {}}
+    lines = stdout.strip().splitlines()
+    while lines and lines[-1].startswith(PREFIXES):
+        kind, _, rest = lines.pop().partition(" ")
+        name, _, value = rest.partition(" = ")
+        found[kind][name] = float(value.split()[0])
+    return {k: dict(reversed(v.items())) for k, v in found.items()}
+
+
+def isfinite(x: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+# ----------------------------------------------------------------------------- media
+
+def make_video(path: Path, seconds: float, fps: int = 30, size: tuple[int, int] = (128, 128),
                sample_rate: int = 48000) -> Path:
-    """A test clip with ffmpeg: moving test pattern + a stereo tone that comes and goes."""
+    """A test clip written with PyAV (no ffmpeg binary needed, e.g. on a bare GPU machine):
+    a moving colour pattern with a square, and a stereo tone that comes and goes."""
+    import av
+
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
-         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={sample_rate}:beep_factor=4",
-         "-t", str(seconds), "-ac", "2", "-c:v", "libx264", "-preset", "ultrafast",
-         "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)],
-        check=True)
+    w, h = size
+    n = max(1, round(seconds * fps))
+    tmp = path.with_suffix(".part.mp4")
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    with av.open(str(tmp), "w") as c:
+        vs = c.add_stream("libx264", rate=Fraction(fps))
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "23"}
+        aus = c.add_stream("aac", rate=sample_rate, layout="stereo")
+        for i in range(n):
+            rgb = np.empty((h, w, 3), np.uint8)
+            rgb[..., 0] = (xx + 4 * i) % 256
+            rgb[..., 1] = (yy + 2 * i) % 256
+            rgb[..., 2] = 128
+            cx = int((0.5 + 0.3 * math.sin(i / fps * 2)) * w)
+            rgb[h // 3:h // 3 + h // 4, max(cx - w // 8, 0):cx + w // 8] = 255
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            c.mux(vs.encode(frame))
+        c.mux(vs.encode())
+        t = np.arange(round(seconds * sample_rate)) / sample_rate
+        gate = (np.floor(t * 2) % 2 == 0).astype(np.float32)  # on half a second, off half
+        tone = 0.3 * np.sin(2 * np.pi * 440 * t) * gate
+        pcm = np.stack([tone, 0.5 * tone]).astype(np.float32)
+        af = av.AudioFrame.from_ndarray(pcm, format="fltp", layout="stereo")
+        af.sample_rate, af.pts, af.time_base = sample_rate, 0, Fraction(1, sample_rate)
+        c.mux(aus.encode(af))
+        c.mux(aus.encode())
+    tmp.rename(path)
     return path
 
+
+def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Run ``it`` on a background thread (as the engine decodes), ``depth`` items ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    end = object()
+
+    def run():
+        try:
+            for x in it:
+                q.put(x)
+            q.put(end)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    while (x := q.get()) is not end:
+        if isinstance(x, BaseException):
+            raise x
+        yield x
+
+
+def decoded_clips(video, size: int, clip_len: int) -> Iterator[tuple[list, torch.Tensor]]:
+    """(frames, normalised (T, 3, S, S) clip) as the engine makes them, without threading."""
+    from auralsam2_core.engine import IMAGENET_MEAN, IMAGENET_STD
+    from auralsam2_core.media import iter_frames
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+
+    def norm(batch):
+        rgb = torch.from_numpy(np.stack([f.rgb for f in batch])).permute(0, 3, 1, 2).float()
+        return batch, ((rgb - mean) / std).contiguous()
+
+    batch = []
+    for f in iter_frames(video, size=size):
+        batch.append(f)
+        if len(batch) == clip_len:
+            yield norm(batch)
+            batch = []
+    if batch:
+        yield norm(batch)
+
+
+# ----------------------------------------------------------------------------- plain SAM2
 
 def plain_sam2_step(sam2, enc: dict, state: dict, first_index: int) -> list[torch.Tensor]:
     """SAM2's own tracking of already-encoded frames, without any prompt (the baseline)."""
@@ -65,3 +225,103 @@ def plain_sam2_step(sam2, enc: dict, state: dict, first_index: int) -> list[torc
         state["non_cond_frame_outputs"].pop(idx - 16, None)
         masks.append(out["pred_masks"])
     return masks
+
+
+def plain_sam2_prelabel(model, video, clip_len: int, shape: tuple[int, int]) -> int:
+    """Plain SAM2 propagation from the video file to full-resolution masks, decoding on a
+    background thread like the engine: the baseline the engine's overhead is measured against.
+    Returns the number of frames."""
+    from auralsam2_core.model import upsample_logits
+
+    state = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    n = 0
+    with torch.inference_mode(), model._autocast():
+        for batch, clip in _prefetch(decoded_clips(video, model.image_size, clip_len)):
+            enc = model.encode_images(clip.to(model.device))
+            for low in plain_sam2_step(model.sam2, enc, state, n):
+                (upsample_logits(low[:, :1], shape)[0, 0] > 0).cpu().numpy()
+            n += len(batch)
+    return n
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device="cpu") -> tuple[float, object]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+# ----------------------------------------------------------------------------- engine stages
+
+class StageTimer:
+    """Splits the real engine's time into stages with hooks on the model's modules, so the
+    breakdown follows whatever the engine calls (no copy of its code to rot):
+    ``encoder`` (SAM2 image encoder), ``audio_encoder`` (VGGish or the tiny one),
+    ``fuser`` (the rest of the AuralFuser), ``tracking`` (the rest of ``forward_clip``: SAM2
+    memory attention, prompted decoder, memory encoder) and ``engine_other`` (everything
+    outside ``forward_clip`` on the engine's thread: audio examples, upsampling, scores).
+    On CUDA each hook synchronises, so run it on a separate pass from the timed one."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.t: dict[str, float] = dict.fromkeys(
+            ("encoder", "audio_encoder", "fuser", "tracking", "engine_other"), 0.0)
+        self._handles: list = []
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> float:
+        sync(self.model.device)
+        return time.perf_counter()
+
+    def _hook(self, module, name: str) -> None:
+        def pre(*_):
+            self._start[name] = self._now()
+
+        def post(*_):
+            self.t[name] += self._now() - self._start.pop(name)
+
+        self._handles += [module.register_forward_pre_hook(pre),
+                          module.register_forward_hook(post)]
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[StageTimer]:
+        m = self.model
+        fuser = m.fuser
+        audio = fuser.vgg if hasattr(fuser, "vgg") else fuser.audio_encoder
+        self._hook(m.sam2.image_encoder, "encoder")
+        self._hook(fuser, "fuser_total")
+        self._hook(audio, "audio_encoder")
+        self.t.setdefault("fuser_total", 0.0)
+        original = m.forward_clip
+        clip_time = [0.0]
+
+        def forward_clip(*a, **k):
+            s = self._now()
+            try:
+                return original(*a, **k)
+            finally:
+                clip_time[0] += self._now() - s
+
+        m.forward_clip = forward_clip
+        t0 = time.perf_counter()
+        try:
+            yield self
+        finally:
+            total = time.perf_counter() - t0
+            del m.forward_clip  # back to the class's method
+            for h in self._handles:
+                h.remove()
+            fuser_total = self.t.pop("fuser_total")
+            self.t["fuser"] = fuser_total - self.t["audio_encoder"]
+            self.t["tracking"] = clip_time[0] - fuser_total - self.t["encoder"]
+            self.t["engine_other"] = total - clip_time[0]
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.t.values())
+        return {k: v / total for k, v in self.t.items()}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import plain_sam2_step  # noqa: E402
+from _common import add_output_args, apply_quick, finish, plain_sam2_step  # noqa: E402
 
 from auralsam2_core.build import build_auralsam2  # noqa: E402
 
@@ -44,7 +44,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
-    args = p.parse_args()
+    add_output_args(p)
+    args = apply_quick(p, {"size": 64, "frames": 2, "repeats": 1})
 
     torch.manual_seed(0)
     model = build_auralsam2(args.config, image_size=args.size, device=args.device)
@@ -64,8 +65,13 @@ def main() -> None:
     print(f"per frame: encoder {t_enc / n:.3f}s  fuser+vggish {t_fuser / n:.3f}s "
           f"(vggish {t_vgg / n:.3f}s)  plain tracking {t_plain / n:.3f}s  "
           f"AuralSAM2 clip {t_clip / n:.3f}s")
-    print(f"ratio fuser/encoder: {t_fuser / t_enc:.2f}")
-    print(f"ratio AuralSAM2 / plain SAM2 (encoder + tracking): {t_clip / (t_enc + t_plain):.2f}")
+    finish(args, {"fuser_over_encoder": t_fuser / t_enc,
+                  "clip_over_plain_sam2": t_clip / (t_enc + t_plain)},
+           {"fuser_over_encoder": "fuser + VGGish time / image encoder time",
+            "clip_over_plain_sam2": "forward_clip / (encoder + plain SAM2 tracking)"},
+           seconds_per_frame={"encoder": t_enc / n, "fuser_with_audio": t_fuser / n,
+                              "audio_encoder": t_vgg / n, "plain_tracking": t_plain / n,
+                              "clip": t_clip / n})
 
 
 def _plain_sam2_tracking(model, enc) -> None:

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_output_args, apply_quick, finish  # noqa: E402
 
 
 def _run(videos, out: Path, workers: int, served) -> tuple[float, int]:
@@ -35,7 +39,8 @@ def main() -> None:
     p.add_argument("--fps", type=float, default=10.0)
     p.add_argument("--size", type=int, default=96, help="clip height and width (pixels)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (GPU: one per worker)")
-    args = p.parse_args()
+    add_output_args(p)
+    args = apply_quick(p, {"clips": 2, "seconds": 0.5, "size": 32, "fps": 5.0})
 
     import ray
 
@@ -54,17 +59,19 @@ def main() -> None:
             print(f"cluster: {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU; "
                   f"{args.clips} clips of {args.seconds:g} s at {args.fps:g} fps, "
                   f"{args.size}x{args.size}, bundled model")
-            tput = {}
+            tput, runs = {}, {}
             for workers in (1, 2):
                 seconds, frames = _run(videos, tmp / f"out{workers}", workers, served)
                 tput[workers] = len(videos) / seconds
+                runs[workers] = {"seconds": seconds, "frames": frames}
                 print(f"{workers} worker(s): {seconds:.1f} s, {len(videos) / seconds:.3f} "
                       f"videos/s, {frames / seconds:.1f} frames/s")
         finally:
             ray.shutdown()
-    print(f"speed-up (2 vs 1 worker): {tput[2] / tput[1]:.2f}x")
-    print(f"scaling efficiency = throughput(2) / (2 x throughput(1)): "
-          f"{tput[2] / (2 * tput[1]):.2f}")
+    finish(args, {"speedup_2_vs_1_worker": tput[2] / tput[1],
+                  "scaling_efficiency": tput[2] / (2 * tput[1])},
+           {"scaling_efficiency": "throughput(2) / (2 x throughput(1))"}, runs=runs,
+           cluster=res)
 
 
 if __name__ == "__main__":
