@@ -26,3 +26,15 @@ def number(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw) if raw not in (None, "") else default
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def audio_track(env: Mapping[str, str]) -> int | None:
+    """``AURALSAM2_AUDIO_TRACK``: which audio track every adapter hears (0-based among the
+    file's audio tracks); unset = the track marked default, else the first."""
+    raw = env.get("AURALSAM2_AUDIO_TRACK")
+    if raw in (None, ""):
+        return None
+    if not raw.strip().isdigit():
+        raise ValueError(f"AURALSAM2_AUDIO_TRACK must be an audio track index (0, 1, ...), "
+                         f"got {raw!r}")
+    return int(raw)

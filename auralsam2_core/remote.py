@@ -27,7 +27,7 @@ from .env import secret
 from .media import MediaError
 from .model import PointPrompt
 
-OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame")
+OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame", "audio_track")
 MAX_CLIP_LEN = 64  # frames the fuser sees at once: memory grows with it (the authors' T = 5)
 #: Prompted frames per job: each becomes a SAM2 conditioning frame, kept for the whole video.
 MAX_PROMPTED_FRAMES = 64
@@ -81,6 +81,7 @@ def options_from_wire(raw, *, num_frames: int | None = None,
     if no_audio not in ("error", "silent") or not isinstance(no_audio, str):
         raise OptionsError("options.no_audio", f'must be "error" or "silent", got '
                                                f"{_show(no_audio)}")
+    audio_track = _count(raw, "audio_track", None, 0)
     if num_frames:
         if start >= num_frames:
             raise OptionsError("options.start_frame", f"{start} is past the end of the video "
@@ -91,7 +92,7 @@ def options_from_wire(raw, *, num_frames: int | None = None,
     prompts = _prompts_from_wire(raw.get("prompts"), start, stop, stride, num_frames,
                                  frame_size)
     opts = PrelabelOptions(clip_len=clip_len, stride=stride, no_audio=no_audio,
-                           start_frame=start, stop_frame=stop)
+                           start_frame=start, stop_frame=stop, audio_track=audio_track)
     return opts, prompts
 
 

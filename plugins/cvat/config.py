@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from auralsam2_core.env import number, secret
+from auralsam2_core.env import audio_track, number, secret
 
 DEFAULT_FUNCTION_NAME = "pth-auralsam2-sounding"
 DEFAULT_LABEL = "sounding"
@@ -48,6 +48,7 @@ class Settings:
     retry_delay: float = 1.0
     poll_period: float = 2.0  # backup export status checks (s)
     clip_len: int = 5
+    audio_track: int | None = None  # AURALSAM2_AUDIO_TRACK (default: the default track)
     verify_ssl: bool = True
 
     def __post_init__(self) -> None:
@@ -89,6 +90,7 @@ class Settings:
             retry_delay=number(env, "AURALSAM2_CVAT_RETRY_DELAY", cls.retry_delay),
             poll_period=number(env, "AURALSAM2_CVAT_POLL", cls.poll_period),
             clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
+            audio_track=audio_track(env),
             verify_ssl=env.get("CVAT_VERIFY_SSL", "true").lower() not in ("0", "false", "no"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})

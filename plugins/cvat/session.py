@@ -221,10 +221,11 @@ class TaskSession:
                 self.cond.notify_all()
 
     def _results_key(self) -> str:
-        fm = self.fmap
+        fm, st = self.fmap, self.media.stat()
         ident = {"model": self.engine.meta, "clip_len": self.settings.clip_len,
                  "stride": fm.engine_stride, "start": fm.start, "step": fm.step,
-                 "size": fm.size, "media": [self.media.name, self.media.stat().st_size]}
+                 "size": fm.size, "media": [self.media.name, st.st_size, st.st_mtime_ns],
+                 "audio_track": self.settings.audio_track}
         digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode())
         return f"results-{digest.hexdigest()[:16]}"
 
@@ -251,6 +252,7 @@ class TaskSession:
         fmap = self.fmap
         # Decode and remember from the task's first frame: SAM2's memory starts there.
         opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride,
+                               audio_track=self.settings.audio_track,
                                start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1)
         model = getattr(self.engine, "model", None)
         if model is None:  # the shared model service runs the video; its results come at once

@@ -207,14 +207,21 @@ class Backend:
             raise TaskError(str(e)) from None
 
     def cached(self, key: str) -> dict | None:
-        w = ResultsWriter(self.work / "results" / self.model_version(), key)
+        w = ResultsWriter(self._results_dir(), key)
         return read_results(w.final) if w.is_complete() else None
+
+    def _results_dir(self) -> Path:
+        """Cached results per model version (and per audio track when one is chosen)."""
+        track = self.settings.audio_track
+        name = self.model_version() + (f"-track{track}" if track is not None else "")
+        return self.work / "results" / name
 
     def compute(self, media: TaskMedia, *, deadline: float | None = None,
                 options: PrelabelOptions | None = None, prompts=None,
                 store: bool = True) -> dict | None:
         """Run the engine on ``media.video``; None when ``deadline`` passes first."""
-        opts = options or PrelabelOptions(clip_len=self.settings.clip_len)
+        opts = options or PrelabelOptions(clip_len=self.settings.clip_len,
+                                          audio_track=self.settings.audio_track)
         try:
             info = probe(media.video)
             if deadline is not None and self.seconds_per_frame and info.num_frames:
@@ -244,7 +251,7 @@ class Backend:
         except RemoteError as e:
             raise TaskError(str(e)) from None
         if doc is not None and store:
-            w = ResultsWriter(self.work / "results" / self.model_version(), media.key)
+            w = ResultsWriter(self._results_dir(), media.key)
             tmp = w.final.with_suffix(".tmp")
             tmp.write_text(json.dumps(doc, separators=(",", ":")))
             tmp.replace(w.final)
@@ -293,8 +300,8 @@ class Backend:
             return self.video_results(doc, cfg), P.prediction_score(doc)
         doc = self.cached(media.key) or self.compute(
             media, deadline=deadline, store=False, options=PrelabelOptions(
-                clip_len=self.settings.clip_len, start_frame=max(0, media.frame - 8),
-                stop_frame=media.frame + 1))
+                clip_len=self.settings.clip_len, audio_track=self.settings.audio_track,
+                start_frame=max(0, media.frame - 8), stop_frame=media.frame + 1))
         if doc is None:
             raise TaskError("no time left in this request for this keyframe")
         return self.keyframe_results(doc, media, cfg)
@@ -339,7 +346,8 @@ class Backend:
         frame, prompt = _context_prompt(context, media, cfg, info)
         stop = frame + 1 if media.image is not None else \
             min(frame + self.settings.refine_frames, info.num_frames or frame + 1)
-        opts = PrelabelOptions(clip_len=self.settings.clip_len, start_frame=frame,
+        opts = PrelabelOptions(clip_len=self.settings.clip_len,
+                               audio_track=self.settings.audio_track, start_frame=frame,
                                stop_frame=max(stop, frame + 1))
         part = self.compute(media, deadline=deadline, options=opts, prompts={frame: prompt},
                             store=False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from auralsam2_core.env import number, secret
+from auralsam2_core.env import audio_track, number, secret
 
 LABEL_STUDIO_PREDICT_TIMEOUT = 100.0  # seconds Label Studio waits for /predict
 
@@ -36,6 +36,7 @@ class Settings:
     train_steps: int = 60  # fine-tuning steps per START_TRAINING
     max_download_bytes: int = 4 << 30
     clip_len: int = 5
+    audio_track: int | None = None  # AURALSAM2_AUDIO_TRACK (default: the default track)
     label: str | None = None  # label to predict (default: the first in the label config)
     basic_auth_user: str | None = field(default=None, repr=False)
     basic_auth_pass: str | None = field(default=None, repr=False)
@@ -72,6 +73,7 @@ class Settings:
             max_download_bytes=int(number(env, "AURALSAM2_LS_MAX_DOWNLOAD_BYTES",
                                            cls.max_download_bytes)),
             clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
+            audio_track=audio_track(env),
             label=env.get("AURALSAM2_LS_LABEL") or None,
             basic_auth_user=secret(env, "BASIC_AUTH_USER"),
             basic_auth_pass=secret(env, "BASIC_AUTH_PASS"),

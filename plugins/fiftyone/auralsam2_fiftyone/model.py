@@ -22,10 +22,12 @@ class AuralSAM2VideoModel(fom.Model, fom.SamplesMixin):
     released weights, or ``model=`` an already built ``AuralSAM2``."""
 
     def __init__(self, model=None, *, spec: ModelSpec | None = None, device: str = "auto",
-                 stride: int = 1, clip_len: int = 5, no_audio: str = "error") -> None:
+                 stride: int = 1, clip_len: int = 5, no_audio: str = "error",
+                 audio_track: int | None = None) -> None:
         fom.SamplesMixin.__init__(self)
         self.model = model if model is not None else resolve_model(spec, device)
-        self.options = PrelabelOptions(clip_len=clip_len, stride=stride, no_audio=no_audio)
+        self.options = PrelabelOptions(clip_len=clip_len, stride=stride, no_audio=no_audio,
+                                       audio_track=audio_track)
         self._preprocess = False
 
     @property

@@ -52,7 +52,17 @@ def _settings(params: dict) -> PrelabelSettings:
     return PrelabelSettings(label_field=params.get("label_field") or "auralsam2",
                             stride=max(int(params.get("stride") or 1), 1),
                             no_audio=params.get("no_audio") or "error",
+                            audio_track=_audio_track(params.get("audio_track")),
                             overwrite=bool(params.get("overwrite", False)))
+
+
+def _audio_track(value) -> int | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+            or value != int(value):
+        raise ValueError(f"audio track must be an index 0, 1, ... (got {value!r})")
+    return int(value)
 
 
 def is_long(plan: RunPlan) -> bool:
@@ -174,6 +184,9 @@ class PrelabelSoundingObjects(foo.Operator):
                     label="Videos without audio",
                     view=_choices([("error", "report as failed"),
                                    ("silent", "label every frame as not sounding")]))
+        inputs.int("audio_track", label="Audio track", min=0,
+                   description="which audio track to hear (0 = the first); empty: the track "
+                               "marked default, else the first")
         inputs.bool("overwrite", default=False, label="Overwrite",
                     description="re-run finished videos and write into existing fields that "
                                 "AuralSAM2 did not create")

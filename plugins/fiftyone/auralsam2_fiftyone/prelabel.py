@@ -31,6 +31,7 @@ class PrelabelSettings:
     stride: int = 1
     clip_len: int = 5
     no_audio: str = "error"  # "error": the sample fails; "silent": every frame not sounding
+    audio_track: int | None = None  # index among the audio tracks; None: the default track
     overwrite: bool = False  # re-run finished samples and write into fields we did not create
     chunk_frames: int = 64  # frames held in memory before they are saved
 
@@ -88,7 +89,7 @@ def prelabel_collection(collection, model, settings: PrelabelSettings | None = N
     settings = settings or PrelabelSettings()
     lf = check_label_field(settings.label_field)
     opts = PrelabelOptions(clip_len=settings.clip_len, stride=settings.stride,
-                           no_audio=settings.no_audio)
+                           no_audio=settings.no_audio, audio_track=settings.audio_track)
     units = _units(collection)
     dataset = collection._root_dataset
     fields.claim(dataset, fields.prelabel_targets(lf), overwrite=settings.overwrite,
