@@ -176,3 +176,16 @@ def test_gpu_prelabel_runs_on_cuda(tmp_path):
     assert doc["dtype"] == "bf16" and doc["device_name"] != "cpu"
     _assert_finite(doc["ratios"])
     _assert_finite(doc["figures"])
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (BENCH / "prototypes").glob("*.py")))
+def test_prototype_runs_and_ends_with_its_ratios(script, tmp_path):
+    """Prototypes of point-2 changes (PROFILE.md) must keep running until they are adopted."""
+    js = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "prototypes" / script), "--quick",
+                           "--json", str(js)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = parse_results(proc.stdout)
+    _assert_finite(printed["ratio"])
+    assert printed["ratio"].keys() == json.loads(js.read_text())["ratios"].keys()
