@@ -63,6 +63,21 @@ class ServiceThread(UvicornThread):
         return {"AURALSAM2_SERVER_URL": self.url, "AURALSAM2_SERVER_TOKEN": TOKEN}
 
 
+def _read_what_arrived(sock: socket.socket) -> bytes:
+    """Whatever the peer sent before it reset the connection (Linux keeps received data
+    readable after a reset; an empty result means nothing came)."""
+    import select
+
+    got = b""
+    with contextlib.suppress(OSError):
+        while select.select([sock], [], [], 0.5)[0]:
+            part = sock.recv(1 << 16)
+            if not part:
+                break
+            got += part
+    return got
+
+
 def stream_chunked(port: int, path: str, headers: dict[str, str], total: int,
                    chunk: int = 64 << 10, give_up_s: float = 120.0) -> tuple[int, bytes]:
     """POST ``total`` bytes of body to 127.0.0.1:``port`` in chunked encoding (no
@@ -84,8 +99,7 @@ def stream_chunked(port: int, path: str, headers: dict[str, str], total: int,
         while sent < total and time.monotonic() < deadline:
             readable, writable, _ = select.select([sock], [sock], [], 1.0)
             if readable:
-                with contextlib.suppress(ConnectionResetError):
-                    answer = sock.recv(1 << 16)
+                answer = _read_what_arrived(sock)
                 break  # an answer, or the connection closed
             if writable:
                 if not pending:
@@ -93,6 +107,9 @@ def stream_chunked(port: int, path: str, headers: dict[str, str], total: int,
                 try:
                     n = sock.send(pending)
                 except (BrokenPipeError, ConnectionResetError):
+                    # The server closed while we were still sending (urllib3 does the same:
+                    # it reads the answer): the 413 the server sent first may be waiting unread.
+                    answer = _read_what_arrived(sock)
                     break
                 pending, sent = pending[n:], sent + n
         if not answer and sent >= total:  # everything went: finish the body, read the answer
