@@ -4,6 +4,7 @@ app that way with a token and media roots. Nothing here is a test."""
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -66,8 +67,6 @@ class ServiceThread(UvicornThread):
 def _read_what_arrived(sock: socket.socket) -> bytes:
     """Whatever the peer sent before it reset the connection (Linux keeps received data
     readable after a reset; an empty result means nothing came)."""
-    import select
-
     got = b""
     with contextlib.suppress(OSError):
         while select.select([sock], [], [], 0.5)[0]:
@@ -84,8 +83,6 @@ def stream_chunked(port: int, path: str, headers: dict[str, str], total: int,
     Content-Length), watching for the answer between writes. Returns (body bytes written
     when the answer came or the server closed the connection, the answer's first bytes): a
     server that stops reading at its limit answers long before ``total`` is written."""
-    import select
-
     sock = socket.create_connection(("127.0.0.1", port))
     head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
             "Content-Type: application/json\r\n"
