@@ -50,8 +50,7 @@ from . import __version__
 from .checkpoint import load_into, read_state_dict, save_state_dict
 from .datasets import collate
 from .losses import LossWeights, total_loss
-from .model import AuralSAM2, ClipOutput, TrackState, _capture_outputs, choose_masks
-from .prompting import FramePrompts
+from .model import AuralSAM2, ClipOutput, choose_masks
 
 __all__ = [
     "DEMO_FUSER_CONFIG",
@@ -161,57 +160,34 @@ class TrainResult:
 # --------------------------------------------------------------------------- forward
 
 
-def forward_batch(model: AuralSAM2, frames: torch.Tensor, log_mel: torch.Tensor
-                  ) -> list[ClipOutput]:
-    """``AuralSAM2.forward_clip`` for ``B`` clips at once, each a new video (its first frame
-    is the conditioning frame). ``frames``: ``(B, T, 3, S, S)``; ``log_mel``:
-    ``(B, T, 2, 96, 64)``. The image encoder runs on all ``B*T`` frames, the fuser once per
-    clip, SAM2's tracking batched over clips. Returns one :class:`ClipOutput` per clip."""
+def forward_batch(model: AuralSAM2, frames: torch.Tensor, log_mel: torch.Tensor,
+                  texts: torch.Tensor | None = None) -> list[ClipOutput]:
+    """``AuralSAM2.forward_clip`` for ``B`` clips at once, each a new video (its conditioning
+    frame: the first, Ref-AVS the middle one). ``frames``: ``(B, T, 3, S, S)``; ``log_mel``:
+    ``(B, T, 2, 96, 64)``; ``texts`` (Ref-AVS): the expressions' hidden states ``(B, L, D)``.
+    The image encoder runs on all ``B*T`` frames, the fuser once per clip, SAM2's tracking
+    batched over clips (:meth:`AuralSAM2.track_clips`). Returns one :class:`ClipOutput` per
+    clip."""
     b, t_len = frames.shape[:2]
-    sam2 = model.sam2
-    decoder = sam2.sam_mask_decoder
+    if (texts is not None) != (model.variant == "refavs"):
+        raise ValueError("texts go with (and are needed by) the Ref-AVS model")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if frames.device.type == "cuda" \
         else contextlib.nullcontext()
     with autocast:
         enc = model.encode_images(frames.flatten(0, 1))
         raw_fpn = list(enc["backbone_fpn"])
-        per_clip = [model.fuser([f[i * t_len:(i + 1) * t_len] for f in raw_fpn], log_mel[i])
+        per_clip = [model.fuser([f[i * t_len:(i + 1) * t_len] for f in raw_fpn], log_mel[i],
+                                None if texts is None else texts[i:i + 1])
                     for i in range(b)]
         # (levels) x (B, T, ...) prompts
         visual = [torch.stack([pc[0][lvl] for pc in per_clip]) for lvl in range(3)]
         audio = [torch.stack([pc[1][lvl] for pc in per_clip]) for lvl in range(3)]
-        fpn = list(raw_fpn)
-        fpn[0], fpn[1] = decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])
-        _, feats, pos, sizes = sam2._prepare_backbone_features(
-            {"backbone_fpn": fpn, "vision_pos_enc": enc["vision_pos_enc"]})
-        state = TrackState(num_frames=t_len)
-        steps = []
-        for t in range(t_len):
-            cols = torch.arange(b, device=frames.device) * t_len + t
-            cur_feats = [x[:, cols] for x in feats]
-            cur_pos = [x[:, cols] for x in pos]
-            prompts = FramePrompts([v[:, t] for v in reversed(visual)],
-                                   [d[:, t, None, :] for d in reversed(audio)])
-            with model._transformer.prompts(prompts), _capture_outputs(decoder) as captured:
-                out, sam_out, _, _ = sam2._track_step(
-                    t, t == 0, cur_feats, cur_pos, sizes, None, None, state.output_dict,
-                    t_len, False, None)
-            multi, _, ious, _, high_res, obj_ptr, obj_logits = sam_out
-            out["obj_ptr"] = obj_ptr
-            out["object_score_logits"] = obj_logits
-            sam2._encode_memory_in_output(cur_feats, sizes, True, True, high_res, obj_logits,
-                                          out)
-            state.store(t, out, t == 0, keep=model._memory_horizon())
-            steps.append((multi, captured[-1][0].float(), ious, obj_logits))
+        tracked = model.track_clips(enc, visual, audio, model.new_state(t_len))
     outputs = []
-    for i in range(b):
-        multi = torch.stack([s[0][i] for s in steps])
-        raw = torch.stack([s[1][i] for s in steps])
-        ious = torch.stack([s[2][i] for s in steps]).float()
-        obj = torch.stack([s[3][i] for s in steps]).float()
+    for (multi, raw, ious, obj), pc in zip(tracked, per_clip, strict=True):
+        ious, obj = ious.float(), obj.float()
         chosen_logits, chosen = choose_masks(multi, ious, obj, model.mask_choice)
-        outputs.append(ClipOutput(multi, raw, ious, obj, chosen_logits, chosen,
-                                  per_clip[i][2]))
+        outputs.append(ClipOutput(multi, raw, ious, obj, chosen_logits, chosen, pc[2]))
     return outputs
 
 
