@@ -301,9 +301,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_refer_demo(args) -> int:
+    """``demo --refer``: the bundled Ref-AVS demo model queried with referring expressions."""
+    from .build import build_refer_demo_model
+    from .refer_demo import REFER_PASS_MARKS, run_refer_demo
+
+    if args.sam2_config or args.fuser_checkpoint or args.sam2_checkpoint:
+        raise ValueError("demo --refer runs the bundled Ref-AVS demo model; drop --sam2-config "
+                         "and the checkpoints")
+    model = build_refer_demo_model(device=args.device)
+    s = run_refer_demo(args.out, n_clips=args.clips, size=args.size, model=model)
+    keys = ("j_referred", "f_referred", "j_other_query", "f_other_query", "null_s",
+            "silent_low_confidence_fraction", "j_sounding_alone", "passed", "seconds")
+    print(json.dumps({k: s[k] for k in keys if k in s}, indent=1))
+    print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+    ok = all(s["passed"].get(k, False) for k in REFER_PASS_MARKS)
+    print("demo --refer: checks PASSED" if ok else "demo --refer: checks FAILED",
+          file=sys.stderr)
+    return 0 if ok or not args.strict else 1
+
+
 def cmd_demo(args) -> int:
     from .demo import PASS_MARKS, run_demo
 
+    if args.refer:
+        return cmd_refer_demo(args)
     if args.sam2_config or args.fuser_checkpoint or args.sam2_checkpoint:
         model = _build_model(args)
     else:
@@ -468,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--size", type=int, default=128, help="clip size in pixels (even)")
     dm.add_argument("--no-overlay", action="store_true", help="skip overlay videos/timelines")
     dm.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    dm.add_argument("--refer", action="store_true",
+                    help="the Ref-AVS demo: the bundled referring-expression model queried "
+                         "for each shape, a missing shape and a silent one")
     dm.add_argument("--quiet", action="store_true", help="no progress bars")
     model_options(dm, image_size=1024)
     dm.set_defaults(func=cmd_demo)
