@@ -61,10 +61,7 @@ BASIC = ("label-studio", "basic-auth-pass-for-tests")  # the backend's HTTP Basi
 
 @pytest.fixture(scope="module")
 def ls(tmp_path_factory):
-    root = tmp_path_factory.mktemp("label-studio")
-    server = lss.LabelStudioServer(root / "data", root).start()
-    yield server
-    server.stop()
+    return lss.shared_server(tmp_path_factory.getbasetemp() / "label-studio")
 
 
 @pytest.fixture(scope="module")
