@@ -13,7 +13,6 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-
 _DATA_KEY = re.compile(r"\$(\w+)")
 
 

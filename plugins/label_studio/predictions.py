@@ -113,12 +113,12 @@ def _meta(text: str) -> dict:
 
 
 def _region_note(kind: str, frames: list[dict], warning: str | None) -> str:
+    p = np.mean([f["sounding_prob"] for f in frames])
+    iou = np.mean([f["predicted_iou"] for f in frames])
     note = (f"AuralSAM2 {kind}: confidence {region_confidence(frames):.2f} = mean over "
-            f"{len(frames)} frame(s) of sounding probability "
-            f"({np.mean([f['sounding_prob'] for f in frames]):.2f}) × predicted mask IoU "
-            f"({np.mean([f['predicted_iou'] for f in frames]):.2f}); review priority "
-            f"{review_priority(frames):.2f} (higher: look first).")
-    return note + (f"\n{warning}" if warning else "")
+            f"{len(frames)} frame(s) of sounding probability ({p:.2f}) × predicted mask IoU "
+            f"({iou:.2f}); review priority {review_priority(frames):.2f} (higher: look first).")
+    return f"{warning}\n{note}" if warning else note
 
 
 # --------------------------------------------------------------------------- frames
@@ -148,8 +148,8 @@ def framerate_warning(video: dict, framerate: float) -> str | None:
     if not fps or abs(fps - framerate) <= 0.01 * fps:
         return None
     return (f"Frame rate mismatch: the labelling config says <Video framerate=\"{framerate:g}\"> "
-            f"but {video.get('name') or 'the video'} is {fps:g} fps, so Label Studio numbers "
-            f"its frames at {framerate:g} per second (frame numbers are not the file's). The "
+            f"but this video is {fps:g} fps, so Label Studio numbers its frames at "
+            f"{framerate:g} per second (frame numbers are not the file's). The "
             "pre-labels are placed by timestamp and are right at every frame; set "
             f"framerate=\"{fps:g}\" in the labelling config to step through the file's frames.")
 
