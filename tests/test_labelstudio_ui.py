@@ -172,7 +172,6 @@ def test_box_sits_on_the_sounding_shape_at_every_label_studio_frame(ls, backend,
     pid, tid, pred = prelabelled(ls, backend, "frame rate 25 vs 5", VIDEO_CONFIG,
                                  media["moving_path"])
     doc = engine_doc(backend, tid)
-    assert "Frame rate mismatch" in caplog.text and 'framerate="5"' in caplog.text
     clip = media["moving"]
     h, w = clip.frames.shape[1:3]
     with editor(browser, ls, pid, tid) as page:
@@ -186,9 +185,10 @@ def test_box_sits_on_the_sounding_shape_at_every_label_studio_frame(ls, backend,
             .filter(r => r.type === 'timelineregion').map(r => r.ranges)""")
         page.locator(".lsf-tree-node-content-wrapper").first.click()  # the box track
         note = page.locator(".lsf-detailed-region__meta-text").first
-        note.wait_for(timeout=15_000)
+        with contextlib.suppress(playwright.Error):  # asserted below, after the boxes
+            note.wait_for(timeout=15_000)
         page.screenshot(path=artifacts / "video_framerate_warning.png")
-        shown_note = note.inner_text()
+        shown_note = note.inner_text() if note.count() else ""
     assert length == 50  # Label Studio numbers 2 s at 25 fps
     for f, s in seen.items():
         k = file_frame_at(doc, s["time"])
@@ -204,7 +204,9 @@ def test_box_sits_on_the_sounding_shape_at_every_label_studio_frame(ls, backend,
         gt = clip.sounding_mask[k]
         assert gt[y0:y1, x0:x1].sum() >= 0.6 * gt.sum(), (f, k)
     assert ranges == [[{"start": 1, "end": 50}]]
-    # The mismatch is said in the region's details (its meta text), where annotators look.
+    # The mismatch is said in the log and in the region's details (its meta text), where
+    # annotators look.
+    assert "Frame rate mismatch" in caplog.text and 'framerate="5"' in caplog.text
     assert "Frame rate mismatch" in shown_note and 'framerate="5"' in shown_note
     assert pred["result"][0]["meta"]["text"][0].startswith("Frame rate mismatch")
 

@@ -437,7 +437,9 @@ def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
             if not seq:
                 continue
             s = max(seq, key=lambda s: s["frame"])
-            frame = round((s["frame"] - 1) / cfg.framerate * (info.fps or cfg.framerate))
+            # The file frame on screen at that Label Studio frame (see predictions.py).
+            seek = (s["frame"] - 1) / cfg.framerate + P.LS_SEEK_OFFSET
+            frame = int(seek * (info.fps or cfg.framerate) + 1e-6)
             box = box_of(s, "the box")
         elif kind in ("rectanglelabels", "rectangle"):
             box = box_of(v, "the rectangle")
