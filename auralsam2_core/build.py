@@ -114,14 +114,22 @@ def bundled_model_dir() -> Path:
     return Path(str(files("auralsam2_core").joinpath("data", "demo_model")))
 
 
-def bundled_model_info(verify: bool = True) -> dict:
-    """The bundled model's ``model.json``; with ``verify``, every weight file it lists is
-    checked against its sha256 first (a damaged install fails loudly, never silently)."""
+def refer_model_dir() -> Path:
+    """Folder of the bundled Ref-AVS demo model (``auralsam2_core/data/refer_demo_model``)."""
+    from importlib.resources import files
+
+    return Path(str(files("auralsam2_core").joinpath("data", "refer_demo_model")))
+
+
+def bundled_model_info(verify: bool = True, root: Path | None = None) -> dict:
+    """The bundled model's ``model.json`` (``root``: another bundle folder, e.g. the Ref-AVS
+    one); with ``verify``, every file it lists is checked against its sha256 first (a
+    damaged install fails loudly, never silently)."""
     import json
 
     from .weights import sha256_file
 
-    root = bundled_model_dir()
+    root = bundled_model_dir() if root is None else Path(root)
     meta_path = root / "model.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"the bundled demo model is missing ({meta_path}); reinstall "
@@ -165,6 +173,41 @@ def build_demo_model(device: str | torch.device = "auto",
     return model
 
 
+def build_refer_demo_model(device: str | torch.device = "auto",
+                           mask_choice: MaskChoice | None = None,
+                           root: str | os.PathLike | None = None) -> AuralSAM2:
+    """The tiny Ref-AVS AuralSAM2 shipped in the package (``data/refer_demo_model``: SAM2,
+    fuser and its tiny word-level text encoder, trained on synthetic clips with expressions
+    naming a shape; see its ``model.json``), every file sha256-verified before it is read,
+    in eval mode. Runs offline. ``root``: another bundle folder of the same format."""
+    from importlib.resources import files
+
+    from .checkpoint import load_into, read_state_dict, sam2_checkpoint_filter
+    from .text_encoder import TextEncoder
+
+    root = refer_model_dir() if root is None else Path(root)
+    info = bundled_model_info(verify=True, root=root)
+    if info.get("variant") != "refavs":
+        raise ValueError(f"{root} is not a Ref-AVS demo model (variant {info.get('variant')!r})")
+    yaml = Path(str(files("auralsam2_core").joinpath("configs", info["sam2_config"])))
+    sam2 = build_sam2_model(str(yaml), None, image_size=info["image_size"], device="cpu")
+    sam2_file = root / info["weights"]["sam2"]
+    load_into(sam2, sam2_checkpoint_filter(read_state_dict(sam2_file)), what="SAM2 (bundled)",
+              source=sam2_file)
+    fuser_file = root / info["weights"]["fuser"]
+    fuser = build_fuser(fuser_file, info["fuser_config"], variant="refavs")
+    encoder = TextEncoder.from_pretrained(root / info["text_encoder"]["folder"])
+    encoder.source = f"{BUNDLED}:{info['name']}/text_encoder"
+    choice = mask_choice or info.get("mask_choice", "iou_select")
+    model = AuralSAM2(sam2, fuser, mask_choice=choice,
+                      text_encoder=encoder).to(resolve_device(device)).eval()
+    model.meta = {"sam2_config": f"{BUNDLED}:{info['name']}", "image_size": model.image_size,
+                  "mask_choice": choice, "fuser_config": info["fuser_config"],
+                  "variant": "refavs", "text_encoder": encoder.source,
+                  "checkpoints": {"sam2": _describe(sam2_file), "fuser": _describe(fuser_file)}}
+    return model
+
+
 def build_auralsam2(sam2_config: str = DEFAULT_SAM2_CONFIG, *,
                     sam2_checkpoint: str | os.PathLike | None = None,
                     fuser_checkpoint: str | os.PathLike | None = None,
@@ -179,7 +222,8 @@ def build_auralsam2(sam2_config: str = DEFAULT_SAM2_CONFIG, *,
     ``text_encoder`` is a :class:`TextEncoder`, a folder, or a registry name (default
     ``distilroberta-base``, loaded from the Hugging Face hub cache, never downloaded here).
     ``sam2_config="bundled"`` gives the demo model shipped in the package
-    (:func:`build_demo_model`, AVS); it takes no checkpoints, configs or image size."""
+    (:func:`build_demo_model`; with ``variant="refavs"`` the Ref-AVS demo model,
+    :func:`build_refer_demo_model`); it takes no checkpoints, configs or image size."""
     if variant not in ("avs", "refavs"):
         raise ValueError(f"variant must be 'avs' or 'refavs', got {variant!r}")
     if text_encoder is not None and variant != "refavs":
@@ -188,9 +232,10 @@ def build_auralsam2(sam2_config: str = DEFAULT_SAM2_CONFIG, *,
         if sam2_checkpoint or fuser_checkpoint or fuser_config or image_size:
             raise ValueError("the bundled demo model has its own weights, fuser config and "
                              "input size; give --sam2-config to use other ones")
-        if variant != "avs":
-            raise ValueError("the bundled demo model is an AVS model; give --sam2-config and "
-                             "a Ref-AVS fuser checkpoint for variant refavs")
+        if text_encoder is not None:
+            raise ValueError("the bundled Ref-AVS demo model has its own text encoder")
+        if variant == "refavs":
+            return build_refer_demo_model(device, mask_choice)
         return build_demo_model(device, mask_choice)
     device = resolve_device(device)
     encoder = None

@@ -201,9 +201,14 @@ def _dataset_from_args(args, image_size: int):
         AVSBenchS4,
         AVSBenchV2,
         CorrectedResultsDataset,
+        ReferringClipDataset,
         SyntheticClipDataset,
     )
 
+    if args.synthetic and args.variant == "refavs":
+        return ReferringClipDataset(args.steps * args.batch_size, image_size=image_size,
+                                    seed_base=args.seed * 10_000_000,
+                                    render_size=args.render_size), False
     if args.synthetic:
         return SyntheticClipDataset(args.steps * args.batch_size, image_size=image_size,
                                     clip_len=args.clip_len, seed_base=args.seed * 10_000_000,
@@ -238,12 +243,18 @@ def cmd_train(args) -> int:
         spec.fuser_config = json.loads(Path(args.fuser_config).read_text()) \
             if Path(args.fuser_config).is_file() else json.loads(args.fuser_config)
     spec.sam2_checkpoint, spec.fuser_checkpoint = args.sam2_checkpoint, args.fuser_checkpoint
+    refer = args.variant == "refavs"
+    if (args.text_encoder or args.fuser_init) and not refer:
+        raise ValueError("--text-encoder and --fuser-init are for --variant refavs")
+    if refer:
+        spec.variant, spec.text_encoder = "refavs", args.text_encoder
+        spec.fuser_init = args.fuser_init
     if not args.unfreeze_sam2 and not spec.sam2_checkpoint:
         raise ValueError("SAM2 would stay frozen at random weights: give --sam2-checkpoint "
                          "or --unfreeze-sam2 (the demo model trains SAM2 from scratch)")
-    if args.bundle and not (demo and args.synthetic and args.unfreeze_sam2):
+    if args.bundle and not (demo and args.synthetic and (args.unfreeze_sam2 or refer)):
         raise ValueError("--bundle packages a synthetic run of the demo model "
-                         "(--synthetic --unfreeze-sam2)")
+                         "(--synthetic; --unfreeze-sam2 for the AVS one)")
     dataset, shuffle = _dataset_from_args(args, spec.image_size)
     cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
@@ -255,7 +266,16 @@ def cmd_train(args) -> int:
                       device=args.device, progress=not args.quiet, resume=args.resume,
                       threads=args.threads, train_candidate=candidate)
     evaluate = None
-    if args.synthetic and args.eval_every:
+    if args.synthetic and args.eval_every and refer:
+        from .refer_demo import quick_refer_checks
+
+        def evaluate(model, step):
+            r = quick_refer_checks(model, n=args.eval_clips)
+            print(f"[step {step}] held-out: J referred {r['j_referred']:.3f}, J other query "
+                  f"{r['j_other_query']:.3f}, null S {r['null_s']:.4f}, silent < 0.5 on "
+                  f"{r['silent_low_confidence_fraction']:.1%} of frames", file=sys.stderr)
+            return r
+    elif args.synthetic and args.eval_every:
         from .demo import quick_audio_checks
 
         def evaluate(model, step):
@@ -271,18 +291,41 @@ def cmd_train(args) -> int:
                       "steps": result.steps, "seconds": round(result.seconds, 1),
                       "last_losses": result.last_losses}, indent=1))
     if args.bundle:
-        from .train import export_demo_bundle
+        from .train import export_demo_bundle, export_refer_demo_bundle
 
-        bundle = export_demo_bundle(args.out, args.bundle)
+        bundle = (export_refer_demo_bundle if refer else export_demo_bundle)(args.out,
+                                                                             args.bundle)
         print(json.dumps({"bundle": args.bundle, "files": bundle["files"],
                           "measured": {k: v for k, v in bundle["measured"].items()
-                                       if k != "per_clip"}}, indent=1))
+                                       if k not in ("per_clip", "per_query")}}, indent=1))
     return 0
+
+
+def cmd_refer_demo(args) -> int:
+    """``demo --refer``: the bundled Ref-AVS demo model queried with referring expressions."""
+    from .build import build_refer_demo_model
+    from .refer_demo import REFER_PASS_MARKS, run_refer_demo
+
+    if args.sam2_config or args.fuser_checkpoint or args.sam2_checkpoint:
+        raise ValueError("demo --refer runs the bundled Ref-AVS demo model; drop --sam2-config "
+                         "and the checkpoints")
+    model = build_refer_demo_model(device=args.device)
+    s = run_refer_demo(args.out, n_clips=args.clips, size=args.size, model=model)
+    keys = ("j_referred", "f_referred", "j_other_query", "f_other_query", "null_s",
+            "silent_low_confidence_fraction", "j_sounding_alone", "passed", "seconds")
+    print(json.dumps({k: s[k] for k in keys if k in s}, indent=1))
+    print(f"summary: {Path(args.out) / 'summary.json'}", file=sys.stderr)
+    ok = all(s["passed"].get(k, False) for k in REFER_PASS_MARKS)
+    print("demo --refer: checks PASSED" if ok else "demo --refer: checks FAILED",
+          file=sys.stderr)
+    return 0 if ok or not args.strict else 1
 
 
 def cmd_demo(args) -> int:
     from .demo import PASS_MARKS, run_demo
 
+    if args.refer:
+        return cmd_refer_demo(args)
     if args.sam2_config or args.fuser_checkpoint or args.sam2_checkpoint:
         model = _build_model(args)
     else:
@@ -395,6 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fuser-checkpoint", help="fuser weights to start from")
     t.add_argument("--unfreeze-sam2", action="store_true",
                    help="train SAM2 too (needed when it starts from random weights)")
+    t.add_argument("--variant", choices=("avs", "refavs"), default="avs",
+                   help="refavs: the referring-expression model (with --synthetic: clips "
+                        "with expressions naming a shape)")
+    t.add_argument("--text-encoder",
+                   help="refavs: text encoder (registry name, folder, or demo-words: the "
+                        "demo's tiny word encoder; default distilroberta-base)")
+    t.add_argument("--fuser-init", metavar="AVS_FUSER",
+                   help="refavs: start the fuser from an AVS fuser's weights (the keys both "
+                        "share; text_proj and the projection heads start fresh)")
     t.add_argument("--split", default="train", help="AVSBench split (default train)")
     t.add_argument("--steps", type=int, default=600)
     t.add_argument("--batch-size", type=int, default=8, help="clips per step")
@@ -438,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--size", type=int, default=128, help="clip size in pixels (even)")
     dm.add_argument("--no-overlay", action="store_true", help="skip overlay videos/timelines")
     dm.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    dm.add_argument("--refer", action="store_true",
+                    help="the Ref-AVS demo: the bundled referring-expression model queried "
+                         "for each shape, a missing shape and a silent one")
     dm.add_argument("--quiet", action="store_true", help="no progress bars")
     model_options(dm, image_size=1024)
     dm.set_defaults(func=cmd_demo)

@@ -33,6 +33,7 @@ from .engine import IMAGENET_MEAN, IMAGENET_STD
 __all__ = [
     "ClipSample",
     "SyntheticClipDataset",
+    "ReferringClipDataset",
     "AVSBenchS4",
     "AVSBenchMS3",
     "AVSBenchV2",
@@ -56,6 +57,7 @@ class ClipSample:
     gt: torch.Tensor  # (T, S, S) float32 0/1 sounding-object mask
     valid: torch.Tensor  # (T,) bool: frame has an annotation
     name: str = ""
+    expression: str | None = None  # Ref-AVS: the referring expression gt belongs to
 
     @property
     def sounding(self) -> torch.Tensor:
@@ -65,12 +67,13 @@ class ClipSample:
 
 def collate(samples: Sequence[ClipSample]) -> dict:
     """Stack clips of equal length: frames (B, T, 3, S, S), log_mel (B, T, 2, 96, 64),
-    gt (B, T, S, S), valid (B, T), names."""
+    gt (B, T, S, S), valid (B, T), names, expressions (None each for AVS)."""
     return {"frames": torch.stack([s.frames for s in samples]),
             "log_mel": torch.stack([s.log_mel for s in samples]),
             "gt": torch.stack([s.gt for s in samples]),
             "valid": torch.stack([s.valid for s in samples]),
-            "names": [s.name for s in samples]}
+            "names": [s.name for s in samples],
+            "expressions": [s.expression for s in samples]}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -238,9 +241,11 @@ class SyntheticClipDataset(torch.utils.data.Dataset):
 
 
 def clip_sample(clip, image_size: int, start: int = 0, clip_len: int | None = None,
-                name: str = "") -> ClipSample:
+                name: str = "", target: np.ndarray | None = None,
+                expression: str | None = None) -> ClipSample:
     """A :class:`~auralsam2_core.synthetic.SyntheticClip` window as a training sample, with
-    the audio examples the engine would compute for those frames."""
+    the audio examples the engine would compute for those frames. ``target`` ``(T, H, W)``
+    replaces the clip's sounding mask as ground truth (Ref-AVS: the referred object's)."""
     from .audio_track import AudioTrack
     from .log_mel import resample_to_16k
 
@@ -248,10 +253,97 @@ def clip_sample(clip, image_size: int, start: int = 0, clip_len: int | None = No
     audio = resample_to_16k(torch.from_numpy(clip.audio), clip.sample_rate)
     track = AudioTrack.from_chunks([audio.numpy().astype(np.float32)])
     times = [i / clip.fps for i in range(start, stop)]
-    gt = resize_masks(clip.sounding_mask[start:stop], image_size)
+    gt = resize_masks((clip.sounding_mask if target is None else target)[start:stop],
+                      image_size)
     return ClipSample(frames=normalise_frames(clip.frames[start:stop], image_size),
                       log_mel=track.examples_at(times), gt=gt,
-                      valid=torch.ones(stop - start, dtype=torch.bool), name=name)
+                      valid=torch.ones(stop - start, dtype=torch.bool), name=name,
+                      expression=expression)
+
+
+def referred_target(clip, obj: int | None) -> np.ndarray:
+    """Ref-AVS ground truth ``(T, H, W)``: object ``obj``'s visible mask in the frames where it
+    sounds; empty throughout for ``obj=None`` (a null expression: the shape is not there)."""
+    if obj is None:
+        return np.zeros(clip.object_masks.shape[1:], dtype=bool)
+    return clip.object_masks[obj] & clip.sounding[obj][:, None, None]
+
+
+class ReferringClipDataset(torch.utils.data.Dataset):
+    """Synthetic Ref-AVS clips: 2-3 shapes in named colours, each with its own sound, and a
+    referring expression naming one shape (:func:`~auralsam2_core.synthetic.referring_expression`,
+    with its colour half of the time).
+
+    Ground truth (:func:`referred_target`): the named shape's visible mask while it sounds;
+    empty while it is silent, and throughout when the expression names a shape the clip does
+    not show (a *null* expression, ``null_fraction`` of the clips with a shape missing). The
+    seed picks the schedule (``schedules`` with ``schedule_weights``: objects switching on and
+    off, one sounding throughout, all sounding throughout, silence), so the model must read
+    the text (which shape), look (is it there) and listen (does it sound). Whole clips of
+    ``seconds * fps`` frames (Ref-AVS: T = 10).
+    """
+
+    def __init__(self, length: int, *, image_size: int = 96, seed_base: int = 0,
+                 fps: float = 5.0, seconds: float = 2.0, num_objects: int | None = None,
+                 schedules: Sequence[str] = ("mixed", "one", "all", "silent"),
+                 schedule_weights: Sequence[float] = (0.35, 0.3, 0.25, 0.1),
+                 null_fraction: float = 0.2, colour_fraction: float = 0.5,
+                 render_size: int | None = None) -> None:
+        if len(schedules) != len(schedule_weights):
+            raise ValueError("schedules and schedule_weights must have the same length")
+        self.length = int(length)
+        self.image_size = int(image_size)
+        self.seed_base = int(seed_base)
+        self.fps = float(fps)
+        self.seconds = float(seconds)
+        self.num_objects = num_objects
+        self.schedules = tuple(schedules)
+        w = np.asarray(schedule_weights, np.float64)
+        self.schedule_p = w / w.sum()
+        self.null_fraction = float(null_fraction)
+        self.colour_fraction = float(colour_fraction)
+        self.render_size = int(render_size or image_size)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def config(self) -> dict:
+        return {"kind": "synthetic-referring", "image_size": self.image_size,
+                "seed_base": self.seed_base, "fps": self.fps, "seconds": self.seconds,
+                "num_objects": self.num_objects, "schedules": list(self.schedules),
+                "schedule_weights": self.schedule_p.tolist(),
+                "null_fraction": self.null_fraction, "colour_fraction": self.colour_fraction,
+                "render_size": self.render_size}
+
+    def item(self, index: int):
+        """``(clip, referred object index or None for a null expression, expression)``."""
+        from .synthetic import SHAPES, make_clip, referring_expression
+
+        seed = self.seed_base + int(index)
+        rng = np.random.default_rng([seed, 11])
+        schedule = self.schedules[int(rng.choice(len(self.schedules), p=self.schedule_p))]
+        clip = make_clip(seed, size=(self.render_size, self.render_size), fps=self.fps,
+                         seconds=self.seconds, num_objects=self.num_objects,
+                         schedule=schedule, colours="named")
+        absent = [s for s in SHAPES if s not in clip.shapes]
+        null = bool(absent) and rng.random() < self.null_fraction
+        with_colour = rng.random() < self.colour_fraction
+        if null:
+            from .synthetic import COLOUR_NAMES
+
+            obj, shape = None, absent[int(rng.integers(len(absent)))]
+            colour = list(COLOUR_NAMES)[int(rng.integers(len(COLOUR_NAMES)))]
+        else:
+            obj = int(rng.integers(len(clip.shapes)))
+            shape, colour = clip.shapes[obj], clip.colour_names[obj]
+        return clip, obj, referring_expression(shape, colour if with_colour else None, rng)
+
+    def __getitem__(self, index: int) -> ClipSample:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        clip, obj, expression = self.item(index)
+        return clip_sample(clip, self.image_size, name=f"referring_{self.seed_base + index}",
+                           target=referred_target(clip, obj), expression=expression)
 
 
 # --------------------------------------------------------------------------- AVSBench

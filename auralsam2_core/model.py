@@ -325,8 +325,8 @@ class AuralSAM2(nn.Module):
         with self._autocast():
             visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, text,
                                              projections=projections)
-            outs = self._track(enc, visual, audio, state, points or {})
-        multi, raw, ious, obj = (torch.cat(x) for x in zip(*outs, strict=True))
+            (multi, raw, ious, obj), = self.track_clips(
+                enc, [v[None] for v in visual], [d[None] for d in audio], state, points or {})
         chosen_logits, chosen = choose_masks(multi, ious, obj, self.mask_choice)
         return ClipOutput(multi, raw, ious.float(), obj.float(), chosen_logits, chosen, proj)
 
@@ -351,45 +351,75 @@ class AuralSAM2(nn.Module):
         cond = t_len // 2 if self.variant == "refavs" else 0
         return [cond, *(t for t in range(t_len) if t != cond)], cond
 
-    def _track(self, enc: dict, visual: Sequence[torch.Tensor], audio: Sequence[torch.Tensor],
-               state: TrackState, points: dict[int, PointPrompt]
-               ) -> list[tuple[torch.Tensor, ...]]:
-        sam2 = self.sam2
-        decoder = sam2.sam_mask_decoder
+    def tracking_features(self, enc: dict) -> tuple[list, list, list]:
+        """SAM2's per-frame tracking inputs (features, position encodings, sizes, each
+        ``(h*w, frames, C)``) from the image encoder's output (its raw maps get SAM2's
+        ``conv_s0/conv_s1`` here, after the fuser has read them)."""
+        decoder = self.sam2.sam_mask_decoder
         fpn = list(enc["backbone_fpn"])
         fpn[0], fpn[1] = decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])
-        _, feats, pos, sizes = sam2._prepare_backbone_features(
+        _, feats, pos, sizes = self.sam2._prepare_backbone_features(
             {"backbone_fpn": fpn, "vision_pos_enc": enc["vision_pos_enc"]})
-        t_len = fpn[0].shape[0]
+        return feats, pos, sizes
+
+    def track_step(self, frame_idx: int, is_cond: bool, feats: list, pos: list, sizes: list,
+                   prompts: FramePrompts, state: TrackState,
+                   clicks: dict | None = None) -> tuple[torch.Tensor, ...]:
+        """One frame of SAM2's tracking with AuralSAM2's prompts, for B videos at once (the
+        columns of ``feats``/``pos``; ``state`` holds their memory, batched the same way).
+
+        The only place that calls SAM2's private tracking functions (a ``sam2`` upgrade
+        touches this method). Returns ``(multimask_logits, raw_multimask_logits, ious,
+        object_score_logits)``, ``(B, M, s, s)``, ``(B, M, s, s)``, ``(B, M)``, ``(B, 1)``.
+        """
+        sam2 = self.sam2
+        decoder = sam2.sam_mask_decoder
+        with self._transformer.prompts(prompts), _capture_outputs(decoder) as captured:
+            out, sam_out, _, _ = sam2._track_step(
+                frame_idx, is_cond, feats, pos, sizes, clicks, None, state.output_dict,
+                state.num_frames, False, None)
+        multi, _, ious, _, high_res, obj_ptr, obj_logits = sam_out
+        out["obj_ptr"] = obj_ptr
+        out["object_score_logits"] = obj_logits
+        # Quirk: the authors pass a non-None "point input" here so that the memory encoder
+        # gets the binarised mask even though no points were given.
+        sam2._encode_memory_in_output(feats, sizes, True, True, high_res, obj_logits, out)
+        state.store(frame_idx, out, is_cond, keep=self._memory_horizon())
+        return multi, captured[-1][0].float(), ious, obj_logits
+
+    def track_clips(self, enc: dict, visual: Sequence[torch.Tensor],
+                    audio: Sequence[torch.Tensor], state: TrackState,
+                    points: dict[int, PointPrompt] | None = None
+                    ) -> list[tuple[torch.Tensor, ...]]:
+        """SAM2's tracking of B clips of T frames, batched over the clips (each its own video;
+        ``state`` holds all B memories). ``enc``: image-encoder output of the B*T frames, clip
+        after clip; ``visual``: the fuser's ``[a, b, c]`` stacked per clip, ``(B, T, h*w, C)``;
+        ``audio``: ``[d1, d2, d3]``, ``(B, M, C)``. ``points`` (B = 1 only): clip-local frame
+        -> clicks. Returns per clip ``(multimask_logits, raw_multimask_logits, ious,
+        object_score_logits)`` with T rows each, in frame order."""
+        b, t_len = visual[0].shape[:2]
+        points = points or {}
+        if points and b != 1:
+            raise ValueError("point prompts are for one clip at a time")
+        feats, pos, sizes = self.tracking_features(enc)
         order, cond = self._frame_order(t_len, state)
         start = state.next_frame
-        results: dict[int, tuple[torch.Tensor, ...]] = {}
+        steps: dict[int, tuple[torch.Tensor, ...]] = {}
         for t in order:
-            frame_idx = start + t
             clicks = points[t].as_inputs(self.device) if t in points else None
             is_cond = t == cond or clicks is not None
-            cur_feats = [x[:, t:t + 1] for x in feats]
-            cur_pos = [x[:, t:t + 1] for x in pos]
+            cols = torch.arange(b, device=feats[0].device) * t_len + t
             # Lists reversed as in the authors' model: [c, b, a] and [d3, d2, d1]; frame t takes
             # row t (Ref-AVS: rows 0..T-1 of the M audio + text rows).
-            prompts = FramePrompts([v[t] for v in reversed(visual)],
-                                   [d[t] for d in reversed(audio)],
+            prompts = FramePrompts([v[:, t] for v in reversed(visual)],
+                                   [d[:, t, None, :] for d in reversed(audio)],
                                    keep_sparse=clicks is not None)
-            with self._transformer.prompts(prompts), _capture_outputs(decoder) as captured:
-                out, sam_out, _, _ = sam2._track_step(
-                    frame_idx, is_cond, cur_feats, cur_pos, sizes, clicks, None,
-                    state.output_dict, state.num_frames, False, None)
-            multi, _, ious, _, high_res, obj_ptr, obj_logits = sam_out
-            out["obj_ptr"] = obj_ptr
-            out["object_score_logits"] = obj_logits
-            # Quirk: the authors pass a non-None "point input" here so that the memory encoder
-            # gets the binarised mask even though no points were given.
-            sam2._encode_memory_in_output(cur_feats, sizes, True, True, high_res, obj_logits,
-                                          out)
-            state.store(frame_idx, out, is_cond, keep=self._memory_horizon())
-            raw = captured[-1][0].float()
+            multi, raw, ious, obj = self.track_step(
+                start + t, is_cond, [x[:, cols] for x in feats], [x[:, cols] for x in pos],
+                sizes, prompts, state, clicks)
             if multi.shape[1] == 1:  # a box or several clicks: SAM2 predicts a single mask
                 multi, raw, ious = (x.expand(-1, 3, *x.shape[2:]) for x in (multi, raw, ious))
-            results[t] = (multi, raw, ious, obj_logits)
+            steps[t] = (multi, raw, ious, obj)
         state.next_frame = start + t_len
-        return [results[t] for t in range(t_len)]
+        return [tuple(torch.stack([steps[t][k][i] for t in range(t_len)]) for k in range(4))
+                for i in range(b)]

@@ -17,6 +17,10 @@ neither colour nor size gives the answer away. Objects overlap freely; the objec
 wins the pixel and ``object_masks`` hold *visible* pixels only (an occluded object's mask
 shrinks, possibly to empty). Audio pans (constant power) with the object's horizontal position.
 
+With ``colours="named"`` (the Ref-AVS demo) each object instead takes a distinct colour from
+:data:`COLOUR_NAMES` (slightly jittered), so an expression can name it: "the red triangle"
+(:func:`referring_expression`). The ``"all"`` schedule makes every object sound throughout.
+
 Everything is a pure function of the seed: ``make_clip(seed)`` gives identical arrays on every
 call. Frames depend only on ``(seed, size, fps, seconds, num_objects)``; the ``schedule`` draws
 from its own random stream, so the same seed with another schedule shows the same video.
@@ -37,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "COLOUR_NAMES",
     "SHAPES",
     "SIGNATURE_HZ",
     "SCHEDULES",
@@ -44,6 +49,7 @@ __all__ = [
     "clip_meta",
     "make_clip",
     "make_dataset",
+    "referring_expression",
     "silence",
     "swap_audio",
     "write_clip",
@@ -55,7 +61,14 @@ SHAPES: tuple[str, ...] = ("disc", "square", "triangle")
 SIGNATURE_HZ: dict[str, float] = {"disc": 450.0, "square": 1000.0, "triangle": 2500.0}
 """Nominal dominant frequency of each shape's sound (per-clip pitch jitter is +-4 %)."""
 
-SCHEDULES = ("mixed", "one", "silent")
+SCHEDULES = ("mixed", "one", "silent", "all")
+
+#: Named colours (``colours="named"``): RGB centres, jittered by up to +-12 per channel.
+COLOUR_NAMES: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35), "green": (40, 170, 60), "blue": (35, 75, 215),
+    "yellow": (235, 215, 40), "orange": (245, 135, 25), "purple": (135, 55, 185),
+    "white": (245, 245, 245), "black": (20, 20, 20)}
+_COLOUR_JITTER = 12
 
 _RADIUS_RANGE = (0.09, 0.16)  # equal-area disc radius, as a fraction of min(H, W)
 _PITCH_JITTER = 0.04
@@ -79,6 +92,7 @@ class _Scene:
     gain: np.ndarray  # (K,) loudness
     audio_seed: int
     noise_level: float
+    colour_names: list[str] | None = None  # with colours="named"
 
 
 @dataclass
@@ -105,6 +119,11 @@ class SyntheticClip:
     def sounding_mask(self) -> np.ndarray:
         """(T, H, W) bool union of the sounding objects' visible masks: the AVS ground truth."""
         return (self.object_masks & self.sounding[:, :, None, None]).any(axis=0)
+
+    @property
+    def colour_names(self) -> list[str] | None:
+        """Colour name per object (clips made with ``colours="named"``), else None."""
+        return None if self.scene is None else self.scene.colour_names
 
     @property
     def num_frames(self) -> int:
@@ -153,7 +172,21 @@ def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, n
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), base
 
 
-def _sample_scene(seed: int, num_objects: int | None, h: int, w: int, noise_level: float):
+def _named_colours(rng: np.random.Generator, k: int, avoid: np.ndarray
+                   ) -> tuple[list[str], np.ndarray]:
+    """``k`` distinct named colours, those far from the background first."""
+    names = list(COLOUR_NAMES)
+    far = [n for n in names if np.linalg.norm(np.array(COLOUR_NAMES[n]) - avoid)
+           >= _MIN_COLOUR_DIST]
+    pool = far if len(far) >= k else names
+    picked = [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
+    base = np.array([COLOUR_NAMES[n] for n in picked], dtype=np.int64)
+    jitter = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, (k, 3))
+    return picked, np.clip(base + jitter, 0, 255).astype(np.uint8)
+
+
+def _sample_scene(seed: int, num_objects: int | None, h: int, w: int, noise_level: float,
+                  colours: str = "random"):
     ss = np.random.SeedSequence(seed)
     scene_ss, schedule_ss, audio_ss = ss.spawn(3)
     rng = np.random.default_rng(scene_ss)
@@ -163,7 +196,11 @@ def _sample_scene(seed: int, num_objects: int | None, h: int, w: int, noise_leve
     bg, base = _background(rng, h, w)
     shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), size=k, replace=False)]
     radius = rng.uniform(*_RADIUS_RANGE, size=k) * min(h, w)
-    colours = np.stack([_random_colour(rng, base) for _ in range(k)])
+    colour_names = None
+    if colours == "named":
+        colour_names, rgb = _named_colours(rng, k, base)
+    else:
+        rgb = np.stack([_random_colour(rng, base) for _ in range(k)])
     order = rng.permutation(k)
     # Slow + faster term; peak speed <= 2 pi (0.35 * 0.25 + 0.15 * 0.5) ~ 1 travel range / s.
     freq = np.stack([rng.uniform(0.05, 0.25, (k, 2)), rng.uniform(0.15, 0.5, (k, 2))], axis=2)
@@ -174,8 +211,8 @@ def _sample_scene(seed: int, num_objects: int | None, h: int, w: int, noise_leve
     pitch = np.array([SIGNATURE_HZ[s] for s in shapes]) * jitter
     gain = rng.uniform(0.7, 1.0, k)
     audio_seed = int(np.random.default_rng(audio_ss).integers(2**63))
-    scene = _Scene(seed, shapes, radius, colours, order, motion, spin, pitch, gain, audio_seed,
-                   float(noise_level))
+    scene = _Scene(seed, shapes, radius, rgb, order, motion, spin, pitch, gain, audio_seed,
+                   float(noise_level), colour_names)
     return scene, bg, np.random.default_rng(schedule_ss)
 
 
@@ -250,6 +287,9 @@ def _schedule(rng: np.random.Generator, kind: str, k: int, t: int) -> np.ndarray
     """(K, T) on/off table. "mixed": random segments, each silent (~30 %) or with 1-2 sounders."""
     table = np.zeros((k, t), dtype=bool)
     if kind == "silent":
+        return table
+    if kind == "all":
+        table[:] = True
         return table
     if kind == "one":
         table[int(rng.integers(k))] = True
@@ -365,7 +405,8 @@ def _render_audio(scene: _Scene, sounding: np.ndarray, *, sources: np.ndarray, h
 
 def make_clip(seed: int, *, size: tuple[int, int] = (128, 128), fps: float = 5.0,
               seconds: float = 2.0, sample_rate: int = 16000, num_objects: int | None = None,
-              schedule: str = "mixed", noise_level: float = 0.002) -> SyntheticClip:
+              schedule: str = "mixed", noise_level: float = 0.002,
+              colours: str = "random") -> SyntheticClip:
     """Generate one clip, deterministically from ``seed``.
 
     ``size`` is ``(H, W)``; ``T = max(1, round(seconds * fps))`` frames and exactly
@@ -373,7 +414,9 @@ def make_clip(seed: int, *, size: tuple[int, int] = (128, 128), fps: float = 5.0
     ``num_objects``: 1-3, ``None`` picks 2 or 3 from the seed; objects have distinct shapes.
     ``schedule``: ``"mixed"`` (objects turn on and off, often with silent stretches; never
     silent throughout), ``"one"`` (one object, chosen by the seed, sounds in every frame) or
-    ``"silent"``. ``noise_level``: std of the light, deterministic background noise.
+    ``"silent"`` or ``"all"`` (every object sounds in every frame). ``noise_level``: std of the
+    light, deterministic background noise. ``colours``: ``"random"`` RGB or ``"named"``
+    (distinct colours of :data:`COLOUR_NAMES`, for referring expressions).
     """
     h, w = int(size[0]), int(size[1])
     if h < 8 or w < 8:
@@ -382,9 +425,11 @@ def make_clip(seed: int, *, size: tuple[int, int] = (128, 128), fps: float = 5.0
         raise ValueError("fps and seconds must be positive and sample_rate >= 8000")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if colours not in ("random", "named"):
+        raise ValueError(f"colours must be 'random' or 'named', got {colours!r}")
     num_t = max(1, int(round(seconds * fps)))
     n = int(round(num_t / fps * sample_rate))
-    scene, bg, sched_rng = _sample_scene(int(seed), num_objects, h, w, noise_level)
+    scene, bg, sched_rng = _sample_scene(int(seed), num_objects, h, w, noise_level, colours)
     t = np.arange(num_t) / fps
     frames, masks = _render(scene, bg, t)
     k = len(scene.shapes)
@@ -424,6 +469,27 @@ def silence(clip: SyntheticClip) -> SyntheticClip:
     return replace(clip, audio=audio, sounding=np.zeros_like(clip.sounding), variant="silence")
 
 
+#: Phrasings of a referring expression: {c} colour name, {s} shape word.
+_EXPRESSIONS_SHAPE = ("the {s}", "a {s}", "the sounding {s}", "the {s} that is sounding",
+                      "the {s} making a sound", "the {s} shape")
+_EXPRESSIONS_COLOUR = ("the {c} {s}", "a {c} {s}", "the sounding {c} {s}",
+                       "the {c} {s} that is making a noise", "the {c} one which is a {s}")
+_SHAPE_WORDS = {"disc": ("disc", "disc", "circle"), "square": ("square",),
+                "triangle": ("triangle",)}
+
+
+def referring_expression(shape: str, colour: str | None, rng: np.random.Generator) -> str:
+    """A referring expression naming ``shape`` (and ``colour`` when given), phrased at random
+    ("the disc", "the red triangle", "the sounding circle", ...). Its words are those of
+    :data:`auralsam2_core.text_encoder.DEMO_WORDS`."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+    words = _SHAPE_WORDS[shape]
+    s = words[int(rng.integers(len(words)))]
+    forms = _EXPRESSIONS_COLOUR if colour is not None else _EXPRESSIONS_SHAPE
+    return forms[int(rng.integers(len(forms)))].format(s=s, c=colour)
+
+
 def _pad_even(a: np.ndarray, mode: str) -> np.ndarray:
     """Pad axes 1 and 2 (H, W) of a (T, H, W, ...) array up to even sizes (bottom / right)."""
     ph, pw = a.shape[1] % 2, a.shape[2] % 2
@@ -454,6 +520,8 @@ def clip_meta(clip: SyntheticClip) -> dict:
         meta["colours"] = clip.scene.colours.tolist()
         meta["draw_order"] = clip.scene.order.tolist()
         meta["pitch_hz"] = [round(float(p), 2) for p in clip.scene.pitch]
+        if clip.scene.colour_names:
+            meta["colour_names"] = list(clip.scene.colour_names)
     return meta
 
 

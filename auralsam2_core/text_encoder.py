@@ -184,3 +184,70 @@ def tiny_random_text_encoder(seed: int = 0, layers: int = 1) -> TextEncoder:
         torch.manual_seed(seed)
         model = RobertaModel(config, add_pooling_layer=False)
     return TextEncoder(model, tokenizer, source="tiny-random")
+
+
+#: The words of the bundled Ref-AVS demo's expressions (synthetic shapes, their colours and
+#: the phrasing of :func:`auralsam2_core.synthetic.referring_expression`). Anything else is
+#: ``<unk>``.
+DEMO_WORDS: tuple[str, ...] = (
+    "the", "a", "an", "one", "shape", "object", "that", "which", "is", "sounding", "making",
+    "sound", "noise", "disc", "circle", "square", "triangle", "red", "green", "blue",
+    "yellow", "orange", "purple", "white", "black")
+#: ``ModelSpec.text_encoder`` / ``--text-encoder`` value for the demo's tiny word encoder.
+DEMO_TEXT_ENCODER = "demo-words"
+
+
+def word_level_tokenizer(words: Sequence[str]):
+    """A RoBERTa-style tokenizer with one token per word (lower-cased; anything but letters
+    separates words; unknown words become ``<unk>``): ids 0-3 are ``<s> <pad> </s> <unk>``, then
+    ``words`` in order, then ``<mask>``. Made offline; saved and loaded as ``tokenizer.json``."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(("<s>", "<pad>", "</s>", "<unk>"))}
+    for w in words:
+        if not w.isalpha() or not w.islower() or w in vocab:
+            raise ValueError(f"vocabulary words must be distinct lower-case letters, got {w!r}")
+        vocab[w] = len(vocab)
+    vocab["<mask>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(),
+                                           normalizers.Replace(Regex("[^a-z]+"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>")
+
+
+def tiny_word_text_encoder(seed: int = 0, words: Sequence[str] = DEMO_WORDS) -> TextEncoder:
+    """The Ref-AVS demo's text encoder: a RoBERTa with **no transformer layer** (word +
+    position embeddings and LayerNorm, frozen, random from ``seed``) over a word-level
+    vocabulary, giving the fuser's 768-d states for 25 tokens like distilroberta-base.
+
+    Why this small: each demo word gets a fixed random 768-d vector (nearly orthogonal to the
+    others), and the fuser's trainable ``text_proj`` learns what each one means; the fuser's
+    joint attention over audio and text rows does the rest. It knows only :data:`DEMO_WORDS`;
+    the published model uses distilroberta-base (``build_auralsam2(variant="refavs")``)."""
+    from transformers import RobertaConfig, RobertaModel
+
+    tokenizer = word_level_tokenizer(words)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=TEXT_DIM, num_hidden_layers=0,
+                           num_attention_heads=12, intermediate_size=64,
+                           max_position_embeddings=MAX_TOKENS + 2, type_vocab_size=1,
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RobertaModel(config, add_pooling_layer=False)
+    return TextEncoder(model, tokenizer, source=DEMO_TEXT_ENCODER)
+
+
+def save_text_encoder(encoder: TextEncoder, folder: str | os.PathLike) -> list[Path]:
+    """Write ``encoder`` as a folder :meth:`TextEncoder.from_pretrained` loads (config.json,
+    model.safetensors, tokenizer files); returns the files written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _quiet_transformers():
+        encoder.model.save_pretrained(folder, safe_serialization=True)
+        encoder.tokenizer.save_pretrained(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file())

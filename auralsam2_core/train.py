@@ -50,8 +50,7 @@ from . import __version__
 from .checkpoint import load_into, read_state_dict, save_state_dict
 from .datasets import collate
 from .losses import LossWeights, total_loss
-from .model import AuralSAM2, ClipOutput, TrackState, _capture_outputs, choose_masks
-from .prompting import FramePrompts
+from .model import AuralSAM2, ClipOutput, choose_masks
 
 __all__ = [
     "DEMO_FUSER_CONFIG",
@@ -90,7 +89,12 @@ def packaged_config(name: str) -> Path:
 class ModelSpec:
     """What to build: SAM2 config (shipped name or yaml path; ``"demo"`` = the bundled demo
     model's tiny yaml), input size, fuser config dict (``None``: the authors' AVS fuser) and
-    optional starting checkpoints."""
+    optional starting checkpoints.
+
+    Ref-AVS (``variant="refavs"``): ``text_encoder`` is a registry name, a folder or
+    ``"demo-words"`` (:func:`~auralsam2_core.text_encoder.tiny_word_text_encoder`);
+    ``fuser_init`` starts the fuser from an AVS fuser's weights (every key the two variants
+    share; ``text_proj`` and the projection heads start fresh)."""
 
     sam2_config: str = "demo"
     image_size: int | None = DEMO_IMAGE_SIZE
@@ -99,6 +103,9 @@ class ModelSpec:
     sam2_checkpoint: str | None = None
     fuser_checkpoint: str | None = None
     mask_choice: str = "iou_select"
+    variant: str = "avs"
+    text_encoder: str | None = None
+    fuser_init: str | None = None
 
     def resolved_sam2_config(self) -> str:
         return str(packaged_config(DEMO_SAM2_CONFIG)) if self.sam2_config == "demo" \
@@ -108,14 +115,63 @@ class ModelSpec:
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> AuralSAM2:
     from .build import build_fuser, build_sam2_model, resolve_device
 
+    if spec.variant not in ("avs", "refavs"):
+        raise ValueError(f"variant must be 'avs' or 'refavs', got {spec.variant!r}")
+    if (spec.text_encoder or spec.fuser_init) and spec.variant != "refavs":
+        raise ValueError("text_encoder and fuser_init are for variant 'refavs'")
+    if spec.fuser_init and spec.fuser_checkpoint:
+        raise ValueError("give fuser_checkpoint (a Ref-AVS fuser) or fuser_init (an AVS one), "
+                         "not both")
     device = resolve_device(device)
+    encoder = _text_encoder(spec.text_encoder) if spec.variant == "refavs" else None
     sam2 = build_sam2_model(spec.resolved_sam2_config(), spec.sam2_checkpoint,
                             image_size=spec.image_size, device="cpu")
-    fuser = build_fuser(spec.fuser_checkpoint, spec.fuser_config)
-    model = AuralSAM2(sam2, fuser, mask_choice=spec.mask_choice)
+    fuser = build_fuser(spec.fuser_checkpoint, spec.fuser_config, variant=spec.variant)
+    if spec.fuser_init:
+        init_refavs_fuser_from_avs(fuser, spec.fuser_init)
+    model = AuralSAM2(sam2, fuser, mask_choice=spec.mask_choice, text_encoder=encoder)
     model.meta = {"sam2_config": spec.sam2_config, "image_size": model.image_size,
                   "mask_choice": spec.mask_choice, "fuser_config": spec.fuser_config}
+    if encoder is not None:
+        model.meta.update(variant=spec.variant, text_encoder=encoder.source)
     return model.to(device)
+
+
+def _text_encoder(name: str | None):
+    from .text_encoder import (
+        DEMO_TEXT_ENCODER,
+        TEXT_ENCODER_NAME,
+        load_text_encoder,
+        tiny_word_text_encoder,
+    )
+
+    if name == DEMO_TEXT_ENCODER:
+        return tiny_word_text_encoder()
+    return load_text_encoder(name or TEXT_ENCODER_NAME)
+
+
+#: Ref-AVS fuser keys an AVS fuser does not have (or has in another shape).
+_REFAVS_ONLY = ("text_proj.", "train_proj_v1.", "train_proj_a1.")
+
+
+def init_refavs_fuser_from_avs(fuser: nn.Module, avs_checkpoint: str | os.PathLike) -> int:
+    """Load every key a Ref-AVS ``fuser`` shares with an AVS fuser checkpoint (same name and
+    shape: the audio encoder, visual/audio blocks, fusion modules); ``text_proj`` and the
+    projection heads keep their fresh initialisation. Anything else missing is an error (a
+    fuser of another configuration). Returns the number of tensors loaded."""
+    from .checkpoint import fuser_checkpoint_filter
+
+    sd = fuser_checkpoint_filter(read_state_dict(avs_checkpoint))
+    own = fuser.state_dict()
+    shared = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape
+              and not k.startswith(_REFAVS_ONLY)}
+    missing = [k for k in own if k not in shared and not k.startswith(_REFAVS_ONLY)]
+    if missing:
+        raise ValueError(f"{avs_checkpoint} is not an AVS fuser of this configuration: "
+                         f"{len(missing)} shared keys missing or of another shape, e.g. "
+                         f"{missing[:3]}")
+    fuser.load_state_dict(shared, strict=False)
+    return len(shared)
 
 
 @dataclass
@@ -161,57 +217,34 @@ class TrainResult:
 # --------------------------------------------------------------------------- forward
 
 
-def forward_batch(model: AuralSAM2, frames: torch.Tensor, log_mel: torch.Tensor
-                  ) -> list[ClipOutput]:
-    """``AuralSAM2.forward_clip`` for ``B`` clips at once, each a new video (its first frame
-    is the conditioning frame). ``frames``: ``(B, T, 3, S, S)``; ``log_mel``:
-    ``(B, T, 2, 96, 64)``. The image encoder runs on all ``B*T`` frames, the fuser once per
-    clip, SAM2's tracking batched over clips. Returns one :class:`ClipOutput` per clip."""
+def forward_batch(model: AuralSAM2, frames: torch.Tensor, log_mel: torch.Tensor,
+                  texts: torch.Tensor | None = None) -> list[ClipOutput]:
+    """``AuralSAM2.forward_clip`` for ``B`` clips at once, each a new video (its conditioning
+    frame: the first, Ref-AVS the middle one). ``frames``: ``(B, T, 3, S, S)``; ``log_mel``:
+    ``(B, T, 2, 96, 64)``; ``texts`` (Ref-AVS): the expressions' hidden states ``(B, L, D)``.
+    The image encoder runs on all ``B*T`` frames, the fuser once per clip, SAM2's tracking
+    batched over clips (:meth:`AuralSAM2.track_clips`). Returns one :class:`ClipOutput` per
+    clip."""
     b, t_len = frames.shape[:2]
-    sam2 = model.sam2
-    decoder = sam2.sam_mask_decoder
+    if (texts is not None) != (model.variant == "refavs"):
+        raise ValueError("texts go with (and are needed by) the Ref-AVS model")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if frames.device.type == "cuda" \
         else contextlib.nullcontext()
     with autocast:
         enc = model.encode_images(frames.flatten(0, 1))
         raw_fpn = list(enc["backbone_fpn"])
-        per_clip = [model.fuser([f[i * t_len:(i + 1) * t_len] for f in raw_fpn], log_mel[i])
+        per_clip = [model.fuser([f[i * t_len:(i + 1) * t_len] for f in raw_fpn], log_mel[i],
+                                None if texts is None else texts[i:i + 1])
                     for i in range(b)]
         # (levels) x (B, T, ...) prompts
         visual = [torch.stack([pc[0][lvl] for pc in per_clip]) for lvl in range(3)]
         audio = [torch.stack([pc[1][lvl] for pc in per_clip]) for lvl in range(3)]
-        fpn = list(raw_fpn)
-        fpn[0], fpn[1] = decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])
-        _, feats, pos, sizes = sam2._prepare_backbone_features(
-            {"backbone_fpn": fpn, "vision_pos_enc": enc["vision_pos_enc"]})
-        state = TrackState(num_frames=t_len)
-        steps = []
-        for t in range(t_len):
-            cols = torch.arange(b, device=frames.device) * t_len + t
-            cur_feats = [x[:, cols] for x in feats]
-            cur_pos = [x[:, cols] for x in pos]
-            prompts = FramePrompts([v[:, t] for v in reversed(visual)],
-                                   [d[:, t, None, :] for d in reversed(audio)])
-            with model._transformer.prompts(prompts), _capture_outputs(decoder) as captured:
-                out, sam_out, _, _ = sam2._track_step(
-                    t, t == 0, cur_feats, cur_pos, sizes, None, None, state.output_dict,
-                    t_len, False, None)
-            multi, _, ious, _, high_res, obj_ptr, obj_logits = sam_out
-            out["obj_ptr"] = obj_ptr
-            out["object_score_logits"] = obj_logits
-            sam2._encode_memory_in_output(cur_feats, sizes, True, True, high_res, obj_logits,
-                                          out)
-            state.store(t, out, t == 0, keep=model._memory_horizon())
-            steps.append((multi, captured[-1][0].float(), ious, obj_logits))
+        tracked = model.track_clips(enc, visual, audio, model.new_state(t_len))
     outputs = []
-    for i in range(b):
-        multi = torch.stack([s[0][i] for s in steps])
-        raw = torch.stack([s[1][i] for s in steps])
-        ious = torch.stack([s[2][i] for s in steps]).float()
-        obj = torch.stack([s[3][i] for s in steps]).float()
+    for (multi, raw, ious, obj), pc in zip(tracked, per_clip, strict=True):
+        ious, obj = ious.float(), obj.float()
         chosen_logits, chosen = choose_masks(multi, ious, obj, model.mask_choice)
-        outputs.append(ClipOutput(multi, raw, ious, obj, chosen_logits, chosen,
-                                  per_clip[i][2]))
+        outputs.append(ClipOutput(multi, raw, ious, obj, chosen_logits, chosen, pc[2]))
     return outputs
 
 
@@ -387,7 +420,8 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
         raise ValueError("empty training dataset")
     # Only a fresh audio encoder is calibrated: a trained one (--fuser-checkpoint) learnt its
     # weights against the statistics it carries, and new ones would undo that.
-    if start == 0 and cfg.calibrate_audio_bn > 0 and not spec.fuser_checkpoint:
+    if start == 0 and cfg.calibrate_audio_bn > 0 and not (spec.fuser_checkpoint
+                                                           or spec.fuser_init):
         mels = [torch.cat([dataset[i].log_mel for i in
                            _batch_indices(n, cfg.batch_size, k, cfg.seed, shuffle)]).to(device)
                 for k in range(cfg.calibrate_audio_bn)]
@@ -403,7 +437,10 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
             batch = collate([dataset[i] for i in
                              _batch_indices(n, cfg.batch_size, step, cfg.seed, shuffle)])
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            outs = forward_batch(model, batch["frames"].to(device), batch["log_mel"].to(device))
+            texts = model.encode_text(batch["expressions"]) if model.variant == "refavs" \
+                else None
+            outs = forward_batch(model, batch["frames"].to(device), batch["log_mel"].to(device),
+                                 texts)
             terms: dict[str, torch.Tensor] = {}
             for i, o in enumerate(outs):
                 t = total_loss(o, batch["gt"][i].to(device), batch["valid"][i].to(device),
@@ -605,5 +642,103 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
                                       f"variants at {demo_size} px through the engine",
                           **{k: summary[k] for k in keys},
                           "per_clip": summary["per_clip"]}
+    (dest / "model.json").write_text(json.dumps(bundle, indent=1))
+    return bundle
+
+
+def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
+                             name: str = "auralsam2-refer-demo-tiny", demo_clips: int = 6,
+                             demo_size: int = 128) -> dict:
+    """Package a synthetic Ref-AVS run of the demo model as the bundled Ref-AVS demo model:
+    ``sam2.safetensors``, ``fuser.safetensors`` and the text encoder folder
+    (``text_encoder/``: config, safetensors weights, tokenizer), each file with its sha256 in
+    ``model.json`` next to the configs and the training record (the AVS demo bundle it
+    started from included); then measure ``auralsam2 demo --refer`` with the packaged files
+    and record the numbers too."""
+    import shutil
+    import tempfile
+
+    from .text_encoder import save_text_encoder
+    from .weights import sha256_file
+
+    train_out, dest = Path(train_out), Path(dest)
+    info = json.loads((train_out / "train.json").read_text())
+    spec = ModelSpec(**info["model"])
+    if spec.sam2_config != "demo" or spec.variant != "refavs":
+        raise ValueError("a Ref-AVS demo bundle needs a Ref-AVS run of the demo model "
+                         "(sam2_config 'demo', variant 'refavs')")
+    model = load_trained(train_out)
+    origins = [Path(p).parent / "model.json" for p in (spec.fuser_init, spec.fuser_checkpoint,
+                                                       spec.sam2_checkpoint) if p]
+    origin = next((o for o in origins if o.is_file()), None)
+    started_from = json.loads(origin.read_text()) if origin is not None else None
+    dest.mkdir(parents=True, exist_ok=True)
+    if (dest / "text_encoder").is_dir():
+        shutil.rmtree(dest / "text_encoder")
+    for old in dest.glob("*.safetensors"):
+        old.unlink()
+    save_state_dict(model.sam2.state_dict(), dest / "sam2.safetensors")
+    save_state_dict(model.fuser.state_dict(), dest / "fuser.safetensors")
+    written = [dest / "sam2.safetensors", dest / "fuser.safetensors",
+               *save_text_encoder(model.text_encoder, dest / "text_encoder")]
+    files = {}
+    for f in written:
+        f.chmod(0o644)
+        files[f.relative_to(dest).as_posix()] = {"sha256": sha256_file(f),
+                                                 "bytes": f.stat().st_size}
+    yaml = packaged_config(DEMO_SAM2_CONFIG)
+    enc = model.text_encoder
+    bundle = {
+        "format": "auralsam2-refer-demo-model", "format_version": 1, "name": name,
+        "variant": "refavs",
+        "description": "Tiny Ref-AVS AuralSAM2 (the AVS demo model's SAM2 and fuser, plus "
+                       "text_proj and a tiny word-level text encoder) trained on synthetic "
+                       "clips with expressions naming a shape. A demo of the pipeline, not "
+                       "a model for real videos or free text.",
+        "sam2_config": DEMO_SAM2_CONFIG, "sam2_config_sha256": sha256_file(yaml),
+        "image_size": model.image_size, "mask_choice": spec.mask_choice,
+        "fuser_config": spec.fuser_config,
+        "text_encoder": {"folder": "text_encoder", "kind": "tiny word-level RoBERTa "
+                         "(embeddings only, frozen random; see text_encoder.py)",
+                         "vocabulary": len(enc.tokenizer), "hidden_size":
+                         enc.model.config.hidden_size,
+                         "layers": enc.model.config.num_hidden_layers,
+                         "max_tokens": enc.max_length},
+        "weights": {"sam2": "sam2.safetensors", "fuser": "fuser.safetensors"},
+        "files": files,
+        "params": info["params"] | {"text_encoder": sum(p.numel() for p in
+                                                        enc.model.parameters())},
+        "training": {"command": info["command"], "wall_seconds": info["seconds"],
+                     "steps": info["steps"], "train_config": info["train_config"],
+                     "model": info["model"], "dataset": info["dataset"],
+                     "machine": info["machine"], "last_losses": info["last_losses"],
+                     "final_eval": info.get("final_eval"),
+                     "package_version": info["package_version"],
+                     **({"started_from": {"name": started_from.get("name"),
+                                          "training": started_from.get("training")}}
+                        if started_from else {})},
+    }
+    (dest / "model.json").write_text(json.dumps(bundle, indent=1))
+    from .build import build_refer_demo_model, refer_model_dir
+
+    if dest.resolve() == refer_model_dir().resolve():
+        packaged = build_refer_demo_model(device="cpu")
+    else:
+        packaged = build_refer_demo_model(device="cpu", root=dest)
+    from .refer_demo import run_refer_demo
+
+    tmp = Path(tempfile.mkdtemp(prefix="auralsam2_refer_demo_"))
+    try:
+        summary = run_refer_demo(tmp, n_clips=demo_clips, size=demo_size, model=packaged)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    keys = ("j_referred", "f_referred", "j_other_query", "f_other_query", "null_s",
+            "null_s_sqrt_per_clip", "silent_low_confidence_fraction", "j_sounding_alone",
+            "null_low_confidence_fraction", "passed")
+    bundle["measured"] = {"protocol": f"auralsam2 demo --refer: {demo_clips} held-out clips x "
+                                      f"2 videos x 3 queries at {demo_size} px "
+                                      f"({summary['path']})",
+                          **{k: summary[k] for k in keys if k in summary},
+                          "per_query": summary["per_query"]}
     (dest / "model.json").write_text(json.dumps(bundle, indent=1))
     return bundle

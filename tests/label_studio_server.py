@@ -108,5 +108,26 @@ class LabelStudioServer:
         return self.api("GET", "/api/predictions/", params={"task": task_id})
 
 
+_shared: LabelStudioServer | None = None
+
+
+def shared_server(root: Path) -> LabelStudioServer:
+    """One server for the whole test session (its first start migrates SQLite for minutes):
+    started under ``root`` on the first call, stopped when the interpreter exits.
+    ``AURALSAM2_TEST_LS_URL`` names a running one (started by this module's class with its
+    user and token) to reuse instead, e.g. while iterating on one test."""
+    global _shared
+    if _shared is None and os.environ.get("AURALSAM2_TEST_LS_URL"):
+        _shared = LabelStudioServer(root / "data", root)
+        _shared.url = os.environ["AURALSAM2_TEST_LS_URL"]
+    if _shared is None or (_shared.proc and _shared.proc.poll() is not None):
+        import atexit
+
+        server = LabelStudioServer(root / "data", root).start()
+        atexit.register(server.stop)
+        _shared = server
+    return _shared
+
+
 def available() -> bool:
     return LS_BIN.is_file() and shutil.which("ffmpeg") is not None

@@ -160,3 +160,84 @@ def test_cli_check_and_prelabel_default_to_the_bundled_model(tmp_path, capsys):
     assert doc["model"]["sam2_config"].startswith("bundled:")
     assert doc["model"]["checkpoints"]["sam2"]["sha256"] == \
         bundled_model_info()["files"]["sam2.safetensors"]["sha256"]
+
+
+# ----------------------------------------------------------------------------- Ref-AVS demo
+
+REFER_BUNDLE = Path(build.__file__).parent / "data" / "refer_demo_model"
+REFER_SUMMARY_KEYS = {"j_referred", "f_referred", "j_other_query", "f_other_query", "null_s",
+                      "null_s_sqrt_per_clip", "silent_low_confidence_fraction",
+                      "j_sounding_alone", "passed", "per_query"}
+
+
+@pytest.fixture(scope="module")
+def refer_model():
+    from auralsam2_core.build import build_refer_demo_model
+
+    return build_refer_demo_model(device="cpu")
+
+
+def test_refer_bundle_files_sha256_size_and_recipe():
+    info = json.loads((REFER_BUNDLE / "model.json").read_text())
+    total = 0
+    for name, rec in info["files"].items():
+        path = REFER_BUNDLE / name
+        assert sha256_file(path) == rec["sha256"] and path.stat().st_size == rec["bytes"]
+        total += rec["bytes"]
+    assert total <= 25 * 2**20
+    assert info["variant"] == "refavs" and info["text_encoder"]["folder"] == "text_encoder"
+    assert info["training"]["command"].startswith("auralsam2 train --synthetic --variant refavs")
+    assert info["training"]["started_from"]["name"] == bundled_model_info()["name"]
+    from auralsam2_core.refer_demo import CEILINGS, REFER_PASS_MARKS
+
+    measured = info["measured"]
+    for key, mark in REFER_PASS_MARKS.items():
+        assert (measured[key] <= mark) if key in CEILINGS else (measured[key] >= mark), measured
+
+
+def test_damaged_refer_bundle_is_refused(tmp_path):
+    from auralsam2_core.build import build_refer_demo_model
+
+    copy = tmp_path / "refer"
+    shutil.copytree(REFER_BUNDLE, copy)
+    tok = copy / "text_encoder" / "tokenizer.json"
+    tok.write_text(tok.read_text().replace('"disc"', '"dish"'))
+    with pytest.raises(RuntimeError, match="damaged"):
+        build_refer_demo_model(device="cpu", root=copy)
+    with pytest.raises(ValueError, match="not a Ref-AVS demo model"):
+        build_refer_demo_model(device="cpu", root=BUNDLE)
+
+
+def test_bundled_refer_model_builds(refer_model):
+    assert refer_model.variant == "refavs" and not refer_model.training
+    assert refer_model.meta["sam2_config"].startswith("bundled:")
+    assert refer_model.meta["text_encoder"].endswith("/text_encoder")
+    via_build = build_auralsam2("bundled", variant="refavs", device="cpu")
+    assert via_build.meta["sam2_config"] == refer_model.meta["sam2_config"]
+    with pytest.raises(ValueError, match="own text encoder"):
+        build_auralsam2("bundled", variant="refavs", text_encoder="distilroberta-base")
+
+
+def test_cli_demo_refer_meets_the_marks(tmp_path, capsys):
+    """`auralsam2 demo --refer --out DIR`: the demo's 6 held-out clips, each queried for shape
+    A, shape B (the mask must move), a missing shape and a silent one."""
+    from auralsam2_core.refer_demo import CEILINGS, REFER_PASS_MARKS
+
+    out = tmp_path / "refer"
+    assert main(["demo", "--refer", "--out", str(out), "--quiet", "--device", "cpu",
+                 "--strict"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s) >= REFER_SUMMARY_KEYS
+    print({k: s[k] for k in REFER_PASS_MARKS})
+    for key, mark in REFER_PASS_MARKS.items():
+        assert (s[key] <= mark) if key in CEILINGS else (s[key] >= mark), s
+    assert "checks PASSED" in capsys.readouterr().err
+    assert len(s["per_query"]) == 6 * 2 * 3
+    assert (out / "clips" / "clip05_one.mp4").is_file()
+    assert len(list((out / "gt" / "clip00_both_q1").glob("*.png"))) == 10
+    # Text matters: on the same video, the queries for A and for B give masks on different
+    # objects (each query's IoU with its own shape is high, so they cannot be the same mask).
+    by = {(q["video"], q["kind"]): q for q in s["per_query"]}
+    for i in range(6):
+        assert by[(f"clip{i:02d}_both", "referred")]["iou"] > 0.5
+        assert by[(f"clip{i:02d}_both", "other")]["iou"] > 0.5

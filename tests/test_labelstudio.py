@@ -54,6 +54,7 @@ VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
 KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
 FPS = 25.0  # = the template's framerate, so Label Studio frame = engine index + 1
 BASIC = ("label-studio", "basic-auth-pass-for-tests")  # the backend's HTTP Basic credentials
+BOX_LABEL, RANGE_LABEL = "Sounding object (box)", "Sound on (time range)"  # the template's
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -61,10 +62,7 @@ BASIC = ("label-studio", "basic-auth-pass-for-tests")  # the backend's HTTP Basi
 
 @pytest.fixture(scope="module")
 def ls(tmp_path_factory):
-    root = tmp_path_factory.mktemp("label-studio")
-    server = lss.LabelStudioServer(root / "data", root).start()
-    yield server
-    server.stop()
+    return lss.shared_server(tmp_path_factory.getbasetemp() / "label-studio")
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +127,7 @@ def check_video_prediction(result: list[dict], engine_frames, tolerance: float) 
     track = [r for r in result if r["type"] == "videorectangle"]
     ranges = [r for r in result if r["type"] == "timelinelabels"]
     assert len(track) == 1 and track[0]["from_name"] == "box" and \
-        track[0]["to_name"] == "video" and track[0]["value"]["labels"] == ["Sounding"]
+        track[0]["to_name"] == "video" and track[0]["value"]["labels"] == [BOX_LABEL]
     seq = track[0]["value"]["sequence"]
     assert track[0]["value"]["framesCount"] == len(engine_frames)
     frames = [s["frame"] for s in seq]
@@ -182,7 +180,7 @@ def test_brush_rle_equals_label_studio_sdk(tmp_path):
 def test_label_configs():
     video = parse(VIDEO_CONFIG)
     assert (video.video_box.name, video.video_box.to_name, video.video_box.labels) == \
-        ("box", "video", ("Sounding",))
+        ("box", "video", (BOX_LABEL,))
     assert video.timeline.name == "sounding" and video.framerate == 25.0 and not video.brush
     key = parse(KEYFRAME_CONFIG)
     assert key.brush.data_key == "image" and key.audio_key == "video" and not key.video_box
@@ -200,9 +198,13 @@ def test_keyframes_and_label_studio_frame_numbers():
     kept = [f for f, _ in P.keyframes(jump, 0.5)]
     assert 6 in kept and kept[0] == 1 and kept[-1] == 10
     assert P.keyframes(line, 0) == line
-    # A 10 fps file in a project whose <Video framerate="25">: frame 3 (t = 0.3 s) is shown
-    # as Label Studio frame 8.
-    assert P.ls_frame(0.3, 25.0) == 8 and P.ls_frame(0.0, 25.0) == 1
+    # A 10 fps file in a project whose <Video framerate="25">: Label Studio seeks frame f to
+    # (f - 1) / 25 + 0.002 s, so frame 3 (t = 0.3 s) is first on screen at Label Studio frame
+    # 9 (0.322 s; frame 8 is 0.282 s), and frames 1-3 show file frame 0.
+    assert P.ls_frame(0.3, 25.0) == 9 and P.ls_frame(0.0, 25.0) == 1
+    times = [i / 10 for i in range(10)]
+    assert P.shown_frames(times, 25.0, 25)[:10] == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    assert P.ls_frame_count(1.0, 25.0) == 25
 
 
 # --------------------------------------------------------------------------- protocol
@@ -404,7 +406,9 @@ def test_keyframe_image_task_gets_a_brush_mask(ls, tmp_path, model, media, engin
     want = np.asarray(Image.fromarray(ref.mask).resize((256, 192), Image.NEAREST))
     got = brush.decode(r["result"][0]["value"]["rle"], 192, 256) if r["result"] else \
         np.zeros((192, 256), bool)
-    assert np.array_equal(got, want) and r["score"] == round(ref.sounding_prob, 4)
+    assert np.array_equal(got, want) and r["score"] == round(
+        ref.sounding_prob * ref.predicted_iou if ref.sounding_prob >= 0.5 else
+        1 - ref.sounding_prob, 4)  # the model's confidence (predictions.frame_confidence)
     [r] = b.predict(predict_body([{"id": 778, "data": {"image": image_url}}],
                                  config=KEYFRAME_CONFIG))["results"]
     assert "needs 'video'" in r["error"]
@@ -429,7 +433,7 @@ def test_end_to_end_with_label_studio(ls, media, tmp_path, model, engine):
     [silent] = ls.upload(p["id"], media["no_audio"])
     human = [{"id": "human1", "from_name": "sounding", "to_name": "video",
               "type": "timelinelabels", "origin": "manual",
-              "value": {"ranges": [{"start": 2, "end": 9}], "timelinelabels": ["Sounding"]}}]
+              "value": {"ranges": [{"start": 2, "end": 9}], "timelinelabels": [RANGE_LABEL]}}]
     ann = ls.api("POST", f"/api/tasks/{tid}/annotations/", json={"result": human})
     from auralsam2_core.build import build_auralsam2
 

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 from auralsam2_core.synthetic import (
+    COLOUR_NAMES,
     SHAPES,
     SIGNATURE_HZ,
     _centres,
     _shape_masks,
     make_clip,
     make_dataset,
+    referring_expression,
     silence,
     swap_audio,
     write_clip,
@@ -336,3 +338,63 @@ def test_make_dataset(tmp_path):
     meta = json.loads((tmp_path / "ds" / "gt" / "clip_00001" / "meta.json").read_text())
     assert meta["seed"] == 3_000_001 and meta["size"] == [32, 32]
     assert len(list((tmp_path / "ds" / "gt" / "clip_00001").glob("*.png"))) == 5
+
+
+# --------------------------------------------------------------------------- Ref-AVS clips
+
+
+def test_named_colours_are_distinct_and_drawn_in_their_colour():
+    seen = set()
+    for seed in range(10):
+        clip = make_clip(seed, **SMALL, colours="named")
+        names = clip.colour_names
+        assert len(names) == len(clip.shapes) == len(set(names))
+        for k, name in enumerate(names):
+            rgb = clip.scene.colours[k].astype(int)
+            assert np.abs(rgb - np.array(COLOUR_NAMES[name])).max() <= 12
+            # the visible pixels of the object carry exactly that colour
+            ys, xs = np.nonzero(clip.object_masks[k, 0])
+            if ys.size:
+                assert (clip.frames[0, ys, xs] == clip.scene.colours[k]).all()
+            seen.add(name)
+    assert len(seen) >= 5
+    assert make_clip(3, **SMALL).colour_names is None
+    assert "colour_names" not in clip_meta_of(make_clip(3, **SMALL))
+    assert clip_meta_of(make_clip(3, **SMALL, colours="named"))["colour_names"]
+    with pytest.raises(ValueError, match="colours"):
+        make_clip(3, **SMALL, colours="pastel")
+
+
+def clip_meta_of(clip):
+    from auralsam2_core.synthetic import clip_meta
+
+    return clip_meta(clip)
+
+
+def test_all_schedule_sounds_every_object_every_frame():
+    clip = make_clip(5, **SMALL, schedule="all", num_objects=2)
+    assert clip.sounding.all()
+    # both signatures are in the mix
+    spec = np.abs(np.fft.rfft(clip.audio.mean(axis=0) * np.hanning(clip.audio.shape[1])))
+    freqs = np.fft.rfftfreq(clip.audio.shape[1], 1 / clip.sample_rate)
+    for k in range(2):
+        band = np.abs(freqs - clip.scene.pitch[k]) < 20
+        assert spec[band].max() > 0.1 * spec.max()
+    np.testing.assert_array_equal(clip.frames, make_clip(5, **SMALL, schedule="one",
+                                                         num_objects=2).frames)
+
+
+def test_referring_expressions_name_the_shape_and_colour_in_demo_words():
+    from auralsam2_core.text_encoder import DEMO_WORDS
+
+    rng = np.random.default_rng(0)
+    for shape in SHAPES:
+        for colour in (None, *COLOUR_NAMES):
+            for _ in range(5):
+                e = referring_expression(shape, colour, rng)
+                words = e.split()
+                assert set(words) <= set(DEMO_WORDS), e
+                assert shape in words or (shape == "disc" and "circle" in words), e
+                assert (colour in words) if colour else not set(words) & set(COLOUR_NAMES)
+    with pytest.raises(ValueError, match="shape"):
+        referring_expression("hexagon", None, rng)

@@ -297,7 +297,7 @@ class Backend:
         media = self.task_media(task, cfg)
         if media.image is None:
             doc = self.video_doc(media, deadline)
-            return self.video_results(doc, cfg), P.prediction_score(doc)
+            return self.video_results(doc, cfg), self.score(doc)
         doc = self.cached(media.key) or self.compute(
             media, deadline=deadline, store=False, options=PrelabelOptions(
                 clip_len=self.settings.clip_len, audio_track=self.settings.audio_track,
@@ -306,8 +306,14 @@ class Backend:
             raise TaskError("no time left in this request for this keyframe")
         return self.keyframe_results(doc, media, cfg)
 
+    def score(self, doc: dict) -> float:
+        return P.prediction_score(doc, self.settings.threshold)
+
     def video_results(self, doc: dict, cfg: ProjectConfig) -> list[dict]:
         s = self.settings
+        warning = P.framerate_warning(doc["video"], cfg.framerate)
+        if warning:
+            _log.warning("%s", warning)
         try:
             return P.video_results(doc, cfg.video_box, cfg.timeline, framerate=cfg.framerate,
                                    label=s.label, threshold=s.threshold,
@@ -329,9 +335,9 @@ class Backend:
             size = im.size
         if (mask.shape[1], mask.shape[0]) != size:
             mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-        result = P.brush_results(mask, frame["sounding_prob"], cfg.brush,
-                                 label=self.settings.label, threshold=self.settings.threshold)
-        return result, round(float(frame["sounding_prob"]), 4)
+        result = P.brush_results(mask, frame, cfg.brush, label=self.settings.label,
+                                 threshold=self.settings.threshold)
+        return result, round(P.frame_confidence(frame, self.settings.threshold), 4)
 
     # ------------------------------------------------------------------ refinement
 
@@ -357,7 +363,7 @@ class Backend:
             return self.keyframe_results(part, media, cfg)
         base = self.cached(media.key)
         doc = _merge(base, part) if base else part
-        return self.video_results(doc, cfg), P.prediction_score(doc)
+        return self.video_results(doc, cfg), self.score(doc)
 
     # ------------------------------------------------------------------ background
 
@@ -431,7 +437,9 @@ def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
             if not seq:
                 continue
             s = max(seq, key=lambda s: s["frame"])
-            frame = round((s["frame"] - 1) / cfg.framerate * (info.fps or cfg.framerate))
+            # The file frame on screen at that Label Studio frame (see predictions.py).
+            seek = (s["frame"] - 1) / cfg.framerate + P.LS_SEEK_OFFSET
+            frame = int(seek * (info.fps or cfg.framerate) + 1e-6)
             box = box_of(s, "the box")
         elif kind in ("rectanglelabels", "rectangle"):
             box = box_of(v, "the rectangle")

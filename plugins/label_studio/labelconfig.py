@@ -2,14 +2,23 @@
 
 The backend fills, when present, a ``VideoRectangle`` (the sounding object's box track), a
 ``TimelineLabels`` (when it sounds) on a ``Video``, and a ``BrushLabels`` on an ``Image``
-(keyframe masks). Task-data keys come from the object tags' ``value="$key"``.
+(keyframe masks). Task-data keys come from the object tags' ``value``: its first ``$key``
+(Label Studio fills in every ``$key`` of a value, e.g. ``$video#t=$time``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+
+_DATA_KEY = re.compile(r"\$(\w+)")
+
+
+def _data_key(value: str) -> str | None:
+    m = _DATA_KEY.match(value)
+    return m.group(1) if m else None
 
 
 class LabelConfigError(ValueError):
@@ -63,8 +72,9 @@ def parse(label_config: str) -> ProjectConfig:
     for el in root.iter():
         name, value = el.get("name"), el.get("value", "")
         tag = el.tag.lower()
-        if tag in ("video", "image") and name and value.startswith("$"):
-            objects[name] = (tag, value[1:])
+        key = _data_key(value)
+        if tag in ("video", "image") and name and key:
+            objects[name] = (tag, key)
         if tag == "video":
             raw = el.get("framerate") or el.get("frameRate")
             try:
@@ -73,8 +83,8 @@ def parse(label_config: str) -> ProjectConfig:
                 framerate = math.nan
             if not (math.isfinite(framerate) and framerate > 0):
                 raise LabelConfigError(f"<Video framerate={raw!r}> is not a positive number")
-        if tag == "audio" and value.startswith("$"):
-            audio_key = value[1:]
+        if tag == "audio" and key:
+            audio_key = key
     box_labels: dict[str, tuple[str, ...]] = {}  # a <Labels toName=video> names the boxes
     for el in root.iter():
         if el.tag.lower() == "labels" and el.get("toName"):

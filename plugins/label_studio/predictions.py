@@ -1,16 +1,25 @@
 """The engine's results -> Label Studio prediction results (and back, for training).
 
-Video tasks get a ``VideoRectangle`` track (one box per keyframe, from the mask's extent,
-1-based frames, percent of the displayed frame; ``enabled: false`` on the last frame of each
-sounding stretch, where Label Studio stops showing the box) and ``TimelineLabels`` ranges
-(1-based, inclusive frames) for the sounding stretches. Between keyframes Label Studio
-interpolates linearly; a frame becomes a keyframe when interpolation would miss its box by
-more than ``tolerance`` percent. Keyframe images get a ``BrushLabels`` mask.
+Video tasks get a ``VideoRectangle`` track and ``TimelineLabels`` ranges for the sounding
+stretches, both placed **by timestamp** on Label Studio's frames (numbered with the config's
+``<Video framerate>``, whatever the file's rate): Label Studio frame ``f`` shows the video at
+``(f - 1) / framerate`` seconds (its frame seek, see :func:`shown_frames`), so each Label Studio
+frame gets the box of the file frame on screen there. Between keyframes Label Studio
+interpolates linearly (and holds the last keyframe's box after it); a Label Studio frame
+becomes a keyframe when interpolation would miss its box by more than ``tolerance`` percent,
+and ``enabled: false`` on the last frame of each stretch hides the box after it. Keyframe
+images get a ``BrushLabels`` mask.
+
+Scores are the model's own confidence (see :func:`frame_confidence`); the review priority
+(what to look at first) is a separate number, in each region's meta text and
+:func:`review_priority`.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import math
 
 import numpy as np
 
@@ -21,6 +30,9 @@ from .labelconfig import Control
 
 Box = tuple[float, float, float, float]  # x, y, width, height in percent
 MAX_KEYFRAME_GAP = 120  # frames: bounds the cost of choosing keyframes
+# Label Studio 1.23 seeks frame f to (f - 1) / framerate + 0.002 s (Video goToFrame with the
+# frame-seek-precision flag, on by default) and numbers round(duration * framerate) frames.
+LS_SEEK_OFFSET = 0.002
 
 
 def mask_box(mask: np.ndarray) -> Box | None:
@@ -63,19 +75,83 @@ def _region_id(*parts: object) -> str:
     return hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:10]
 
 
-def prediction_score(doc: dict) -> float:
-    """One number per task for Label Studio's ordering: 1 - mean review priority (low =
-    look first)."""
+# --------------------------------------------------------------------------- scores
+
+
+def frame_confidence(frame: dict, threshold: float = 0.5) -> float:
+    """How sure the model is of its pre-label on one frame: on a frame it calls sounding,
+    ``sounding_prob × predicted_iou`` (that the object sounds, times SAM2's own estimate of
+    the mask's IoU); on a frame it calls silent, ``1 − sounding_prob``."""
+    p = float(frame["sounding_prob"])
+    return p * float(frame["predicted_iou"]) if p >= threshold else 1.0 - p
+
+
+def region_confidence(frames: list[dict]) -> float:
+    """A region's score: the mean ``sounding_prob × predicted_iou`` of its frames."""
+    if not frames:
+        return 0.0
+    return round(float(np.mean([f["sounding_prob"] * f["predicted_iou"] for f in frames])), 4)
+
+
+def prediction_score(doc: dict, threshold: float = 0.5) -> float:
+    """The task's prediction score: the mean :func:`frame_confidence` of its frames."""
     frames = doc["frames"]
     if not frames:
         return 0.0
-    return round(1.0 - float(np.mean([f["review_priority"] for f in frames])), 4)
+    return round(float(np.mean([frame_confidence(f, threshold) for f in frames])), 4)
+
+
+def review_priority(frames: list[dict]) -> float:
+    """What to look at first (0-1, higher first): the frames' mean ``review_priority``."""
+    if not frames:
+        return 0.0
+    return round(float(np.mean([f["review_priority"] for f in frames])), 4)
+
+
+def _meta(text: str) -> dict:
+    return {"text": [text]}  # a region's meta text, shown in Label Studio's region details
+
+
+def _region_note(kind: str, frames: list[dict], warning: str | None) -> str:
+    p = np.mean([f["sounding_prob"] for f in frames])
+    iou = np.mean([f["predicted_iou"] for f in frames])
+    note = (f"AuralSAM2 {kind}: confidence {region_confidence(frames):.2f} = mean over "
+            f"{len(frames)} frame(s) of sounding probability ({p:.2f}) × predicted mask IoU "
+            f"({iou:.2f}); review priority {review_priority(frames):.2f} (higher: look first).")
+    return f"{warning}\n{note}" if warning else note
+
+
+# --------------------------------------------------------------------------- frames
+
+
+def ls_frame_count(duration: float, framerate: float) -> int:
+    """How many frames Label Studio numbers for a video: round(duration × framerate)."""
+    return max(1, int(round(duration * framerate)))
 
 
 def ls_frame(time: float, framerate: float) -> int:
-    """Label Studio's 1-based frame number of a frame shown at ``time`` seconds (Label Studio
-    numbers frames with the ``<Video framerate>`` of the config, whatever the file's rate)."""
-    return int(time * framerate + 1e-6) + 1  # the frame whose interval holds ``time``
+    """The first Label Studio frame (1-based) that shows the video at or after ``time``."""
+    return max(1, math.ceil((time - LS_SEEK_OFFSET) * framerate - 1e-9) + 1)
+
+
+def shown_frames(times: list[float], framerate: float, count: int) -> list[int]:
+    """For each Label Studio frame 1..count, the position in ``times`` (sorted frame times of
+    the results) of the frame on screen there: the last one that starts at or before the
+    frame's seek time ``(f - 1) / framerate + 0.002`` (the first frame before it starts)."""
+    return [max(0, bisect.bisect_right(times, (f - 1) / framerate + LS_SEEK_OFFSET + 1e-9) - 1)
+            for f in range(1, count + 1)]
+
+
+def framerate_warning(video: dict, framerate: float) -> str | None:
+    """A clear sentence when the config's ``<Video framerate>`` is not the video's rate."""
+    fps = video.get("fps")
+    if not fps or abs(fps - framerate) <= 0.01 * fps:
+        return None
+    return (f"Frame rate mismatch: the labelling config says <Video framerate=\"{framerate:g}\"> "
+            f"but this video is {fps:g} fps, so Label Studio numbers its frames at "
+            f"{framerate:g} per second (frame numbers are not the file's). The "
+            "pre-labels are placed by timestamp and are right at every frame; set "
+            f"framerate=\"{fps:g}\" in the labelling config to step through the file's frames.")
 
 
 def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
@@ -87,29 +163,36 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
     fps = video.get("fps") or framerate
     n = video.get("num_frames") or (frames[-1]["index"] + 1 if frames else 0)
     duration = video.get("duration") or (n / fps if fps else 0.0)
-    by_index = {f["index"]: f for f in frames}
-    n_ls = max(1, int(round(duration * framerate)))
+    n_ls = ls_frame_count(duration, framerate)
+    warning = framerate_warning(video, framerate)
+    pos = {f["index"]: k for k, f in enumerate(frames)}
+    shown = shown_frames([f["time"] for f in frames], framerate, n_ls) if frames else []
+    stretches = []  # (first, last) positions in ``frames``, Label Studio frames showing them
+    for iv in doc["intervals"]:
+        a, b = pos[iv["start_frame"]], pos[iv["end_frame"]]
+        ls = [f for f, k in enumerate(shown, 1) if a <= k <= b]
+        stretches.append((a, b, ls or [min(n_ls, ls_frame(frames[a]["time"], framerate))]))
     out: list[dict] = []
-    stretches = [(iv["start_frame"], iv["end_frame"], iv.get("mean_prob", 1.0))
-                 for iv in doc["intervals"]]
     if box is not None:
-        sequence = []
-        for start, end, _ in stretches:
-            boxes = []
-            for i in range(start, end + 1):
-                f = by_index.get(i)
-                if f is None or f["sounding_prob"] < threshold:
-                    continue
-                b = mask_box(rle.decode(f["mask"]))
-                if b is not None:
-                    boxes.append((i, b))
-            # Several file frames can fall on one Label Studio frame: keep the first.
-            mapped: dict[int, Box] = {}
-            for i, b in boxes:
-                mapped.setdefault(ls_frame(by_index[i]["time"], framerate), b)
-            kept = keyframes(list(mapped.items()), tolerance)
-            sequence += [_seq_item(f, b, framerate, enabled=k < len(kept) - 1)
-                         for k, (f, b) in enumerate(kept)]  # the stretch ends: disabled
+        boxes: dict[int, Box | None] = {}
+
+        def box_of(k: int) -> Box | None:
+            if k not in boxes:
+                f = frames[k]
+                boxes[k] = mask_box(rle.decode(f["mask"])) \
+                    if f["sounding_prob"] >= threshold else None
+            return boxes[k]
+
+        sequence, used = [], []
+        for a, b, ls in stretches:
+            track = [(f, box_of(k if a <= (k := shown[f - 1]) <= b else a)) for f in ls]
+            track = [(f, bx) for f, bx in track if bx is not None]
+            used += [frames[k] for k in range(a, b + 1) if box_of(k) is not None]
+            kept = keyframes(track, tolerance)
+            if sequence and kept and kept[0][0] <= sequence[-1]["frame"]:
+                kept = kept[1:]  # never two keyframes on one Label Studio frame
+            sequence += [_seq_item(f, bx, framerate, enabled=k < len(kept) - 1)
+                         for k, (f, bx) in enumerate(kept)]  # the stretch ends: disabled
         if sequence:
             value = {"sequence": sequence, "framesCount": n_ls, "duration": round(duration, 6)}
             lab = box.label(label)
@@ -118,18 +201,20 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
             out.append({"id": _region_id("box", video.get("name"), len(sequence)),
                         "from_name": box.name, "to_name": box.to_name,
                         "type": "videorectangle", "origin": "prediction", "value": value,
-                        "score": prediction_score(doc)})
+                        "score": region_confidence(used),
+                        "meta": _meta(_region_note("box track", used, warning))})
     if timeline is not None:
         lab = timeline.label(label)
-        for start, end, prob in stretches:
-            out.append({"id": _region_id("sounding", video.get("name"), start, end),
+        for a, b, ls in stretches:
+            part = frames[a:b + 1]
+            out.append({"id": _region_id("sounding", video.get("name"), frames[a]["index"],
+                                         frames[b]["index"]),
                         "from_name": timeline.name, "to_name": timeline.to_name,
                         "type": "timelinelabels", "origin": "prediction",
-                        "value": {"ranges": [{
-                            "start": ls_frame(by_index[start]["time"], framerate),
-                            "end": ls_frame(by_index[end]["time"], framerate)}],
+                        "value": {"ranges": [{"start": ls[0], "end": ls[-1]}],
                                   "timelinelabels": [lab] if lab else []},
-                        "score": round(float(prob), 4)})
+                        "score": region_confidence(part),
+                        "meta": _meta(_region_note("sounding stretch", part, warning))})
     return out
 
 
@@ -140,10 +225,10 @@ def _seq_item(frame: int, b: Box, framerate: float, enabled: bool) -> dict:
             "enabled": enabled, "time": round(frame / framerate, 6)}
 
 
-def brush_results(mask: np.ndarray, sounding_prob: float, control: Control, *,
+def brush_results(mask: np.ndarray, frame: dict, control: Control, *,
                   label: str | None, threshold: float = 0.5) -> list[dict]:
     """A keyframe image's mask as one ``BrushLabels`` region (none when not sounding)."""
-    if sounding_prob < threshold or not mask.any():
+    if frame["sounding_prob"] < threshold or not mask.any():
         return []
     h, w = mask.shape
     lab = control.label(label)
@@ -152,4 +237,5 @@ def brush_results(mask: np.ndarray, sounding_prob: float, control: Control, *,
              "original_width": w, "original_height": h, "image_rotation": 0,
              "value": {"format": "rle", "rle": brush.encode(mask),
                        "brushlabels": [lab] if lab else []},
-             "score": round(float(sounding_prob), 4)}]
+             "score": region_confidence([frame]),
+             "meta": _meta(_region_note("mask", [frame], None))}]

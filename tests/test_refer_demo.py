@@ -1,0 +1,238 @@
+"""The Ref-AVS demo's parts: the tiny word-level text encoder, the referring clips and their
+ground truth, starting a Ref-AVS fuser from an AVS one, batched training forward with text,
+the demo protocol's scoring, and the recipe script (shortened)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from auralsam2_core.checkpoint import read_state_dict
+from auralsam2_core.datasets import ReferringClipDataset, collate, referred_target
+from auralsam2_core.refer_demo import REFER_PASS_MARKS, refer_clips, score_refer
+from auralsam2_core.synthetic import COLOUR_NAMES, SHAPES
+from auralsam2_core.text_encoder import (
+    DEMO_WORDS,
+    MAX_TOKENS,
+    TextEncoder,
+    save_text_encoder,
+    tiny_word_text_encoder,
+)
+from auralsam2_core.train import (
+    DEMO_FUSER_CONFIG,
+    ModelSpec,
+    TrainConfig,
+    build_model,
+    forward_batch,
+    init_refavs_fuser_from_avs,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+AVS_BUNDLE = ROOT / "auralsam2_core" / "data" / "demo_model"
+
+
+# ----------------------------------------------------------------------------- text encoder
+
+
+def test_word_encoder_tokens_and_states():
+    enc = tiny_word_text_encoder()
+    ids = enc.tokenize(["The RED disc.", "a purple hexagon!"])["input_ids"]
+    vocab = enc.tokenizer.get_vocab()
+    assert ids.shape == (2, MAX_TOKENS)
+    assert ids[0, :5].tolist() == [0, vocab["the"], vocab["red"], vocab["disc"], 2]
+    assert ids[1, :5].tolist() == [0, vocab["a"], vocab["purple"], vocab["<unk>"], 2]
+    assert (ids[:, 5:] == 1).all()  # <pad>
+    assert set(DEMO_WORDS) <= set(vocab)
+    states = enc(["the red disc", "the blue disc"])
+    assert states.shape == (2, MAX_TOKENS, 768)
+    assert not torch.allclose(states[0, 2], states[1, 2])  # "red" vs "blue"
+    torch.testing.assert_close(states[0, 3], states[1, 3])  # "disc" at the same position
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert enc.model.config.num_hidden_layers == 0
+    # the same seed gives the same encoder, another seed another one
+    torch.testing.assert_close(tiny_word_text_encoder()("a square"), enc("a square"))
+    assert not torch.allclose(tiny_word_text_encoder(seed=1)("a square"), enc("a square"))
+
+
+def test_word_encoder_saves_and_loads_offline(tmp_path):
+    enc = tiny_word_text_encoder()
+    files = {p.name for p in save_text_encoder(enc, tmp_path / "te")}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+    back = TextEncoder.from_pretrained(tmp_path / "te")
+    e = ["the sounding green triangle", "a circle"]
+    assert torch.equal(back.tokenize(e)["input_ids"], enc.tokenize(e)["input_ids"])
+    torch.testing.assert_close(back(e), enc(e))
+
+
+# ----------------------------------------------------------------------------- clips
+
+
+def test_referring_dataset_targets_follow_the_named_shape_and_its_sound():
+    data = ReferringClipDataset(40, image_size=64, render_size=64)
+    kinds = set()
+    for i in range(len(data)):
+        clip, obj, expression = data.item(i)
+        words = expression.split()
+        target = referred_target(clip, obj)
+        if obj is None:  # null: names a shape the clip does not show; nothing to segment
+            named = next(s for s in SHAPES if s in words or (s == "disc" and "circle" in words))
+            assert named not in clip.shapes and not target.any()
+            kinds.add("null")
+            continue
+        shape = clip.shapes[obj]
+        assert shape in words or (shape == "disc" and "circle" in words)
+        colour = next((c for c in COLOUR_NAMES if c in words), None)
+        assert colour in (None, clip.colour_names[obj])
+        for t in range(clip.num_frames):
+            expected = clip.object_masks[obj, t] if clip.sounding[obj, t] else False
+            np.testing.assert_array_equal(target[t], expected)
+        silent_named = ~clip.sounding[obj] & clip.sounding.any(axis=0)
+        kinds.add("silent named" if silent_named.any() else "sounding")
+    assert kinds == {"null", "silent named", "sounding"}
+    s = data[0]
+    assert s.frames.shape == (10, 3, 64, 64) and s.log_mel.shape == (10, 2, 96, 64)
+    assert s.expression == data.item(0)[2]
+    assert collate([data[0], data[1]])["expressions"] == [data.item(0)[2], data.item(1)[2]]
+
+
+def test_demo_protocol_queries():
+    videos = refer_clips(2, size=64)
+    assert [v.name for v in videos] == ["clip00_both", "clip00_one", "clip01_both",
+                                        "clip01_one"]
+    both, one = videos[0], videos[1]
+    np.testing.assert_array_equal(both.clip.frames, one.clip.frames)
+    assert both.clip.sounding.all() and (one.clip.sounding.sum(axis=0) == 1).all()
+    assert [q.kind for q in both.queries] == ["referred", "other", "null"]
+    assert [q.kind for q in one.queries] == ["silent", "alone", "null"]
+    ref, other, null = both.queries
+    np.testing.assert_array_equal(ref.target, both.clip.object_masks[0])
+    np.testing.assert_array_equal(other.target, both.clip.object_masks[1])
+    assert not null.target.any() and not one.queries[0].target.any()
+    assert one.queries[1].target.any()
+
+
+def test_scoring_of_perfect_empty_and_full_predictions():
+    videos = refer_clips(2, size=32)
+    preds = {(v.name, k): q.target.copy() for v in videos for k, q in enumerate(v.queries)}
+    probs = {(v.name, k): [0.9 if q.target[t].any() else 0.1 for t in range(len(q.target))]
+             for v in videos for k, q in enumerate(v.queries)}
+    s = score_refer(preds, probs, videos)
+    assert s["j_referred"] == s["j_other_query"] == s["j_sounding_alone"] == 1.0
+    assert s["null_s"] == 0.0 and s["silent_low_confidence_fraction"] == 1.0
+    assert all(s["passed"].values()) and set(s["passed"]) == set(REFER_PASS_MARKS)
+    # the null queries fully segmented: S = 1 (a ceiling mark, so it fails)
+    for v in videos:
+        preds[(v.name, 2)] = np.ones_like(v.queries[2].target)
+    # the "other" query answered with the referred mask: the mask did not move
+    for v in videos[::2]:
+        preds[(v.name, 1)] = v.queries[0].target.copy()
+    s = score_refer(preds, probs, videos)
+    assert s["null_s"] == 1.0 and not s["passed"]["null_s"]
+    assert s["j_other_query"] < 0.5 and not s["passed"]["j_other_query"]
+    assert s["passed"]["j_referred"]
+    assert len(s["per_query"]) == 12
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_refavs_fuser_starts_from_the_avs_fuser():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(variant="refavs", text_encoder="demo-words",
+                                  fuser_init=str(AVS_BUNDLE / "fuser.safetensors")))
+    avs = read_state_dict(AVS_BUNDLE / "fuser.safetensors")
+    own = model.fuser.state_dict()
+    shared = [k for k in own if not k.startswith(("text_proj.", "train_proj_"))]
+    assert shared and all(torch.equal(own[k], avs[k]) for k in shared)
+    assert "text_proj.0.weight" in own and "text_proj.0.weight" not in avs
+    assert model.variant == "refavs" and model.meta["text_encoder"] == "demo-words"
+    other = dict(DEMO_FUSER_CONFIG, f_depths=[1, 1, 2])
+    from auralsam2_core.build import build_fuser
+
+    with pytest.raises(ValueError, match="not an AVS fuser of this configuration"):
+        init_refavs_fuser_from_avs(build_fuser(None, other, variant="refavs"),
+                                   AVS_BUNDLE / "fuser.safetensors")
+    with pytest.raises(ValueError, match="for variant 'refavs'"):
+        build_model(ModelSpec(fuser_init=str(AVS_BUNDLE / "fuser.safetensors")))
+
+
+def test_forward_batch_with_text_equals_forward_clip():
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(variant="refavs", text_encoder="demo-words",
+                                  sam2_checkpoint=str(AVS_BUNDLE / "sam2.safetensors"),
+                                  fuser_init=str(AVS_BUNDLE / "fuser.safetensors"))).eval()
+    data = ReferringClipDataset(3, image_size=96)
+    batch = collate([data[i] for i in range(3)])
+    with torch.no_grad():
+        texts = model.encode_text(batch["expressions"])
+        outs = forward_batch(model, batch["frames"], batch["log_mel"], texts)
+        for i, o in enumerate(outs):
+            ref = model.forward_clip(batch["frames"][i], batch["log_mel"][i],
+                                     text=batch["expressions"][i])
+            for name in ("raw_multimask_logits", "multimask_logits", "ious",
+                         "object_score_logits"):
+                torch.testing.assert_close(getattr(o, name), getattr(ref, name),
+                                           atol=1e-4, rtol=1e-4)
+        with pytest.raises(ValueError, match="texts"):
+            forward_batch(model, batch["frames"], batch["log_mel"])
+
+
+def _refer_cfg(out: Path, **kw) -> TrainConfig:
+    from auralsam2_core.losses import LossWeights
+
+    base = {"steps": 2, "batch_size": 2, "lr": 5e-4, "warmup_steps": 1, "seed": 3,
+            "checkpoint_every": 1, "progress": False, "device": "cpu",
+            "loss_weights": LossWeights(iou_loss="bce")}
+    return TrainConfig(out=str(out), **{**base, **kw})
+
+
+def test_refavs_training_is_reproducible_and_resumable(tmp_path):
+    spec = ModelSpec(variant="refavs", text_encoder="demo-words",
+                     sam2_checkpoint=str(AVS_BUNDLE / "sam2.safetensors"),
+                     fuser_init=str(AVS_BUNDLE / "fuser.safetensors"))
+    data = ReferringClipDataset(4, image_size=96)
+    train(_refer_cfg(tmp_path / "a"), data, spec)
+    train(_refer_cfg(tmp_path / "b"), data, spec, stop_after=1)
+    train(_refer_cfg(tmp_path / "b", resume=True), data, spec)
+    a = read_state_dict(tmp_path / "a" / "fuser.pth")
+    b = read_state_dict(tmp_path / "b" / "fuser.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = read_state_dict(AVS_BUNDLE / "fuser.safetensors")
+    assert not torch.equal(a["a_blocks.0.0.attn.q.weight"], start["a_blocks.0.0.attn.q.weight"])
+    assert not (tmp_path / "a" / "sam2.pt").exists()  # SAM2 frozen: not written
+    info = json.loads((tmp_path / "a" / "train.json").read_text())
+    assert info["model"]["variant"] == "refavs"
+    assert info["dataset"]["kind"] == "synthetic-referring"
+
+
+@pytest.mark.slow
+def test_refer_recipe_script_writes_a_verified_bundle(tmp_path):
+    """scripts/train_refer_demo_model.sh (README's recipe), shortened to 2 steps: the bundle
+    loads through build_refer_demo_model (sha256 of every file) and records the recipe."""
+    from auralsam2_core.build import build_refer_demo_model
+    from auralsam2_core.weights import sha256_file
+
+    env = {**os.environ, "AURALSAM2_REFER_STEPS": "2", "AURALSAM2_REFER_EVAL_EVERY": "0"}
+    subprocess.run(["bash", str(ROOT / "scripts" / "train_refer_demo_model.sh"),
+                    str(tmp_path)], cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=900)
+    bundle = tmp_path / "bundle"
+    info = json.loads((bundle / "model.json").read_text())
+    assert info["variant"] == "refavs" and info["training"]["steps"] == 2
+    assert "--variant refavs --text-encoder demo-words" in info["training"]["command"]
+    assert info["training"]["started_from"]["name"] == "auralsam2-demo-tiny"
+    assert {"text_encoder/model.safetensors", "text_encoder/tokenizer.json",
+            "fuser.safetensors", "sam2.safetensors"} <= set(info["files"])
+    for name, rec in info["files"].items():
+        assert sha256_file(bundle / name) == rec["sha256"]
+    assert set(info["measured"]) >= {"j_referred", "j_other_query", "null_s",
+                                     "silent_low_confidence_fraction", "per_query"}
+    model = build_refer_demo_model(device="cpu", root=bundle)
+    assert model.variant == "refavs" and model.meta["sam2_config"].startswith("bundled:")
