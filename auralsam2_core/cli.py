@@ -284,8 +284,10 @@ def cmd_train(args) -> int:
                   f"{r['j_swapped_audio']:.3f}, silent < 0.5 on "
                   f"{r['silent_low_confidence_fraction']:.1%} of frames", file=sys.stderr)
             return r
+    if args.stop_after is not None and args.bundle:
+        raise ValueError("--stop-after ends a stage early: bundle the run's last stage")
     result = train(cfg, dataset, spec, shuffle=shuffle, command=command_line(),
-                   evaluate=evaluate, eval_every=args.eval_every)
+                   evaluate=evaluate, eval_every=args.eval_every, stop_after=args.stop_after)
     print(json.dumps({"out": str(result.out), "fuser": str(result.fuser),
                       "sam2": str(result.sam2) if result.sam2 else None,
                       "steps": result.steps, "seconds": round(result.seconds, 1),
@@ -471,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=int, default=100)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    t.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop after step N of the --steps schedule (checkpoint and fuser.pth "
+                        "written): a first stage whose fuser the next stage starts from")
     t.add_argument("--eval-every", type=int, default=0,
                    help="synthetic: held-out audio checks every N steps (logged)")
     t.add_argument("--eval-clips", type=int, default=6)

@@ -478,6 +478,8 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
                 _save_checkpoint(ckpt_dir, model, opt, sched, done, cfg,
                                  elapsed_before + time.perf_counter() - t0)
             if stop_after is not None and done >= stop_after and done < cfg.steps:
+                # A stage of a longer schedule: its fuser is the next stage's start.
+                save_state_dict(model.fuser.state_dict(), out / "fuser.pth")
                 return TrainResult(out, out / "fuser.pth", None, done,
                                    elapsed_before + time.perf_counter() - t0, last)
     finally:
