@@ -41,10 +41,7 @@ from auralsam2_core.results import (
     sounding_intervals,
 )
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import media_factory as mf
-except ImportError:
-    import media_factory as mf
+from helpers import media_factory as mf
 
 pytestmark = pytest.mark.skipif(mf.FFMPEG is None, reason="needs the ffmpeg command")
 

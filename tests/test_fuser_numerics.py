@@ -1,4 +1,4 @@
-"""AuralFuser vs an independent oracle of the authors' numerics (tests/numerics_oracle.py),
+"""AuralFuser vs an independent oracle of the authors' numerics (tests/helpers/numerics_oracle.py),
 plus the properties that a "clean" reimplementation would get wrong.
 
 Small sizes on CPU: the real widths (C=256, ci=128, VGGish) but depths [1, 2, 1], a token
@@ -16,10 +16,7 @@ import torch
 
 from auralsam2_core.fuser import OFFICIAL_AVS_CONFIG, AuralFuser, audio_position_vector
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import numerics_oracle as oracle
-except ImportError:
-    import numerics_oracle as oracle
+from helpers import numerics_oracle as oracle
 
 CFG = {
     "patch_cfgs": [[4, 4], [2, 2], [1, 1]],

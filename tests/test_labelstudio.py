@@ -22,12 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import label_studio_server as lss
-    from . import service_env as se
-except ImportError:
-    import label_studio_server as lss
-    import service_env as se
+from helpers import label_studio_server as lss
+from helpers import service_env as se
 
 pytestmark = pytest.mark.skipif(not lss.available(), reason="needs .venv-labelstudio "
                                 "(scripts/setup.d/40-labelstudio.sh) and ffmpeg")

@@ -1,5 +1,5 @@
 """Ref-AVS AuralFuser (variant="refavs") vs an independent oracle of the authors' numerics
-(tests/refavs_oracle.py), the released key layout, and the quirks that a clean
+(tests/helpers/refavs_oracle.py), the released key layout, and the quirks that a clean
 reimplementation would get wrong (REF_AVS_SPEC.md, "What to verify").
 
 Small sizes on CPU: the real widths (C=256, ci=128, VGGish, text 768) but depths [1, 2, 1], a
@@ -23,12 +23,8 @@ from auralsam2_core.fuser import (
     audio_position_vector,
 )
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import numerics_oracle as base
-    from . import refavs_oracle as oracle
-except ImportError:
-    import numerics_oracle as base
-    import refavs_oracle as oracle
+from helpers import numerics_oracle as base
+from helpers import refavs_oracle as oracle
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 CFG = {

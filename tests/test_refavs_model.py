@@ -15,10 +15,7 @@ from auralsam2_core.model import AuralSAM2, upsample_logits
 from auralsam2_core.prompting import PromptedTwoWayTransformer
 from auralsam2_core.text_encoder import tiny_random_text_encoder
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from .text_model_factory import make_hf_cache
-except ImportError:
-    from text_model_factory import make_hf_cache
+from helpers.text_model_factory import make_hf_cache
 
 SIZE = 64
 T = 10

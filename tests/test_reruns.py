@@ -35,10 +35,7 @@ from auralsam2_core.engine import PrelabelOptions
 from auralsam2_core.jobs import OutputOptions, prelabel_videos
 from auralsam2_core.results import Hysteresis, ResultsWriter, read_results
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import media_factory as mf
-except ImportError:
-    import media_factory as mf
+from helpers import media_factory as mf
 
 pytestmark = pytest.mark.skipif(mf.FFMPEG is None, reason="needs the ffmpeg command")
 CLI = [sys.executable, "-m", "auralsam2_core.cli"]

@@ -29,10 +29,7 @@ from auralsam2_service.app import create_app  # noqa: E402
 from auralsam2_service.config import ServiceSettings  # noqa: E402
 from auralsam2_service.jobs import Service  # noqa: E402
 
-try:
-    from . import service_env as se
-except ImportError:
-    import service_env as se
+from helpers import service_env as se  # noqa: E402
 
 
 @pytest.fixture(scope="module")

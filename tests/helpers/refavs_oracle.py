@@ -32,10 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import numerics_oracle as base
-except ImportError:
-    import numerics_oracle as base
+from . import numerics_oracle as base
 
 StateDict = base.StateDict
 AUDIO_PROJ_ROWS = 10  # the authors' hard-coded [:10]
