@@ -1,8 +1,8 @@
 """The CVAT adapter (plugins/cvat) against an emulated CVAT that is as strict as CVAT
-(tests/helpers/cvat_emulator.py): the nuclio function run through nuclio_sdk.test.Platform and driven by
-CVAT's own Automatic annotation loop, the whole-task upload of mask shapes, webhooks through
-CVAT's SSRF proxy, the command, the frame mapping, the mask formats, the two function.yaml files
-and deploy.sh.
+(tests/helpers/cvat_emulator.py): the nuclio function run through nuclio_sdk.test.Platform and
+driven by CVAT's own Automatic annotation loop, the whole-task upload of mask shapes, webhooks
+through CVAT's SSRF proxy, the command, the frame mapping, the mask formats, the two
+function.yaml files and deploy.sh.
 
 Each emulated CVAT rule has a test showing the emulator rejecting what CVAT rejects, next to a
 test showing the adapter passing it. The model is the tiny random-weight SAM2 used across the
@@ -81,13 +81,11 @@ OTHER_LABEL = {"id": 80, "name": "car", "type": "any", "attributes": []}
 
 @pytest.fixture(scope="module")
 def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """The instance the handler's cache hands out (so not conftest's ``tiny_model``)."""
     torch.manual_seed(3)  # a random init whose masks are not empty on these clips
     model_env.load_served_model.cache_clear()
     yield model_env.load_served_model(model_env.ServedModel.from_env(MODEL_ENV))
     model_env.load_served_model.cache_clear()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

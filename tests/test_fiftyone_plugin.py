@@ -72,6 +72,7 @@ def fiftyone_setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
+    """The instance the plugin's cache hands out (so not conftest's ``tiny_model``)."""
     torch.manual_seed(0)
     return resolve_model(SPEC, "cpu")  # the operators get this very instance from the cache
 

@@ -34,7 +34,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
-from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
+from auralsam2_core.model_env import ServedModel  # noqa: E402
 from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import brush  # noqa: E402
@@ -71,8 +71,8 @@ def media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_served_model(ServedModel())
+def model(bundled_model):
+    return bundled_model
 
 
 @pytest.fixture(scope="module")

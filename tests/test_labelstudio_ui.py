@@ -1,9 +1,9 @@
 """What an annotator sees of the pre-labels in Label Studio 1.23.2's own editor (issue #17).
 
-A real Label Studio (the session's server, see tests/helpers/label_studio_server.py) holds projects made
-from the shipped templates; the backend pre-labels generated clips with the bundled demo
-model through ``auralsam2 labelstudio prelabel``'s code, and headless Chromium (Debian's
-``chromium`` via playwright, never ``playwright install``) opens the tasks in a 1400 x 900
+A real Label Studio (the session's server, see tests/helpers/label_studio_server.py) holds
+projects made from the shipped templates; the backend pre-labels generated clips with the
+bundled demo model through ``auralsam2 labelstudio prelabel``'s code, and headless Chromium
+(Debian's ``chromium`` via playwright, never ``playwright install``) opens the tasks in a 1400 x 900
 window. Assertions are on the page: the editor's own state (``window.Htx``, the store Label
 Studio's frontend draws from: the box it shows on a frame, the ranges, the scores), the video
 element's time, and the positions of what is drawn. Screenshots go to

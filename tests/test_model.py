@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from auralsam2_core.build import SAM2_CONFIGS, build_auralsam2, build_fuser, build_sam2_model
+from auralsam2_core.build import SAM2_CONFIGS, build_fuser, build_sam2_model
 from auralsam2_core.checkpoint import CheckpointError, save_state_dict
 from auralsam2_core.cli import _fuser_layout_report, main
 from auralsam2_core.fuser import AuralFuser
@@ -25,19 +25,8 @@ def official_fuser() -> AuralFuser:
 
 
 @pytest.fixture(scope="module")
-def model() -> AuralSAM2:
-    torch.manual_seed(0)
-    m = build_auralsam2("sam2_hiera_t", image_size=SIZE, fuser_config=SMALL_FUSER, device="cpu")
-    _randomise_fusion_bn(m.fuser)
-    return m
-
-
-def _randomise_fusion_bn(fuser: AuralFuser) -> None:
-    # The fusion BNs start at zero (no attention residual); trained weights are not zero.
-    g = torch.Generator().manual_seed(1)
-    for fm in fuser.fusion_modules:
-        for bn in (fm.W_z[1], fm.W_z2[1]):
-            bn.weight.data = torch.rand(bn.weight.shape, generator=g) + 0.5
+def model(tiny_fused_model):
+    return tiny_fused_model
 
 
 def _clip(t: int, seed: int = 0):

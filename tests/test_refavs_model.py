@@ -22,21 +22,9 @@ T = 10
 SMALL = {"f_depths": [1, 1, 1]}
 
 
-def _randomise_fusion_bn(fuser) -> None:
-    # The fusion BNs start at zero (no attention residual); trained weights are not zero.
-    g = torch.Generator().manual_seed(1)
-    for fm in fuser.fusion_modules:
-        for bn in (fm.W_z[1], fm.W_z2[1]):
-            bn.weight.data = torch.rand(bn.weight.shape, generator=g) + 0.5
-
-
 @pytest.fixture(scope="module")
-def model() -> AuralSAM2:
-    torch.manual_seed(0)
-    m = build_auralsam2("sam2_hiera_t", image_size=SIZE, fuser_config=SMALL, device="cpu",
-                        variant="refavs", text_encoder=tiny_random_text_encoder(seed=0))
-    _randomise_fusion_bn(m.fuser)
-    return m
+def model(tiny_refavs_model):
+    return tiny_refavs_model
 
 
 def _clip(t: int = T, n_audio: int | None = None, seed: int = 0):

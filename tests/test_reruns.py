@@ -28,7 +28,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from auralsam2_core.build import build_auralsam2
 from auralsam2_core.engine import PrelabelOptions
@@ -42,10 +41,8 @@ CLI = [sys.executable, "-m", "auralsam2_core.cli"]
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_auralsam2("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]},
-                           device="cpu")
+def model(tiny_model):
+    return tiny_model
 
 
 def label(model, videos, out, outputs=None, **options):
