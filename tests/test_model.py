@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from auralsam2_core.cli import _fuser_layout_report, main
 from auralsam2_core.fuser import AuralFuser
 from auralsam2_core.model import AuralSAM2, TrackState, choose_masks
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+ROOT = Path(__file__).resolve().parents[1]
+RELEASE = json.loads((ROOT / "tests/data/authors_release.json").read_text())
 SMALL_FUSER = {"f_depths": [1, 1, 1]}
 SIZE = 64  # SAM2 input size for tests: 16x16 / 8x8 / 4x4 FPN maps
 
@@ -44,15 +46,14 @@ def test_state_dict_equals_official_key_list(official_fuser):
     assert all(not p.requires_grad for p in official_fuser.vgg.parameters())
 
 
-@pytest.mark.skipif(not (SHARED / "official_fuser_keys.tsv").is_file(), reason="no shared/")
 def test_bundled_key_list_is_the_reference_one():
-    bundled = Path(__file__).resolve().parents[1] / "auralsam2_core/data/official_fuser_keys.tsv"
-    assert bundled.read_text() == (SHARED / "official_fuser_keys.tsv").read_text()
+    bundled = ROOT / "auralsam2_core/data/official_fuser_keys.tsv"
+    assert hashlib.sha256(bundled.read_bytes()).hexdigest() == \
+        RELEASE["key_lists_sha256"]["official_fuser_keys.tsv"]
 
 
-@pytest.mark.skipif(not (SHARED / "official_arch.json").is_file(), reason="no shared/")
 def test_from_official_config_accepts_authors_json(official_fuser):
-    cfg = json.loads((SHARED / "official_arch.json").read_text())["aural_fuser"]
+    cfg = RELEASE["aural_fuser"]
     fuser = AuralFuser.from_official_config(cfg)
     assert {k: v.shape for k, v in fuser.state_dict().items()} == \
         {k: v.shape for k, v in official_fuser.state_dict().items()}

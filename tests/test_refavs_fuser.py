@@ -10,6 +10,8 @@ rows). Every parameter and BatchNorm statistic is randomised. ``pytest -s`` prin
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from importlib.resources import files
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from auralsam2_core.fuser import (
 from helpers import numerics_oracle as base
 from helpers import refavs_oracle as oracle
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+RELEASE = json.loads((Path(__file__).parent / "data/authors_release.json").read_text())
 CFG = {
     "patch_cfgs": [[4, 4], [2, 2], [1, 1]],
     "f_depths": [1, 2, 1],
@@ -102,10 +104,10 @@ def test_state_dict_equals_refavs_key_list():
     assert len(AuralFuser.from_official_config().state_dict()) == 754
 
 
-@pytest.mark.skipif(not (SHARED / "refavs_fuser_keys.tsv").is_file(), reason="no shared/")
 def test_bundled_key_list_is_the_reference_one():
-    bundled = Path(__file__).resolve().parents[1] / "auralsam2_core/data/refavs_fuser_keys.tsv"
-    assert bundled.read_text() == (SHARED / "refavs_fuser_keys.tsv").read_text()
+    bundled = files("auralsam2_core").joinpath("data/refavs_fuser_keys.tsv").read_bytes()
+    expected = RELEASE["key_lists_sha256"]["refavs_fuser_keys.tsv"]
+    assert hashlib.sha256(bundled).hexdigest() == expected
 
 
 def test_variant_and_text_are_checked(fuser):
