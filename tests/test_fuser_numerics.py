@@ -30,10 +30,10 @@ NAMES = ("a", "b", "c", "d1", "d2", "d3")
 TOL32 = 1e-4
 TOL64 = 1e-10
 
-# Registered (the checkpoints carry them) but never used in forward: OFFICIAL_NUMERICS.md.
+# Registered (the checkpoints carry them) but never used in forward: docs/numerics.md.
 UNUSED_PATTERNS = ("attn.sr.", "attn.norm.", "mlp.dwconv.")  # under a_blocks.*
 UNUSED_FUSION = (".g.", ".align_channel_back.")  # under fusion_modules.*
-UNUSED_PARAMS_OFFICIAL = 9_733_632  # official_arch.json (independent of the f_depths)
+UNUSED_PARAMS_OFFICIAL = 9_733_632  # docs/numerics.md (independent of the f_depths)
 
 
 def _is_unused(name: str) -> bool:

@@ -1,6 +1,6 @@
 """Ref-AVS AuralFuser (variant="refavs") vs an independent oracle of the authors' numerics
 (tests/helpers/refavs_oracle.py), the released key layout, and the quirks that a clean
-reimplementation would get wrong (REF_AVS_SPEC.md, "What to verify").
+reimplementation would get wrong (docs/numerics.md, Ref-AVS).
 
 Small sizes on CPU: the real widths (C=256, ci=128, VGGish, text 768) but depths [1, 2, 1], a
 token grid h = 8 (FPN maps 32/16/8), T = 10 frames and the authors' 25 text tokens (M = 35

@@ -1,5 +1,5 @@
 """The Ref-AVS AuralSAM2 (SAM2 + refavs fuser + text encoder) at small sizes: the authors'
-clip handling (REF_AVS_SPEC.md §3: T = 10, conditioning frame int(T/2) processed first, rows
+clip handling (docs/numerics.md, Ref-AVS: T = 10, conditioning frame int(T/2) processed first, rows
 0..T-1 injected, iou_select), the shared image encoder for K expressions, and building."""
 
 from __future__ import annotations

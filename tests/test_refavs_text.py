@@ -1,5 +1,5 @@
 """Ref-AVS text encoder: tokenisation and hidden states as the authors use them
-(REF_AVS_SPEC.md §1), loading from the Hugging Face hub cache (offline, tiny random RoBERTa
+(docs/numerics.md, Ref-AVS), loading from the Hugging Face hub cache (offline, tiny random RoBERTa
 repos made by tests/helpers/text_model_factory.py), and the registry entry."""
 
 from __future__ import annotations
