@@ -1,7 +1,7 @@
 """AuralFuser: the audio-visual add-on that turns SAM2's FPN maps and VGGish audio into prompts.
 
 Written from the published description and the numerics documented in
-``shared/reference/OFFICIAL_NUMERICS.md`` so that the authors' released checkpoints load
+``docs/numerics.md`` so that the authors' released checkpoints load
 strictly and give the authors' outputs. Module and parameter names are therefore fixed by the
 checkpoints (``f_blocks``, ``a_blocks``, ``fusion_modules``, ``W_z``...), and several
 behaviours that look like bugs are kept on purpose; each is marked ``Quirk``.
@@ -10,7 +10,7 @@ Shapes: ``N`` frames (the whole clip, all videos of a batch flattened), ``h`` th
 side (image_size / 16), ``C = 256``.
 
 Two variants share this code (``variant=``): ``"avs"`` (AVSBench) and ``"refavs"`` (Ref-AVS,
-referring expressions; ``shared/reference/REF_AVS_SPEC.md``). The Ref-AVS fuser projects
+referring expressions; ``docs/numerics.md``, Ref-AVS). The Ref-AVS fuser projects
 RoBERTa's 25 token states with ``text_proj`` and appends them as extra rows of the audio
 stream, so the audio side carries ``M = n_audio + 25`` rows; it also has other projection heads.
 """

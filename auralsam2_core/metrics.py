@@ -2,7 +2,7 @@
 
 Reference: OpenNLPLab/AVSBench ``avs_scripts/avs_s4/utils/utility.py`` (``mask_iou``,
 ``Eval_Fmeasure``) driven by ``avs_s4/test.py`` / ``avs_ms3/test.py`` with batch size 1, so
-**each call scores one video** (see ``shared/reference/AVSBENCH_METRICS.md``). In short:
+**each call scores one video** (see ``docs/metrics.md``). In short:
 
 * **J** per frame: foreground is ``prob > 0.5`` (strict: 0.5 is background). With a non-empty
   ground truth, ``|P∩G| / (|P∪G| + 1e-7)``; with an empty ground truth the frame is *not*
@@ -29,7 +29,7 @@ counts of the ``>=`` comparisons, vectorised over all thresholds, with memory O(
 
 :func:`dataset_level_j_f` is a different protocol used by some papers (pooled IoU); see there.
 
-Ref-AVS (``shared/reference/REF_AVS_SPEC.md`` §5): :func:`refavs_j_f` groups clips into the
+Ref-AVS (``docs/metrics.md``): :func:`refavs_j_f` groups clips into the
 authors' 4-clip evaluation batches; the null split's S (fraction of pixels predicted as
 foreground where nothing is referred; lower is better) comes in two definitions that are not
 comparable — :func:`null_s_pooled` (AuralSAM2's published S) and :func:`null_s_sqrt_per_clip`

@@ -1,6 +1,6 @@
 """Ref-AVS text encoder: a frozen RoBERTa turning a referring expression into 25 token states.
 
-As the authors use it (``REF_AVS_SPEC.md`` §1): Hugging Face ``distilbert/distilroberta-base``
+As the authors use it (``docs/numerics.md``): Hugging Face ``distilbert/distilroberta-base``
 (``RobertaModel``, 6 layers, 768-d), frozen and in eval mode; each expression is tokenised
 alone to exactly ``max_length=25`` ids (``<s> … </s> <pad>…``, truncated when longer); the
 output is ``last_hidden_state`` at **all 25 positions**, pads included (the attention mask acts

@@ -35,7 +35,7 @@ def _sdpa_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
     return 2 * b * h * lq * lk * (d + v_shape[-1])
 
 
-# PyTorch counts no FLOPs for the CPU flash-attention kernel (PERFORMANCE.md): register one.
+# PyTorch counts no FLOPs for the CPU flash-attention kernel (docs/performance.md): register one.
 with contextlib.suppress(RuntimeError, ValueError):  # already registered (a newer torch)
     register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)(
         lambda query, key, value, *a, out_val=None, **k: _sdpa_flops(

@@ -3,7 +3,7 @@
 Prints, per frame at the chosen size: SAM2 image encoder, AuralFuser + VGGish, SAM2 tracking
 step (memory attention + decoder + memory encoder), and the ratios
 ``fuser / encoder`` and ``AuralSAM2 clip / (encoder + plain SAM2 tracking)``.
-Baselines: shared/reference/PERFORMANCE.md (fuser/encoder 0.80-0.94 on CPU with Hiera-t;
+Baselines: docs/performance.md (fuser/encoder 0.80-0.94 on CPU with Hiera-t;
 FLOP floor of the fuser's share: 18.6 % of a Hiera-t frame, 6.95 % of a Hiera-L frame).
 
     .venv/bin/python benchmarks/bench_core.py --config sam2.1_hiera_t --size 256 --frames 5

@@ -2,7 +2,7 @@
 
 Each length runs in its own process (peak RSS is per process), through the same path as
 ``auralsam2 prelabel`` (engine + results writer). Prints both peaks and their ratio, and the
-frames/s. Baseline: SAM2's own video predictor grows 11.7 MiB per frame (PERFORMANCE.md).
+frames/s. Baseline: SAM2's own video predictor grows 11.7 MiB per frame (docs/performance.md).
 
     .venv/bin/python benchmarks/bench_memory.py --long 600 --short 30 --fps 30 --config bundled
 """

@@ -22,10 +22,7 @@ from pathlib import Path
 
 import pytest
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import media_factory as mf
-except ImportError:
-    import media_factory as mf
+from helpers import media_factory as mf
 
 pytestmark = pytest.mark.skipif(mf.FFMPEG is None, reason="needs the ffmpeg command")
 CLI = [sys.executable, "-m", "auralsam2_core.cli"]

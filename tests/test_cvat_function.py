@@ -1,8 +1,8 @@
 """The CVAT adapter (plugins/cvat) against an emulated CVAT that is as strict as CVAT
-(tests/cvat_emulator.py): the nuclio function run through nuclio_sdk.test.Platform and driven by
-CVAT's own Automatic annotation loop, the whole-task upload of mask shapes, webhooks through
-CVAT's SSRF proxy, the command, the frame mapping, the mask formats, the two function.yaml files
-and deploy.sh.
+(tests/helpers/cvat_emulator.py): the nuclio function run through nuclio_sdk.test.Platform and
+driven by CVAT's own Automatic annotation loop, the whole-task upload of mask shapes, webhooks
+through CVAT's SSRF proxy, the command, the frame mapping, the mask formats, the two
+function.yaml files and deploy.sh.
 
 Each emulated CVAT rule has a test showing the emulator rejecting what CVAT rejects, next to a
 test showing the adapter passing it. The model is the tiny random-weight SAM2 used across the
@@ -58,10 +58,7 @@ from auralsam2_plugins.cvat.masks import (  # noqa: E402
     to_detector_mask,
 )
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import cvat_emulator as ce
-except ImportError:
-    import cvat_emulator as ce
+from helpers import cvat_emulator as ce  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTION = "pth-auralsam2-sounding"
@@ -84,13 +81,11 @@ OTHER_LABEL = {"id": 80, "name": "car", "type": "any", "attributes": []}
 
 @pytest.fixture(scope="module")
 def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """The instance the handler's cache hands out (so not conftest's ``tiny_model``)."""
     torch.manual_seed(3)  # a random init whose masks are not empty on these clips
     model_env.load_served_model.cache_clear()
     yield model_env.load_served_model(model_env.ServedModel.from_env(MODEL_ENV))
     model_env.load_served_model.cache_clear()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -1140,10 +1135,7 @@ def test_cli_prelabel_through_the_shared_service(emu, env, clips, reference, cap
                                                  monkeypatch, tmp_path):
     """AURALSAM2_SERVER_URL set: the function loads no model, the service runs the video, and
     the masks are those of the in-process run."""
-    try:
-        from . import service_env as se
-    except ImportError:
-        import service_env as se
+    from helpers import service_env as se
 
     with se.ServiceThread(tmp_path / "service", [tmp_path / "cache"], model=model) as srv:
         for k, v in srv.env().items():

@@ -27,7 +27,6 @@ import torch
 
 from auralsam2_core import rle
 from auralsam2_core.audio_track import SILENCE, AudioStream
-from auralsam2_core.build import build_auralsam2
 from auralsam2_core.cli import main
 from auralsam2_core.engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
 from auralsam2_core.jobs import OutputOptions, prelabel_videos
@@ -41,22 +40,14 @@ from auralsam2_core.results import (
     sounding_intervals,
 )
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import media_factory as mf
-except ImportError:
-    import media_factory as mf
+from helpers import media_factory as mf
 
 pytestmark = pytest.mark.skipif(mf.FFMPEG is None, reason="needs the ffmpeg command")
 
 
 @pytest.fixture(scope="module")
-def model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield build_auralsam2("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]},
-                          device="cpu")
-    torch.set_num_threads(threads)
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture

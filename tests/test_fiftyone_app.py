@@ -27,10 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import fiftyone_env
-except ImportError:
-    import fiftyone_env
+from helpers import fiftyone_env
 
 fiftyone_env.prepare()
 fo = pytest.importorskip(

@@ -18,10 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import fiftyone_env
-except ImportError:
-    import fiftyone_env
+from helpers import fiftyone_env
 
 fiftyone_env.prepare()
 PLUGIN_DIR = fiftyone_env.PLUGIN_DIR
@@ -75,6 +72,7 @@ def fiftyone_setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
+    """The instance the plugin's cache hands out (so not conftest's ``tiny_model``)."""
     torch.manual_seed(0)
     return resolve_model(SPEC, "cpu")  # the operators get this very instance from the cache
 
@@ -269,11 +267,9 @@ def test_strided_intervals_from_stored_probabilities(media, monkeypatch):
 def test_operator_through_the_shared_service(media, model, reference, monkeypatch, tmp_path):
     """AURALSAM2_SERVER_URL set: the operator loads no model; the service labels the videos
     and the stored masks are the in-process ones (probabilities as in the results format)."""
-    try:
-        from . import service_env as se
-    except ImportError:
-        import service_env as se
     from auralsam2_fiftyone import operators
+
+    from helpers import service_env as se
 
     root = media["stereo"][0].parent
     with se.ServiceThread(tmp_path / "service", [root], model=model) as srv:

@@ -1,4 +1,4 @@
-"""AuralFuser vs an independent oracle of the authors' numerics (tests/numerics_oracle.py),
+"""AuralFuser vs an independent oracle of the authors' numerics (tests/helpers/numerics_oracle.py),
 plus the properties that a "clean" reimplementation would get wrong.
 
 Small sizes on CPU: the real widths (C=256, ci=128, VGGish) but depths [1, 2, 1], a token
@@ -16,10 +16,7 @@ import torch
 
 from auralsam2_core.fuser import OFFICIAL_AVS_CONFIG, AuralFuser, audio_position_vector
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import numerics_oracle as oracle
-except ImportError:
-    import numerics_oracle as oracle
+from helpers import numerics_oracle as oracle
 
 CFG = {
     "patch_cfgs": [[4, 4], [2, 2], [1, 1]],
@@ -33,10 +30,10 @@ NAMES = ("a", "b", "c", "d1", "d2", "d3")
 TOL32 = 1e-4
 TOL64 = 1e-10
 
-# Registered (the checkpoints carry them) but never used in forward: OFFICIAL_NUMERICS.md.
+# Registered (the checkpoints carry them) but never used in forward: docs/numerics.md.
 UNUSED_PATTERNS = ("attn.sr.", "attn.norm.", "mlp.dwconv.")  # under a_blocks.*
 UNUSED_FUSION = (".g.", ".align_channel_back.")  # under fusion_modules.*
-UNUSED_PARAMS_OFFICIAL = 9_733_632  # official_arch.json (independent of the f_depths)
+UNUSED_PARAMS_OFFICIAL = 9_733_632  # docs/numerics.md (independent of the f_depths)
 
 
 def _is_unused(name: str) -> bool:

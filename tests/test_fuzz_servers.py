@@ -30,12 +30,8 @@ from auralsam2_service.app import create_app as service_app  # noqa: E402
 from auralsam2_service.config import ServiceSettings  # noqa: E402
 from auralsam2_service.jobs import Service  # noqa: E402
 
-try:
-    from . import service_env as se
-    from .test_server_security import CONFIG, GOOD, PASSWORD, USER, RecordingServer
-except ImportError:
-    import service_env as se
-    from test_server_security import CONFIG, GOOD, PASSWORD, USER, RecordingServer
+from helpers import service_env as se  # noqa: E402
+from helpers.label_studio_backend import CONFIG, GOOD, PASSWORD, USER, RecordingServer  # noqa: E402
 
 RAW = st.one_of(*[st.just(None)] * 4, st.binary(max_size=64))  # mostly JSON; sometimes not
 RUNS = settings(max_examples=400, deadline=None, derandomize=True, database=None,

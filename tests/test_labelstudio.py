@@ -22,12 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import label_studio_server as lss
-    from . import service_env as se
-except ImportError:
-    import label_studio_server as lss
-    import service_env as se
+from helpers import label_studio_server as lss
+from helpers import service_env as se
 
 pytestmark = pytest.mark.skipif(not lss.available(), reason="needs .venv-labelstudio "
                                 "(scripts/setup.d/40-labelstudio.sh) and ffmpeg")
@@ -38,7 +34,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
-from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
+from auralsam2_core.model_env import ServedModel  # noqa: E402
 from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import brush  # noqa: E402
@@ -75,8 +71,8 @@ def media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_served_model(ServedModel())
+def model(bundled_model):
+    return bundled_model
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """What an annotator sees of the pre-labels in Label Studio 1.23.2's own editor (issue #17).
 
-A real Label Studio (the session's server, see label_studio_server.py) holds projects made
-from the shipped templates; the backend pre-labels generated clips with the bundled demo
-model through ``auralsam2 labelstudio prelabel``'s code, and headless Chromium (Debian's
-``chromium`` via playwright, never ``playwright install``) opens the tasks in a 1400 x 900
+A real Label Studio (the session's server, see tests/helpers/label_studio_server.py) holds
+projects made from the shipped templates; the backend pre-labels generated clips with the
+bundled demo model through ``auralsam2 labelstudio prelabel``'s code, and headless Chromium
+(Debian's ``chromium`` via playwright, never ``playwright install``) opens the tasks in a 1400 x 900
 window. Assertions are on the page: the editor's own state (``window.Htx``, the store Label
 Studio's frontend draws from: the box it shows on a frame, the ranges, the scores), the video
 element's time, and the positions of what is drawn. Screenshots go to
@@ -24,10 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import label_studio_server as lss
-except ImportError:
-    import label_studio_server as lss
+from helpers import label_studio_server as lss
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -39,10 +39,7 @@ from auralsam2_core.media import (
     probe,
 )
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import media_factory as mf
-except ImportError:
-    import media_factory as mf
+from helpers import media_factory as mf
 
 pytestmark = pytest.mark.skipif(mf.FFMPEG is None, reason="needs the ffmpeg command")
 

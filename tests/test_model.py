@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from auralsam2_core.build import SAM2_CONFIGS, build_auralsam2, build_fuser, build_sam2_model
+from auralsam2_core.build import SAM2_CONFIGS, build_fuser, build_sam2_model
 from auralsam2_core.checkpoint import CheckpointError, save_state_dict
 from auralsam2_core.cli import _fuser_layout_report, main
 from auralsam2_core.fuser import AuralFuser
 from auralsam2_core.model import AuralSAM2, TrackState, choose_masks
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+ROOT = Path(__file__).resolve().parents[1]
+RELEASE = json.loads((ROOT / "tests/data/authors_release.json").read_text())
 SMALL_FUSER = {"f_depths": [1, 1, 1]}
 SIZE = 64  # SAM2 input size for tests: 16x16 / 8x8 / 4x4 FPN maps
 
@@ -25,19 +27,8 @@ def official_fuser() -> AuralFuser:
 
 
 @pytest.fixture(scope="module")
-def model() -> AuralSAM2:
-    torch.manual_seed(0)
-    m = build_auralsam2("sam2_hiera_t", image_size=SIZE, fuser_config=SMALL_FUSER, device="cpu")
-    _randomise_fusion_bn(m.fuser)
-    return m
-
-
-def _randomise_fusion_bn(fuser: AuralFuser) -> None:
-    # The fusion BNs start at zero (no attention residual); trained weights are not zero.
-    g = torch.Generator().manual_seed(1)
-    for fm in fuser.fusion_modules:
-        for bn in (fm.W_z[1], fm.W_z2[1]):
-            bn.weight.data = torch.rand(bn.weight.shape, generator=g) + 0.5
+def model(tiny_fused_model):
+    return tiny_fused_model
 
 
 def _clip(t: int, seed: int = 0):
@@ -55,15 +46,14 @@ def test_state_dict_equals_official_key_list(official_fuser):
     assert all(not p.requires_grad for p in official_fuser.vgg.parameters())
 
 
-@pytest.mark.skipif(not (SHARED / "official_fuser_keys.tsv").is_file(), reason="no shared/")
 def test_bundled_key_list_is_the_reference_one():
-    bundled = Path(__file__).resolve().parents[1] / "auralsam2_core/data/official_fuser_keys.tsv"
-    assert bundled.read_text() == (SHARED / "official_fuser_keys.tsv").read_text()
+    bundled = ROOT / "auralsam2_core/data/official_fuser_keys.tsv"
+    assert hashlib.sha256(bundled.read_bytes()).hexdigest() == \
+        RELEASE["key_lists_sha256"]["official_fuser_keys.tsv"]
 
 
-@pytest.mark.skipif(not (SHARED / "official_arch.json").is_file(), reason="no shared/")
 def test_from_official_config_accepts_authors_json(official_fuser):
-    cfg = json.loads((SHARED / "official_arch.json").read_text())["aural_fuser"]
+    cfg = RELEASE["aural_fuser"]
     fuser = AuralFuser.from_official_config(cfg)
     assert {k: v.shape for k, v in fuser.state_dict().items()} == \
         {k: v.shape for k, v in official_fuser.state_dict().items()}

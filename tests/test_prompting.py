@@ -1,5 +1,5 @@
 """Prompt injection into SAM2's two-way transformer vs the authors' literal in-place forward
-(tests/numerics_oracle.py), on a real ``sam2`` TwoWayTransformer / MaskDecoder with random
+(tests/helpers/numerics_oracle.py), on a real ``sam2`` TwoWayTransformer / MaskDecoder with random
 weights. Run with ``pytest -s`` to see the measured differences."""
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ from auralsam2_core.prompting import (
     run_prompted_transformer,
 )
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import numerics_oracle as oracle
-except ImportError:
-    import numerics_oracle as oracle
+from helpers import numerics_oracle as oracle
 
 C = 256
 H = 8

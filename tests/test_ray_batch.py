@@ -21,10 +21,7 @@ from auralsam2_core.results import read_results
 from auralsam2_core.synthetic import make_clip, write_clip
 from auralsam2_service.batch import BatchItem, ManifestError, read_manifest, run_batch
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import media_factory as mf
-except ImportError:
-    import media_factory as mf
+from helpers import media_factory as mf
 
 ray = pytest.importorskip("ray", reason="ray is not installed (scripts/setup.d/50-ray.sh)")
 

@@ -1,4 +1,4 @@
-"""Ref-AVS fuser checkpoints (REF_AVS_SPEC.md §7): the released plain layout with the
+"""Ref-AVS fuser checkpoints (docs/numerics.md): the released plain layout with the
 authors' 752 keys loads strictly; so do the whole-AVmodel layout (aural_fuser. kept, v_model.
 and t_model. dropped) and the legacy layouts the authors' remap tool maps. Files are made by
 the tests (same keys, random values)."""
@@ -18,7 +18,7 @@ from auralsam2_core.checkpoint import (
 from auralsam2_core.fuser import AuralFuser
 
 SMALL = {"f_depths": [1, 1, 1]}
-# The remap tool's `training_layers.<i>` order (REF_AVS_SPEC.md §7), written out by level.
+# The remap tool's `training_layers.<i>` order (docs/numerics.md), written out by level.
 LEGACY_INDEX = {"patch_embeds.0": 0, "patch_embeds.1": 1, "patch_embeds.2": 2,
                 "f_blocks.0": 3, "a_blocks.0": 4, "fusion_modules.0": 5,
                 "f_blocks.1": 6, "a_blocks.1": 7, "fusion_modules.1": 8,

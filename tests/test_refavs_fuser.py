@@ -1,6 +1,6 @@
 """Ref-AVS AuralFuser (variant="refavs") vs an independent oracle of the authors' numerics
-(tests/refavs_oracle.py), the released key layout, and the quirks that a clean
-reimplementation would get wrong (REF_AVS_SPEC.md, "What to verify").
+(tests/helpers/refavs_oracle.py), the released key layout, and the quirks that a clean
+reimplementation would get wrong (docs/numerics.md, Ref-AVS).
 
 Small sizes on CPU: the real widths (C=256, ci=128, VGGish, text 768) but depths [1, 2, 1], a
 token grid h = 8 (FPN maps 32/16/8), T = 10 frames and the authors' 25 text tokens (M = 35
@@ -10,6 +10,8 @@ rows). Every parameter and BatchNorm statistic is randomised. ``pytest -s`` prin
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from importlib.resources import files
 from pathlib import Path
 
@@ -23,14 +25,10 @@ from auralsam2_core.fuser import (
     audio_position_vector,
 )
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import numerics_oracle as base
-    from . import refavs_oracle as oracle
-except ImportError:
-    import numerics_oracle as base
-    import refavs_oracle as oracle
+from helpers import numerics_oracle as base
+from helpers import refavs_oracle as oracle
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
+RELEASE = json.loads((Path(__file__).parent / "data/authors_release.json").read_text())
 CFG = {
     "patch_cfgs": [[4, 4], [2, 2], [1, 1]],
     "f_depths": [1, 2, 1],
@@ -106,10 +104,10 @@ def test_state_dict_equals_refavs_key_list():
     assert len(AuralFuser.from_official_config().state_dict()) == 754
 
 
-@pytest.mark.skipif(not (SHARED / "refavs_fuser_keys.tsv").is_file(), reason="no shared/")
 def test_bundled_key_list_is_the_reference_one():
-    bundled = Path(__file__).resolve().parents[1] / "auralsam2_core/data/refavs_fuser_keys.tsv"
-    assert bundled.read_text() == (SHARED / "refavs_fuser_keys.tsv").read_text()
+    bundled = files("auralsam2_core").joinpath("data/refavs_fuser_keys.tsv").read_bytes()
+    expected = RELEASE["key_lists_sha256"]["refavs_fuser_keys.tsv"]
+    assert hashlib.sha256(bundled).hexdigest() == expected
 
 
 def test_variant_and_text_are_checked(fuser):

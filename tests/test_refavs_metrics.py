@@ -1,4 +1,4 @@
-"""Ref-AVS metrics (REF_AVS_SPEC.md §5): the null split's S in both definitions (AuralSAM2
+"""Ref-AVS metrics (docs/metrics.md): the null split's S in both definitions (AuralSAM2
 pooled; GeWu-Lab per-clip sqrt) and J/F over the authors' 4-clip evaluation batches."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The Ref-AVS AuralSAM2 (SAM2 + refavs fuser + text encoder) at small sizes: the authors'
-clip handling (REF_AVS_SPEC.md §3: T = 10, conditioning frame int(T/2) processed first, rows
+clip handling (docs/numerics.md, Ref-AVS: T = 10, conditioning frame int(T/2) processed first, rows
 0..T-1 injected, iou_select), the shared image encoder for K expressions, and building."""
 
 from __future__ import annotations
@@ -15,31 +15,16 @@ from auralsam2_core.model import AuralSAM2, upsample_logits
 from auralsam2_core.prompting import PromptedTwoWayTransformer
 from auralsam2_core.text_encoder import tiny_random_text_encoder
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from .text_model_factory import make_hf_cache
-except ImportError:
-    from text_model_factory import make_hf_cache
+from helpers.text_model_factory import make_hf_cache
 
 SIZE = 64
 T = 10
 SMALL = {"f_depths": [1, 1, 1]}
 
 
-def _randomise_fusion_bn(fuser) -> None:
-    # The fusion BNs start at zero (no attention residual); trained weights are not zero.
-    g = torch.Generator().manual_seed(1)
-    for fm in fuser.fusion_modules:
-        for bn in (fm.W_z[1], fm.W_z2[1]):
-            bn.weight.data = torch.rand(bn.weight.shape, generator=g) + 0.5
-
-
 @pytest.fixture(scope="module")
-def model() -> AuralSAM2:
-    torch.manual_seed(0)
-    m = build_auralsam2("sam2_hiera_t", image_size=SIZE, fuser_config=SMALL, device="cpu",
-                        variant="refavs", text_encoder=tiny_random_text_encoder(seed=0))
-    _randomise_fusion_bn(m.fuser)
-    return m
+def model(tiny_refavs_model):
+    return tiny_refavs_model
 
 
 def _clip(t: int = T, n_audio: int | None = None, seed: int = 0):

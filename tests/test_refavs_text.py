@@ -1,6 +1,6 @@
 """Ref-AVS text encoder: tokenisation and hidden states as the authors use them
-(REF_AVS_SPEC.md §1), loading from the Hugging Face hub cache (offline, tiny random RoBERTa
-repos made by tests/text_model_factory.py), and the registry entry."""
+(docs/numerics.md, Ref-AVS), loading from the Hugging Face hub cache (offline, tiny random RoBERTa
+repos made by tests/helpers/text_model_factory.py), and the registry entry."""
 
 from __future__ import annotations
 
@@ -18,10 +18,7 @@ from auralsam2_core.text_encoder import (
 )
 from auralsam2_core.weights import REGISTRY, fetch, hf_snapshot
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from .text_model_factory import make_hf_cache
-except ImportError:
-    from text_model_factory import make_hf_cache
+from helpers.text_model_factory import make_hf_cache
 
 REPO = "distilbert/distilroberta-base"
 PHRASE = "The sounding object."

@@ -28,27 +28,21 @@ import sys
 import time
 
 import pytest
-import torch
 
 from auralsam2_core.build import build_auralsam2
 from auralsam2_core.engine import PrelabelOptions
 from auralsam2_core.jobs import OutputOptions, prelabel_videos
 from auralsam2_core.results import Hysteresis, ResultsWriter, read_results
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import media_factory as mf
-except ImportError:
-    import media_factory as mf
+from helpers import media_factory as mf
 
 pytestmark = pytest.mark.skipif(mf.FFMPEG is None, reason="needs the ffmpeg command")
 CLI = [sys.executable, "-m", "auralsam2_core.cli"]
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_auralsam2("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]},
-                           device="cpu")
+def model(tiny_model):
+    return tiny_model
 
 
 def label(model, videos, out, outputs=None, **options):

@@ -22,22 +22,19 @@ pytest.importorskip("uvicorn")
 
 from auralsam2_core.engine import NoAudioError, PrelabelOptions  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
-from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
+from auralsam2_core.model_env import ServedModel  # noqa: E402
 from auralsam2_core.remote import LocalEngine, RemoteEngine, RemoteError  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_service.app import create_app  # noqa: E402
 from auralsam2_service.config import ServiceSettings  # noqa: E402
 from auralsam2_service.jobs import Service  # noqa: E402
 
-try:
-    from . import service_env as se
-except ImportError:
-    import service_env as se
+from helpers import service_env as se  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_served_model(ServedModel())
+def model(bundled_model):
+    return bundled_model
 
 
 @pytest.fixture(scope="module")

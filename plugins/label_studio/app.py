@@ -1,6 +1,11 @@
 """The ML-backend HTTP protocol Label Studio 1.23 speaks, as a Starlette app (served by uvicorn:
 ``auralsam2 labelstudio serve``).
 
+Why not ``label-studio-ml``: PyPI has only its 2023 1.0.9 release (old API, pinned to Flask
+1.1.2), the current 2.x is not published there, and ``label-studio-sdk`` would downgrade numpy
+and OpenCV in the model's environment; the four documented endpoints are small enough to serve
+here.
+
 ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook`` (plus ``GET /metrics``
 and ``GET /jobs`` for operators). With credentials configured (``BASIC_AUTH_USER`` /
 ``BASIC_AUTH_PASS``, Label Studio's "Use basic authentication"), every endpoint but the bare

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -87,6 +87,3 @@ class Settings:
         if self.basic_auth_user and self.basic_auth_pass:
             return self.basic_auth_user, self.basic_auth_pass
         return None
-
-    def with_(self, **changes) -> Settings:
-        return replace(self, **changes)

@@ -97,8 +97,3 @@ def _build(spec: ModelSpec, device: str, build_auralsam2):
         fuser_config=spec.fuser_config,
         sam2_checkpoint=fetch(spec.sam2_checkpoint) if spec.sam2_checkpoint else None,
         fuser_checkpoint=fetch(spec.fuser_checkpoint) if spec.fuser_checkpoint else None)
-
-
-def clear_cache() -> None:
-    with _lock:
-        _cache.clear()

@@ -2,7 +2,7 @@
 
 NOT a test module: plain functions used by ``test_refavs_fuser.py``.
 
-Written from ``shared/reference/REF_AVS_SPEC.md`` (sections 2 and "What to verify") on top of
+Written from ``docs/numerics.md`` (Ref-AVS) on top of
 the AVS oracle's building blocks (``numerics_oracle.py``: VGGish, PVT and 1-D blocks, the raw
 reshape index arithmetic, BatchNorm on running statistics), in the same functional style: only
 a ``state_dict()`` and explicit ops; no ``nn.Module`` of ours is called.
@@ -32,10 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import numerics_oracle as base
-except ImportError:
-    import numerics_oracle as base
+from . import numerics_oracle as base
 
 StateDict = base.StateDict
 AUDIO_PROJ_ROWS = 10  # the authors' hard-coded [:10]

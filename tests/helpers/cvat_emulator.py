@@ -3,8 +3,8 @@
 It serves the REST endpoints the adapter calls and enforces the rules CVAT enforces on them;
 it runs CVAT's own Automatic annotation loop against the function, and CVAT's webhook sender
 through an emulated SSRF proxy; it also stands in for nuclio's HTTP trigger. Each rule names the
-file of CVAT's (or nuclio's, smokescreen's) source it follows; the quotes and versions are in
-../shared/reference/CVAT_CONTRACT_AUDIT.md.
+file of CVAT's (or nuclio's, smokescreen's) source it follows: cvat-ai/cvat 2.x, whose API
+the pinned cvat-sdk 2.80 models describe.
 
 * Bodies: every response is built from cvat-sdk's own models and every PATCH body is validated
   with them (the API shape the SDK knows).

@@ -1,8 +1,7 @@
 """Small test media made with the ``ffmpeg`` command line (lavfi sources) into tmp dirs.
 
 Everything is tiny (tens of pixels, a few frames, a second or two of audio) so the engine
-tests stay fast. Nothing here is a test; ``tests/test_media.py`` and ``tests/test_engine.py``
-import it.
+tests stay fast. Nothing here is a test; the media, engine and CLI tests import it.
 """
 
 from __future__ import annotations

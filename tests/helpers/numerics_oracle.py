@@ -2,8 +2,8 @@
 
 NOT a test module: plain functions used by ``test_fuser_numerics.py`` / ``test_prompting.py``.
 
-Written from the facts in ``shared/reference/OFFICIAL_NUMERICS.md``, ``AURALSAM2_SPEC.md``
-and ``official_arch.json`` (the authors' eval-mode forward), in a deliberately different
+Written from the facts in ``docs/numerics.md`` and the authors' configuration
+(``tests/data/authors_release.json``; their eval-mode forward), in a deliberately different
 style from ``auralsam2_core``: no ``nn.Module`` of ours is called. Everything is computed from
 a ``state_dict()`` (a plain ``dict`` of tensors) with explicit functional ops — ``F.conv*``,
 ``F.linear``, ``F.layer_norm``, ``F.batch_norm`` on running statistics, a hand-written

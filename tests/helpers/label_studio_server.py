@@ -15,12 +15,9 @@ from pathlib import Path
 
 import requests
 
-try:
-    from . import service_env as se
-except ImportError:
-    import service_env as se
+from . import service_env as se
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LS_VENV = Path(os.environ.get("AURALSAM2_LS_VENV", ROOT / ".venv-labelstudio"))
 LS_BIN = LS_VENV / "bin" / "label-studio"
 TOKEN = "auralsam2-test-token-0123456789"
