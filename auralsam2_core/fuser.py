@@ -115,6 +115,29 @@ class _Linear(nn.Linear):
         return super().forward(x)
 
 
+class _PatchEmbed(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters) for the fuser's non-overlapping patch embeddings.
+
+    SAM2's finest FPN map arrives in NCHW memory, which oneDNN's conv first reorders whole
+    (the largest tensor the fuser reads). On CPU inference such an input is instead gathered
+    into patch rows and multiplied by the flattened weight: one pass fewer, and the result is
+    already token-major (returned as an NCHW view of it). Other layouts take the conv.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        if not (_fused_cpu_kernels(self, x) and x.is_contiguous() and k == self.stride
+                and self.padding == (0, 0) and self.groups == 1):
+            return super().forward(x)
+        n, c, hh, ww = x.shape
+        h, w = hh // k[0], ww // k[1]
+        patches = x[..., :h * k[0], :w * k[1]].reshape(n, c, h, k[0], w, k[1])
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(n, h * w, -1)
+        tokens = torch.ops.mkldnn._linear_pointwise(
+            patches, self.weight.reshape(self.out_channels, -1), self.bias, "none", [], "")
+        return tokens.transpose(1, 2).reshape(n, self.out_channels, h, w)
+
+
 class _DWConv(nn.Module):
     """3x3 depthwise conv over the token grid (PVTv2's positional MLP).
 
@@ -391,7 +414,7 @@ class AuralFuser(nn.Module):
         self.position_encoding = PositionEmbeddingSine(dim, normalize=True, warmup_cache=False)
         levels = len(f_depths)
         self.patch_embeds = nn.ModuleList(
-            nn.Conv2d(dim, dim, kernel_size=k, stride=s) for k, s in patch_cfgs)
+            _PatchEmbed(dim, dim, kernel_size=k, stride=s) for k, s in patch_cfgs)
         self.f_blocks = nn.ModuleList(
             nn.ModuleList(Block(**block_kw) for _ in range(depth)) for depth in f_depths)
         self.a_blocks = nn.ModuleList(
@@ -482,7 +505,8 @@ class AuralFuser(nn.Module):
         for i, fpn in enumerate(backbone_fpn):
             x = self.patch_embeds[i](fpn)
             n, c, h, w = x.shape
-            pe = self.position_encoding(x).flatten(2).transpose(1, 2).to(x.dtype)
+            # (1, h*w, dim): the same for every frame, broadcast in the sums below.
+            pe = self.position_encoding(x[:1]).flatten(2).transpose(1, 2).to(x.dtype)
             x = x.flatten(2).transpose(1, 2)
             if visual:  # coarser levels start from the previous level's fused tokens
                 x = x + visual[-1]
