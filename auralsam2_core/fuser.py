@@ -202,6 +202,10 @@ class _Attention(nn.Module):
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            # The tokens reach this conv as a channels-last view of the grid; a weight stored
+            # in the same layout spares a copy of it on every call (values and keys as ever).
+            self.sr.weight.data = self.sr.weight.data.contiguous(
+                memory_format=torch.channels_last)
             self.norm = nn.LayerNorm(dim)
         self.spatial = spatial
 
