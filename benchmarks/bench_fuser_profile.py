@@ -140,7 +140,8 @@ def main() -> None:
         visual, audio, _ = run_fuser()
 
         def run_aural_tracking():
-            return model._track(enc, visual, audio, model.new_state(), {})
+            return model.track_clips(enc, [v[None] for v in visual], [d[None] for d in audio],
+                                     model.new_state())
 
         def run_plain_tracking():
             return plain_sam2_step(model.sam2, enc, {"cond_frame_outputs": {},
