@@ -83,36 +83,103 @@ def _check_block_kw(kw: Mapping[str, Any], dim: int) -> dict[str, Any]:
     return kw
 
 
+def _onednn_ops_available() -> bool:
+    ops = torch.ops.mkldnn
+    return torch.backends.mkldnn.is_available() and all(
+        hasattr(ops, name) for name in ("_linear_pointwise", "_convolution_pointwise"))
+
+
+_ONEDNN_OPS = _onednn_ops_available()
+
+
+def _fused_cpu_kernels(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` may use oneDNN's fused CPU kernels on ``x``.
+
+    The fuser's visual blocks are memory-bound on CPU: a separate bias pass after each matmul
+    and a separate GELU pass after the depthwise conv each cost a full read/write of the MLP's
+    4x-wide hidden tensor. oneDNN applies both in the kernel's epilogue (the kernels PyTorch's
+    own compiler uses on CPU); results differ from the modules at float32 rounding level only.
+    They have no autograd, so training, gradients, other devices and dtypes take the modules.
+    """
+    return (_ONEDNN_OPS and not module.training and not torch.is_grad_enabled()
+            and x.device.type == "cpu" and x.dtype == torch.float32
+            and torch.backends.mkldnn.enabled)
+
+
+class _Linear(nn.Linear):
+    """``nn.Linear`` (same parameters) whose CPU inference adds the bias inside the matmul."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused_cpu_kernels(self, x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
+
+
+class _PatchEmbed(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters) for the fuser's non-overlapping patch embeddings.
+
+    SAM2's finest FPN map arrives in NCHW memory, which oneDNN's conv first reorders whole
+    (the largest tensor the fuser reads). On CPU inference such an input is instead gathered
+    into patch rows and multiplied by the flattened weight: one pass fewer, and the result is
+    already token-major (returned as an NCHW view of it). Other layouts take the conv.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        if not (_fused_cpu_kernels(self, x) and x.is_contiguous() and k == self.stride
+                and self.padding == (0, 0) and self.groups == 1):
+            return super().forward(x)
+        n, c, hh, ww = x.shape
+        h, w = hh // k[0], ww // k[1]
+        patches = x[..., :h * k[0], :w * k[1]].reshape(n, c, h, k[0], w, k[1])
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(n, h * w, -1)
+        tokens = torch.ops.mkldnn._linear_pointwise(
+            patches, self.weight.reshape(self.out_channels, -1), self.bias, "none", [], "")
+        return tokens.transpose(1, 2).reshape(n, self.out_channels, h, w)
+
+
 class _DWConv(nn.Module):
-    """3x3 depthwise conv over the token grid (PVTv2's positional MLP)."""
+    """3x3 depthwise conv over the token grid (PVTv2's positional MLP).
+
+    The tokens ``(N, h*w, C)`` are viewed as an NCHW grid in channels-last memory, so no copy
+    is made in or out. ``gelu=True`` applies the MLP's (exact, erf) GELU too, fused into the
+    conv on CPU inference (see :func:`_fused_cpu_kernels`).
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h: int, w: int, gelu: bool = False) -> torch.Tensor:
         n, _, c = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(n, c, h, w))
-        return x.flatten(2).transpose(1, 2)
+        grid = x.transpose(1, 2).reshape(n, c, h, w)
+        conv = self.dwconv
+        if gelu and _fused_cpu_kernels(self, x):
+            y = torch.ops.mkldnn._convolution_pointwise(
+                grid, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation,
+                conv.groups, "gelu", [], "none")
+        else:
+            y = conv(grid)
+            if gelu:
+                y = F.gelu(y)
+        return y.flatten(2).transpose(1, 2)
 
 
 class _Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float, use_dwconv: bool) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = _Linear(dim, hidden)
         # Registered in the audio blocks too (the checkpoints carry it) but only used on grids.
         self.dwconv = _DWConv(hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()  # parameter-free; on grids applied inside ``dwconv``
+        self.fc2 = _Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
         self.use_dwconv = use_dwconv
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         x = self.fc1(x)
-        if self.use_dwconv:
-            x = self.dwconv(x, *hw)
-        x = self.drop(self.act(x))
-        return self.drop(self.fc2(x))
+        x = self.dwconv(x, *hw, gelu=True) if self.use_dwconv else self.act(x)
+        return self.drop(self.fc2(self.drop(x)))
 
 
 class _Attention(nn.Module):
@@ -127,14 +194,18 @@ class _Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.q = _Linear(dim, dim, bias=qkv_bias)
+        self.kv = _Linear(dim, dim * 2, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = _Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            # The tokens reach this conv as a channels-last view of the grid; a weight stored
+            # in the same layout spares a copy of it on every call (values and keys as ever).
+            self.sr.weight.data = self.sr.weight.data.contiguous(
+                memory_format=torch.channels_last)
             self.norm = nn.LayerNorm(dim)
         self.spatial = spatial
 
@@ -217,6 +288,19 @@ class AudioVisualFusion(nn.Module):
         self.k_audio = nn.Conv1d(channels, inter, 1)
         self.v_audio = nn.Conv1d(channels, inter, 1)
 
+    def _frame_qkv(self, tokens: torch.Tensor, hw: tuple[int, int]) -> list[torch.Tensor]:
+        """The 1x1x1 ``q_frame/k_frame/v_frame`` convs of the token grid, ``(N, ci, 1, h, w)``
+        each, computed as one matmul over the tokens with the three weights stacked (one pass
+        over the tokens instead of three convs on a channels-last view), then laid out
+        channel-first as the convs give them, which the quirky reshapes need."""
+        n, _, c = tokens.shape
+        convs = (self.q_frame, self.k_frame, self.v_frame)
+        weight = torch.cat([m.weight.reshape(m.out_channels, c) for m in convs])
+        bias = torch.cat([m.bias for m in convs])
+        qkv = F.linear(tokens, weight, bias)
+        return [x.transpose(1, 2).reshape(n, self.inter, 1, *hw)
+                for x in qkv.split(self.inter, dim=-1)]
+
     def forward(self, tokens: torch.Tensor, hw: tuple[int, int], audio: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, _, c = tokens.shape
@@ -228,8 +312,7 @@ class AudioVisualFusion(nn.Module):
 
         # Quirk: channel-first conv outputs are reshaped to (1, N*h*w, ci) WITHOUT a permute,
         # so channels and positions are interleaved into "tokens". Needed for the weights.
-        q_f, k_f, v_f = (m(frame).reshape(1, -1, ci) for m in (self.q_frame, self.k_frame,
-                                                               self.v_frame))
+        q_f, k_f, v_f = (x.reshape(1, -1, ci) for x in self._frame_qkv(tokens, hw))
         q_a, k_a, v_a = (m(audio).reshape(1, -1, ci) for m in (self.q_audio, self.k_audio,
                                                                self.v_audio))
         length = q_f.shape[1]  # N*h*w: the normaliser, over the whole batch
@@ -335,7 +418,7 @@ class AuralFuser(nn.Module):
         self.position_encoding = PositionEmbeddingSine(dim, normalize=True, warmup_cache=False)
         levels = len(f_depths)
         self.patch_embeds = nn.ModuleList(
-            nn.Conv2d(dim, dim, kernel_size=k, stride=s) for k, s in patch_cfgs)
+            _PatchEmbed(dim, dim, kernel_size=k, stride=s) for k, s in patch_cfgs)
         self.f_blocks = nn.ModuleList(
             nn.ModuleList(Block(**block_kw) for _ in range(depth)) for depth in f_depths)
         self.a_blocks = nn.ModuleList(
@@ -426,7 +509,8 @@ class AuralFuser(nn.Module):
         for i, fpn in enumerate(backbone_fpn):
             x = self.patch_embeds[i](fpn)
             n, c, h, w = x.shape
-            pe = self.position_encoding(x).flatten(2).transpose(1, 2).to(x.dtype)
+            # (1, h*w, dim): the same for every frame, broadcast in the sums below.
+            pe = self.position_encoding(x[:1]).flatten(2).transpose(1, 2).to(x.dtype)
             x = x.flatten(2).transpose(1, 2)
             if visual:  # coarser levels start from the previous level's fused tokens
                 x = x + visual[-1]

@@ -44,6 +44,26 @@ with contextlib.suppress(RuntimeError, ValueError):  # already registered (a new
             value.shape if hasattr(value, "shape") else value))
 
 
+def _linear_pointwise_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+
+
+def _conv_pointwise_flops(x_shape, w_shape, b_shape, padding, stride, dilation, groups, *args,
+                          out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import conv_flop_count
+
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False)
+
+
+# The fuser's CPU inference runs oneDNN's fused kernels (bias / GELU in the epilogue), which
+# PyTorch's counter does not know: count them as the matmul / conv they are.
+with contextlib.suppress(AttributeError, RuntimeError, ValueError):
+    register_flop_formula(torch.ops.mkldnn._linear_pointwise)(_linear_pointwise_flops)
+with contextlib.suppress(AttributeError, RuntimeError, ValueError):
+    register_flop_formula(torch.ops.mkldnn._convolution_pointwise)(
+        _conv_pointwise_flops)
+
+
 def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as fc:
         fn()

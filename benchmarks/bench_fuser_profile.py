@@ -52,8 +52,8 @@ def _components(fuser) -> dict[str, list[torch.nn.Module]]:
             parts["visual_norms"] += [blk.norm1, blk.norm2]
             parts["visual_attention"].append(blk.attn)
             parts["visual_mlp_linear"] += [blk.mlp.fc1, blk.mlp.fc2]
-            parts["visual_mlp_dwconv"].append(blk.mlp.dwconv)
-            parts["visual_mlp_gelu"].append(blk.mlp.act)
+            # GELU runs inside the depthwise conv's kernel on CPU inference: one group.
+            parts["visual_mlp_dwconv_gelu"] += [blk.mlp.dwconv, blk.mlp.act]
     for level in fuser.a_blocks:
         parts["audio_blocks"] += list(level)
     return dict(parts)
@@ -140,7 +140,8 @@ def main() -> None:
         visual, audio, _ = run_fuser()
 
         def run_aural_tracking():
-            return model._track(enc, visual, audio, model.new_state(), {})
+            return model.track_clips(enc, [v[None] for v in visual], [d[None] for d in audio],
+                                     model.new_state())
 
         def run_plain_tracking():
             return plain_sam2_step(model.sam2, enc, {"cond_frame_outputs": {},

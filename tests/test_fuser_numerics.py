@@ -14,6 +14,7 @@ import copy
 import pytest
 import torch
 
+from auralsam2_core import fuser as fuser_module
 from auralsam2_core.fuser import OFFICIAL_AVS_CONFIG, AuralFuser, audio_position_vector
 
 from helpers import numerics_oracle as oracle
@@ -364,3 +365,34 @@ def test_eval_batchnorm_uses_running_stats(fuser):
     shifted = run_fuser(f, fpn, log_mel)
     assert min(oracle.max_abs_diff(base, shifted)) > 1e-2
     assert max(oracle.max_abs_diff(shifted, run_oracle(f, fpn, log_mel))) < TOL32
+
+
+# --------------------------------------------------------------------------- 2f. CPU inference
+
+
+@pytest.mark.skipif(not fuser_module._ONEDNN_OPS, reason="this torch has no oneDNN fused ops")
+def test_cpu_inference_uses_fused_kernels_with_the_modules_results(fuser):
+    """CPU inference adds biases and the MLP's GELU inside oneDNN's kernels and embeds the NCHW
+    FPN map by a patch matmul (issue #16); with gradients on, the plain modules run. Both are
+    as close to the float64 oracle as the float32 oracle is (rounding only), for NCHW and
+    channels-last FPN maps alike."""
+    fpn, log_mel = make_inputs(3)
+    f64 = copy.deepcopy(fuser).double()
+    ref64 = run_oracle(f64, [t.double() for t in fpn], log_mel.double())
+    rounding = max(oracle.max_abs_diff([t.double() for t in run_oracle(fuser, fpn, log_mel)],
+                                       ref64))
+    for maps in (fpn, [t.contiguous(memory_format=torch.channels_last) for t in fpn]):
+        with torch.profiler.profile() as prof:
+            fast = run_fuser(fuser, maps, log_mel)
+        ops = {e.key for e in prof.key_averages()}
+        assert {"mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise"} <= ops
+        with torch.enable_grad():
+            visual, audio, _ = fuser(maps, log_mel)
+        assert visual[0].requires_grad  # the autograd path: PyTorch's modules
+        modules = [t.detach() for t in [*visual, *audio]]
+        for tag, out in (("fused kernels", fast), ("modules", modules)):
+            err = oracle.max_abs_diff([t.double() for t in out], ref64)
+            print("\n" + _report(f"{tag} vs float64 oracle (float32 oracle: {rounding:.2e})",
+                                 err))
+            assert max(err) < 3 * rounding, _report(tag, err)
+        assert max(oracle.max_abs_diff(fast, modules)) > 0  # two paths did run
