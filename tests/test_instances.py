@@ -59,7 +59,7 @@ def test_a_flicker_keeps_the_id_and_a_new_object_gets_a_new_one():
     ids = [i for i, _ in tr.update(a | b)]
     assert ida in ids and len(set(ids)) == 2
     # gone for longer than patience: a new id
-    for t in range(4, 8):
+    for _ in range(4):
         tr.update(np.zeros(size, bool))
     (late, _), = tr.update(a)
     assert late not in ids
