@@ -14,14 +14,14 @@ from auralsam2_core.synthetic import SyntheticClip, make_clip, write_clip
 SEED, SIZE, FPS, SECONDS = 1, (96, 128), 5.0, 1.6  # 8 frames
 
 
-def two_sounding_shapes() -> SyntheticClip:
-    clip = make_clip(SEED, size=SIZE, fps=FPS, seconds=SECONDS, num_objects=2, schedule="all")
+def two_sounding_shapes(fps: float = FPS) -> SyntheticClip:
+    clip = make_clip(SEED, size=SIZE, fps=fps, seconds=SECONDS, num_objects=2, schedule="all")
     assert clip.sounding.all() and len(clip.shapes) == 2
     return clip
 
 
-def write_two_sounding_shapes(path: str | Path) -> tuple[Path, SyntheticClip]:
-    clip = two_sounding_shapes()
+def write_two_sounding_shapes(path: str | Path, fps: float = FPS) -> tuple[Path, SyntheticClip]:
+    clip = two_sounding_shapes(fps)
     return write_clip(clip, path), clip
 
 
