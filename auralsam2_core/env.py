@@ -38,3 +38,21 @@ def audio_track(env: Mapping[str, str]) -> int | None:
         raise ValueError(f"AURALSAM2_AUDIO_TRACK must be an audio track index (0, 1, ...), "
                          f"got {raw!r}")
     return int(raw)
+
+
+def instances(env: Mapping[str, str]) -> float | None:
+    """``AURALSAM2_INSTANCES`` (1/true/yes: on) and ``AURALSAM2_MIN_INSTANCE_AREA`` (fraction
+    of the frame a part must cover, default 0.002): the minimum area when every adapter splits
+    a frame's mask into its connected parts (:mod:`auralsam2_core.instances`), None when off."""
+    from .instances import DEFAULT_MIN_AREA
+
+    raw = (env.get("AURALSAM2_INSTANCES") or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return None
+    if raw not in ("1", "true", "yes", "on"):
+        raise ValueError(f"AURALSAM2_INSTANCES must be 1 or 0 (true/false), got {raw!r}")
+    area = number(env, "AURALSAM2_MIN_INSTANCE_AREA", DEFAULT_MIN_AREA)
+    if not 0 <= area < 1:
+        raise ValueError(f"AURALSAM2_MIN_INSTANCE_AREA must be a fraction of the frame in "
+                         f"[0, 1), got {area}")
+    return area

@@ -348,11 +348,11 @@ def test_shapes_per_sounding_frame_and_cvat_attribute_rules():
                    "mask": rle.encode(masks[f])} for f in frames}
     shapes = build_shapes(frames, records, label, 0.5, 16, 12)
     assert sorted(shapes) == [0, 1, 5]
-    for f, shape in shapes.items():
+    for f, (shape,) in shapes.items():  # one shape per frame (instances off)
         assert str(shape.type) == "mask" and shape.frame == f and shape.source == "auto"
         got = decode_mask(shape.points, image_width=16, image_height=12)
         assert np.array_equal(got, masks[f])
-    assert [(a.spec_id, a.value) for a in shapes[0].attributes] == [(71, "90"), (72, "0")]
+    assert [(a.spec_id, a.value) for a in shapes[0][0].attributes] == [(71, "90"), (72, "0")]
 
     def attr(kind, values):
         return ce.to_model(models.AttributeRequest, {"name": "confidence", "mutable": True,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from auralsam2_core.env import audio_track, number, secret
+from auralsam2_core.env import audio_track, instances, number, secret
 
 DEFAULT_FUNCTION_NAME = "pth-auralsam2-sounding"
 DEFAULT_LABEL = "sounding"
@@ -50,6 +50,9 @@ class Settings:
     clip_len: int = 5
     audio_track: int | None = None  # AURALSAM2_AUDIO_TRACK (default: the default track)
     verify_ssl: bool = True
+    #: AURALSAM2_INSTANCES / AURALSAM2_MIN_INSTANCE_AREA: one mask (or polygon track) per
+    #: connected part of at least this fraction of the frame; None: one for the whole mask
+    instance_min_area: float | None = None
 
     def __post_init__(self) -> None:
         if self.upload not in ("shapes", "polygon-tracks"):
@@ -92,6 +95,7 @@ class Settings:
             clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
             audio_track=audio_track(env),
             verify_ssl=env.get("CVAT_VERIFY_SSL", "true").lower() not in ("0", "false", "no"),
+            instance_min_area=instances(env),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

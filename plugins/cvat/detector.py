@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from auralsam2_core import rle
+from auralsam2_core.instances import connected_parts
 
 from . import masks
 from .errors import AdapterError, BadRequest, NotIdentified, NotReady
@@ -95,19 +96,20 @@ def score_attributes(rec: dict, label_attrs: dict | None) -> list[dict]:
 
 
 def answer(rec: dict, threshold: float, frame_size: tuple[int, int] | None,
-           label_attrs: dict | None = None) -> list[dict]:
-    """A frame's pre-label as CVAT detector results (empty when nothing sounds)."""
+           label_attrs: dict | None = None, instance_min_area: float | None = None
+           ) -> list[dict]:
+    """A frame's pre-label as CVAT detector results (empty when nothing sounds): one mask, or
+    with ``instance_min_area`` one per connected part of at least that fraction of the frame."""
     prob = float(rec["sounding_prob"])
     if prob < threshold:
         return []
     mask = rle.decode(rec["mask"])
     if frame_size:
         mask = masks.resize_mask(mask, *frame_size)
-    flat = masks.to_detector_mask(mask)
-    if flat is None:
-        return []
+    parts = [mask] if instance_min_area is None else connected_parts(mask, instance_min_area)
+    flats = [flat for part in parts if (flat := masks.to_detector_mask(part)) is not None]
     return [{"label": SPEC_LABEL, "type": "mask", "confidence": f"{prob:.4f}", "mask": flat,
-             "attributes": score_attributes(rec, label_attrs)}]
+             "attributes": score_attributes(rec, label_attrs)} for flat in flats]
 
 
 def detect(service, body: dict, headers=None) -> list[dict]:
@@ -181,7 +183,8 @@ def detect(service, body: dict, headers=None) -> list[dict]:
         if session.error or session.engine_error:  # the whole task, not just this frame
             return service.skip_or_fail(call, e, f"frame {frame} cannot be pre-labelled")
         return service.skip(call, str(e))
-    result = answer(rec, threshold, session.frame_size, service.label_attrs(session.task_id))
+    result = answer(rec, threshold, session.frame_size, service.label_attrs(session.task_id),
+                    service.settings.instance_min_area)
     service.answered(call, bool(result))
     service.log("info", f"task {session.task_id} frame {frame} (match {dist:.1f}): "
                         f"p={rec['sounding_prob']:.2f}")

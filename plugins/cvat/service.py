@@ -125,10 +125,12 @@ class TaskJob:
         frames = fmap.task_frames()
         form = {}
         if svc.settings.upload == "polygon-tracks":
-            form["runs"] = build_polygon_runs(frames, records, label, self.threshold, *size)
-            sounding = sum(len(r.shapes) for r in form["runs"])
+            form["runs"] = build_polygon_runs(frames, records, label, self.threshold, *size,
+                                              svc.settings.instance_min_area)
+            sounding = len({s.frame for r in form["runs"] for s in r.shapes})
         else:
-            form["shapes"] = build_shapes(frames, records, label, self.threshold, *size)
+            form["shapes"] = build_shapes(frames, records, label, self.threshold, *size,
+                                          svc.settings.instance_min_area)
             sounding = len(form["shapes"])
         report = replace_own(api, label.id, jobs, **form, attempts=svc.settings.retries,
                              delay=svc.settings.retry_delay, log=svc.log)

@@ -18,6 +18,10 @@ the mask's largest part, see polygons.py) on each of its frames and an ``outside
 frame after it. Each job gets the part of a track on its frames (every frame is a keyframe, so
 no interpolation is needed to cut it).
 
+Instances (``AURALSAM2_INSTANCES=1``): each connected part of a frame's mask is its own mask
+shape; with polygon tracks, each instance (parts tracked across frames, see
+:mod:`auralsam2_core.instances`) gets its own tracks, one per stretch of frames it is on.
+
 Own annotations: the adapter's label, ``source == "auto"``, and type ``mask`` (shapes) or
 ``polygon`` (tracks); both are replaced on every upload, whichever form it writes. Annotators'
 objects are ``manual``, and CVAT marks an automatic one an annotator edited ``semi-auto``;
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from auralsam2_core import rle
+from auralsam2_core.instances import connected_parts, instance_tracks
 
 from .api import CvatApi, CvatError
 from .masks import resize_mask, to_cvat_points
@@ -91,8 +96,10 @@ def _is_sounding(rec: dict | None, threshold: float) -> bool:
 
 
 def build_shapes(frames: Sequence[int], records: dict[int, dict], label, threshold: float,
-                 width: int, height: int) -> dict[int, object]:
-    """``LabeledShapeRequest`` mask shapes of the sounding frames among ``frames``, by frame."""
+                 width: int, height: int, instance_min_area: float | None = None
+                 ) -> dict[int, list]:
+    """``LabeledShapeRequest`` mask shapes of the sounding frames among ``frames``, by frame:
+    one per frame, or with ``instance_min_area`` one per connected part."""
     from cvat_sdk import models
 
     attrs = {a.name: a for a in (label.attributes or []) if a.name in SCORES}
@@ -102,12 +109,16 @@ def build_shapes(frames: Sequence[int], records: dict[int, dict], label, thresho
         if not _is_sounding(rec, threshold):
             continue
         mask = resize_mask(rle.decode(rec["mask"]), width, height)
+        parts = [mask] if instance_min_area is None else connected_parts(mask,
+                                                                         instance_min_area)
         values = [models.AttributeValRequest(spec_id=a.id, value=v) for name, a in attrs.items()
                   if (v := attribute_value(a, rec[SCORES[name]])) is not None]
-        shapes[f] = models.LabeledShapeRequest(
-            type=models.ShapeType("mask"), frame=f, label_id=label.id,
-            points=to_cvat_points(mask), source="auto", occluded=False, outside=False,
-            z_order=0, rotation=0.0, group=0, attributes=values, elements=[])
+        if parts:
+            shapes[f] = [models.LabeledShapeRequest(
+                type=models.ShapeType("mask"), frame=f, label_id=label.id,
+                points=to_cvat_points(part), source="auto", occluded=False, outside=False,
+                z_order=0, rotation=0.0, group=0, attributes=list(values), elements=[])
+                for part in parts]
     return shapes
 
 
@@ -137,18 +148,37 @@ def sounding_runs(frames: Sequence[int], sounding: Callable[[int], bool]) -> lis
 
 
 def build_polygon_runs(frames: Sequence[int], records: dict[int, dict], label,
-                       threshold: float, width: int, height: int) -> list[PolygonRun]:
-    """Polygon tracks, before they are cut into jobs."""
+                       threshold: float, width: int, height: int,
+                       instance_min_area: float | None = None) -> list[PolygonRun]:
+    """Polygon tracks, before they are cut into jobs (with ``instance_min_area``: each
+    instance's own tracks, instance after instance)."""
+    if instance_min_area is None:
+        polygons = {}
+        for f in frames:
+            rec = records.get(f)
+            if _is_sounding(rec, threshold):
+                points = outline(resize_mask(rle.decode(rec["mask"]), width, height))
+                if points is not None:
+                    polygons[f] = points
+        return _polygon_runs(frames, polygons, records, label)
+
+    def masks():
+        for f in frames:
+            rec = records.get(f)
+            yield f, (resize_mask(rle.decode(rec["mask"]), width, height)
+                      if _is_sounding(rec, threshold) else np.zeros((height, width), bool))
+
+    tracks = instance_tracks(masks(), min_area=instance_min_area, keep=outline)
+    return [run for track in tracks.values() for run in _polygon_runs(
+        frames, {f: points for f, points in track if points is not None}, records, label)]
+
+
+def _polygon_runs(frames: Sequence[int], polygons: dict[int, list[float]],
+                  records: dict[int, dict], label) -> list[PolygonRun]:
+    """The runs of consecutive ``frames`` that have a polygon, as tracks."""
     from cvat_sdk import models
 
     attrs = {a.name: a for a in (label.attributes or []) if a.name in SCORES}
-    polygons = {}
-    for f in frames:
-        rec = records.get(f)
-        if _is_sounding(rec, threshold):
-            points = outline(resize_mask(rle.decode(rec["mask"]), width, height))
-            if points is not None:
-                polygons[f] = points
     position = {f: i for i, f in enumerate(frames)}
     runs = []
     for run in sounding_runs(frames, lambda f: f in polygons):
@@ -224,7 +254,7 @@ def _track_chunks(tracks: list) -> list[list]:
 
 
 def replace_own(api: CvatApi, label_id: int, jobs: Sequence[JobFrames], *,
-                shapes: dict[int, object] | None = None,
+                shapes: dict[int, list] | None = None,
                 runs: Sequence[PolygonRun] | None = None, attempts: int = 4,
                 delay: float = 1.0, log=None) -> dict:
     """In each job: delete this adapter's earlier masks and polygon tracks, then create the
@@ -237,7 +267,7 @@ def replace_own(api: CvatApi, label_id: int, jobs: Sequence[JobFrames], *,
     report = {"jobs": len(jobs), "shapes_deleted": 0, "shapes_created": 0,
               "tracks_deleted": 0, "tracks_created": 0}
     for job in jobs:
-        new_shapes = [shapes[f] for f in job.frames if f in shapes] if shapes else []
+        new_shapes = [s for f in job.frames for s in shapes.get(f, ())] if shapes else []
         new_tracks = job_tracks(runs, job, label_id) if runs else []
         done = _replace_in_job(api, label_id, job, new_shapes, new_tracks, attempts, delay, log)
         for key, n in zip(("shapes_deleted", "tracks_deleted"), done, strict=True):

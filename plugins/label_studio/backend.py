@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.instances import connected_parts
 from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model import PointPrompt
@@ -317,7 +318,8 @@ class Backend:
         try:
             return P.video_results(doc, cfg.video_box, cfg.timeline, framerate=cfg.framerate,
                                    label=s.label, threshold=s.threshold,
-                                   tolerance=s.keyframe_tolerance)
+                                   tolerance=s.keyframe_tolerance,
+                                   instance_min_area=s.instance_min_area)
         except LabelConfigError as e:
             raise TaskError(str(e)) from None
 
@@ -335,8 +337,14 @@ class Backend:
             size = im.size
         if (mask.shape[1], mask.shape[0]) != size:
             mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-        result = P.brush_results(mask, frame, cfg.brush, label=self.settings.label,
-                                 threshold=self.settings.threshold)
+        s = self.settings
+        if s.instance_min_area is None:
+            result = P.brush_results(mask, frame, cfg.brush, label=s.label,
+                                     threshold=s.threshold)
+        else:  # one brush mask per instance
+            result = [r for i, part in enumerate(connected_parts(mask, s.instance_min_area), 1)
+                      for r in P.brush_results(part, frame, cfg.brush, label=s.label,
+                                               threshold=s.threshold, part=i)]
         return result, round(P.frame_confidence(frame, self.settings.threshold), 4)
 
     # ------------------------------------------------------------------ refinement

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from auralsam2_core.env import audio_track, number, secret
+from auralsam2_core.env import audio_track, instances, number, secret
 
 LABEL_STUDIO_PREDICT_TIMEOUT = 100.0  # seconds Label Studio waits for /predict
 
@@ -38,6 +38,9 @@ class Settings:
     clip_len: int = 5
     audio_track: int | None = None  # AURALSAM2_AUDIO_TRACK (default: the default track)
     label: str | None = None  # label to predict (default: the first in the label config)
+    #: AURALSAM2_INSTANCES / AURALSAM2_MIN_INSTANCE_AREA: one box track (and brush mask) per
+    #: connected part of at least this fraction of the frame; None: one for the whole mask
+    instance_min_area: float | None = None
     basic_auth_user: str | None = field(default=None, repr=False)
     basic_auth_pass: str | None = field(default=None, repr=False)
     max_body_bytes: int = 16 << 20  # request bodies (Label Studio's largest: /predict)
@@ -75,6 +78,7 @@ class Settings:
             clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
             audio_track=audio_track(env),
             label=env.get("AURALSAM2_LS_LABEL") or None,
+            instance_min_area=instances(env),
             basic_auth_user=secret(env, "BASIC_AUTH_USER"),
             basic_auth_pass=secret(env, "BASIC_AUTH_PASS"),
         )

@@ -8,7 +8,10 @@ frame gets the box of the file frame on screen there. Between keyframes Label St
 interpolates linearly (and holds the last keyframe's box after it); a Label Studio frame
 becomes a keyframe when interpolation would miss its box by more than ``tolerance`` percent,
 and ``enabled: false`` on the last frame of each stretch hides the box after it. Keyframe
-images get a ``BrushLabels`` mask.
+images get a ``BrushLabels`` mask. With instances on (``AURALSAM2_INSTANCES``), each connected
+part of the mask is its own ``VideoRectangle`` track (ids stable across frames, see
+:mod:`auralsam2_core.instances`), hidden on the frames where that part is absent; a keyframe
+image gets one brush mask per part.
 
 Scores are the model's own confidence (see :func:`frame_confidence`); the review priority
 (what to look at first) is a separate number, in each region's meta text and
@@ -24,6 +27,8 @@ import math
 import numpy as np
 
 from auralsam2_core import rle
+from auralsam2_core.instances import instance_tracks
+from auralsam2_core.results import frame_masks
 
 from . import brush
 from .labelconfig import Control
@@ -156,8 +161,10 @@ def framerate_warning(video: dict, framerate: float) -> str | None:
 
 def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
                   framerate: float, label: str | None, threshold: float = 0.5,
-                  tolerance: float = 0.5) -> list[dict]:
-    """Label Studio results for a video task from one results document."""
+                  tolerance: float = 0.5, instance_min_area: float | None = None
+                  ) -> list[dict]:
+    """Label Studio results for a video task from one results document (with
+    ``instance_min_area``: one box track per instance, see :func:`instance_box_tracks`)."""
     video = doc["video"]
     frames = doc["frames"]
     fps = video.get("fps") or framerate
@@ -173,7 +180,12 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
         ls = [f for f, k in enumerate(shown, 1) if a <= k <= b]
         stretches.append((a, b, ls or [min(n_ls, ls_frame(frames[a]["time"], framerate))]))
     out: list[dict] = []
-    if box is not None:
+    if box is not None and instance_min_area is not None:
+        out += instance_box_tracks(doc, box, stretches, shown, n_ls=n_ls, duration=duration,
+                                   framerate=framerate, label=label, threshold=threshold,
+                                   tolerance=tolerance, min_area=instance_min_area,
+                                   warning=warning)
+    elif box is not None:
         boxes: dict[int, Box | None] = {}
 
         def box_of(k: int) -> Box | None:
@@ -218,6 +230,54 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
     return out
 
 
+def instance_box_tracks(doc: dict, box: Control, stretches: list, shown: list[int], *,
+                        n_ls: int, duration: float, framerate: float, label: str | None,
+                        threshold: float, tolerance: float, min_area: float,
+                        warning: str | None) -> list[dict]:
+    """One ``VideoRectangle`` per instance: the sounding frames' masks split into connected
+    parts tracked across frames. Within each sounding stretch, each run of Label Studio frames
+    on which the instance is present gets its keyframes, the last one ``enabled: false`` (so
+    the box is hidden where the instance is not, instead of interpolated across the gap)."""
+    frames = doc["frames"]
+    masks = ((k, mask if frames[k]["sounding_prob"] >= threshold else np.zeros_like(mask))
+             for k, (_, mask) in enumerate(frame_masks(doc)))
+    tracks = instance_tracks(masks, min_area=min_area, keep=mask_box)
+    lab = box.label(label)
+    out = []
+    for iid, positions in tracks.items():
+        at = dict(positions)
+        sequence, used = [], []
+        for a, b, ls in stretches:
+            track = [(f, at.get(k if a <= (k := shown[f - 1]) <= b else a)) for f in ls]
+            runs, run = [], []
+            for f, bx in track + [(None, None)]:
+                if bx is None:
+                    if run:
+                        runs.append(run)
+                    run = []
+                else:
+                    run.append((f, bx))
+            for run in runs:
+                kept = keyframes(run, tolerance)
+                if sequence and kept and kept[0][0] <= sequence[-1]["frame"]:
+                    kept = kept[1:]  # never two keyframes on one Label Studio frame
+                sequence += [_seq_item(f, bx, framerate, enabled=k < len(kept) - 1)
+                             for k, (f, bx) in enumerate(kept)]
+            used += [frames[k] for k in range(a, b + 1) if k in at]
+        if not sequence:
+            continue
+        value = {"sequence": sequence, "framesCount": n_ls, "duration": round(duration, 6)}
+        if lab:
+            value["labels"] = [lab]
+        out.append({"id": _region_id("box", doc["video"].get("name"), "instance", iid,
+                                     len(sequence)),
+                    "from_name": box.name, "to_name": box.to_name,
+                    "type": "videorectangle", "origin": "prediction", "value": value,
+                    "score": region_confidence(used),
+                    "meta": _meta(_region_note(f"box track of instance {iid}", used, warning))})
+    return out
+
+
 def _seq_item(frame: int, b: Box, framerate: float, enabled: bool) -> dict:
     # Label Studio's editor writes time = frame / framerate; so do we.
     return {"frame": frame, "x": round(b[0], 4), "y": round(b[1], 4),
@@ -226,13 +286,16 @@ def _seq_item(frame: int, b: Box, framerate: float, enabled: bool) -> dict:
 
 
 def brush_results(mask: np.ndarray, frame: dict, control: Control, *,
-                  label: str | None, threshold: float = 0.5) -> list[dict]:
-    """A keyframe image's mask as one ``BrushLabels`` region (none when not sounding)."""
+                  label: str | None, threshold: float = 0.5, part: int | None = None
+                  ) -> list[dict]:
+    """A keyframe image's mask as one ``BrushLabels`` region (none when not sounding);
+    ``part``: which instance of the frame it is (keeps region ids apart)."""
     if frame["sounding_prob"] < threshold or not mask.any():
         return []
     h, w = mask.shape
     lab = control.label(label)
-    return [{"id": _region_id("mask", h, w, int(mask.sum())), "from_name": control.name,
+    ident = ("mask", h, w, int(mask.sum())) + (() if part is None else (part,))
+    return [{"id": _region_id(*ident), "from_name": control.name,
              "to_name": control.to_name, "type": "brushlabels", "origin": "prediction",
              "original_width": w, "original_height": h, "image_rotation": 0,
              "value": {"format": "rle", "rle": brush.encode(mask),

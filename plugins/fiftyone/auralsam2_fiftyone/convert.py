@@ -21,7 +21,8 @@ from auralsam2_core.results import Hysteresis, sounding_intervals
 from .timeline import interval_terms
 
 LABEL = "sounding"
-TRACK_INDEX = 1  # one sounding-object track per video (AVS ground truth is one union mask)
+TRACK_INDEX = 1  # one sounding-object track per video (AVS ground truth is one union mask),
+# unless instances are on: then each connected part is its own track (auralsam2_core.instances)
 
 
 def frame_number(index: int) -> int:
@@ -39,32 +40,36 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def detection_dict(mask: np.ndarray, *, confidence: float, predicted_iou: float,
-                   review_priority: float, mask_score: float) -> dict | None:
+                   review_priority: float, mask_score: float, index: int = TRACK_INDEX
+                   ) -> dict | None:
     """``fo.Detection`` keyword arguments for a frame mask (None for an empty mask): the box
-    is the mask's tight box, the mask is cropped to it."""
+    is the mask's tight box, the mask is cropped to it; ``index`` is the object's track id."""
     box = mask_box(mask)
     if box is None:
         return None
     h, w = mask.shape
     x0, y0, x1, y1 = box
-    return {"label": LABEL, "index": TRACK_INDEX,
+    return {"label": LABEL, "index": int(index),
             "bounding_box": [x0 / w, y0 / h, (x1 - x0 + 1) / w, (y1 - y0 + 1) / h],
             "mask": np.ascontiguousarray(mask[y0:y1 + 1, x0:x1 + 1], dtype=bool),
             "confidence": float(confidence), "predicted_iou": float(predicted_iou),
             "review_priority": float(review_priority), "mask_score": float(mask_score)}
 
 
-def frame_dict(result) -> dict:
+def frame_dict(result, instances: list[tuple[int, np.ndarray]] | None = None) -> dict:
     """What one frame stores: frame-level scores (kept even when the mask is empty, so
     intervals and review order can be recomputed from the dataset) and at most one
-    detection. ``result`` is an engine ``FrameResult``."""
-    det = detection_dict(result.mask, confidence=result.sounding_prob,
-                         predicted_iou=result.predicted_iou,
-                         review_priority=result.review_priority, mask_score=result.mask_score)
+    detection; with ``instances`` (``(instance id, part mask)`` from
+    :mod:`auralsam2_core.instances`), one detection per instance, its ``index`` the instance
+    id. ``result`` is an engine ``FrameResult``."""
+    parts = [(TRACK_INDEX, result.mask)] if instances is None else instances
+    scores = {"confidence": result.sounding_prob, "predicted_iou": result.predicted_iou,
+              "review_priority": result.review_priority, "mask_score": result.mask_score}
+    dets = [detection_dict(mask, index=i, **scores) for i, mask in parts]
     return {"frame_number": frame_number(result.index),
             "sounding_prob": round(float(result.sounding_prob), 6),
             "review_priority": round(float(result.review_priority), 6),
-            "detections": [det] if det else []}
+            "detections": [d for d in dets if d]}
 
 
 def paste(bounding_box: Sequence[float], crop: np.ndarray, size: tuple[int, int],

@@ -14,6 +14,7 @@ import time
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from auralsam2_core.instances import DEFAULT_MIN_AREA
 from auralsam2_core.remote import remote_from_env
 
 from .evaluate import evaluate_collection
@@ -53,7 +54,22 @@ def _settings(params: dict) -> PrelabelSettings:
                             stride=max(int(params.get("stride") or 1), 1),
                             no_audio=params.get("no_audio") or "error",
                             audio_track=_audio_track(params.get("audio_track")),
-                            overwrite=bool(params.get("overwrite", False)))
+                            overwrite=bool(params.get("overwrite", False)),
+                            instance_min_area=_instance_min_area(params))
+
+
+def _instance_min_area(params: dict) -> float | None:
+    """The form's Instances option: None when off, else the minimum area (a fraction of the
+    frame, as in ``AURALSAM2_MIN_INSTANCE_AREA``)."""
+    if not params.get("instances"):
+        return None
+    raw = params.get("min_instance_area")
+    if raw in (None, ""):
+        return DEFAULT_MIN_AREA
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 <= raw < 1:
+        raise ValueError(f"minimum instance area must be a fraction of the frame in [0, 1) "
+                         f"(got {raw!r})")
+    return float(raw)
 
 
 def _audio_track(value) -> int | None:
@@ -187,6 +203,15 @@ class PrelabelSoundingObjects(foo.Operator):
         inputs.int("audio_track", label="Audio track", min=0,
                    description="which audio track to hear (0 = the first); empty: the track "
                                "marked default, else the first")
+        inputs.bool("instances", default=False, label="Instances",
+                    description="one detection per separate sounding object (connected part "
+                                "of the mask), each its own track across frames; off: one "
+                                "detection per frame covering everything that sounds")
+        if ctx.params.get("instances"):
+            inputs.float("min_instance_area", default=DEFAULT_MIN_AREA, min=0, max=1,
+                         label="Minimum instance area",
+                         description="fraction of the frame (0.002 = 0.2 %) a part must cover; "
+                                     "smaller parts are dropped")
         inputs.bool("overwrite", default=False, label="Overwrite",
                     description="re-run finished videos and write into existing fields that "
                                 "AuralSAM2 did not create")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import fiftyone as fo
 from auralsam2_core.engine import PrelabelOptions
+from auralsam2_core.instances import InstanceTracker
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.remote import as_engine
 from fiftyone.core.clips import ClipsView
@@ -34,6 +35,14 @@ class PrelabelSettings:
     audio_track: int | None = None  # index among the audio tracks; None: the default track
     overwrite: bool = False  # re-run finished samples and write into fields we did not create
     chunk_frames: int = 64  # frames held in memory before they are saved
+    #: split each frame's mask into its connected parts of at least this fraction of the frame,
+    #: one detection each, tracked across frames (``index``); None: one detection per frame
+    instance_min_area: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.instance_min_area is not None and not 0 <= self.instance_min_area < 1:
+            raise ValueError(f"the minimum instance area is a fraction of the frame in [0, 1), "
+                             f"got {self.instance_min_area}")
 
 
 @dataclass
@@ -187,6 +196,9 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
         last = max(b for _, b in unit.ranges) if unit.ranges else None
         results = as_engine(model).frames(unit.filepath, opts, info=info, on_progress=(
             (lambda n: progress(min(n / total, 1.0))) if total else None))
+        tracker = None if settings.instance_min_area is None else \
+            InstanceTracker(min_area=settings.instance_min_area)
+        instance_ids: set[int] = set()
         for r in results:
             n = convert.frame_number(r.index)
             if last is not None and n > last:
@@ -197,7 +209,9 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
             if written == 0 and unit.ranges is None:
                 sample_view.clear_frame_field(lf)  # a full re-run replaces every frame
                 writer = sample_view.select_fields(f"frames.{lf}").first()
-            pending[n] = {lf: labels.detections(convert.frame_dict(r))}
+            parts = None if tracker is None else tracker.update(r.mask)
+            instance_ids.update(i for i, _ in parts or ())
+            pending[n] = {lf: labels.detections(convert.frame_dict(r, parts))}
             written += 1
             if len(pending) >= settings.chunk_frames:
                 writer.frames.merge(pending)
@@ -226,6 +240,8 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
                "media_frames": info.num_frames, "fps": round(info.fps, 6),
                "stride": opts.stride, "model": model_description,
                "seconds": round(time.perf_counter() - t0, 2)}
+    if tracker is not None:
+        summary["instances"] = len(instance_ids)
     if not whole:
         summary["frame_ranges"] = [list(r) for r in unit.ranges]
     _set_summary(dataset, unit.sample_id, lf, summary)
