@@ -49,7 +49,7 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
     and the source's audio track (the one the results heard) copied in unchanged (no
     re-encoding). Frames keep their own timestamps (VFR stays in sync) and time 0 is the
     video's start, as in the results."""
-    tracks = [({f["index"]: f for f in obj["frames"]}, TINTS[k % len(TINTS)])
+    tinted = [({f["index"]: f for f in obj["frames"]}, TINTS[k % len(TINTS)])
               for k, obj in enumerate(objects(doc))]
     width, height = doc["video"]["width"], doc["video"]["height"]
     scale = min(1.0, max_side / max(width, height))
@@ -72,7 +72,7 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
             img = np.asarray(Image.fromarray(frame.rgb).resize((w, h), Image.BILINEAR),
                              np.float32)
             bar_h = max(2, h // 60)
-            for k, (masks, tint) in enumerate(tracks):  # one bar per object, stacked
+            for k, (masks, tint) in enumerate(tinted):  # one bar per object, stacked
                 rec = masks.get(frame.index)
                 if rec is not None:
                     m = np.asarray(Image.fromarray(decode(rec["mask"])).resize((w, h)), bool)
