@@ -337,7 +337,7 @@ def read_results(path: str | os.PathLike) -> dict:
 def upgrade(doc: dict) -> dict:
     """A version-1 document (one object's ``frames`` and ``intervals`` at the top level) in
     the version-2 layout, its intervals kept as stored; newer documents as they are."""
-    if doc.get("format_version", 0) >= 2 or "objects" in doc:
+    if "objects" in doc or doc.get("format_version", 0) >= 2:
         return doc
     frames, intervals = doc.get("frames") or [], doc.get("intervals") or []
     obj = {"label": SOUNDING_LABEL, "query": None, "frames": frames, "intervals": intervals,

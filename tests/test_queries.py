@@ -123,7 +123,8 @@ def test_engine_masks_equal_forward_clip_per_query(refavs, video):
         for r, m in zip(mine, want_masks, strict=True):
             assert r.mask.shape == (48, 80) and np.array_equal(r.mask, m)
     # the queries are different tracks: text changes what the fuser sees
-    assert any(a.sounding_prob != b.sounding_prob for a, b in zip(got[0::3], got[1::3]))
+    assert any(a.sounding_prob != b.sounding_prob
+               for a, b in zip(got[0::3], got[1::3], strict=True))
     # the first clip alone, without a state, is forward_clip as published (fresh video)
     _, frames, log_mel = next(_clips(refavs, video, 10))
     with torch.inference_mode():
