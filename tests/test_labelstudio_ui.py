@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not lss.available(), reason="needs .venv-labelstudio and ffmpeg"),
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")]
 
-from auralsam2_core import rle
+from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
 from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
