@@ -323,7 +323,7 @@ def test_results_file_matches_a_direct_run(tmp_path, model):
     doc = read_results(outcome.results)
     assert doc["format"] == FORMAT and doc["format_version"] == 2
     assert doc["status"] == "complete"
-    assert {"video", "model", "frames", "intervals", "summary", "hysteresis"} <= set(doc)
+    assert {"video", "model", "objects", "summary", "hysteresis"} <= set(doc)
     v = doc["video"]
     assert v["name"] == "fichier 1.mp4" and v["path"] == str(video.resolve())
     assert (v["width"], v["height"], v["rotation"], v["num_frames"]) == (64, 48, 0, 6)
