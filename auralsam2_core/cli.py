@@ -130,10 +130,46 @@ def _weights_label(model, part: str, given: str | None) -> str:
     return desc["path"] if desc else "random init"
 
 
+def _build_refavs_model(args):
+    """``prelabel --query``: the bundled Ref-AVS demo model, unless a SAM2 config or a
+    checkpoint is given (then with ``--text-encoder``, default distilroberta-base)."""
+    from .build import BUNDLED, build_auralsam2, refer_model_dir
+
+    config = args.sam2_config
+    if config is None:
+        config = "sam2_hiera_l" if args.sam2_checkpoint or args.fuser_checkpoint else BUNDLED
+    if config == BUNDLED:
+        if args.image_size is not None or args.sam2_checkpoint or args.fuser_checkpoint \
+                or args.text_encoder:
+            raise ValueError("the bundled Ref-AVS demo model has its own weights, input size "
+                             "and text encoder; give --sam2-config with the checkpoints for "
+                             "other ones")
+        if not (refer_model_dir() / "model.json").is_file():
+            raise ValueError("queries need a Ref-AVS model, and the bundled Ref-AVS demo model "
+                             f"is not installed ({refer_model_dir()}); give the published one: "
+                             "--sam2-config sam2_hiera_l --sam2-checkpoint sam2_hiera_large "
+                             "--fuser-checkpoint auralsam2_refavs_best (text encoder: "
+                             "`auralsam2 download distilroberta-base`)")
+        print("auralsam2: using the bundled Ref-AVS demo model (tiny, trained on synthetic "
+              "shapes; it knows only a few words)", file=sys.stderr)
+        return build_auralsam2(BUNDLED, device=args.device, mask_choice=args.mask_choice,
+                               variant="refavs")
+    if not (args.sam2_checkpoint and args.fuser_checkpoint):
+        print("auralsam2: warning: no --sam2-checkpoint/--fuser-checkpoint given; using random "
+              "weights, so the masks are meaningless", file=sys.stderr)
+    return build_auralsam2(config, sam2_checkpoint=args.sam2_checkpoint,
+                           fuser_checkpoint=args.fuser_checkpoint,
+                           image_size=args.image_size or args.default_image_size,
+                           device=args.device, mask_choice=args.mask_choice, variant="refavs",
+                           text_encoder=args.text_encoder)
+
+
 def _build_model(args):
     """The bundled demo model unless a SAM2 config or a checkpoint is given."""
     from .build import BUNDLED, build_auralsam2
 
+    if getattr(args, "variant", None) == "refavs" and args.command == "prelabel":
+        return _build_refavs_model(args)
     config = args.sam2_config
     if config is None:
         other = args.sam2_checkpoint or args.fuser_checkpoint or args.image_size
@@ -165,7 +201,14 @@ def cmd_prelabel(args) -> int:
     from .results import Hysteresis
 
     opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio,
-                           audio_track=args.audio_track)
+                           audio_track=args.audio_track, queries=args.query or ())
+    if args.variant is None:  # queries name objects: only the Ref-AVS model reads them
+        args.variant = "refavs" if opts.queries else "avs"
+    if bool(opts.queries) != (args.variant == "refavs"):
+        raise ValueError("--variant refavs needs at least one --query" if not opts.queries
+                         else "--query needs the Ref-AVS model: drop --variant avs")
+    if args.text_encoder and args.variant != "refavs":
+        raise ValueError("--text-encoder is for the Ref-AVS model (--query)")
     outs = OutputOptions(png_masks=args.png_masks, overlay=args.overlay,
                          timeline=args.timeline, overwrite=args.overwrite,
                          hysteresis=Hysteresis(args.enter, args.exit, args.min_frames))
@@ -399,7 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("videos", nargs="+", help="video files (any container/codec FFmpeg reads)")
     pl.add_argument("--out", required=True, help="results directory (created if needed)")
     model_options(pl, image_size=1024)
-    pl.add_argument("--clip-len", type=int, default=5, help="frames per fuser clip (authors: 5)")
+    pl.add_argument("--clip-len", type=int, default=None,
+                    help="frames per fuser clip (default: the authors' T, 5; 10 with --query)")
+    pl.add_argument("--query", action="append", default=None, metavar="TEXT",
+                    help="Ref-AVS: name an object to segment, e.g. --query dog --query 'the "
+                         "man playing the guitar' (one track each; up to 16)")
+    pl.add_argument("--variant", choices=("avs", "refavs"), default=None,
+                    help="model variant (default: refavs with --query, else avs)")
+    pl.add_argument("--text-encoder", default=None,
+                    help="Ref-AVS with checkpoints: text encoder, registry name or folder "
+                         "(default distilroberta-base from the Hugging Face cache)")
     pl.add_argument("--stride", type=int, default=1, help="pre-label every N-th frame")
     pl.add_argument("--no-audio", choices=("error", "silent"), default="error",
                     help="video without audio: error (default) or mark every frame silent")

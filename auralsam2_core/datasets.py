@@ -520,7 +520,7 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
     def __init__(self, results: str | os.PathLike | Sequence[str | os.PathLike], *,
                  image_size: int = 1024, clip_len: int = 5,
                  video_dir: str | os.PathLike | None = None) -> None:
-        from .results import read_results
+        from .results import read_results, track
 
         paths = [Path(results)] if isinstance(results, str | os.PathLike) else \
             [Path(p) for p in results]
@@ -537,7 +537,7 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
             doc = read_results(f)
             video = self._find_video(f, doc, video_dir)
             self._docs[f] = doc
-            n = len(doc["frames"])
+            n = len(track(doc)["frames"])  # the AVS model's one sounding object
             if n == 0:
                 continue
             if n < self.clip_len:
@@ -566,11 +566,12 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> ClipSample:
         from .audio_track import AudioTrack
         from .media import iter_frames
+        from .results import track
         from .rle import decode
 
         json_path, video, rows = self.items[index]
         doc = self._docs[json_path]
-        recs = [doc["frames"][r] for r in rows]
+        recs = [track(doc)["frames"][r] for r in rows]
         wanted = {rec["index"]: k for k, rec in enumerate(recs)}
         rgb: list[np.ndarray | None] = [None] * len(recs)
         last = max(wanted)
@@ -597,14 +598,14 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
 
 def results_masks(path: str | os.PathLike) -> tuple[list[int], np.ndarray, list[float]]:
     """A results JSON's frame indices, masks ``(T, H, W)`` bool and sounding probabilities."""
-    from .results import frame_masks, read_results
+    from .results import frame_masks, read_results, track
 
     doc = read_results(path)
     pairs = list(frame_masks(doc))
     if not pairs:
         raise ValueError(f"{path} has no frames")
     return ([i for i, _ in pairs], np.stack([m for _, m in pairs]),
-            [f["sounding_prob"] for f in doc["frames"]])
+            [f["sounding_prob"] for f in track(doc)["frames"]])
 
 
 def _gt_for_results(name: str, indices: list[int], gt_dir: Path) -> torch.Tensor:

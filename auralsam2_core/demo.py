@@ -150,7 +150,7 @@ def run_demo(out_dir: str | os.PathLike, *, n_clips: int = 6, size: int = 128, m
     from .build import build_demo_model
     from .engine import PrelabelOptions
     from .jobs import OutputOptions, prelabel_videos
-    from .results import frame_masks, read_results
+    from .results import frame_masks, read_results, track
     from .synthetic import write_clip
 
     t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def run_demo(out_dir: str | os.PathLike, *, n_clips: int = 6, size: int = 128, m
     for c, o in zip(clips, outcomes, strict=True):
         doc = read_results(o.results)
         preds[c.name] = np.stack([m for _, m in frame_masks(doc)])
-        probs[c.name] = [f["sounding_prob"] for f in doc["frames"]]
+        probs[c.name] = [f["sounding_prob"] for f in track(doc)["frames"]]
     summary = {"model": {k: v for k, v in model.meta.items() if k != "fuser_config"},
                "clips": n_clips, "size": size, "seed_base": seed_base,
                "clip_kwargs": DEMO_CLIP, "pass_marks": PASS_MARKS,

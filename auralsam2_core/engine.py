@@ -6,6 +6,12 @@ on the previous clip; the fuser sees clips of ``clip_len`` frames (the authors' 
 SAM2's memory carries across clips through a :class:`~auralsam2_core.model.TrackState` that
 keeps only what memory attention can still read. Memory use therefore does not grow with the
 video's length: audio is decoded alongside and only the log-mel frames still needed are kept.
+
+With a Ref-AVS model, ``options.queries`` names the objects to segment ("the dog", "the man
+playing the guitar"): one track per query, each with its own SAM2 memory. The image encoder
+runs once per clip for all queries; only the fuser and SAM2's tracking repeat per query. As
+published, clips are T = 10 frames and the first clip's conditioning frame is its middle one
+(:meth:`~auralsam2_core.model.AuralSAM2.forward_features`); later clips continue the memory.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -31,9 +37,43 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: Queries (objects named) per run: each adds a fuser pass and a SAM2 track on every clip.
+MAX_QUERIES = 16
+#: Characters per query; the text encoder reads 25 tokens anyway (checked against the model).
+MAX_QUERY_CHARS = 200
+AVS_CLIP_LEN = 5  # the authors' T for the AVS model
+REFAVS_CLIP_LEN = 10  # and for Ref-AVS (REF_AVS_SPEC.md section 3)
+
+
+def check_queries(queries) -> tuple[str, ...]:
+    """``queries`` as a tuple of stripped strings, or ValueError naming the bad one: a list of
+    1..MAX_QUERIES distinct, non-empty strings of at most MAX_QUERY_CHARS characters."""
+    if queries is None:
+        return ()
+    if isinstance(queries, str) or not isinstance(queries, list | tuple):
+        raise ValueError(f"queries must be a list of strings, got {type(queries).__name__}")
+    if len(queries) > MAX_QUERIES:
+        raise ValueError(f"at most {MAX_QUERIES} queries per run, got {len(queries)}")
+    out: list[str] = []
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise ValueError(f"query {i} must be a string, got {type(q).__name__}")
+        text = " ".join(q.split())  # one space between words; no tabs or newlines
+        if not text:
+            raise ValueError(f"query {i} is empty")
+        if len(text) > MAX_QUERY_CHARS:
+            raise ValueError(f"query {i} is {len(text)} characters long; at most "
+                             f"{MAX_QUERY_CHARS} (name the object in a few words)")
+        if text in out:
+            raise ValueError(f"query {i} ({text!r}) is given twice")
+        out.append(text)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class PrelabelOptions:
-    clip_len: int = 5  # frames per fuser clip (the authors' T)
+    # Frames per fuser clip (the authors' T); None: 5, or 10 with queries (Ref-AVS).
+    clip_len: int | None = None
     stride: int = 1  # pre-label every stride-th frame
     no_audio: Literal["error", "silent"] = "error"  # "silent": every frame is "not sounding"
     prefetch_clips: int = 2  # decoded clips waiting for the model (bounds memory)
@@ -42,13 +82,21 @@ class PrelabelOptions:
     # Which audio track to hear: its index among the file's audio tracks (0-based, file
     # order). None: the track marked default, else the first (media.audio_stream).
     audio_track: int | None = None
+    # Ref-AVS: the objects to segment, one track each (needs a Ref-AVS model). Empty: the AVS
+    # model's one "sounding object" track.
+    queries: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "queries", check_queries(self.queries))
+        if self.clip_len is None:
+            object.__setattr__(self, "clip_len",
+                               REFAVS_CLIP_LEN if self.queries else AVS_CLIP_LEN)
         if self.start_frame < 0 or (self.stop_frame is not None
                                     and self.stop_frame <= self.start_frame):
             raise ValueError(f"need 0 <= start_frame < stop_frame, got {self.start_frame}, "
                              f"{self.stop_frame}")
-        if self.clip_len < 1:
+        if isinstance(self.clip_len, bool) or not isinstance(self.clip_len, int) \
+                or self.clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
@@ -72,6 +120,7 @@ class FrameResult:
     predicted_iou: float  # SAM2's IoU estimate of the chosen mask
     mask_score: float  # mean probability inside the mask (0 for an empty mask)
     review_priority: float  # 0..1, higher = look at this frame first (see review_priority)
+    query: str | None = None  # Ref-AVS: the query this track follows (None: AVS, "sounding")
 
 
 class NoAudioError(MediaError):
@@ -162,8 +211,14 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
     the number of frames finished so far. ``prompts`` maps a frame index to an annotator's
     clicks or box (:class:`PointPrompt` in the video's display pixels); those frames
     are labelled with the prompt plus the audio and become SAM2 conditioning frames.
+
+    With ``options.queries`` (a Ref-AVS model), each frame yields one result per query, in
+    the queries' order, with ``query`` set. ValueError for queries the model cannot take
+    (an AVS model, or a query longer than its text encoder reads), for a Ref-AVS model
+    without queries, and for prompts with queries (a click names one object, not each).
     """
     opts = options or PrelabelOptions()
+    check_model_options(model, opts, prompts)
     info = probe_for(video, opts, info)
     for i in prompts or {}:
         if i < opts.start_frame or (opts.stop_frame is not None and i >= opts.stop_frame) \
@@ -185,13 +240,39 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
                     "--audio-track N (0-based)", video, info.audio_tracks, info.audio_track,
                     "" if opts.audio_track is not None else ", the default one")
     track = AudioStream.from_file(video, info.audio_track)
-    state = model.new_state(num_frames=info.num_frames)
     clips = _Producer(video, model.image_size, opts, info.fps).clips()
+    shape = (info.height, info.width)
     try:
-        yield from _label_clips(model, clips, track, state, (info.height, info.width),
-                                on_progress, prompts)
+        if opts.queries:
+            yield from _label_queries(model, clips, track, info.num_frames, shape,
+                                      on_progress, opts.queries)
+        else:
+            yield from _label_clips(model, clips, track, model.new_state(info.num_frames),
+                                    shape, on_progress, prompts)
     finally:
         clips.close()  # stops the decoding thread even if the caller gives up early
+
+
+def check_model_options(model: AuralSAM2, opts: PrelabelOptions,
+                        prompts: Mapping | None = None) -> None:
+    """ValueError when ``opts`` (queries) and ``prompts`` do not fit ``model``'s variant."""
+    if opts.queries and model.variant != "refavs":
+        raise ValueError("queries need a Ref-AVS model (variant 'refavs'); this model is "
+                         "the AVS one, which segments whatever sounds: drop the queries, or "
+                         "load a Ref-AVS model")
+    if not opts.queries and model.variant == "refavs":
+        raise ValueError("the Ref-AVS model segments the objects you name: give at least "
+                         "one query (e.g. --query \"the dog\")")
+    if opts.queries and prompts:
+        raise ValueError("prompts (clicks, boxes) cannot be combined with queries: a prompt "
+                         "marks one object, and each query is its own track")
+    if opts.queries and model.text_encoder is not None:
+        reads = model.text_encoder.max_length
+        for i, q in enumerate(opts.queries):
+            n = len(model.text_encoder.tokenizer(q)["input_ids"])
+            if n > reads:
+                raise ValueError(f"query {i} ({q[:40]!r}) is {n} tokens long; the text "
+                                 f"encoder reads {reads} (with its 2 markers): shorten it")
 
 
 def probe_for(video: str | os.PathLike, opts: PrelabelOptions,
@@ -225,17 +306,52 @@ def _label_clips(model, clips, track, state, shape, on_progress, prompts
         probs = out.object_score_logits.sigmoid().flatten().tolist()
         ious = out.ious.gather(1, out.chosen[:, None]).flatten().tolist()
         for j, (index, time) in enumerate(zip(indices, times, strict=True)):
-            low = out.mask_logits[j:j + 1]
-            low_mask = low[0, 0] > 0
-            inside = torch.sigmoid(low[0, 0])[low_mask]
-            stability = _mask_iou(low_mask, prev) if prev is not None else 1.0
-            prev = low_mask
-            mask = (upsample_logits(low, shape)[0, 0] > 0).cpu().numpy()
-            yield FrameResult(
-                index=index, time=time, mask=mask, sounding_prob=probs[j],
-                predicted_iou=ious[j],
-                mask_score=float(inside.mean()) if inside.numel() else 0.0,
-                review_priority=review_priority(probs[j], ious[j], stability))
+            result, prev = _frame_results(out, j, index, time, shape, prev, probs, ious, None)
+            yield result
+            done += 1
+            if on_progress:
+                on_progress(done)
+
+
+def _frame_results(out, j: int, index: int, time: float, shape, prev: torch.Tensor | None,
+                   probs: list[float], ious: list[float], query: str | None
+                   ) -> tuple[FrameResult, torch.Tensor]:
+    """Frame ``j`` of a clip's output as a :class:`FrameResult` (and its low-res mask, the
+    next frame's ``prev`` for the stability term)."""
+    low = out.mask_logits[j:j + 1]
+    low_mask = low[0, 0] > 0
+    inside = torch.sigmoid(low[0, 0])[low_mask]
+    stability = _mask_iou(low_mask, prev) if prev is not None else 1.0
+    mask = (upsample_logits(low, shape)[0, 0] > 0).cpu().numpy()
+    return FrameResult(index=index, time=time, mask=mask, sounding_prob=probs[j],
+                       predicted_iou=ious[j],
+                       mask_score=float(inside.mean()) if inside.numel() else 0.0,
+                       review_priority=review_priority(probs[j], ious[j], stability),
+                       query=query), low_mask
+
+
+def _label_queries(model, clips, track, num_frames, shape, on_progress, queries
+                   ) -> Iterator[FrameResult]:
+    """Ref-AVS: per clip, one image-encoder pass, then fuser + tracking per query (each query
+    its own SAM2 memory); per frame, one result per query in the queries' order."""
+    with torch.inference_mode():
+        texts = [model.encode_text(q) for q in queries]  # as forward_clip(text=q) encodes it
+    states = [model.new_state(num_frames) for _ in queries]
+    prev: list[torch.Tensor | None] = [None] * len(queries)
+    done = 0
+    for indices, times, clip in clips:
+        with torch.inference_mode():
+            log_mel = track.examples_at(times).to(model.device)
+            enc = model.encode_images(clip.to(model.device))
+            outs = [model.forward_features(enc, log_mel, states[k], text=texts[k])
+                    for k in range(len(queries))]
+        stats = [(o.object_score_logits.sigmoid().flatten().tolist(),
+                  o.ious.gather(1, o.chosen[:, None]).flatten().tolist()) for o in outs]
+        for j, (index, time) in enumerate(zip(indices, times, strict=True)):
+            for k, (out, (probs, ious)) in enumerate(zip(outs, stats, strict=True)):
+                result, prev[k] = _frame_results(out, j, index, time, shape, prev[k], probs,
+                                                 ious, queries[k])
+                yield result
             done += 1
             if on_progress:
                 on_progress(done)
@@ -246,6 +362,7 @@ def _silent(video, info: MediaInfo, opts: PrelabelOptions, on_progress) -> Itera
     for n, frame in enumerate(iter_frames(video, size=16, stride=opts.stride,
                                           fps_hint=info.fps, start=opts.start_frame,
                                           stop=opts.stop_frame), start=1):
-        yield FrameResult(frame.index, frame.time, empty, 0.0, 0.0, 0.0, 0.0)
+        for query in opts.queries or (None,):
+            yield FrameResult(frame.index, frame.time, empty, 0.0, 0.0, 0.0, 0.0, query)
         if on_progress:
             on_progress(n)

@@ -292,19 +292,24 @@ def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: Resu
     """Run the engine on one video into ``writer`` and return the finished results document:
     the one loop behind ``auralsam2 prelabel``, the service's jobs and the adapters' caches.
 
-    ``on_frame(n)`` is called after the n-th frame is written; it may raise to give up (a
+    ``on_frame(n)`` is called after the n-th frame is written (with queries: all of its
+    objects); it may raise to give up (a
     deadline). A run that fails or is given up leaves no partial file (a killed process
     leaves one, which the next run replaces)."""
     opts = options or PrelabelOptions()
     info = probe_for(video, opts, info)
     video_block = video_record(info)  # the file as it was when the run started
+    last = opts.queries[-1] if opts.queries else None  # a frame is done with its last query
     try:
         with writer, contextlib.closing(prelabel(model, video, opts, info=info,
                                                  prompts=prompts)) as frames:
-            for n, result in enumerate(frames, start=1):
+            n = 0
+            for result in frames:
                 writer.add(result)
-                if on_frame:
-                    on_frame(n)
+                if result.query == last:
+                    n += 1
+                    if on_frame:
+                        on_frame(n)
             return writer.finish(video_block, model_record(model.meta, opts),
                                  hysteresis or Hysteresis())
     except Exception:

@@ -21,6 +21,12 @@ class ServedModel:
     fuser_config: str | None = None  # JSON text (hashable, so specs can key a cache)
     image_size: int | None = None
     device: str = "auto"
+    variant: str = "avs"  # "refavs": the text-referred model (jobs then name queries)
+    text_encoder: str | None = None  # refavs: registry name or folder (default distilroberta)
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("avs", "refavs"):
+            raise ValueError(f"variant must be 'avs' or 'refavs', got {self.variant!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> ServedModel:
@@ -37,6 +43,8 @@ class ServedModel:
             image_size=int(env["AURALSAM2_IMAGE_SIZE"]) if env.get("AURALSAM2_IMAGE_SIZE")
             else None,
             device=env.get("AURALSAM2_DEVICE") or "auto",
+            variant=env.get("AURALSAM2_VARIANT") or "avs",
+            text_encoder=env.get("AURALSAM2_TEXT_ENCODER") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["sam2_config"] is None:
@@ -51,12 +59,15 @@ class ServedModel:
         spec's names (a checkpoint at a new path or with new contents should be given a
         new name by the deployment)."""
         if self.sam2_config == "bundled":
-            from .build import bundled_model_info
+            from .build import bundled_model_info, refer_model_dir
 
-            info = bundled_model_info(verify=False)
-            return f"bundled-{info['files'][info['weights']['fuser']]['sha256'][:8]}"
+            refer = self.variant == "refavs"
+            info = bundled_model_info(verify=False, root=refer_model_dir() if refer else None)
+            sha = info['files'][info['weights']['fuser']]['sha256'][:8]
+            return f"bundled-{'refavs-' if refer else ''}{sha}"
         key = json.dumps([self.sam2_config, self.sam2_checkpoint, self.fuser_checkpoint,
-                          self.fuser_config, self.image_size])
+                          self.fuser_config, self.image_size]
+                         + ([self.variant, self.text_encoder] if self.variant != "avs" else []))
         stem = os.path.splitext(os.path.basename(self.sam2_config))[0]
         return f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
@@ -73,6 +84,12 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--fuser-config", default=None, help="fuser config as JSON")
     parser.add_argument("--image-size", type=int, default=None, help="SAM2 input size")
     parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    parser.add_argument("--variant", choices=("avs", "refavs"), default=None,
+                        help="refavs: the Ref-AVS model, segmenting the objects each job names "
+                             "(AURALSAM2_VARIANT; default avs)")
+    parser.add_argument("--text-encoder", default=None,
+                        help="refavs: text encoder, registry name or folder "
+                             "(AURALSAM2_TEXT_ENCODER; default distilroberta-base)")
 
 
 def served_model_from_args(args) -> ServedModel:
@@ -80,7 +97,8 @@ def served_model_from_args(args) -> ServedModel:
     return ServedModel.from_env(
         sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
         fuser_checkpoint=args.fuser_checkpoint, fuser_config=args.fuser_config,
-        image_size=args.image_size, device=args.device)
+        image_size=args.image_size, device=args.device, variant=args.variant,
+        text_encoder=args.text_encoder)
 
 
 @functools.lru_cache(maxsize=2)
@@ -90,13 +108,15 @@ def load_served_model(spec: ServedModel):
     from auralsam2_core.weights import fetch
 
     if spec.sam2_config == "bundled":
-        if spec.sam2_checkpoint or spec.fuser_checkpoint or spec.image_size or spec.fuser_config:
+        if spec.sam2_checkpoint or spec.fuser_checkpoint or spec.image_size or spec.fuser_config \
+                or spec.text_encoder:
             raise ValueError("the bundled demo model has its own weights and input size; set "
                              "AURALSAM2_SAM2_CONFIG to use other ones")
-        return build_auralsam2("bundled", device=spec.device)
+        return build_auralsam2("bundled", device=spec.device, variant=spec.variant)
+    text = {"text_encoder": spec.text_encoder} if spec.text_encoder else {}
     return build_auralsam2(
         spec.sam2_config,
         sam2_checkpoint=fetch(spec.sam2_checkpoint) if spec.sam2_checkpoint else None,
         fuser_checkpoint=fetch(spec.fuser_checkpoint) if spec.fuser_checkpoint else None,
         fuser_config=json.loads(spec.fuser_config) if spec.fuser_config else None,
-        image_size=spec.image_size, device=spec.device)
+        image_size=spec.image_size, device=spec.device, variant=spec.variant, **text)

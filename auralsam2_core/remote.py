@@ -22,12 +22,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import rle
-from .engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
+from .engine import FrameResult, NoAudioError, PrelabelOptions, check_queries, prelabel
 from .env import secret
 from .media import MediaError
 from .model import PointPrompt
 
-OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame", "audio_track")
+OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame", "audio_track",
+               "queries")
 MAX_CLIP_LEN = 64  # frames the fuser sees at once: memory grows with it (the authors' T = 5)
 #: Prompted frames per job: each becomes a SAM2 conditioning frame, kept for the whole video.
 MAX_PROMPTED_FRAMES = 64
@@ -71,7 +72,15 @@ def options_from_wire(raw, *, num_frames: int | None = None,
     if unknown:
         raise OptionsError(f"options.{sorted(map(str, unknown))[0]}",
                            f"unknown option; known: {[*OPTION_KEYS, 'prompts']}")
-    clip_len = _count(raw, "clip_len", PrelabelOptions.clip_len, 1)
+    queries = raw.get("queries", [])
+    if not isinstance(queries, list):
+        raise OptionsError("options.queries", f"must be a list of strings, got "
+                                              f"{_show(queries)}")
+    try:
+        queries = check_queries(queries)
+    except ValueError as e:
+        raise OptionsError("options.queries", str(e)) from None
+    clip_len = _count(raw, "clip_len", PrelabelOptions(queries=queries).clip_len, 1)
     if clip_len > MAX_CLIP_LEN:
         raise OptionsError("options.clip_len", f"must be at most {MAX_CLIP_LEN}, got {clip_len}")
     stride = _count(raw, "stride", PrelabelOptions.stride, 1)
@@ -91,8 +100,12 @@ def options_from_wire(raw, *, num_frames: int | None = None,
                                                      f"({num_frames} frames)")
     prompts = _prompts_from_wire(raw.get("prompts"), start, stop, stride, num_frames,
                                  frame_size)
+    if prompts and queries:
+        raise OptionsError("options.prompts", "prompts cannot be combined with queries (a "
+                                              "prompt marks one object; each query is a track)")
     opts = PrelabelOptions(clip_len=clip_len, stride=stride, no_audio=no_audio,
-                           start_frame=start, stop_frame=stop, audio_track=audio_track)
+                           start_frame=start, stop_frame=stop, audio_track=audio_track,
+                           queries=queries)
     return opts, prompts
 
 
@@ -137,7 +150,8 @@ def options_to_wire(options: PrelabelOptions | None = None,
                     prompts: Mapping[int, PointPrompt] | None = None) -> dict:
     """The ``options`` object of a job request, checked as the service will check it."""
     opts = options or PrelabelOptions()
-    wire = {**{k: v for k, v in asdict(opts).items() if k in OPTION_KEYS},
+    wire = {**{k: list(v) if k == "queries" else v for k, v in asdict(opts).items()
+               if k in OPTION_KEYS},
             "prompts": {str(k): p.as_dict() for k, p in (prompts or {}).items()}}
     options_from_wire(wire)
     return wire
@@ -150,10 +164,16 @@ class RemoteError(RuntimeError):
 
 
 def frame_results(doc: dict) -> Iterator[FrameResult]:
-    """FrameResults rebuilt from a results document."""
-    for f in doc["frames"]:
-        yield FrameResult(f["index"], f["time"], rle.decode(f["mask"]), f["sounding_prob"],
-                          f["predicted_iou"], f["mask_score"], f["review_priority"])
+    """FrameResults rebuilt from a results document, in the engine's order (per frame, one
+    per object)."""
+    from .results import objects
+
+    objs = objects(doc)
+    for recs in zip(*(o["frames"] for o in objs), strict=True):
+        for o, f in zip(objs, recs, strict=True):
+            yield FrameResult(f["index"], f["time"], rle.decode(f["mask"]), f["sounding_prob"],
+                              f["predicted_iou"], f["mask_score"], f["review_priority"],
+                              o["query"])
 
 
 class RemoteEngine:

@@ -6,19 +6,30 @@ therefore leaves no half-written results, and re-running reuses up-to-date resul
 (:func:`why_stale`) and restarts unfinished ones from their first frame (SAM2's memory cannot
 be resumed mid-video). ``<name>.lock`` is held while a name is written.
 
-Layout of ``<name>.json`` (``format: "auralsam2-prelabel"``, ``format_version: 1``)::
+Layout of ``<name>.json`` (``format: "auralsam2-prelabel"``, ``format_version: 2``)::
 
     video:     path, name, width, height (display), rotation, fps, num_frames, duration,
                audio {sample_rate, channels, track, tracks, stream_index, language?, title?}
                or null, size_bytes, mtime_ns
     model:     package version, sam2_config, image_size, mask_choice, fuser_config,
-               checkpoints {sam2, fuser}: {path, sha256} or null (random init), and the
-               run's options: clip_len, stride, no_audio, audio_track, start_frame, stop_frame
-    frames:    [{index, time, sounding_prob, predicted_iou, mask_score, review_priority,
-                 mask: COCO RLE {size: [H, W], counts}}]   (frame order; index 0-based)
-    intervals: [{start_frame, end_frame, start_time, end_time, mean_prob}]  (end inclusive
-               for frames, exclusive for time)
-    summary:   {frames, sounding_frames, intervals, seconds}
+               checkpoints {sam2, fuser}: {path, sha256} or null (random init), variant and
+               text_encoder (Ref-AVS), and the run's options: clip_len, stride, no_audio,
+               audio_track, start_frame, stop_frame, queries
+    objects:   one per tracked object: the AVS model's one "sounding" object (query null),
+               or one per Ref-AVS query, in the queries' order:
+               [{label, query,
+                 frames:    [{index, time, sounding_prob, predicted_iou, mask_score,
+                              review_priority, mask: COCO RLE {size: [H, W], counts}}]
+                            (frame order; index 0-based),
+                 intervals: [{start_frame, end_frame, start_time, end_time, mean_prob}]
+                            (end inclusive for frames, exclusive for time),
+                 summary:   {frames, sounding_frames, intervals}}]
+    summary:   {frames (per object), objects, sounding_frames, intervals (both summed over
+               the objects), seconds}
+
+Version 1 (before Ref-AVS) had one object's ``frames`` and ``intervals`` at the top level;
+:func:`read_results` gives such a file in the version-2 layout. Readers take an object with
+:func:`track` (and :func:`objects`) rather than walking the dict themselves.
 """
 
 from __future__ import annotations
@@ -40,7 +51,8 @@ from .engine import FrameResult, PrelabelOptions
 from .media import MediaInfo
 
 FORMAT = "auralsam2-prelabel"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SOUNDING_LABEL = "sounding"  # the AVS model's one object
 
 
 @dataclass(frozen=True)
@@ -116,13 +128,16 @@ def model_record(meta: dict, opts: PrelabelOptions) -> dict:
     provenance and the options of the run."""
     return {**meta, "clip_len": opts.clip_len, "stride": opts.stride, "no_audio": opts.no_audio,
             "audio_track": opts.audio_track, "start_frame": opts.start_frame,
-            "stop_frame": opts.stop_frame}
+            "stop_frame": opts.stop_frame, "queries": list(opts.queries)}
 
 
 def _model_identity(m: dict) -> dict:
-    """What makes two models give the same masks: config, input size, mask choice, fuser
-    config and the weights' sha256 (not their paths: moved weights are the same model)."""
-    ident = {k: m.get(k) for k in ("sam2_config", "image_size", "mask_choice", "fuser_config")}
+    """What makes two models give the same masks: variant, config, input size, mask choice,
+    fuser config, text encoder and the weights' sha256 (not their paths: moved weights are
+    the same model)."""
+    ident = {k: m.get(k) for k in ("sam2_config", "image_size", "mask_choice", "fuser_config",
+                                   "text_encoder")}
+    ident["variant"] = m.get("variant") or "avs"
     ident["weights"] = {part: (desc or {}).get("sha256")
                         for part, desc in (m.get("checkpoints") or {}).items()}
     return json.loads(json.dumps(ident, default=str))  # tuples vs lists, as stored
@@ -147,7 +162,7 @@ def why_stale(doc: dict, video: dict, model: dict) -> str | None:
         return "the video file changed (size or modification time)"
     pairs = [(k, old_m.get(k, default), model.get(k, default))
              for k, default in (("clip_len", 5), ("stride", 1), ("start_frame", 0),
-                                ("stop_frame", None))]
+                                ("stop_frame", None), ("queries", []))]
     pairs.append(("audio track", _audio_track(old_v), _audio_track(video)))
     if video.get("audio") is None:  # the no-audio policy matters only without audio
         pairs.append(("no_audio", old_m.get("no_audio"), model.get("no_audio")))
@@ -166,11 +181,28 @@ def intervals_stale(doc: dict, rule: Hysteresis) -> bool:
 
 
 def with_intervals(doc: dict, rule: Hysteresis) -> dict:
-    """``doc`` with its intervals (and summary count) recomputed for another hysteresis
-    rule, from the stored per-frame probabilities."""
-    intervals = sounding_intervals(doc["frames"], doc["video"].get("fps") or 0.0, rule)
-    return {**doc, "intervals": intervals, "hysteresis": asdict(rule),
-            "summary": {**doc["summary"], "intervals": len(intervals)}}
+    """``doc`` with its objects' intervals (and summary counts) recomputed for another
+    hysteresis rule, from the stored per-frame probabilities."""
+    fps = doc["video"].get("fps") or 0.0
+    objs = [make_object(o["query"], o["frames"], fps, rule) for o in objects(doc)]
+    return {**doc, "objects": objs, "hysteresis": asdict(rule),
+            "summary": {**doc["summary"], **_totals(objs)}}
+
+
+def make_object(query: str | None, frames: list[dict], fps: float, rule: Hysteresis) -> dict:
+    """One entry of the results' ``objects``: its label and query, frames, intervals."""
+    intervals = sounding_intervals(frames, fps, rule)
+    return {"label": SOUNDING_LABEL if query is None else query, "query": query,
+            "frames": frames, "intervals": intervals,
+            "summary": {"frames": len(frames),
+                        "sounding_frames": sum(f["sounding_prob"] >= 0.5 for f in frames),
+                        "intervals": len(intervals)}}
+
+
+def _totals(objs: list[dict]) -> dict:
+    return {"frames": objs[0]["summary"]["frames"] if objs else 0, "objects": len(objs),
+            "sounding_frames": sum(o["summary"]["sounding_frames"] for o in objs),
+            "intervals": sum(o["summary"]["intervals"] for o in objs)}
 
 
 class OutputBusy(RuntimeError):
@@ -256,21 +288,27 @@ class ResultsWriter:
 
     def add(self, r: FrameResult) -> dict:
         rec = frame_record(r)
-        self._fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        line = rec if r.query is None else {**rec, "query": r.query}
+        self._fh.write(json.dumps(line, separators=(",", ":")) + "\n")
         return rec
 
     def finish(self, video: dict, model: dict, rule: Hysteresis = Hysteresis()) -> dict:
+        """The final document: the frames added, one object per query of ``model["queries"]``
+        (the AVS "sounding" object when there are none)."""
         self._fh.close()
+        queries = list(model.get("queries") or []) or [None]
+        by_query: dict[str | None, list[dict]] = {q: [] for q in queries}
         with open(self.partial, encoding="utf-8") as fh:
-            frames = [json.loads(line) for line in fh]
-        intervals = sounding_intervals(frames, video.get("fps") or 0.0, rule)
+            for line in fh:
+                rec = json.loads(line)
+                by_query[rec.pop("query", None)].append(rec)
+        fps = video.get("fps") or 0.0
+        objs = [make_object(q, by_query[q], fps, rule) for q in queries]
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "video": video, "model": {"package_version": __version__, **model},
-               "frames": frames, "intervals": intervals,
-               "summary": {"frames": len(frames),
-                           "sounding_frames": sum(f["sounding_prob"] >= 0.5 for f in frames),
-                           "intervals": len(intervals),
+               "objects": objs,
+               "summary": {**_totals(objs),
                            "seconds": round(time.perf_counter() - self._started, 2)},
                "hysteresis": asdict(rule)}
         self.replace_final(doc)
@@ -283,17 +321,57 @@ class ResultsWriter:
 
 
 def read_results(path: str | os.PathLike) -> dict:
+    """A results file in the current layout (version-1 files are upgraded in memory, see
+    :func:`upgrade`); ValueError for other JSON and for newer versions."""
     with open(path, encoding="utf-8") as fh:
         doc = json.load(fh)
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an AuralSAM2 results file (format={doc.get('format')})")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path} is not an AuralSAM2 results file (format={found})")
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has results format {doc['format_version']}; this version "
                          f"reads up to {FORMAT_VERSION}")
-    return doc
+    return upgrade(doc)
 
 
-def frame_masks(doc: dict) -> Iterable[tuple[int, np.ndarray]]:
-    """(frame index, (H, W) bool mask) for every frame of a results document."""
-    for f in doc["frames"]:
+def upgrade(doc: dict) -> dict:
+    """A version-1 document (one object's ``frames`` and ``intervals`` at the top level) in
+    the version-2 layout, its intervals kept as stored; newer documents as they are."""
+    if "objects" in doc or doc.get("format_version", 0) >= 2:
+        return doc
+    frames, intervals = doc.get("frames") or [], doc.get("intervals") or []
+    obj = {"label": SOUNDING_LABEL, "query": None, "frames": frames, "intervals": intervals,
+           "summary": {"frames": len(frames),
+                       "sounding_frames": sum(f["sounding_prob"] >= 0.5 for f in frames),
+                       "intervals": len(intervals)}}
+    rest = {k: v for k, v in doc.items() if k not in ("frames", "intervals")}
+    summary = {**(doc.get("summary") or {}), **_totals([obj])}
+    return {**rest, "format_version": FORMAT_VERSION, "upgraded_from_version": 1,
+            "objects": [obj], "summary": summary}
+
+
+def objects(doc: dict) -> list[dict]:
+    """The tracked objects of a results document (either version), in their order."""
+    return upgrade(doc)["objects"]
+
+
+def track(doc: dict, query: str | None = None) -> dict:
+    """One object of a results document: the one following ``query``, or (None) the only
+    one, e.g. the AVS model's "sounding" object. ValueError naming the choices otherwise."""
+    objs = objects(doc)
+    if query is None and len(objs) == 1:
+        return objs[0]
+    match = [o for o in objs if o["query"] == query and query is not None]
+    if match:
+        return match[0]
+    labels = [o["label"] for o in objs]
+    if query is None:
+        raise ValueError(f"these results hold {len(objs)} objects ({labels}); name the query "
+                         "to read")
+    raise ValueError(f"no object follows the query {query!r} in these results ({labels})")
+
+
+def frame_masks(doc: dict, query: str | None = None) -> Iterable[tuple[int, np.ndarray]]:
+    """(frame index, (H, W) bool mask) for every frame of one object (:func:`track`)."""
+    for f in track(doc, query)["frames"]:
         yield f["index"], rle.decode(f["mask"])

@@ -12,19 +12,30 @@ import numpy as np
 from PIL import Image
 
 from .media import iter_frames, video_stream
-from .results import frame_masks
+from .results import objects
 from .rle import decode
 
-TINT = np.array([255, 40, 40], np.float32)  # red
+TINT = np.array([255, 40, 40], np.float32)  # red: the one object of AVS results
+#: One tint per Ref-AVS query, in the queries' order (cycled beyond six).
+TINTS = [TINT, *(np.array(c, np.float32) for c in
+                 ((40, 120, 255), (40, 200, 60), (255, 200, 0), (200, 60, 255), (0, 220, 220)))]
 ALPHA = 0.45
 
 
 def write_png_masks(doc: dict, out_dir: str | os.PathLike) -> Path:
-    """One 0/255 PNG per pre-labelled frame: ``<out_dir>/<frame index, 6 digits>.png``."""
+    """One 0/255 PNG per pre-labelled frame: ``<out_dir>/<frame index, 6 digits>.png``; with
+    several objects (Ref-AVS queries), one folder per object: ``<out_dir>/<k>/`` (k: the
+    query's position; its text is in ``<out_dir>/<k>/query.txt``)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for index, mask in frame_masks(doc):
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{index:06d}.png")
+    objs = objects(doc)
+    for k, obj in enumerate(objs):
+        folder = out / str(k) if len(objs) > 1 else out
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(objs) > 1:
+            (folder / "query.txt").write_text(obj["label"] + "\n", encoding="utf-8")
+        for f in obj["frames"]:
+            Image.fromarray(decode(f["mask"]).astype(np.uint8) * 255).save(
+                folder / f"{f['index']:06d}.png")
     return out
 
 
@@ -38,7 +49,8 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
     and the source's audio track (the one the results heard) copied in unchanged (no
     re-encoding). Frames keep their own timestamps (VFR stays in sync) and time 0 is the
     video's start, as in the results."""
-    masks = {f["index"]: f for f in doc["frames"]}
+    tinted = [({f["index"]: f for f in obj["frames"]}, TINTS[k % len(TINTS)])
+              for k, obj in enumerate(objects(doc))]
     width, height = doc["video"]["width"], doc["video"]["height"]
     scale = min(1.0, max_side / max(width, height))
     w, h = _even(round(width * scale)), _even(round(height * scale))
@@ -59,12 +71,14 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
         for frame in iter_frames(video, fps_hint=fps):
             img = np.asarray(Image.fromarray(frame.rgb).resize((w, h), Image.BILINEAR),
                              np.float32)
-            rec = masks.get(frame.index)
-            if rec is not None:
-                m = np.asarray(Image.fromarray(decode(rec["mask"])).resize((w, h)), bool)
-                img[m] = img[m] * (1 - ALPHA) + TINT * ALPHA
-                bar = int(round(rec["sounding_prob"] * w))
-                img[: max(2, h // 60), :bar] = TINT
+            bar_h = max(2, h // 60)
+            for k, (masks, tint) in enumerate(tinted):  # one bar per object, stacked
+                rec = masks.get(frame.index)
+                if rec is not None:
+                    m = np.asarray(Image.fromarray(decode(rec["mask"])).resize((w, h)), bool)
+                    img[m] = img[m] * (1 - ALPHA) + tint * ALPHA
+                    bar = int(round(rec["sounding_prob"] * w))
+                    img[k * bar_h:(k + 1) * bar_h, :bar] = tint
             vf = av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")
             vf.pts = last_pts = max(round(frame.time * 90000), last_pts + 1)
             vf.time_base = vs.time_base
@@ -87,18 +101,25 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
 
 
 def write_timeline(doc: dict, out_path: str | os.PathLike) -> Path:
-    """PNG plot of the sounding probability over time with the detected intervals shaded."""
+    """PNG plot of the sounding probability over time with the detected intervals shaded
+    (one line per object)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    times = [f["time"] for f in doc["frames"]]
-    probs = [f["sounding_prob"] for f in doc["frames"]]
+    objs = objects(doc)
     fig, ax = plt.subplots(figsize=(10, 2.6), dpi=100)
-    for iv in doc["intervals"]:
-        ax.axvspan(iv["start_time"], iv["end_time"], color="tab:red", alpha=0.18, lw=0)
-    ax.plot(times, probs, color="tab:red", lw=1.2, label="sounding probability")
+    times: list[float] = []
+    for k, obj in enumerate(objs):
+        colour = TINTS[k % len(TINTS)] / 255
+        times = [f["time"] for f in obj["frames"]] or times
+        for iv in obj["intervals"]:
+            ax.axvspan(iv["start_time"], iv["end_time"], color=colour, alpha=0.18, lw=0)
+        ax.plot([f["time"] for f in obj["frames"]], [f["sounding_prob"] for f in obj["frames"]],
+                color=colour, lw=1.2, label=obj["label"])
+    if len(objs) > 1:
+        ax.legend(fontsize=7, loc="upper right")
     rule = doc.get("hysteresis", {})
     for y in (rule.get("enter"), rule.get("exit")):
         if y is not None:
@@ -107,8 +128,8 @@ def write_timeline(doc: dict, out_path: str | os.PathLike) -> Path:
     ax.set_xlim(0, max(times[-1] if times else 0, doc["video"].get("duration") or 0) or 1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("p(sounding)")
-    ax.set_title(f"{doc['video']['name']}: {len(doc['intervals'])} sounding interval(s)",
-                 fontsize=9)
+    n = sum(len(o["intervals"]) for o in objs)
+    ax.set_title(f"{doc['video']['name']}: {n} sounding interval(s)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)

@@ -151,6 +151,10 @@ def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os
     opts = options or PrelabelOptions()
     outs = outputs or OutputOptions()
     served = served or ServedModel.from_env()
+    if bool(opts.queries) != (served.variant == "refavs"):
+        raise ValueError("queries go with the Ref-AVS model (--variant refavs), and the Ref-AVS "
+                         "model needs queries" + (f" (got {len(opts.queries)} queries and "
+                                                  f"variant {served.variant})"))
     items = as_items(videos)
     out_dir = prepare_out_dir(out_dir)
     report = BatchReport(backend="ray" if ray else "local")

@@ -32,7 +32,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="model actors with --ray (default: one per GPU, else per CPU)")
     p.add_argument("--stride", type=int, default=1, help="pre-label every N-th frame")
-    p.add_argument("--clip-len", type=int, default=5, help="frames per fuser clip (authors: 5)")
+    p.add_argument("--clip-len", type=int, default=None,
+                   help="frames per fuser clip (default: the authors' 5, or 10 with --query)")
+    p.add_argument("--query", action="append", default=None, metavar="TEXT",
+                   help="Ref-AVS: an object to segment (repeat for several; one track each); "
+                        "implies --variant refavs")
     p.add_argument("--no-audio", choices=("error", "silent"), default="error",
                    help="video without audio: error (default) or mark every frame silent")
     p.add_argument("--audio-track", type=int, default=None, metavar="N",
@@ -59,7 +63,9 @@ def cmd_batch(args) -> int:
         raise ValueError(f"--report {args.report}: give a file in an existing folder")
     items = read_manifest(args.manifest)
     opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio,
-                           audio_track=args.audio_track)
+                           audio_track=args.audio_track, queries=args.query or ())
+    if opts.queries and args.variant is None:
+        args.variant = "refavs"  # queries name objects: the Ref-AVS model reads them
     served = served_model_from_args(args)
     report = run_batch(items, args.out, opts, ray=args.ray, num_workers=args.workers,
                        served=served, outputs=OutputOptions(overwrite=args.overwrite),

@@ -253,7 +253,7 @@ class Service:
 
         raw = {} if options is None else options
         try:
-            options_from_wire(raw)
+            self._check_variant(options_from_wire(raw)[0])
         except OptionsError as e:
             raise bad_options(e) from None
         self._refuse_when_full()
@@ -270,7 +270,8 @@ class Service:
                     frame_size=info and (info.width, info.height))
             except OptionsError as e:
                 raise bad_options(e) from None
-            job = Job(job_id, str(path), {k: getattr(opts, k) for k in OPTION_KEYS},
+            wire = {k: getattr(opts, k) for k in OPTION_KEYS}
+            job = Job(job_id, str(path), {**wire, "queries": list(opts.queries)},
                       {str(k): p.as_dict() for k, p in prompts.items()})
             with self.cv:
                 self._refuse_when_full()  # filled while we downloaded
@@ -283,6 +284,20 @@ class Service:
         except BaseException:
             self._drop_download(path)
             raise
+
+    @property
+    def variant(self) -> str:
+        """The served model's variant ("avs" or "refavs"), known without loading it."""
+        return self._model.variant if self._model is not None else self.served.variant
+
+    def _check_variant(self, opts) -> None:
+        if opts.queries and self.variant != "refavs":
+            raise OptionsError("options.queries", "this service runs the AVS model, which "
+                                                  "takes no queries (serve a Ref-AVS model: "
+                                                  "--variant refavs)")
+        if not opts.queries and self.variant == "refavs":
+            raise OptionsError("options.queries", "this service runs the Ref-AVS model: "
+                                                  "name at least one object to segment")
 
     def _refuse_when_full(self) -> None:
         with self.cv:
@@ -346,7 +361,7 @@ class Service:
 
             doc = prelabel_to_results(self.model, job.video, writer, opts, info=info,
                                       prompts=prompts, on_frame=progress)
-            if not doc["frames"]:  # a container that did not tell its length
+            if not doc["summary"]["frames"]:  # a container that did not tell its length
                 writer.final.unlink(missing_ok=True)
                 raise MediaError(f"no frame from start_frame {opts.start_frame} on: the "
                                  "video is shorter")

@@ -75,6 +75,9 @@ ROWS: tuple[Row, ...] = (
     Row("ray_scaling", "bench_ray_scaling.py",
         ("--clips", "8", "--seconds", "2", "--size", "96"),
         "`auralsam2 batch --ray`, 2 workers vs 1"),
+    Row("queries_256", "bench_queries.py",
+        ("--config", "sam2.1_hiera_t", "--size", "256", "--seconds", "2", "--queries", "4"),
+        "Ref-AVS: K = 4 queries vs one, and vs encoder + K x (fuser + tracking); 256 px"),
 )
 #: Scripts that run through ``gpu_suite.sh`` rather than a CPU row.
 GPU_SCRIPTS = ("gpu_prelabel.py",)

@@ -39,6 +39,7 @@ from auralsam2_core.results import (
     read_results,
     sounding_intervals,
 )
+from auralsam2_core.results import track as sounding_track
 
 from helpers import media_factory as mf
 
@@ -311,9 +312,9 @@ def test_results_file_matches_a_direct_run(tmp_path, model):
     assert outcome.status == "done" and outcome.results == out / "fichier 1.json"
     assert sorted(p.name for p in out.iterdir()) == ["fichier 1.json"]
     doc = read_results(outcome.results)
-    assert doc["format"] == FORMAT and doc["format_version"] == 1
+    assert doc["format"] == FORMAT and doc["format_version"] == 2
     assert doc["status"] == "complete"
-    assert {"video", "model", "frames", "intervals", "summary", "hysteresis"} <= set(doc)
+    assert {"video", "model", "objects", "summary", "hysteresis"} <= set(doc)
     v = doc["video"]
     assert v["name"] == "fichier 1.mp4" and v["path"] == str(video.resolve())
     assert (v["width"], v["height"], v["rotation"], v["num_frames"]) == (64, 48, 0, 6)
@@ -326,19 +327,21 @@ def test_results_file_matches_a_direct_run(tmp_path, model):
         "sam2_hiera_t", 64, 4, 1)
     assert (m["audio_track"], m["start_frame"], m["stop_frame"]) == (None, 0, None)
     assert m["checkpoints"] == {"sam2": None, "fuser": None}
+    obj = sounding_track(doc)
+    assert (obj["label"], obj["query"], doc["model"]["queries"]) == ("sounding", None, [])
     assert doc["summary"]["frames"] == 6 and doc["summary"]["intervals"] == len(
-        doc["intervals"])
+        obj["intervals"])
     keys = {"index", "time", "sounding_prob", "predicted_iou", "mask_score",
             "review_priority", "mask"}
-    assert all(set(f) == keys for f in doc["frames"])
+    assert all(set(f) == keys for f in obj["frames"])
     direct = run(model, video, clip_len=4)
-    assert [f["index"] for f in doc["frames"]] == [r.index for r in direct]
-    for (index, mask), f, r in zip(frame_masks(doc), doc["frames"], direct, strict=True):
+    assert [f["index"] for f in obj["frames"]] == [r.index for r in direct]
+    for (index, mask), f, r in zip(frame_masks(doc), obj["frames"], direct, strict=True):
         assert index == r.index and f["mask"]["size"] == [48, 64]
         assert np.array_equal(mask, r.mask)
         assert f["time"] == pytest.approx(r.time, abs=1e-6)
         assert f["sounding_prob"] == pytest.approx(r.sounding_prob, abs=1e-4)
-    assert doc["intervals"] == sounding_intervals(doc["frames"], v["fps"], Hysteresis())
+    assert obj["intervals"] == sounding_intervals(obj["frames"], v["fps"], Hysteresis())
 
 
 def _frames(probs, step=0.1):
@@ -412,7 +415,7 @@ def test_killed_run_is_redone_and_finished_one_skipped(tmp_path, model, monkeypa
 
     [o] = prelabel_videos(model, [video], out, PrelabelOptions(clip_len=2), progress=False)
     assert o.status == "done" and not partial.exists()
-    indices = [f["index"] for f in read_results(out / "clip.json")["frames"]]
+    indices = [f["index"] for f in sounding_track(read_results(out / "clip.json"))["frames"]]
     assert indices == [0, 1, 2, 3]  # redone from the first frame, no duplicates
 
     [o] = prelabel_videos(model, [video], out, PrelabelOptions(clip_len=2), progress=False)

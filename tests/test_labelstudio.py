@@ -36,6 +36,7 @@ from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
 from auralsam2_core.model_env import ServedModel  # noqa: E402
 from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
+from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import brush  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
@@ -517,9 +518,9 @@ def test_prelabel_command_imports_every_task_once(ls, media, tmp_path, model, en
     again = prelabel_project(b, p["id"], progress=False)  # resumable: nothing redone
     assert (again["created"], again["skipped"]) == (0, 1)
     assert len(ls.predictions(tid)) == 1
-    assert rle.decode(next(iter(b.cached(
+    assert rle.decode(next(iter(sounding_track(b.cached(
         f"task-{tid}-" + __import__("hashlib").sha1(
-            ls_task(ls, tid)["data"]["video"].encode()).hexdigest()[:8])["frames"]))["mask"]
+            ls_task(ls, tid)["data"]["video"].encode()).hexdigest()[:8]))["frames"]))["mask"]
     ).shape == (96, 128)
 
 

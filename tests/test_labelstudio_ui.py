@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.slow,
 
 from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
+from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
@@ -152,7 +153,7 @@ def seek(page, frame: int) -> dict:
 
 def file_frame_at(doc: dict, time: float) -> int:
     """The file frame a browser shows at ``time``: the last one starting at or before it."""
-    times = [f["time"] for f in doc["frames"]]
+    times = [f["time"] for f in sounding_track(doc)["frames"]]
     return max(0, int(np.searchsorted(times, time + 1e-6, side="right")) - 1)
 
 
@@ -189,7 +190,7 @@ def test_box_sits_on_the_sounding_shape_at_every_label_studio_frame(ls, backend,
     assert length == 50  # Label Studio numbers 2 s at 25 fps
     for f, s in seen.items():
         k = file_frame_at(doc, s["time"])
-        frame = doc["frames"][k]
+        frame = sounding_track(doc)["frames"][k]
         want = P.mask_box(rle.decode(frame["mask"]))
         assert s["visible"], f"no box on Label Studio frame {f} (file frame {k})"
         assert max(abs(a - b) for a, b in zip(s["box"], want, strict=True)) <= \
@@ -223,17 +224,17 @@ def test_scores_are_the_models_confidence(ls, backend, media, browser, artifacts
     review priority is its own number in the regions' details."""
     pid, tid, pred = prelabelled(ls, backend, "scores", VIDEO_CONFIG, media["mixed_path"])
     doc = engine_doc(backend, tid)
-    frames = doc["frames"]
+    frames = sounding_track(doc)["frames"]
     conf = np.mean([f["sounding_prob"] * f["predicted_iou"] if f["sounding_prob"] >= 0.5
                     else 1 - f["sounding_prob"] for f in frames])
     assert pred["score"] == pytest.approx(conf, abs=1e-4)
     track, *ranges = pred["result"]
     boxed = [f for f in frames if f["sounding_prob"] >= 0.5 and rle.decode(f["mask"]).any()
              and any(iv["start_frame"] <= f["index"] <= iv["end_frame"]
-                     for iv in doc["intervals"])]
+                     for iv in sounding_track(doc)["intervals"])]
     assert track["score"] == pytest.approx(
         np.mean([f["sounding_prob"] * f["predicted_iou"] for f in boxed]), abs=1e-4)
-    for r, iv in zip(ranges, doc["intervals"], strict=True):
+    for r, iv in zip(ranges, sounding_track(doc)["intervals"], strict=True):
         part = frames[iv["start_frame"]:iv["end_frame"] + 1]
         assert r["score"] == pytest.approx(
             np.mean([f["sounding_prob"] * f["predicted_iou"] for f in part]), abs=1e-4)

@@ -18,6 +18,7 @@ import pytest
 from auralsam2_core.cli import main
 from auralsam2_core.model_env import ServedModel, load_served_model
 from auralsam2_core.results import read_results
+from auralsam2_core.results import track as sounding_track
 from auralsam2_core.synthetic import make_clip, write_clip
 from auralsam2_service.batch import BatchItem, ManifestError, read_manifest, run_batch
 
@@ -147,7 +148,8 @@ def test_local_batch_reuses_only_up_to_date_results_and_keeps_other_videos(media
     strided = batch("day1/cam.mp4", "day2/cam.mp4", stride=2)
     assert [(o.status, o.note) for o in strided] == [
         ("done", "redone: options changed: stride 1 -> 2")] * 2
-    assert [f["index"] for f in read_results(out / "cam.json")["frames"]] == [0, 2, 4]
+    cam = sounding_track(read_results(out / "cam.json"))
+    assert [f["index"] for f in cam["frames"]] == [0, 2, 4]
     kept = (out / "cam.json").read_bytes()
     named = tmp_path / "named.jsonl"  # a name given in the manifest is not moved elsewhere
     named.write_text('{"video": "day2/cam.mp4", "name": "cam"}\n')
@@ -187,7 +189,7 @@ def test_ray_batch_writes_the_same_results_as_the_local_run(cluster, local_run, 
     assert sorted(p.name for p in out.iterdir()) == [f"{c}.json" for c in CLIPS]  # no partials
     for c in CLIPS:
         ray_doc, local_doc = _comparable(out / f"{c}.json"), _comparable(local_out / f"{c}.json")
-        assert len(ray_doc["frames"]) == 5
+        assert len(sounding_track(ray_doc)["frames"]) == 5
         assert ray_doc == local_doc  # same frames, RLE masks, probabilities, intervals
 
 

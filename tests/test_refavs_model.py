@@ -155,7 +155,8 @@ def test_audio_rows_other_than_frames(model, n_audio):
     d1 = captured[0][1][0]
     assert d1.shape == (n_audio + 25, 256)
     last = next(s for s in _steps(calls) if s["frame"] == T - 1)
-    assert torch.equal(last["audio"][-1].reshape(-1), d1[T - 1])  # row 9: a text row when n_audio = 9
+    # row 9: a text row when n_audio = 9
+    assert torch.equal(last["audio"][-1].reshape(-1), d1[T - 1])
     assert out.mask_logits.shape[0] == T
 
 

@@ -33,6 +33,7 @@ from auralsam2_core.build import build_auralsam2
 from auralsam2_core.engine import PrelabelOptions
 from auralsam2_core.jobs import OutputOptions, prelabel_videos
 from auralsam2_core.results import Hysteresis, ResultsWriter, read_results
+from auralsam2_core.results import track as sounding_track
 
 from helpers import media_factory as mf
 
@@ -51,7 +52,7 @@ def label(model, videos, out, outputs=None, **options):
 
 
 def indices(path) -> list[int]:
-    return [f["index"] for f in read_results(path)["frames"]]
+    return [f["index"] for f in sounding_track(read_results(path))["frames"]]
 
 
 # ----------------------------------------------------------------------------- locking
@@ -193,9 +194,10 @@ def test_a_new_hysteresis_recomputes_intervals_without_the_model(tmp_path, model
     assert o.note == ("intervals recomputed for the new hysteresis; rendered "
                       "clip_timeline.png")
     after = read_results(o.results)
-    assert after["frames"] == before["frames"]
+    assert sounding_track(after)["frames"] == sounding_track(before)["frames"]
     assert after["hysteresis"] == {"enter": 0.0, "exit": 0.0, "min_frames": 1}
-    assert [(i["start_frame"], i["end_frame"]) for i in after["intervals"]] == [(0, 5)]
+    intervals = sounding_track(after)["intervals"]
+    assert [(i["start_frame"], i["end_frame"]) for i in intervals] == [(0, 5)]
     assert after["summary"]["intervals"] == 1
     [o] = label(model, [video], out, OutputOptions(hysteresis=rule, timeline=True,
                                                    png_masks=True))

@@ -24,6 +24,7 @@ from auralsam2_core.engine import NoAudioError, PrelabelOptions  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
 from auralsam2_core.model_env import ServedModel  # noqa: E402
 from auralsam2_core.remote import LocalEngine, RemoteEngine, RemoteError  # noqa: E402
+from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_service.app import create_app  # noqa: E402
 from auralsam2_service.config import ServiceSettings  # noqa: E402
@@ -48,7 +49,7 @@ def media(tmp_path_factory):
 
 def comparable(doc: dict) -> dict:
     """A results document without its timings."""
-    return {"frames": doc["frames"], "intervals": doc["intervals"],
+    return {"objects": doc["objects"],
             "video": {k: v for k, v in doc["video"].items() if k != "path"},
             "model": {k: v for k, v in doc["model"].items()
                       if k in ("sam2_config", "image_size", "mask_choice", "clip_len")}}
@@ -208,7 +209,7 @@ def test_killed_worker_job_is_retried_or_failed_visibly(tmp_path, media, model, 
         if attempts == 2:
             assert st["status"] == "done" and st["attempts"] == 2, st
             doc = engine._call("GET", f"/v1/jobs/{job}/results")
-            assert len(doc["frames"]) == 300
+            assert len(sounding_track(doc)["frames"]) == 300
             assert comparable(doc) == comparable(LocalEngine(model).document(long))
         else:
             assert st["status"] == "failed" and st["error_kind"] == "interrupted"
@@ -252,7 +253,7 @@ def test_media_urls_only_from_allowed_hosts_without_redirects(tmp_path, media, m
         assert wait_done(client, r.json()["id"])["status"] == "done"
         local = LocalEngine(model).document(media["clip"])
         got = client.get(f"/v1/jobs/{r.json()['id']}/results", headers=AUTH).json()
-        assert got["frames"] == local["frames"]
+        assert sounding_track(got)["frames"] == sounding_track(local)["frames"]
         r = client.post("/v1/jobs", json={"video": f"{base}/moved.mp4"}, headers=AUTH)
         assert r.status_code == 502 and "cannot download" in r.json()["error"]
         r = client.post("/v1/jobs", json={"video": str(media["clip"])}, headers=AUTH)
@@ -424,8 +425,8 @@ def test_url_media_are_fetched_per_job_not_cached(tmp_path, media, model):
             assert r.status_code == 202, r.json()
             assert wait_done(client, r.json()["id"])["status"] == "done"
             docs.append(client.get(f"/v1/jobs/{r.json()['id']}/results", headers=AUTH).json())
-        assert len(docs[0]["frames"]) == 15 and len(docs[1]["frames"]) == 10
-        assert docs[1]["frames"] == LocalEngine(model).document(tmp_path / "other.mp4")["frames"]
+        assert docs[0]["summary"]["frames"] == 15 and docs[1]["summary"]["frames"] == 10
+        assert docs[1]["objects"] == LocalEngine(model).document(tmp_path / "other.mp4")["objects"]
         assert list((service.dir / "media").iterdir()) == []  # each copy went with its job
         # A refused request leaves no download behind either (start_frame past the end).
         r = client.post("/v1/jobs", json={"video": url, "options": {"start_frame": 500}},
@@ -469,7 +470,7 @@ def test_a_second_serve_on_the_same_state_dir_refuses_and_touches_nothing(tmp_pa
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert st["status"] == "done" and st["attempts"] == 1, st
-        assert len(engine._call("GET", f"/v1/jobs/{job}/results")["frames"]) == 750
+        assert engine._call("GET", f"/v1/jobs/{job}/results")["summary"]["frames"] == 750
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

@@ -23,7 +23,7 @@ import numpy as np
 from auralsam2_core.engine import PrelabelOptions
 from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, iter_frames, probe
-from auralsam2_core.results import ResultsWriter, read_results
+from auralsam2_core.results import ResultsWriter, read_results, track
 
 from . import masks
 from .api import CvatApi, CvatError, extract_video, share_path
@@ -239,7 +239,7 @@ class TaskSession:
     def _run_engine(self) -> None:
         writer = PublishingWriter(self.dir / "results", self._results_key(), self._publish)
         if writer.is_complete():
-            for rec in read_results(writer.final)["frames"]:
+            for rec in track(read_results(writer.final))["frames"]:
                 self._publish(rec)
             self.log("info", f"task {self.task_id}: results from the cache ({writer.final})")
             return
@@ -257,7 +257,7 @@ class TaskSession:
         model = getattr(self.engine, "model", None)
         if model is None:  # the shared model service runs the video; its results come at once
             doc = self.engine.document(self.media, opts)
-            for rec in doc["frames"]:
+            for rec in track(doc)["frames"]:
                 self._publish(rec)
             tmp = writer.final.with_name(writer.final.name + ".tmp")
             writer.final.parent.mkdir(parents=True, exist_ok=True)

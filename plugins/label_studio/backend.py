@@ -33,8 +33,9 @@ from auralsam2_core.remote import RemoteEngine, RemoteError, remote_from_env
 from auralsam2_core.results import (
     Hysteresis,
     ResultsWriter,
+    make_object,
     read_results,
-    sounding_intervals,
+    track,
 )
 
 from . import predictions as P
@@ -329,7 +330,7 @@ class Backend:
 
         from auralsam2_core import rle
 
-        frame = next((f for f in doc["frames"] if f["index"] == media.frame), None)
+        frame = next((f for f in track(doc)["frames"] if f["index"] == media.frame), None)
         if frame is None:
             raise TaskError(f"frame {media.frame + 1} is past the end of the video")
         mask = rle.decode(frame["mask"])
@@ -475,8 +476,8 @@ def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
 
 def _merge(base: dict, part: dict) -> dict:
     """``base`` with the frames of ``part`` replaced and the intervals recomputed."""
-    new = {f["index"]: f for f in part["frames"]}
-    frames = [new.get(f["index"], f) for f in base["frames"]]
+    new = {f["index"]: f for f in track(part)["frames"]}
+    frames = [new.get(f["index"], f) for f in track(base)["frames"]]
     rule = Hysteresis(**base.get("hysteresis", {}))
-    return {**base, "frames": frames,
-            "intervals": sounding_intervals(frames, base["video"].get("fps") or 0.0, rule)}
+    return {**base, "objects": [make_object(None, frames, base["video"].get("fps") or 0.0,
+                                            rule)]}

@@ -29,6 +29,7 @@ import numpy as np
 from auralsam2_core import rle
 from auralsam2_core.instances import instance_tracks
 from auralsam2_core.results import frame_masks
+from auralsam2_core.results import track as sounding_track
 
 from . import brush
 from .labelconfig import Control
@@ -100,7 +101,7 @@ def region_confidence(frames: list[dict]) -> float:
 
 def prediction_score(doc: dict, threshold: float = 0.5) -> float:
     """The task's prediction score: the mean :func:`frame_confidence` of its frames."""
-    frames = doc["frames"]
+    frames = sounding_track(doc)["frames"]
     if not frames:
         return 0.0
     return round(float(np.mean([frame_confidence(f, threshold) for f in frames])), 4)
@@ -166,7 +167,8 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
     """Label Studio results for a video task from one results document (with
     ``instance_min_area``: one box track per instance, see :func:`instance_box_tracks`)."""
     video = doc["video"]
-    frames = doc["frames"]
+    obj = sounding_track(doc)  # the AVS model's one sounding object
+    frames = obj["frames"]
     fps = video.get("fps") or framerate
     n = video.get("num_frames") or (frames[-1]["index"] + 1 if frames else 0)
     duration = video.get("duration") or (n / fps if fps else 0.0)
@@ -175,7 +177,7 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
     pos = {f["index"]: k for k, f in enumerate(frames)}
     shown = shown_frames([f["time"] for f in frames], framerate, n_ls) if frames else []
     stretches = []  # (first, last) positions in ``frames``, Label Studio frames showing them
-    for iv in doc["intervals"]:
+    for iv in obj["intervals"]:
         a, b = pos[iv["start_frame"]], pos[iv["end_frame"]]
         ls = [f for f, k in enumerate(shown, 1) if a <= k <= b]
         stretches.append((a, b, ls or [min(n_ls, ls_frame(frames[a]["time"], framerate))]))
@@ -238,7 +240,7 @@ def instance_box_tracks(doc: dict, box: Control, stretches: list, shown: list[in
     parts tracked across frames. Within each sounding stretch, each run of Label Studio frames
     on which the instance is present gets its keyframes, the last one ``enabled: false`` (so
     the box is hidden where the instance is not, instead of interpolated across the gap)."""
-    frames = doc["frames"]
+    frames = sounding_track(doc)["frames"]
     masks = ((k, mask if frames[k]["sounding_prob"] >= threshold else np.zeros_like(mask))
              for k, (_, mask) in enumerate(frame_masks(doc)))
     tracks = instance_tracks(masks, min_area=min_area, keep=mask_box)

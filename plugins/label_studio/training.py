@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core import rle
-from auralsam2_core.results import FORMAT, FORMAT_VERSION
+from auralsam2_core.results import FORMAT, FORMAT_VERSION, SOUNDING_LABEL, track
 
 from . import brush
 from .errors import BadRequest, TaskError, is_id
@@ -241,8 +241,9 @@ class FineTuner:
             result = rec["annotation"]["result"]
             cached = b.cached(media.key)
             if cached:
-                times = [fr["time"] for fr in cached["frames"]]
-                predicted = {fr["index"]: rle.decode(fr["mask"]) for fr in cached["frames"]}
+                cached_frames = track(cached)["frames"]
+                times = [fr["time"] for fr in cached_frames]
+                predicted = {fr["index"]: rle.decode(fr["mask"]) for fr in cached_frames}
             else:
                 times = [fr.time for fr in iter_frames(media.video, size=16)]
                 predicted = {}
@@ -268,7 +269,8 @@ class FineTuner:
                 continue
             doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
                    "video": {"path": str(media.video.resolve()), "name": media.video.name},
-                   "frames": frames, "intervals": []}
+                   "objects": [{"label": SOUNDING_LABEL, "query": None, "frames": frames,
+                                "intervals": []}]}
             path = out / f"{media.key}.json"
             path.write_text(json.dumps(doc))
             files.append(path)
