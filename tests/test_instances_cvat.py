@@ -26,12 +26,8 @@ from auralsam2_core.instances import connected_parts  # noqa: E402
 from auralsam2_plugins.cvat import main  # noqa: E402
 from auralsam2_plugins.cvat.masks import from_detector_mask, mask_box  # noqa: E402
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import cvat_emulator as ce
-    from .instances_media import box_area, nearest_object, write_two_sounding_shapes
-except ImportError:
-    import cvat_emulator as ce
-    from instances_media import box_area, nearest_object, write_two_sounding_shapes
+from helpers import cvat_emulator as ce  # noqa: E402
+from helpers.instances_media import box_area, nearest_object, write_two_sounding_shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTION = "pth-auralsam2-sounding"

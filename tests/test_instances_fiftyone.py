@@ -9,12 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import fiftyone_env
-    from .instances_media import box_area, nearest_object, write_two_sounding_shapes
-except ImportError:
-    import fiftyone_env
-    from instances_media import box_area, nearest_object, write_two_sounding_shapes
+from helpers import fiftyone_env
+from helpers.instances_media import box_area, nearest_object, write_two_sounding_shapes
 
 fiftyone_env.prepare()
 

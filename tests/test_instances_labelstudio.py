@@ -12,12 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import label_studio_server as lss
-    from .instances_media import nearest_object, write_two_sounding_shapes
-except ImportError:
-    import label_studio_server as lss
-    from instances_media import nearest_object, write_two_sounding_shapes
+from helpers import label_studio_server as lss
+from helpers.instances_media import nearest_object, write_two_sounding_shapes
 
 pytestmark = pytest.mark.skipif(not lss.available(), reason="needs .venv-labelstudio "
                                 "(scripts/setup.d/40-labelstudio.sh) and ffmpeg")

@@ -40,10 +40,7 @@ from auralsam2_core.results import (
 )
 from auralsam2_core.text_encoder import tiny_word_text_encoder
 
-try:  # tests/ as a package or as a rootdir-inserted folder
-    from . import media_factory as mf
-except ImportError:
-    import media_factory as mf
+from helpers import media_factory as mf
 
 pytestmark = pytest.mark.skipif(mf.FFMPEG is None, reason="needs the ffmpeg command")
 
