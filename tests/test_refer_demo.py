@@ -243,3 +243,33 @@ def test_refer_recipe_script_writes_a_verified_bundle(tmp_path):
                                      "silent_low_confidence_fraction", "per_query"}
     model = build_refer_demo_model(device="cpu", root=bundle)
     assert model.variant == "refavs" and model.meta["sam2_config"].startswith("bundled:")
+
+
+# ----------------------------------------------------------------------------- demo path
+
+
+def test_refer_demo_runs_through_the_engine_and_scores_its_results_files(tmp_path):
+    """`demo --refer` pre-labels each clip's mp4 with its queries as `prelabel --query` does:
+    the summary is computed from the version-2 results files it leaves behind."""
+    from auralsam2_core.build import build_auralsam2
+    from auralsam2_core.refer_demo import run_refer_demo
+    from auralsam2_core.results import frame_masks, objects, read_results
+
+    torch.manual_seed(0)
+    model = build_auralsam2("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]},
+                            device="cpu", variant="refavs",
+                            text_encoder=tiny_word_text_encoder())
+    s = run_refer_demo(tmp_path, n_clips=1, size=64, model=model)
+    assert s["path"] == "engine" and len(s["per_query"]) == 6
+    for v in refer_clips(1, size=64):
+        doc = read_results(tmp_path / "results" / f"{v.name}.json")
+        assert doc["format_version"] == 2
+        assert [o["query"] for o in objects(doc)] == [q.expression for q in v.queries]
+        rows = [r for r in s["per_query"] if r["video"] == v.name]
+        for k, q in enumerate(v.queries):
+            m = np.stack([m for _, m in frame_masks(doc, q.expression)])
+            assert m.shape == q.target.shape
+            union = np.logical_or(m, q.target).sum()
+            iou = np.logical_and(m, q.target).sum() / union if union else 1.0
+            assert rows[k]["iou"] == pytest.approx(iou)
+            assert rows[k]["foreground_fraction"] == pytest.approx(m.mean())
