@@ -278,14 +278,16 @@ def contrastive_loss(pixel_embeddings: Sequence[torch.Tensor],
     neg = lab[:, None] != c_lab[None, :]
     pos = ~neg & (frame[:, None] == c_frame[None, :])
     pos[:, :n_pix] = False  # positives are pixel <-> audio pairs only
-    exp = logits.exp()
-    neg_sum = (exp * neg).sum(1, keepdim=True)
-    log_prob = logits - torch.log(exp + neg_sum)
+    # log(e^{s+} + sum e^{s-}) in log space: the Ref-AVS visual projections are normalised
+    # over positions, not channels (fuser.TokenProjectionHead), so similarities can span more
+    # than exp() resolves in float32; an anchor without negatives gets log_prob 0, not NaN.
+    log_neg = torch.logsumexp(logits.masked_fill(~neg, float("-inf")), dim=1, keepdim=True)
+    log_prob = logits - torch.logaddexp(logits, log_neg)
     n_pos = pos.sum(1)
     has = n_pos > 0
     if not bool(has.any()):
         return logits.sum() * 0.0
-    per_anchor = (log_prob * pos).sum(1)[has] / n_pos[has]
+    per_anchor = log_prob.masked_fill(~pos, 0.0).sum(1)[has] / n_pos[has]
     return -per_anchor.mean()
 
 

@@ -451,7 +451,8 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
                         terms[k] = terms.get(k, 0.0) + v / len(outs)
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise RuntimeError(f"loss is {loss.item()} at step {step}")
+                parts = {k: round(float(v), 5) for k, v in terms.items() if k != "loss"}
+                raise RuntimeError(f"loss is {loss.item()} at step {step} ({parts})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) \

@@ -215,6 +215,29 @@ def test_contrastive_pairs_pixels_only_with_their_own_frames_audio():
     assert contrastive_loss([pix], [aud], gt).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_contrastive_stays_finite_for_wide_similarities_and_a_silent_clip():
+    # Ref-AVS visual projections are normalised over positions, not channels, so pixel
+    # vectors can be longer than 1 and similarities / tau span more than float32's exp()
+    # resolves. A silent (all-background) clip has no negatives at all: every anchor's
+    # log-probability is 0 -> loss 0 with finite gradients (stage 2 of the Ref-AVS demo
+    # recipe stopped on a NaN here).
+    g = torch.Generator().manual_seed(0)
+    pix = (torch.randn(4, 8, 3, 3, generator=g) * 2.0).requires_grad_(True)
+    aud = torch.nn.functional.normalize(torch.randn(4, 8, 1, generator=g), dim=1)
+    aud[0] = pix[0, :, 0, 0].detach().view(8, 1) * 3.0  # similarities up to ~150 / 0.1
+    loss = contrastive_loss([pix], [aud], torch.zeros(4, 6, 6))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(pix.grad).all()
+    # with both labels present the wide range still gives a finite loss and gradients
+    pix.grad = None
+    gt = torch.zeros(4, 6, 6)
+    gt[:, :2, :2] = 1
+    loss = contrastive_loss([pix], [aud], gt)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(pix.grad).all()
+
+
 def test_total_loss_adds_the_contrastive_term():
     pix, aud, gt = _embeddings(False)
     t = gt.shape[0]
