@@ -41,8 +41,11 @@ pytestmark = [pytest.mark.slow,
 import torch  # noqa: E402
 from fiftyone.operators import execute_operator  # noqa: E402
 from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+
+from helpers.instances_media import write_two_sounding_shapes  # noqa: E402
 
 PLUGIN = "@auralsam2/auralsam2"
 PRELABEL = f"{PLUGIN}/prelabel_sounding_objects"
@@ -106,11 +109,11 @@ def app(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def browser_page():
+def browser_page(height: int = 900):
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
-            yield browser.new_page(viewport={"width": 1400, "height": 900})
+            yield browser.new_page(viewport={"width": 1400, "height": height})
         finally:
             browser.close()
 
@@ -414,3 +417,140 @@ def _changed(png_a: bytes, png_b: bytes) -> float:
     a = np.asarray(Image.open(io.BytesIO(png_a)).convert("RGB"), np.int16)
     b = np.asarray(Image.open(io.BytesIO(png_b)).convert("RGB"), np.int16)
     return float((np.abs(a - b).max(axis=-1) > 30).mean())
+
+
+
+# ------------------------------------------------------------------------------ instances
+
+
+@pytest.fixture(scope="module")
+def two_shapes(app, tmp_path_factory):
+    """A dataset of its own (the App above serves it too): the clip where a disc and a
+    triangle sound together, pre-labelled twice by the operator, Instances off into ``whole``
+    and on into ``inst``."""
+    path, clip = write_two_sounding_shapes(tmp_path_factory.mktemp("fo_app_two") / "two.mp4")
+    ds = fo.Dataset()
+    ds.add_sample(fo.Sample(filepath=str(path)))
+    ds.compute_metadata()
+    for field, extra in (("whole", {}), ("inst", {"instances": True})):
+        result = execute_operator(PRELABEL, dataset=ds,
+                                  params={**PARAMS, "label_field": field, **extra})
+        assert result.error is None, result.error
+    yield ds, clip
+    ds.delete()
+
+
+def _video_area(png: bytes, video_hw: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """The part of a modal canvas screenshot the video fills (the App fits it in the canvas,
+    centred) and its scale (screen pixels per video pixel)."""
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.int16)
+    h, w = video_hw
+    scale = min(a.shape[1] / w, a.shape[0] / h)
+    x0, y0 = round((a.shape[1] - w * scale) / 2), round((a.shape[0] - h * scale) / 2)
+    return a[y0:y0 + round(h * scale), x0:x0 + round(w * scale)], scale
+
+
+def _overlays(drawn: bytes, bare: bytes, video_hw: tuple[int, int]) -> list[tuple]:
+    """The separate things the labels draw over the video (connected regions of pixels they
+    change, each at least 0.2 % of the video's area), as ``(x, y, w, h)`` boxes in video
+    pixels. (With no frame labels on, the App's canvas is 5 px shorter: the test's window is
+    tall enough for the video's width to set its scale, so only its offset moves.)"""
+    (a, scale), (b, scale_b) = _video_area(drawn, video_hw), _video_area(bare, video_hw)
+    assert a.shape == b.shape and scale == scale_b, (a.shape, b.shape)
+    changed = np.abs(a - b).max(axis=-1) > 30
+    labels, _ = ndimage.label(changed, structure=np.ones((3, 3), bool))
+    out = []
+    for k, (ys, xs) in enumerate(ndimage.find_objects(labels), 1):
+        if (labels[ys, xs] == k).sum() >= 0.002 * changed.size:
+            out.append((xs.start / scale, ys.start / scale, (xs.stop - xs.start) / scale,
+                        (ys.stop - ys.start) / scale))
+    return out
+
+
+def _coverage(box, mask: np.ndarray) -> float:
+    """Share of ``mask``'s pixels inside the video-pixel box ``(x, y, w, h)``."""
+    x, y, w, h = box
+    x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
+    x1, y1 = int(np.ceil(x + w)), int(np.ceil(y + h))
+    return float(mask[y0:y1, x0:x1].sum() / max(mask.sum(), 1))
+
+
+def test_two_sounding_shapes_show_as_two_detections(app, two_shapes, artifacts):
+    """Instances (issue #17.9) in the modal: on the first frame the *inst* field draws two
+    boxes, one on each shape, the sidebar counts two detections per frame, and the tooltip
+    over each shape shows its own detection (its own ``index``); the field pre-labelled with
+    Instances off draws one box over both shapes (the "before" picture)."""
+    ds, clip = two_shapes
+    sample = ds.first()
+    h, w = clip.frames.shape[1:3]
+    url = f"{app.url.rsplit('/', 1)[0]}/{urllib.parse.quote(ds.name)}"
+    with browser_page(height=1000) as page:
+        _open(page, url)
+        _open_modal(page, 0)
+        try:
+            canvas = page.locator("#modal [data-cy=modal-looker-container] canvas").first
+            sidebar = {f: _text(page, f'#modal [data-cy="sidebar-field-container-frames.{f}"]')
+                       for f in ("whole", "inst")}
+            bb = canvas.bounding_box()
+            scale = min(bb["width"] / w, bb["height"] / h)
+
+            def at(x, y):  # video pixels -> page position
+                return (bb["x"] + (bb["width"] - w * scale) / 2 + x * scale,
+                        bb["y"] + (bb["height"] - h * scale) / 2 + y * scale)
+
+            def toggle(*fields):
+                for f in fields:
+                    page.locator(f'#modal [data-cy="checkbox-{f}"]').click()
+                page.mouse.move(*at(w - 3, h - 3))  # away from both shapes
+                page.wait_for_timeout(1000)
+
+            toggle("frames.whole")
+            inst = canvas.screenshot(path=artifacts / "fiftyone_instances_on.png")
+            tips = []
+            for x, y in clip.centres[:, 0]:
+                page.mouse.move(*at(x, y))
+                tip = page.locator("[data-cy=sample-canvas-tooltip-unlocked]")
+                tip.wait_for(timeout=15_000)
+                tips.append(tip.inner_text())
+            toggle("frames.inst")
+            bare = canvas.screenshot()
+            toggle("frames.whole")
+            whole = canvas.screenshot(path=artifacts / "fiftyone_instances_off.png")
+        finally:
+            _close_modal(page)
+    first = sample.frames[1]
+    shapes = [clip.object_masks[k, 0] for k in range(2)]
+    # the sidebar counts the video's detections: two a frame with instances, one without
+    counts = {f: sum(len(fr[f].detections) for _, fr in sample.frames.items())
+              for f in ("whole", "inst")}
+    assert len(first["inst"].detections) == 2 and len(first["whole"].detections) == 1
+    assert counts["inst"] >= 2 * counts["whole"] - 1, counts
+    for f in ("whole", "inst"):
+        assert re.search(rf"frames\.{f}\s+{counts[f]}\b", sidebar[f]), sidebar[f]
+    # off: one box drawn over both shapes
+    [drawn_whole] = _overlays(whole, bare, (h, w))
+    assert all(_coverage(drawn_whole, m) >= 0.6 for m in shapes), drawn_whole
+    # on: two boxes, each over one shape only, and much smaller than the one above
+    drawn = _overlays(inst, bare, (h, w))
+    assert len(drawn) == 2, drawn
+    owners = set()
+    for box in drawn:
+        cover = [_coverage(box, m) for m in shapes]
+        mine = int(np.argmax(cover))
+        assert cover[mine] >= 0.6 and cover[1 - mine] <= 0.1, (box, cover)
+        assert box[2] * box[3] < 0.5 * drawn_whole[2] * drawn_whole[3]
+        owners.add(mine)
+    assert owners == {0, 1}
+    # hovering each shape shows its own detection of the inst field (its own index)
+    def index_under(x, y):
+        for d in first["inst"].detections:
+            bx, by, bw, bh = d.bounding_box
+            if bx * w <= x <= (bx + bw) * w and by * h <= y <= (by + bh) * h:
+                return d.index
+        return None
+
+    want = [index_under(x, y) for x, y in clip.centres[:, 0]]
+    assert None not in want and want[0] != want[1], want
+    for tip, index in zip(tips, want, strict=True):
+        assert tip.startswith("frames.inst"), tip
+        assert re.search(rf"\n{index}\nindex\n", tip), tip

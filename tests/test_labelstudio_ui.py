@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from helpers import label_studio_server as lss
+from helpers.instances_media import write_two_sounding_shapes
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")]
 
 from auralsam2_core import rle  # noqa: E402
+from auralsam2_core.instances import DEFAULT_MIN_AREA, connected_parts  # noqa: E402
 from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
 from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
@@ -358,3 +360,110 @@ def test_keyframe_task_shows_sound_and_image_without_scrolling(ls, backend, medi
     assert seen == [True, True], seen  # no scrolling to reach the player or the image
     assert wave_box["y"] + wave_box["height"] <= image_box["y"] + 1  # player above image
     assert f"this keyframe is at {k / FILE_FPS:g} s (frame {k + 1})" in text
+
+
+# --------------------------------------------------------------------------- 5. instances
+
+
+
+# --------------------------------------------------------------------------- 5. instances
+
+
+DRAWN_JS = """() => {
+    // Each box region and the rectangle Konva draws for it on the current frame: its shape in
+    // the editor's store (percent of the frame) and the drawn rectangle in video pixels (the
+    // region layer's coordinates, where the video is videoDimensions x ratio, times zoom).
+    const v = Htx.annotationStore.selected.names.get('video'), c = v.ref.current;
+    const scale = c.videoDimensions.ratio * c.zoom;
+    const rects = Konva.stages.flatMap(s => s.find('Rect')).filter(r => r.isVisible());
+    return Htx.annotationStore.selected.regions
+        .filter(r => r.type === 'videorectangleregion').map(r => {
+            const s = r.isInLifespan(v.frame) && r.getShape(v.frame);
+            const drawn = rects.filter(k => k.id().split('#')[0] === r.id.split('#')[0])
+                .map(k => k.getClientRect({skipStroke: true, relativeTo: k.getLayer()}));
+            return {id: r.id, shape: s ? [s.x, s.y, s.width, s.height] : null,
+                    drawn: drawn.map(d => [d.x / scale, d.y / scale,
+                                           d.width / scale, d.height / scale])};
+        });
+}"""
+
+
+def drawn_boxes(page, frame: int) -> tuple[float, list[dict]]:
+    """Go to ``frame``: the video's time there and each box region as drawn (``DRAWN_JS``)."""
+    time = seek(page, frame)["time"]
+    page.wait_for_timeout(300)  # Konva redraws after the frame change
+    return time, page.evaluate(DRAWN_JS)
+
+
+def coverage(box_px, mask: np.ndarray) -> float:
+    """Share of ``mask``'s pixels inside the pixel box ``(x, y, w, h)``."""
+    x, y, w, h = box_px
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    x1, y1 = int(np.ceil(x + w)), int(np.ceil(y + h))
+    return float(mask[max(y0, 0):y1, max(x0, 0):x1].sum() / max(mask.sum(), 1))
+
+
+def box_list(page) -> list[str]:
+    """The region list's box entries (the outliner on the right)."""
+    return [t for t in page.eval_on_selector_all(".lsf-tree-node-content-wrapper",
+                                                 "es => es.map(e => e.innerText)")
+            if "Sounding object (box)" in t]
+
+
+def test_two_sounding_shapes_get_one_box_each(ls, backend, media, browser, artifacts,
+                                              tmp_path):
+    """Instances (issue #17.9), in the editor: two shapes sound at once. With
+    ``AURALSAM2_INSTANCES`` on, the region list holds two box tracks and, on every checked
+    frame, each drawn box sits on its own shape (the same shape throughout); off, one box
+    spans both (the "before" picture)."""
+    path, clip = write_two_sounding_shapes(media["dir"] / "two shapes.mp4")
+    h, w = clip.frames.shape[1:3]
+    on = Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "on",
+                          instance_min_area=DEFAULT_MIN_AREA), ServedModel(),
+                 model=backend.model)
+    assert Settings.from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == \
+        DEFAULT_MIN_AREA  # what the test's settings stand for
+    checked = range(1, 40, 5)  # Label Studio frames (25 fps) showing file frames 0, 1, ... 7
+    seen = {}
+    for name, b in (("off", backend), ("on", on)):
+        pid, tid, _ = prelabelled(ls, b, f"two sounding shapes, instances {name}",
+                                  VIDEO_CONFIG, path)
+        with editor(browser, ls, pid, tid) as page:
+            boxes = {f: drawn_boxes(page, f) for f in checked}
+            drawn_boxes(page, 11)
+            page.screenshot(path=artifacts / f"video_two_shapes_instances_{name}.png")
+            seen[name] = {"boxes": boxes, "list": box_list(page), "doc": engine_doc(b, tid)}
+    doc = seen["on"]["doc"]
+    owners: dict[str, set[int]] = {}
+    for f in checked:
+        time, regions = seen["on"]["boxes"][f]
+        k = file_frame_at(doc, time)
+        assert k == (f - 1) // 5
+        mask = rle.decode(sounding_track(doc)["frames"][k]["mask"])
+        parts = len(connected_parts(mask))
+        shapes = [clip.object_masks[s, k] & clip.sounding[s, k, None, None]
+                  for s in range(2)]
+        # off: one box, drawn over both shapes
+        [whole] = seen["off"]["boxes"][f][1]
+        [drawn] = whole["drawn"]
+        assert all(coverage(drawn, m) >= 0.6 for m in shapes), (f, drawn)
+        # on: as many boxes drawn as the frame's mask has parts (a box is hidden, not
+        # interpolated, where its shape is not found), each on one shape only
+        shown = [r for r in regions if r["drawn"]]
+        assert len(regions) == 2 and len(shown) == parts, (f, parts, regions)
+        for r in shown:
+            [drawn] = r["drawn"]
+            # the drawn rectangle is the region's shape there (percent -> pixels)
+            sx, sy, sw, sh = r["shape"]
+            assert drawn == pytest.approx([sx * w / 100, sy * h / 100, sw * w / 100,
+                                           sh * h / 100], abs=1.0), (f, r)
+            cover = [coverage(drawn, m) for m in shapes]
+            mine = int(np.argmax(cover))
+            assert cover[mine] >= 0.6 and cover[1 - mine] <= 0.1, (f, cover)
+            assert drawn[2] * drawn[3] < 0.5 * whole["drawn"][0][2] * whole["drawn"][0][3]
+            owners.setdefault(r["id"], set()).add(mine)
+    both = sum(all(r["drawn"] for r in seen["on"]["boxes"][f][1]) for f in checked)
+    assert both >= 6, both  # both shapes found on (nearly) every frame
+    assert len(owners) == 2 and all(len(o) == 1 for o in owners.values()), owners
+    assert set().union(*owners.values()) == {0, 1}  # the two boxes on the two shapes
+    assert len(seen["on"]["list"]) == 2 and len(seen["off"]["list"]) == 1, seen
