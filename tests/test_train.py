@@ -116,8 +116,8 @@ def test_same_seed_same_weights(tmp_path, tiny_data, reference_run):
 
 
 def test_resume_gives_the_uninterrupted_weights(tmp_path, tiny_data, reference_run):
-    partial = train(_cfg(tmp_path), tiny_data, stop_after=1)  # "killed" after step 1
-    assert partial.steps == 1 and not (tmp_path / "fuser.pth").exists()
+    partial = train(_cfg(tmp_path), tiny_data, stop_after=1)  # a stage stopped after step 1
+    assert partial.steps == 1 and partial.fuser == tmp_path / "fuser.pth"  # the stage's fuser
     assert (tmp_path / "checkpoints" / "latest.pt").is_file()
     done = train(_cfg(tmp_path, resume=True), tiny_data)
     assert done.steps == 4
