@@ -405,8 +405,8 @@ def test_review_orders_least_confident_first(labelled, reference):
     assert prios == sorted(prios, reverse=True)
     # what the output shows a person: frames as the App's timeline does (#0 = frame 1)
     top = out["top_frames"][0]
-    assert top["frame"] == f"#{rows[0]['frame_number'] - 1} " \
-                           f"(0:00.{(rows[0]['frame_number'] - 1) * 20:02d})"  # 5 fps
+    n = rows[0]["frame_number"] - 1
+    assert top["frame"] == f"#{n} (0:{n / 5:05.2f})"  # 5 fps
     assert top["review_priority"] == rows[0]["review_priority"]
     clips = execute_operator(REVIEW, dataset=ds, params={
         "label_field": "auralsam2", "level": "clips", "threshold": 0.0}).result
