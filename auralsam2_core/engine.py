@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .audio_track import AudioStream
+from .feature_cache import FeatureCache, video_key
 from .media import MediaError, MediaInfo, iter_frames, probe
 from .model import AuralSAM2, PointPrompt, upsample_logits
 
@@ -85,6 +86,12 @@ class PrelabelOptions:
     # Ref-AVS: the objects to segment, one track each (needs a Ref-AVS model). Empty: the AVS
     # model's one "sounding object" track.
     queries: tuple[str, ...] = field(default=())
+    # The fuser's clips are those of a run over the whole video from this frame (None: from
+    # start_frame to stop_frame). A refinement from frame f of a video pre-labelled from 0 sets
+    # 0, so that each frame gets the audio and visual prompts the first pass gave it (frames
+    # of a clip before start_frame are read by the fuser but not labelled) and a FeatureCache
+    # can serve them. stop_frame then only ends the labelling.
+    clip_origin: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "queries", check_queries(self.queries))
@@ -95,6 +102,11 @@ class PrelabelOptions:
                                     and self.stop_frame <= self.start_frame):
             raise ValueError(f"need 0 <= start_frame < stop_frame, got {self.start_frame}, "
                              f"{self.stop_frame}")
+        if self.clip_origin is not None and not (0 <= self.clip_origin <= self.start_frame
+                                                 and (self.start_frame - self.clip_origin)
+                                                 % self.stride == 0):
+            raise ValueError(f"clip_origin must be a labelled frame's stride step at or before "
+                             f"start_frame ({self.start_frame}), got {self.clip_origin}")
         if isinstance(self.clip_len, bool) or not isinstance(self.clip_len, int) \
                 or self.clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {self.clip_len}")
@@ -146,9 +158,12 @@ class _Producer(threading.Thread):
 
     _END = object()
 
-    def __init__(self, path, size: int, opts: PrelabelOptions, fps_hint: float) -> None:
+    def __init__(self, path, size: int, opts: PrelabelOptions, fps_hint: float,
+                 start: int | None = None, stop: int | None = None) -> None:
         super().__init__(daemon=True)
         self.path, self.size, self.opts, self.fps_hint = path, size, opts, fps_hint
+        self.start_frame = opts.start_frame if start is None else start
+        self.stop_frame = opts.stop_frame if start is None else stop
         self.q: queue.Queue = queue.Queue(maxsize=opts.prefetch_clips)
         self.stop = threading.Event()
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
@@ -173,8 +188,8 @@ class _Producer(threading.Thread):
         try:
             batch = []
             for frame in iter_frames(self.path, size=self.size, stride=self.opts.stride,
-                                     fps_hint=self.fps_hint, start=self.opts.start_frame,
-                                     stop=self.opts.stop_frame):
+                                     fps_hint=self.fps_hint, start=self.start_frame,
+                                     stop=self.stop_frame):
                 batch.append(frame)
                 if len(batch) == self.opts.clip_len:
                     if not self._emit(batch):
@@ -203,7 +218,8 @@ class _Producer(threading.Thread):
 def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOptions | None = None,
              *, info: MediaInfo | None = None,
              on_progress: Callable[[int], None] | None = None,
-             prompts: Mapping[int, PointPrompt] | None = None) -> Iterator[FrameResult]:
+             prompts: Mapping[int, PointPrompt] | None = None,
+             cache: FeatureCache | None = None) -> Iterator[FrameResult]:
     """Pre-label one video; yields :class:`FrameResult` in frame order.
 
     Raises :class:`MediaError` for unusable files and :class:`NoAudioError` for a video
@@ -216,6 +232,9 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
     the queries' order, with ``query`` set. ValueError for queries the model cannot take
     (an AVS model, or a query longer than its text encoder reads), for a Ref-AVS model
     without queries, and for prompts with queries (a click names one object, not each).
+
+    ``cache`` (AVS): keep each clip's image features and fuser prompts there, and take them
+    from there when a clip is already in it (same results, see :mod:`.feature_cache`).
     """
     opts = options or PrelabelOptions()
     check_model_options(model, opts, prompts)
@@ -240,17 +259,21 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
                     "--audio-track N (0-based)", video, info.audio_tracks, info.audio_track,
                     "" if opts.audio_track is not None else ", the default one")
     track = AudioStream.from_file(video, info.audio_track)
-    clips = _Producer(video, model.image_size, opts, info.fps).clips()
     shape = (info.height, info.width)
-    try:
-        if opts.queries:
+    if opts.queries:
+        clips = _Producer(video, model.image_size, opts, info.fps).clips()
+        try:
             yield from _label_queries(model, clips, track, info.num_frames, shape,
                                       on_progress, opts.queries)
-        else:
-            yield from _label_clips(model, clips, track, model.new_state(info.num_frames),
-                                    shape, on_progress, prompts)
+        finally:
+            clips.close()  # stops the decoding thread even if the caller gives up early
+        return
+    clips = _clip_features(model, video, info, opts, track, cache)
+    try:
+        yield from _label_clips(model, clips, model.new_state(info.num_frames), shape,
+                                on_progress, prompts, opts)
     finally:
-        clips.close()  # stops the decoding thread even if the caller gives up early
+        clips.close()
 
 
 def check_model_options(model: AuralSAM2, opts: PrelabelOptions,
@@ -294,15 +317,72 @@ def _to_model_pixels(p: PointPrompt, info: MediaInfo, size: int) -> PointPrompt:
     return PointPrompt(tuple((x * sx, y * sy) for x, y in p.coords), p.labels)
 
 
-def _label_clips(model, clips, track, state, shape, on_progress, prompts
+def _clip_features(model, video, info: MediaInfo, opts: PrelabelOptions, track,
+                   cache: FeatureCache | None) -> Iterator[tuple[list[int], list[float], object]]:
+    """(indices, times, :class:`ClipFeatures`) of the fuser's clips covering the frames to
+    label, from ``cache`` where it has them (no decoding), else decoded and computed (and
+    stored). With ``opts.clip_origin`` the clips are those of the whole video from there."""
+    step = opts.stride * opts.clip_len
+    if opts.clip_origin is None:
+        first, stop = opts.start_frame, opts.stop_frame
+    else:
+        first = opts.clip_origin + (opts.start_frame - opts.clip_origin) // step * step
+        stop = None if opts.stop_frame is None else \
+            first + -(-(opts.stop_frame - first) // step) * step  # to its clip's end
+    vkey = video_key(video, info.audio_track) if cache is not None else None
+
+    def key(g: int) -> tuple:
+        return (vkey, opts.clip_len, opts.stride, g)
+
+    def whole(indices: list[int]) -> bool:
+        # The clip a run over the whole video has there: full, or cut by the video's end.
+        return len(indices) == opts.clip_len or stop is None or indices[-1] + opts.stride < stop
+
+    g = first
+    while cache is not None and (stop is None or g < stop):
+        hit = cache.get(model, key(g))
+        if hit is None:
+            break
+        yield list(hit.indices), list(hit.times), hit.features
+        if len(hit.indices) < opts.clip_len:  # the video's last clip
+            return
+        g += step
+    if stop is not None and g >= stop:
+        return
+    clips = _Producer(video, model.image_size, opts, info.fps, start=g, stop=stop).clips()
+    try:
+        for indices, times, clip in clips:
+            hit = cache.get(model, key(indices[0])) if cache is not None else None
+            if hit is not None and list(hit.indices) == indices:
+                yield indices, times, hit.features
+                continue
+            with torch.inference_mode():
+                enc = model.encode_images(clip.to(model.device))
+                features, _ = model.clip_features(enc, track.examples_at(times).to(model.device))
+            if cache is not None and whole(indices):
+                cache.put(model, key(indices[0]), indices, times, features)
+            yield indices, times, features
+    finally:
+        clips.close()  # stops the decoding thread even if the caller gives up early
+
+
+def _label_clips(model, clips, state, shape, on_progress, prompts, opts: PrelabelOptions
                  ) -> Iterator[FrameResult]:
+    """SAM2's tracking of the frames from ``opts.start_frame`` to ``opts.stop_frame`` over
+    the clips' features (frames of a clip outside that range are not tracked)."""
     done = 0
     prev: torch.Tensor | None = None
-    for indices, times, clip in clips:
+    stop = opts.stop_frame
+    for indices, times, features in clips:
+        a = sum(1 for i in indices if i < opts.start_frame)
+        b = sum(1 for i in indices if stop is None or i < stop)
+        if a >= b:
+            continue
+        if (a, b) != (0, len(indices)):
+            features, indices, times = features.frames(a, b), indices[a:b], times[a:b]
         points = {j: prompts[i] for j, i in enumerate(indices) if i in prompts}
         with torch.inference_mode():
-            out = model.forward_clip(clip.to(model.device), track.examples_at(times).to(
-                model.device), state, points=points)
+            out = model.track_features(features, state, points)
         probs = out.object_score_logits.sigmoid().flatten().tolist()
         ious = out.ious.gather(1, out.chosen[:, None]).flatten().tolist()
         for j, (index, time) in enumerate(zip(indices, times, strict=True)):

@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .engine import PrelabelOptions, prelabel, probe_for
+from .feature_cache import FeatureCache
 from .media import MediaError, MediaInfo, file_problem, probe
 from .model import AuralSAM2, PointPrompt
 from .results import (
@@ -288,21 +289,22 @@ def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: Resu
                         info: MediaInfo | None = None,
                         prompts: Mapping[int, PointPrompt] | None = None,
                         on_frame: Callable[[int], None] | None = None,
-                        hysteresis: Hysteresis | None = None) -> dict:
+                        hysteresis: Hysteresis | None = None,
+                        cache: FeatureCache | None = None) -> dict:
     """Run the engine on one video into ``writer`` and return the finished results document:
     the one loop behind ``auralsam2 prelabel``, the service's jobs and the adapters' caches.
 
     ``on_frame(n)`` is called after the n-th frame is written (with queries: all of its
     objects); it may raise to give up (a
     deadline). A run that fails or is given up leaves no partial file (a killed process
-    leaves one, which the next run replaces)."""
+    leaves one, which the next run replaces). ``cache``: see :func:`prelabel`."""
     opts = options or PrelabelOptions()
     info = probe_for(video, opts, info)
     video_block = video_record(info)  # the file as it was when the run started
     last = opts.queries[-1] if opts.queries else None  # a frame is done with its last query
     try:
         with writer, contextlib.closing(prelabel(model, video, opts, info=info,
-                                                 prompts=prompts)) as frames:
+                                                 prompts=prompts, cache=cache)) as frames:
             n = 0
             for result in frames:
                 writer.add(result)

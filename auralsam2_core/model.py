@@ -54,6 +54,31 @@ class ClipOutput:
     projections: list | None = None  # fuser projections for the contrastive loss (training)
 
 
+@dataclass
+class ClipFeatures:
+    """What one clip gives SAM2's tracking before any click: the image encoder's tracking
+    features and the fuser's prompts (:meth:`AuralSAM2.clip_features`), for B clips of T
+    frames. The fuser mixes a clip's frames, so these belong to the clip as a whole."""
+
+    feats: list[torch.Tensor]  # per FPN level, (h*w, B*T, C) after conv_s0 / conv_s1
+    pos: torch.Tensor  # (h*w, B*T, C) position encoding of the coarsest level
+    sizes: list[tuple[int, int]]  # (h, w) per level
+    visual: list[torch.Tensor]  # the fuser's [a, b, c], (B, T, h*w, C)
+    audio: list[torch.Tensor]  # the fuser's [d1, d2, d3], (B, M, C)
+
+    def frames(self, start: int, stop: int) -> ClipFeatures:
+        """Frames ``start:stop`` of a single (B = 1) AVS clip, as views (SAM2 then tracks them
+        as a clip of their own: frame ``start`` opens a fresh state)."""
+        if self.visual[0].shape[0] != 1 or self.audio[0].shape[1] != self.visual[0].shape[1]:
+            raise ValueError("only one AVS clip (one audio row per frame) can be cut")
+        return ClipFeatures([x[:, start:stop] for x in self.feats], self.pos[:, start:stop],
+                            self.sizes, [v[:, start:stop] for v in self.visual],
+                            [d[:, start:stop] for d in self.audio])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.feats, self.pos, *self.visual, *self.audio]
+
+
 #: Points (clicks and box corners) one prompt may hold. SAM2 embeds every point as a token of
 #: its mask decoder, so memory grows with the count; annotators give a handful.
 MAX_PROMPT_POINTS = 64
@@ -322,13 +347,32 @@ class AuralSAM2(nn.Module):
         if state is None:
             # Ref-AVS as published: one clip is one video (SAM2's num_frames = T).
             state = self.new_state(t_len if self.variant == "refavs" else None)
+        features, proj = self.clip_features(enc, log_mel, text, projections=projections)
+        out = self.track_features(features, state, points)
+        out.projections = proj
+        return out
+
+    def clip_features(self, enc: dict, log_mel: torch.Tensor, text: torch.Tensor | None = None,
+                      *, projections: bool | None = None) -> tuple[ClipFeatures, list | None]:
+        """The prompt-free part of :meth:`forward_features`: the fuser's prompts and SAM2's
+        tracking features of one clip (and the fuser's projections, see the fuser). An
+        annotator's click changes nothing here, so a refinement can reuse them
+        (:class:`~auralsam2_core.feature_cache.FeatureCache`). Inputs as checked there."""
         with self._autocast():
             visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, text,
                                              projections=projections)
-            (multi, raw, ious, obj), = self.track_clips(
-                enc, [v[None] for v in visual], [d[None] for d in audio], state, points or {})
+            feats, pos, sizes = self.tracking_features(enc)
+        return ClipFeatures(feats, pos[-1], sizes, [v[None] for v in visual],
+                            [d[None] for d in audio]), proj
+
+    def track_features(self, features: ClipFeatures, state: TrackState,
+                       points: dict[int, PointPrompt] | None = None) -> ClipOutput:
+        """SAM2's tracking of the clip ``features`` describe, continuing ``state``: the rest of
+        :meth:`forward_features` (``points`` as there)."""
+        with self._autocast():
+            (multi, raw, ious, obj), = self._track(features, state, points or {})
         chosen_logits, chosen = choose_masks(multi, ious, obj, self.mask_choice)
-        return ClipOutput(multi, raw, ious.float(), obj.float(), chosen_logits, chosen, proj)
+        return ClipOutput(multi, raw, ious.float(), obj.float(), chosen_logits, chosen)
 
     def forward_queries(self, frames: torch.Tensor, log_mel: torch.Tensor,
                         texts: Sequence[torch.Tensor | str],
@@ -397,11 +441,20 @@ class AuralSAM2(nn.Module):
         ``audio``: ``[d1, d2, d3]``, ``(B, M, C)``. ``points`` (B = 1 only): clip-local frame
         -> clicks. Returns per clip ``(multimask_logits, raw_multimask_logits, ious,
         object_score_logits)`` with T rows each, in frame order."""
+        feats, pos, sizes = self.tracking_features(enc)
+        return self._track(ClipFeatures(feats, pos[-1], sizes, list(visual), list(audio)),
+                           state, points or {})
+
+    def _track(self, features: ClipFeatures, state: TrackState,
+               points: dict[int, PointPrompt]) -> list[tuple[torch.Tensor, ...]]:
+        feats, sizes, visual, audio = (features.feats, features.sizes, features.visual,
+                                       features.audio)
         b, t_len = visual[0].shape[:2]
-        points = points or {}
         if points and b != 1:
             raise ValueError("point prompts are for one clip at a time")
-        feats, pos, sizes = self.tracking_features(enc)
+        # SAM2's tracking reads the position encoding of the coarsest level only
+        # (``_track_step`` passes ``current_vision_pos_embeds[-1:]`` on): the others are None.
+        no_pos = [None] * (len(feats) - 1)
         order, cond = self._frame_order(t_len, state)
         start = state.next_frame
         steps: dict[int, tuple[torch.Tensor, ...]] = {}
@@ -415,7 +468,7 @@ class AuralSAM2(nn.Module):
                                    [d[:, t, None, :] for d in reversed(audio)],
                                    keep_sparse=clicks is not None)
             multi, raw, ious, obj = self.track_step(
-                start + t, is_cond, [x[:, cols] for x in feats], [x[:, cols] for x in pos],
+                start + t, is_cond, [x[:, cols] for x in feats], [*no_pos, features.pos[:, cols]],
                 sizes, prompts, state, clicks)
             if multi.shape[1] == 1:  # a box or several clicks: SAM2 predicts a single mask
                 multi, raw, ious = (x.expand(-1, 3, *x.shape[2:]) for x in (multi, raw, ious))

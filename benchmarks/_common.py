@@ -283,9 +283,10 @@ class StageTimer:
     """Splits the real engine's time into stages with hooks on the model's modules, so the
     breakdown follows whatever the engine calls (no copy of its code to rot):
     ``encoder`` (SAM2 image encoder), ``audio_encoder`` (VGGish or the tiny one),
-    ``fuser`` (the rest of the AuralFuser), ``tracking`` (the rest of ``forward_clip``: SAM2
-    memory attention, prompted decoder, memory encoder) and ``engine_other`` (everything
-    outside ``forward_clip`` on the engine's thread: audio examples, upsampling, scores).
+    ``fuser`` (the rest of the AuralFuser), ``tracking`` (the rest of the model's clip methods
+    ``encode_images``, ``clip_features`` and ``track_features``: SAM2 memory attention,
+    prompted decoder, memory encoder) and ``engine_other`` (everything outside them on the
+    engine's thread: audio examples, upsampling, scores).
     On CUDA each hook synchronises, so run it on a separate pass from the timed one."""
 
     def __init__(self, model) -> None:
@@ -318,23 +319,27 @@ class StageTimer:
         self._hook(fuser, "fuser_total")
         self._hook(audio, "audio_encoder")
         self.t.setdefault("fuser_total", 0.0)
-        original = m.forward_clip
         clip_time = [0.0]
+        methods = ("encode_images", "clip_features", "track_features")  # what the engine calls
 
-        def forward_clip(*a, **k):
-            s = self._now()
-            try:
-                return original(*a, **k)
-            finally:
-                clip_time[0] += self._now() - s
+        def timed_method(original):
+            def method(*a, **k):
+                s = self._now()
+                try:
+                    return original(*a, **k)
+                finally:
+                    clip_time[0] += self._now() - s
+            return method
 
-        m.forward_clip = forward_clip
+        for name in methods:
+            setattr(m, name, timed_method(getattr(m, name)))
         t0 = time.perf_counter()
         try:
             yield self
         finally:
             total = time.perf_counter() - t0
-            del m.forward_clip  # back to the class's method
+            for name in methods:
+                delattr(m, name)  # back to the class's methods
             for h in self._handles:
                 h.remove()
             fuser_total = self.t.pop("fuser_total")

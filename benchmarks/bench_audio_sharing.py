@@ -135,14 +135,14 @@ def run(model, video, opts, embed_factory=None, grid_hops: int | None = None) ->
     counter = _Counter()
     embed = embed_factory(counter) if embed_factory else _faithful(counter)
     raw: list[torch.Tensor] = []
-    original = model.forward_clip
+    original = model.track_features  # the engine's tracking of each clip
 
-    def forward_clip(*a, **k):
+    def track_features(*a, **k):
         out = original(*a, **k)
         raw.append(out.raw_multimask_logits.float().cpu())
         return out
 
-    model.forward_clip = forward_clip
+    model.track_features = track_features
     try:
         with _patched_embed(model, embed), (_snapped_starts(grid_hops) if grid_hops
                                             else contextlib.nullcontext()):
@@ -150,7 +150,7 @@ def run(model, video, opts, embed_factory=None, grid_hops: int | None = None) ->
             masks = [r.mask for r in prelabel(model, video, opts)]
             seconds = time.perf_counter() - t0
     finally:
-        del model.forward_clip
+        del model.track_features
     return {"masks": np.stack(masks), "raw": torch.cat(raw), "seconds": seconds,
             "examples_per_frame": counter.examples / max(counter.frames, 1)}
 

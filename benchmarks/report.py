@@ -78,6 +78,11 @@ ROWS: tuple[Row, ...] = (
     Row("queries_256", "bench_queries.py",
         ("--config", "sam2.1_hiera_t", "--size", "256", "--seconds", "2", "--queries", "4"),
         "Ref-AVS: K = 4 queries vs one, and vs encoder + K x (fuser + tracking); 256 px"),
+    Row("refine_256", "bench_refine.py",
+        ("--config", "sam2.1_hiera_t", "--size", "256", "--frames", "60",
+         "--refine-frames", "50", "--repeats", "2"),
+        "refinement click (up to 50 frames re-propagated) with / without the first pass's "
+        "kept features vs a first-pass frame; Hiera-t, 256 px, 60 frames"),
 )
 #: Scripts that run through ``gpu_suite.sh`` rather than a CPU row.
 GPU_SCRIPTS = ("gpu_prelabel.py",)

@@ -321,22 +321,39 @@ def test_long_video_is_finished_in_the_background(ls, project, tmp_path, model, 
     check_video_prediction(r["result"], engine, b.settings.keyframe_tolerance)
 
 
-def test_refinement_with_a_box_repropagates(ls, project, tmp_path, model, media, engine):
+def test_refinement_with_a_box_repropagates(ls, project, tmp_path, model, media, engine,
+                                           monkeypatch):
     b = make_backend(ls, tmp_path, model, keyframe_tolerance=0.0, refine_frames=10)
     task = ls_task(ls, project["task"])
-    b.predict(predict_body([task]))
-    # The annotator draws a box on frame 6 around the lower-right quarter.
+    b.predict(predict_body([task]))  # the first pass keeps its clips' features
+    assert len(b.features) == 8  # 40 frames, T = 5
+    encoded = []
+    encode = type(model).encode_images
+    monkeypatch.setattr(type(model), "encode_images",
+                        lambda self, x: encoded.append(len(x)) or encode(self, x))
+    # The annotator draws a box on frame 8 (mid-clip) around the lower-right quarter.
     ctx = {"result": [{"type": "videorectangle", "from_name": "box", "to_name": "video",
-                       "value": {"sequence": [{"frame": 6, "x": 50, "y": 50, "width": 50,
+                       "value": {"sequence": [{"frame": 8, "x": 50, "y": 50, "width": 50,
                                                "height": 50, "enabled": True}]}}]}
     [r] = b.predict(predict_body([task], context=ctx))["results"]
-    refined = list(prelabel(model, media["clip"], PrelabelOptions(start_frame=5, stop_frame=15),
-                            prompts={5: PointPrompt.box(64, 48, 128, 96)}))
-    assert [x.index for x in refined] == list(range(5, 15))
-    merged = engine[:5] + refined + engine[15:]
+    assert encoded == []  # only SAM2's tracking ran: the features came from the first pass
+    assert b.metrics()["refine_cache_hits"] == 3  # clips 5-9, 10-14 and 15-19
+    # The fuser's clips stay those of the first pass (from frame 0), whatever frame is clicked.
+    refined = list(prelabel(model, media["clip"], PrelabelOptions(
+        start_frame=7, stop_frame=17, clip_origin=0), prompts={7: PointPrompt.box(64, 48, 128,
+                                                                                96)}))
+    assert [x.index for x in refined] == list(range(7, 17))
+    merged = engine[:7] + refined + engine[17:]
     check_video_prediction(r["result"], merged, 0.0)
-    assert any(not np.array_equal(a.mask, e.mask) for a, e in zip(refined, engine[5:15],
+    assert any(not np.array_equal(a.mask, e.mask) for a, e in zip(refined, engine[7:17],
                                                                   strict=True))
+    # Without the cache (AURALSAM2_REFINE_CACHE_MB=0) the features are computed: same answer.
+    nocache = make_backend(ls, tmp_path / "nocache", model, keyframe_tolerance=0.0,
+                           refine_frames=10, refine_cache_mb=0)
+    nocache.predict(predict_body([task]))
+    encoded.clear()
+    [again] = nocache.predict(predict_body([task], context=ctx))["results"]
+    assert encoded == [5, 5, 5] and again["result"] == r["result"]
     bad = {"result": [{"type": "videorectangle", "value": {"sequence": []}}]}
     [r] = b.predict(predict_body([task], context=bad))["results"]
     assert "needs a box" in r["error"]

@@ -187,7 +187,7 @@ def test_a_new_hysteresis_recomputes_intervals_without_the_model(tmp_path, model
     out = tmp_path / "out"
     [o] = label(model, [video], out)
     before = read_results(o.results)
-    monkeypatch.setattr(type(model), "forward_clip", lambda *a, **k: pytest.fail("model ran"))
+    monkeypatch.setattr(type(model), "encode_images", lambda *a, **k: pytest.fail("model ran"))
     rule = Hysteresis(enter=0.0, exit=0.0, min_frames=1)  # everything is one interval
     [o] = label(model, [video], out, OutputOptions(hysteresis=rule, timeline=True))
     assert o.status == "done"

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.feature_cache import FeatureCache
 from auralsam2_core.instances import connected_parts
 from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
@@ -71,6 +72,9 @@ class Backend:
         self.run_lock = threading.Lock()  # one model run at a time
         self.stats: Counter = Counter()
         self.seconds_per_frame: float | None = None
+        # The loaded model's per-clip features from first passes, for refinements (it empties
+        # itself when the model's weights change, e.g. after fine-tuning).
+        self.features = FeatureCache.from_mb(settings.refine_cache_mb)
         self.work = Path(settings.work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
         self.finetune = FineTuner(self)
@@ -125,7 +129,8 @@ class Backend:
 
     def metrics(self) -> dict:
         return {"model_version": self.model_version(), **self.stats,
-                "queued": len(self._queue), "seconds_per_frame": self.seconds_per_frame}
+                "queued": len(self._queue), "seconds_per_frame": self.seconds_per_frame,
+                **{f"refine_cache_{k}": v for k, v in self.features.stats().items()}}
 
     def jobs(self) -> dict:
         return {"queued": sorted(self._queue), "training": self.finetune.snapshot()}
@@ -271,11 +276,11 @@ class Backend:
 
         try:
             doc = prelabel_to_results(self.model, media.video, writer, opts, info=info,
-                                      prompts=prompts, on_frame=on_frame)
+                                      prompts=prompts, on_frame=on_frame, cache=self.features)
         except OutOfTime:
             return None
         finally:
-            if done[0]:
+            if done[0] and not prompts:  # first passes (refinements reuse their features)
                 spf = (time.perf_counter() - started) / done[0]
                 self.seconds_per_frame = spf if self.seconds_per_frame is None else \
                     0.7 * self.seconds_per_frame + 0.3 * spf
@@ -352,7 +357,9 @@ class Backend:
 
     def refine(self, task: dict, cfg: ProjectConfig, context: dict, deadline: float
                ) -> tuple[list[dict], float]:
-        """Re-run from the annotator's box or click (plus the audio) and re-propagate."""
+        """Re-run from the annotator's box or click (plus the audio) and re-propagate. Video
+        tasks keep the first pass's fuser clips (from frame 0), so the features it kept
+        (``self.features``) serve the frames re-propagated: only SAM2's tracking runs."""
         media = self.task_media(task, cfg)
         try:
             info = probe(media.video)
@@ -363,7 +370,8 @@ class Backend:
             min(frame + self.settings.refine_frames, info.num_frames or frame + 1)
         opts = PrelabelOptions(clip_len=self.settings.clip_len,
                                audio_track=self.settings.audio_track, start_frame=frame,
-                               stop_frame=max(stop, frame + 1))
+                               stop_frame=max(stop, frame + 1),
+                               clip_origin=None if media.image is not None else 0)
         part = self.compute(media, deadline=deadline, options=opts, prompts={frame: prompt},
                             store=False)
         if part is None:

@@ -12,6 +12,7 @@ variables of :mod:`auralsam2_core.model_env`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class Settings:
     threshold: float = 0.5  # sounding probability from which a frame gets a box
     keyframe_tolerance: float = 0.5  # % of the frame a box may drift before a new keyframe
     refine_frames: int = 50  # frames re-propagated after an annotator's click
+    #: AURALSAM2_REFINE_CACHE_MB: bound of the first pass's features kept for refinements
+    refine_cache_mb: float = 1024.0
     train_steps: int = 60  # fine-tuning steps per START_TRAINING
     max_download_bytes: int = 4 << 30
     clip_len: int = 5
@@ -54,6 +57,9 @@ class Settings:
             parts = urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"LABEL_STUDIO_URL must be an http(s) URL, got {self.url!r}")
+        if not (self.refine_cache_mb >= 0 and math.isfinite(self.refine_cache_mb)):
+            raise ValueError("AURALSAM2_REFINE_CACHE_MB must be a number of megabytes >= 0 "
+                             f"(0: no cache), got {self.refine_cache_mb}")
         if not 0 < self.predict_budget < LABEL_STUDIO_PREDICT_TIMEOUT:
             raise ValueError("AURALSAM2_LS_PREDICT_BUDGET must be between 0 and 100 seconds "
                              "(Label Studio gives up on /predict after 100 s)")
@@ -72,6 +78,7 @@ class Settings:
             keyframe_tolerance=number(env, "AURALSAM2_LS_KEYFRAME_TOLERANCE",
                                        cls.keyframe_tolerance),
             refine_frames=int(number(env, "AURALSAM2_LS_REFINE_FRAMES", cls.refine_frames)),
+            refine_cache_mb=number(env, "AURALSAM2_REFINE_CACHE_MB", cls.refine_cache_mb),
             train_steps=int(number(env, "AURALSAM2_LS_TRAIN_STEPS", cls.train_steps)),
             max_download_bytes=int(number(env, "AURALSAM2_LS_MAX_DOWNLOAD_BYTES",
                                            cls.max_download_bytes)),
