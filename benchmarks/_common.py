@@ -83,15 +83,29 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 def apply_quick(p: argparse.ArgumentParser, tiny: dict) -> argparse.Namespace:
     """Parse the arguments; with ``--quick``, the ones named in ``tiny`` that were left at
-    their defaults take the tiny values (so ``--quick --device cuda`` still runs on CUDA)."""
+    not given on the command line take the tiny values (so ``--quick --device cuda`` still runs
+    on CUDA, although ``cuda`` is ``--device``'s default)."""
     args = p.parse_args()
     if args.quick:
+        given = _given_on_command_line(p)
         for k, v in tiny.items():
-            if getattr(args, k) == p.get_default(k):
+            if k not in given:
                 setattr(args, k, v)
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def _given_on_command_line(p: argparse.ArgumentParser) -> set[str]:
+    """The destinations the command line set, a default-valued one included."""
+    saved = {a.dest: a.default for a in p._actions}
+    try:
+        for a in p._actions:
+            a.default = argparse.SUPPRESS
+        return set(vars(p.parse_args()))
+    finally:
+        for a in p._actions:
+            a.default = saved[a.dest]
 
 
 def machine() -> dict:

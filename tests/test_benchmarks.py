@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import report  # noqa: E402
-from _common import parse_results  # noqa: E402
+from _common import apply_quick, parse_results  # noqa: E402
 
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py")
                  if not p.name.startswith("_") and p.name != "report.py")
@@ -98,6 +98,8 @@ def test_gpu_suite_dry_run_runs_every_stage(gpu_dry_run):
     assert "all stages passed" in proc.stdout
     for stage in ("cuda_tests", "eager", "compile"):
         assert f"{stage}: done" in proc.stdout
+    collected = (out / "cuda_tests.log").read_text()
+    assert "test_gpu_prelabel_runs_on_cuda" in collected and "test_cuda_bf16_matches_cpu" in collected
     results = json.loads((out / "gpu_results.json").read_text())
     assert set(results["runs"]) == {"eager", "compile"}
     for name, run in results["runs"].items():
@@ -189,3 +191,24 @@ def test_prototype_runs_and_ends_with_its_ratios(script, tmp_path):
     printed = parse_results(proc.stdout)
     _assert_finite(printed["ratio"])
     assert printed["ratio"].keys() == json.loads(js.read_text())["ratios"].keys()
+
+
+@pytest.mark.parametrize(("argv", "device", "size"), [
+    (["--quick"], "cpu", 64),
+    (["--quick", "--device", "cuda"], "cuda", 64),
+    (["--quick", "--size", "1024"], "cpu", 1024),
+    ([], "cuda", 1024),
+])
+def test_quick_keeps_what_the_command_line_sets(monkeypatch, argv, device, size):
+    """``--quick`` shrinks only what the command line left alone, even when the command line
+    repeats a default (``--device cuda``): the CUDA test runs the quick size on the GPU."""
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--size", type=int, default=1024)
+    monkeypatch.setattr(sys, "argv", ["bench", *argv])
+    args = apply_quick(p, {"device": "cpu", "size": 64})
+    assert (args.device, args.size) == (device, size)
+    assert p.get_default("device") == "cuda"
