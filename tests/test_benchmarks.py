@@ -99,7 +99,8 @@ def test_gpu_suite_dry_run_runs_every_stage(gpu_dry_run):
     for stage in ("cuda_tests", "eager", "compile"):
         assert f"{stage}: done" in proc.stdout
     collected = (out / "cuda_tests.log").read_text()
-    assert "test_gpu_prelabel_runs_on_cuda" in collected and "test_cuda_bf16_matches_cpu" in collected
+    assert "test_gpu_prelabel_runs_on_cuda" in collected
+    assert "test_cuda_bf16_matches_cpu" in collected
     results = json.loads((out / "gpu_results.json").read_text())
     assert set(results["runs"]) == {"eager", "compile"}
     for name, run in results["runs"].items():
