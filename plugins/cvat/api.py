@@ -19,6 +19,8 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
+from auralsam2_core.atomic import atomic_open
+
 from .config import Settings
 
 log = logging.getLogger("auralsam2.cvat")
@@ -215,10 +217,8 @@ def extract_video(backup: Path, dest_dir: Path) -> Path:
         name = videos[0]
         out = dest_dir / PurePosixPath(name).name
         dest_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".part")
-        with z.open(name) as src, open(tmp, "wb") as dst:
+        with z.open(name) as src, atomic_open(out) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        tmp.replace(out)
         return out
 
 

@@ -259,10 +259,8 @@ class TaskSession:
             doc = self.engine.document(self.media, opts)
             for rec in track(doc)["frames"]:
                 self._publish(rec)
-            tmp = writer.final.with_name(writer.final.name + ".tmp")
             writer.final.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            tmp.replace(writer.final)
+            writer.replace_final(doc)
             return
         with self.turns:  # one frame at a time, taking turns with other tasks being served
             prelabel_to_results(model, self.media, writer, opts, info=info,

@@ -12,7 +12,6 @@ line; the other tasks of the request are still answered.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import threading
@@ -258,10 +257,7 @@ class Backend:
         except RemoteError as e:
             raise TaskError(str(e)) from None
         if doc is not None and store:
-            w = ResultsWriter(self._results_dir(), media.key)
-            tmp = w.final.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            tmp.replace(w.final)
+            ResultsWriter(self._results_dir(), media.key).replace_final(doc)
         return doc
 
     def _run(self, media, info, opts, prompts, deadline, store) -> dict | None:

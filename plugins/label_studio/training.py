@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core import rle
+from auralsam2_core.atomic import atomic_write_json
 from auralsam2_core.results import FORMAT, FORMAT_VERSION, SOUNDING_LABEL, track
 
 from . import brush
@@ -170,9 +171,7 @@ class FineTuner:
         rec = {"task": {"id": task["id"], "data": task.get("data") or {}},
                "annotation": {"id": ann.get("id"), "result": ann.get("result") or []},
                "label_config": label_config}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec))
-        tmp.replace(path)
+        atomic_write_json(path, rec)
         return {"status": "stored", "task": task["id"]}
 
     def forget(self, body: dict) -> dict:
@@ -307,9 +306,7 @@ class FineTuner:
         self.state = {"base": b.served.identity(), "generation": gen,
                       "fuser": str(res.fuser.resolve()), "project": pid,
                       "tasks": len(files), "steps": res.steps}
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        tmp.replace(self.state_file)
+        atomic_write_json(self.state_file, self.state, indent=1)
         self.job.update(model_version=b.model_version())
 
     def train_spec(self, model):
