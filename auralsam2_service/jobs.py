@@ -96,7 +96,7 @@ class Job:
         return d
 
 
-class Service:
+class JobService:
     def __init__(self, settings: ServiceSettings, served: ServedModel | None = None, *,
                  model=None, start_worker: bool = True) -> None:
         if not settings.token:

@@ -317,7 +317,7 @@ def test_settings_from_env_and_secrets(tmp_path):
     secret.write_text("file-token\n")
     hook = tmp_path / "hook"
     hook.write_text("hook-secret")
-    s = config.Settings.from_env({"CVAT_URL": "http://cvat:8080",
+    s = config.CvatFunctionSettings.from_env({"CVAT_URL": "http://cvat:8080",
                                   "CVAT_ACCESS_TOKEN_FILE": str(secret), "CVAT_ORG": "lab",
                                   "AURALSAM2_CVAT_WEBHOOK_SECRET_FILE": str(hook),
                                   "NUCLIO_FUNCTION_NAME": "my-fn"})
@@ -325,9 +325,9 @@ def test_settings_from_env_and_secrets(tmp_path):
     assert s.webhook_secret == "hook-secret"
     assert "file-token" not in repr(s) and "hook-secret" not in repr(s)
     with pytest.raises(ValueError, match="CVAT_URL"):
-        config.Settings.from_env({"CVAT_URL": "ftp://x"})
+        config.CvatFunctionSettings.from_env({"CVAT_URL": "ftp://x"})
     with pytest.raises(ValueError, match="CVAT_ACCESS_TOKEN_FILE=.*cannot be read"):
-        config.Settings.from_env({"CVAT_ACCESS_TOKEN_FILE": str(tmp_path / "missing")})
+        config.CvatFunctionSettings.from_env({"CVAT_ACCESS_TOKEN_FILE": str(tmp_path / "missing")})
     assert model_env.ServedModel.from_env({}).sam2_config == "bundled"
     assert model_env.ServedModel.from_env(
         {"AURALSAM2_FUSER_CHECKPOINT": "auralsam2_avs_v1m"}).sam2_config == "sam2_hiera_l"

@@ -27,7 +27,7 @@ from auralsam2_plugins.label_studio import brush  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
-from auralsam2_plugins.label_studio.config import Settings  # noqa: E402
+from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 from auralsam2_plugins.label_studio.prelabel import prelabel_project  # noqa: E402
 
 TEMPLATES = Path(lss.ROOT / "plugins" / "label_studio" / "templates")
@@ -58,7 +58,8 @@ def engine(model, clip):
 
 
 def make_backend(ls, tmp_path, model, **kw) -> Backend:
-    settings = Settings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work", **kw)
+    settings = LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work",
+                                          **kw)
     return Backend(settings, ServedModel(), model=model)
 
 
@@ -72,12 +73,13 @@ def area(b) -> float:
 
 
 def test_the_setting_comes_from_the_environment():
-    assert Settings.from_env({}).instance_min_area is None
-    assert Settings.from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == DEFAULT_MIN_AREA
-    assert Settings.from_env({"AURALSAM2_INSTANCES": "1", "AURALSAM2_MIN_INSTANCE_AREA":
-                              "0.01"}).instance_min_area == 0.01
+    from_env = LabelStudioBackendSettings.from_env
+    assert from_env({}).instance_min_area is None
+    assert from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == DEFAULT_MIN_AREA
+    assert from_env({"AURALSAM2_INSTANCES": "1", "AURALSAM2_MIN_INSTANCE_AREA":
+                     "0.01"}).instance_min_area == 0.01
     with pytest.raises(ValueError, match="AURALSAM2_MIN_INSTANCE_AREA"):
-        Settings.from_env({"AURALSAM2_INSTANCES": "1", "AURALSAM2_MIN_INSTANCE_AREA": "-1"})
+        from_env({"AURALSAM2_INSTANCES": "1", "AURALSAM2_MIN_INSTANCE_AREA": "-1"})
 
 
 def test_one_box_track_per_shape_stored_in_label_studio(ls, clip, engine, model, tmp_path):

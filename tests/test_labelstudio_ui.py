@@ -40,7 +40,7 @@ from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
-from auralsam2_plugins.label_studio.config import Settings  # noqa: E402
+from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 from auralsam2_plugins.label_studio.prelabel import prelabel_project  # noqa: E402
 
 TEMPLATES = lss.ROOT / "plugins" / "label_studio" / "templates"
@@ -71,8 +71,8 @@ def artifacts() -> Path:
 def backend(ls, tmp_path_factory):
     model = load_served_model(ServedModel())
     work = tmp_path_factory.mktemp("ls-ui-work")
-    return Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=work), ServedModel(),
-                   model=model)
+    return Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=work),
+                   ServedModel(), model=model)
 
 
 @pytest.fixture(scope="module")
@@ -418,10 +418,10 @@ def test_two_sounding_shapes_get_one_box_each(ls, backend, media, browser, artif
     spans both (the "before" picture)."""
     path, clip = write_two_sounding_shapes(media["dir"] / "two shapes.mp4")
     h, w = clip.frames.shape[1:3]
-    on = Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "on",
-                          instance_min_area=DEFAULT_MIN_AREA), ServedModel(),
+    on = Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "on",
+                                            instance_min_area=DEFAULT_MIN_AREA), ServedModel(),
                  model=backend.model)
-    assert Settings.from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == \
+    assert LabelStudioBackendSettings.from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == \
         DEFAULT_MIN_AREA  # what the test's settings stand for
     checked = range(1, 40, 5)  # Label Studio frames (25 fps) showing file frames 0, 1, ... 7
     seen = {}

@@ -1,6 +1,6 @@
 """The few CVAT REST calls the adapter makes, through cvat-sdk, with retries and a host check.
 
-Only ``Settings.url`` is ever contacted: URLs handed back by the server (a backup's
+Only ``CvatFunctionSettings.url`` is ever contacted: URLs handed back by the server (a backup's
 ``result_url``) must point at the same scheme, host and port, and nothing from a request
 payload is used as an address. Error messages carry the status and CVAT's reason, never
 headers (so never credentials).
@@ -21,7 +21,7 @@ import urllib3
 
 from auralsam2_core.atomic import atomic_open
 
-from .config import Settings
+from .config import CvatFunctionSettings
 
 log = logging.getLogger("auralsam2.cvat")
 T = TypeVar("T")
@@ -45,7 +45,7 @@ class CvatError(RuntimeError):
 
 
 class CvatApi:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: CvatFunctionSettings) -> None:
         if not settings.url:
             raise ValueError("no CVAT URL: set CVAT_URL (e.g. http://cvat-server:8080)")
         if not settings.has_credentials():

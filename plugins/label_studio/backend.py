@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.errors import BadRequest
 from auralsam2_core.feature_cache import FeatureCache
 from auralsam2_core.instances import connected_parts
 from auralsam2_core.jobs import prelabel_to_results
@@ -40,8 +41,8 @@ from auralsam2_core.results import (
 
 from . import predictions as P
 from .client import LabelStudioClient, LabelStudioError, MediaRefused
-from .config import Settings
-from .errors import BadRequest, OutOfTime, TaskError, is_id
+from .config import LabelStudioBackendSettings
+from .errors import OutOfTime, TaskError, is_id
 from .labelconfig import LabelConfigError, ProjectConfig, parse
 
 _log = logging.getLogger("auralsam2.labelstudio")
@@ -56,8 +57,9 @@ class TaskMedia:
 
 
 class Backend:
-    def __init__(self, settings: Settings, served: ServedModel | None = None, *,
-                 model=None, client: LabelStudioClient | None = None,
+    def __init__(self, settings: LabelStudioBackendSettings,
+                 served: ServedModel | None = None, *, model=None,
+                 client: LabelStudioClient | None = None,
                  remote: RemoteEngine | None = None) -> None:
         from .training import FineTuner
 

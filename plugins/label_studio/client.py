@@ -21,7 +21,7 @@ import requests
 
 from auralsam2_core.atomic import atomic_open
 
-from .config import Settings
+from .config import LabelStudioBackendSettings
 
 #: The only paths fetched from Label Studio (with its key): uploads, local-files storage and the
 #: storage resolve / presign endpoints (Label Studio 1.23's data_import/urls.py and
@@ -53,7 +53,7 @@ def _host(url: str) -> str:
 
 
 class LabelStudioClient:
-    def __init__(self, settings: Settings, *, timeout: float = 30.0) -> None:
+    def __init__(self, settings: LabelStudioBackendSettings, *, timeout: float = 30.0) -> None:
         if not settings.url:
             raise LabelStudioError("LABEL_STUDIO_URL is not set: the backend needs it to fetch "
                                    "media and to store predictions")

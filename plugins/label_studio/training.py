@@ -25,10 +25,11 @@ import numpy as np
 
 from auralsam2_core import rle
 from auralsam2_core.atomic import atomic_write_json
+from auralsam2_core.errors import BadRequest
 from auralsam2_core.results import FORMAT, FORMAT_VERSION, SOUNDING_LABEL, track
 
 from . import brush
-from .errors import BadRequest, TaskError, is_id
+from .errors import TaskError, is_id
 from .labelconfig import LabelConfigError, parse
 from .predictions import ls_frame
 
