@@ -647,3 +647,26 @@ def test_redirects_are_checked_hop_by_hop(tmp_path, model):
         assert "AURALSAM2_LS_STORAGE_HOSTS" in r["error"]
     finally:
         server.shutdown()
+
+
+def test_fine_tuner_needs_only_what_it_is_given(tmp_path):
+    """FineTuner runs without a Backend: its inputs are its constructor's arguments."""
+    from auralsam2_core.errors import BadRequest
+    from auralsam2_plugins.label_studio.training import FineTuner
+
+    def never(*_args):
+        raise AssertionError("not needed to store an annotation or to refuse training")
+
+    ft = FineTuner(tmp_path / "ft", LabelStudioBackendSettings(work_dir=tmp_path), ServedModel(),
+                   model=never, run_lock=threading.Lock(), task_media=never,
+                   cached_results=never, model_version=never, shared_service=True)
+    assert ft.generation == 0 and ft.snapshot() is None
+    out = ft.collect({"annotation": {"id": 3, "result": []}, "task": {"id": 7, "data": {}},
+                      "project": {"id": 2, "label_config": "<View/>"}})
+    assert out == {"status": "stored", "task": 7}
+    stored = json.loads((tmp_path / "ft" / "annotations" / "project-2" / "task-7.json")
+                        .read_text())
+    assert stored["task"]["id"] == 7 and stored["label_config"] == "<View/>"
+    with pytest.raises(BadRequest, match="AURALSAM2_SERVER_URL"):
+        ft.start({"id": 2})
+    assert ft.snapshot() is None  # nothing started

@@ -78,7 +78,10 @@ class Backend:
         self.features = FeatureCache.from_mb(settings.refine_cache_mb)
         self.work = Path(settings.work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.finetune = FineTuner(self)
+        self.finetune = FineTuner(
+            self.work / "finetune", settings, self.served, model=lambda: self.model,
+            run_lock=self.run_lock, task_media=self.task_media, cached_results=self.cached,
+            model_version=self.model_version, shared_service=self.remote is not None)
         self._queue: dict[str, dict] = {}  # background pre-labelling, by media key
         self._queue_cv = threading.Condition()
         threading.Thread(target=self._background, daemon=True,
