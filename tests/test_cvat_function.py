@@ -59,13 +59,10 @@ from auralsam2_plugins.cvat.masks import (  # noqa: E402
 )
 
 from helpers import cvat_emulator as ce  # noqa: E402
+from helpers.cvat_function_env import FUNCTION, ROOT, SPEC, TOKEN, call, function_env  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-FUNCTION = "pth-auralsam2-sounding"
-TOKEN = "s3cr3t-token-do-not-log"
+pytestmark = pytest.mark.usefixtures("cvat_function_threads_joined")
 SECRET = "webhook-shared-secret"
-SPEC = json.loads(yaml.safe_load((ROOT / "plugins/cvat/function.yaml").read_text())[
-    "metadata"]["annotations"]["spec"])
 MODEL_ENV = {"AURALSAM2_SAM2_CONFIG": "sam2_hiera_t", "AURALSAM2_IMAGE_SIZE": "64",
              "AURALSAM2_FUSER_CONFIG": '{"f_depths": [1, 1, 1]}', "AURALSAM2_DEVICE": "cpu"}
 LABEL = {"id": 70, "name": "sounding", "type": "mask", "attributes": [
@@ -117,48 +114,14 @@ def reference(model, clips):
     return get
 
 
-@pytest.fixture(autouse=True)
-def finish_background_work():
-    """Tests end only when the function's background threads have (the model must not be
-    running when the interpreter exits)."""
-    yield
-    for t in threading.enumerate():
-        if t.name.startswith("auralsam2-cvat"):
-            t.join(timeout=60)
-
-
-@pytest.fixture
-def emu():
-    server = ce.CvatEmulator(token=TOKEN)
-    yield server
-    server.close()
-    server.check_ui_and_export()  # whatever a test uploaded, CVAT can still open and export
-
-
 @pytest.fixture
 def env(monkeypatch, tmp_path, emu, model):
-    values = {"CVAT_URL": emu.url, "CVAT_ACCESS_TOKEN": TOKEN,
-              "AURALSAM2_CVAT_CACHE": str(tmp_path / "cache"), "AURALSAM2_CVAT_POLL": "0.05",
-              "AURALSAM2_CVAT_RETRY_DELAY": "0.05", "AURALSAM2_CVAT_FRAME_WAIT": "60",
-              "AURALSAM2_CVAT_TASK_WAIT": "60", **MODEL_ENV}
-    for k in ("NUCLIO_FUNCTION_NAME", "AURALSAM2_CVAT_FUNCTION", "CVAT_USERNAME",
-              "CVAT_PASSWORD", "AURALSAM2_CVAT_LABEL", "CVAT_ORG", "CVAT_ACCESS_TOKEN_FILE",
-              "AURALSAM2_CVAT_WEBHOOK_SECRET"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    return values
+    return function_env(monkeypatch, emu.url, tmp_path / "cache", **MODEL_ENV)
 
 
 @pytest.fixture
 def platform(env):
     return Platform()  # init_context runs on the first call, with the environment above
-
-
-def call(platform, body, headers=None) -> tuple[int, object]:
-    r = platform.call_handler(main.handler, nuclio_sdk.Event(body=body, headers=headers or {}))
-    assert r.content_type == "application/json"
-    return r.status_code, json.loads(r.body)
 
 
 def invoker(platform):

@@ -17,7 +17,6 @@ import logging
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,9 +45,7 @@ from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # 
 from auralsam2_plugins.label_studio.labelconfig import LabelConfigError, parse  # noqa: E402
 from auralsam2_plugins.label_studio.prelabel import prelabel_project  # noqa: E402
 
-TEMPLATES = Path(lss.ROOT / "plugins" / "label_studio" / "templates")
-VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
-KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
+VIDEO_CONFIG, KEYFRAME_CONFIG = lss.VIDEO_CONFIG, lss.KEYFRAME_CONFIG  # the templates
 FPS = 25.0  # = the template's framerate, so Label Studio frame = engine index + 1
 BASIC = ("label-studio", "basic-auth-pass-for-tests")  # the backend's HTTP Basic credentials
 BOX_LABEL, RANGE_LABEL = "Sounding object (box)", "Sound on (time range)"  # the template's

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +42,7 @@ from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
 from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 from auralsam2_plugins.label_studio.prelabel import prelabel_project  # noqa: E402
 
-TEMPLATES = lss.ROOT / "plugins" / "label_studio" / "templates"
-VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
-KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
+VIDEO_CONFIG, KEYFRAME_CONFIG = lss.VIDEO_CONFIG, lss.KEYFRAME_CONFIG  # the templates
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1400, "height": 900}
 FILE_FPS = 5.0  # the clips' rate; the template says 25
@@ -335,20 +332,11 @@ def test_keyframe_task_shows_sound_and_image_without_scrolling(ls, backend, medi
     its player starts at 0 s whatever the link's #t= says)."""
     video = media["mixed_path"]
     k = 12
-    png = media["dir"] / "keyframe.png"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-vf",
-                    f"select=eq(n\\,{k}),scale=512:384", "-frames:v", "1", str(png)],
-                   check=True)
-    files = ls.create_project("keyframe files", VIDEO_CONFIG)
-    [vid] = ls.upload(files["id"], video)
-    [img] = ls.upload(files["id"], png)
-    url = {t: ls.api("GET", f"/api/tasks/{t}")["data"]["video"] for t in (vid, img)}
-    p = ls.create_project("keyframe layout", KEYFRAME_CONFIG)
-    [tid] = ls.import_tasks(p["id"], [{"data": {"image": url[img], "video": url[vid],
-                                                "frame": k + 1, "time": k / FILE_FPS}}])
-    report = prelabel_project(backend, p["id"], progress=False)
+    pid, tid = ls.keyframe_task("keyframe layout", video, k, media["dir"] / "keyframe.png",
+                                (512, 384), time=k / FILE_FPS)
+    report = prelabel_project(backend, pid, progress=False)
     assert report["created"] == 1, report
-    with editor(browser, ls, p["id"], tid) as page:
+    with editor(browser, ls, pid, tid) as page:
         page.screenshot(path=artifacts / "keyframe_layout_900px.png")
         wave = page.locator("[class*=waveform] canvas, [class*=audio] canvas").first
         image = page.locator(".lsf-main-content img").first
