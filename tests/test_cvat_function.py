@@ -802,6 +802,17 @@ def test_malformed_payloads_get_clear_4xx(emu, platform, clips):
         assert words in answer["error"], (words, answer)
 
 
+def test_the_functions_bad_request_is_the_cores():
+    """One BadRequest for every front end: CVAT's is the core's (Label Studio's backend
+    raises the core's own), and still answered like the function's other errors."""
+    from auralsam2_core.errors import BadRequest
+    from auralsam2_plugins.cvat.errors import AdapterError, CvatBadRequest
+
+    e = CvatBadRequest("'task_id' must be a positive integer")
+    assert isinstance(e, BadRequest) and isinstance(e, AdapterError) and e.status == 400
+    assert BadRequest("too large", status=413).status == 413 and BadRequest("x").status == 400
+
+
 def test_unplaceable_images_and_silent_tasks(emu, platform, clips):
     task = task_a(emu, clips)
     # no running Automatic annotation of this function: say so instead of guessing
