@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+_MAX_NAME_BYTES = 255  # a file name on Linux file systems
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, keep_suffix: bool = False) -> Iterator[Path]:
@@ -28,8 +30,11 @@ def atomic_path(path: str | os.PathLike[str], *, keep_suffix: bool = False) -> I
     """
     dest = Path(path)
     tail = f".tmp{dest.suffix}" if keep_suffix else ".tmp"
+    # ".<name>.<8 hex><tail>", the name cut so that it stays a legal file name (255 bytes)
+    room = _MAX_NAME_BYTES - len(os.fsencode(f"..12345678{tail}"))
+    name = os.fsdecode(os.fsencode(dest.name)[:room])
     while True:
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{tail}")
+        tmp = dest.with_name(f".{name}.{secrets.token_hex(4)}{tail}")
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             break

@@ -107,3 +107,11 @@ def test_atomic_open_refuses_modes_that_would_not_write_a_whole_file(tmp_path):
         with pytest.raises(ValueError, match="whole new file"), atomic_open(tmp_path / "f", mode):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_near_the_file_system_limit_still_gets_a_temp(tmp_path):
+    dest = tmp_path / ("é" * 125 + ".mp4")  # 254 bytes: no room for a suffix
+    atomic_write_bytes(dest, b"ok")
+    assert dest.read_bytes() == b"ok" and [p.name for p in tmp_path.iterdir()] == [dest.name]
+    with atomic_path(dest, keep_suffix=True) as tmp:
+        assert len(os.fsencode(tmp.name)) <= 255 and tmp.name.endswith(".tmp.mp4")
