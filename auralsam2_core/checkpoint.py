@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_path
+
 __all__ = [
     "FILTERS",
     "CheckpointError",
@@ -360,8 +362,7 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str]
     if bad:
         raise CheckpointError(f"cannot save {p}: non-tensor values under {bad[:_SHOW]}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    try:
+    with atomic_path(p) as tmp:
         if p.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -370,7 +371,4 @@ def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike[str]
                       str(tmp))
         else:
             torch.save({k: v.detach().cpu() for k, v in sd.items()}, tmp)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p

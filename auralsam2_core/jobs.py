@@ -39,7 +39,8 @@ from .results import (
     with_intervals,
 )
 
-# A results name, so that its longest sibling file (<name>_overlay.tmp.mp4, 16 more bytes)
+# A results name, so that its longest sibling file (the overlay being written,
+# .<name>_overlay.mp4.<8 hex>.tmp.mp4: 30 more bytes)
 # stays within the 255 bytes a file name may have on Linux file systems.
 MAX_NAME_BYTES = 200
 

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, rle
+from .atomic import atomic_write_json
 from .engine import FrameResult, PrelabelOptions
 from .media import MediaInfo
 
@@ -276,10 +277,7 @@ class ResultsWriter:
 
     def replace_final(self, doc: dict) -> None:
         """Write ``doc`` as the final results, atomically."""
-        tmp = self.final.with_suffix(".json.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
-        os.replace(tmp, self.final)
+        atomic_write_json(self.final, doc, separators=(",", ":"))
 
     def __enter__(self) -> ResultsWriter:
         self._fh = open(self.partial, "w", encoding="utf-8")  # restart: drop any old partial

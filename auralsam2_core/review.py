@@ -11,6 +11,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_path
 from .media import iter_frames, video_stream
 from .results import objects
 from .rle import decode
@@ -56,8 +57,8 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
     w, h = _even(round(width * scale)), _even(round(height * scale))
     fps = doc["video"]["fps"] or 25.0
     out_path = Path(out_path)
-    tmp = out_path.with_suffix(".tmp.mp4")
-    with av.open(str(video)) as src, av.open(str(tmp), "w") as dst:
+    with (atomic_path(out_path, keep_suffix=True) as tmp,  # PyAV picks MP4 by the suffix
+          av.open(str(video)) as src, av.open(str(tmp), "w") as dst):
         vs = dst.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.options = {"crf": "23", "preset": "veryfast"}
@@ -96,7 +97,6 @@ def write_overlay(video: str | os.PathLike, doc: dict, out_path: str | os.PathLi
                 packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
                 packet.stream = audio_out
                 dst.mux(packet)
-    os.replace(tmp, out_path)
     return out_path
 
 

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_open
 from .checkpoint import load_into, read_state_dict, save_state_dict
 from .datasets import collate
 from .losses import LossWeights, total_loss
@@ -520,9 +521,8 @@ def _run_eval(model: AuralSAM2, evaluate, step: int, cfg: TrainConfig) -> dict:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)
 
 
 def _save_checkpoint(ckpt_dir: Path, model: AuralSAM2, opt, sched, step: int,

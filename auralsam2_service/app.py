@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from .jobs import Refused, Service
+from .jobs import JobService, Refused
 
 
 def _no_constant(name: str):
@@ -52,7 +52,7 @@ async def read_json(request: Request, limit: int):
         raise Refused(400, "the body must be JSON") from None
 
 
-def create_app(service: Service) -> Starlette:
+def create_app(service: JobService) -> Starlette:
     token = service.settings.token.encode()
 
     def authorised(request: Request) -> bool:

@@ -38,14 +38,14 @@ def cmd_serve(args) -> int:
 
     from .app import create_app
     from .config import ServiceSettings
-    from .jobs import Service, StateDirBusy
+    from .jobs import JobService, StateDirBusy
 
     try:
         settings = ServiceSettings.from_env(
             state_dir=Path(args.state_dir) if args.state_dir else None,
             max_queue=args.max_queue)
         served = served_model_from_args(args)
-        service = Service(settings, served, start_worker=False)
+        service = JobService(settings, served, start_worker=False)
     except (ValueError, OSError, StateDirBusy) as e:  # before any job is touched
         print(f"auralsam2 serve: {e}", file=sys.stderr)
         return 2

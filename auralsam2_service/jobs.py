@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from auralsam2_core.atomic import atomic_open, atomic_write_json
 from auralsam2_core.engine import NoAudioError
 from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
@@ -95,7 +96,7 @@ class Job:
         return d
 
 
-class Service:
+class JobService:
     def __init__(self, settings: ServiceSettings, served: ServedModel | None = None, *,
                  model=None, start_worker: bool = True) -> None:
         if not settings.token:
@@ -142,10 +143,7 @@ class Service:
     # ------------------------------------------------------------------ persistence
 
     def _save(self, job: Job) -> None:
-        path = self.dir / "jobs" / f"{job.id}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(job)))
-        os.replace(tmp, path)
+        atomic_write_json(self.dir / "jobs" / f"{job.id}.json", asdict(job))
 
     def _recover(self) -> None:
         """Queue again the jobs a dead owner left running (we hold the lock: it is dead)."""
@@ -223,9 +221,8 @@ class Service:
                 return None
 
         opener = urllib.request.build_opener(NoRedirect)
-        tmp = dest.with_name(dest.name + ".part")
         try:
-            with opener.open(url, timeout=60) as r, open(tmp, "wb") as fh:
+            with opener.open(url, timeout=60) as r, atomic_open(dest) as fh:
                 size = 0
                 while chunk := r.read(1 << 20):
                     size += len(chunk)
@@ -233,11 +230,8 @@ class Service:
                         raise Refused(413, "the video is larger than the download limit",
                                       field="video")
                     fh.write(chunk)
-            os.replace(tmp, dest)
         except (OSError, ValueError) as e:  # ValueError: http.client's invalid URLs
             raise Refused(502, f"cannot download the video: {e}", field="video") from None
-        finally:
-            tmp.unlink(missing_ok=True)
         return dest
 
     def _drop_download(self, video: str | Path) -> None:

@@ -5,7 +5,8 @@ load them), ``tiny_model`` (random SAM2 Hiera-t at 64 px with a one-block fuser:
 ``tiny_fused_model`` and ``tiny_refavs_model`` (the same with the fusion residuals switched on,
 AVS and Ref-AVS). Tiny models are seeded and built once per test module, so what one module does
 to its model never reaches another. The CVAT and FiftyOne tests keep their own ``model``
-fixtures: theirs must be the instance those adapters' caches hand out.
+fixtures: theirs must be the instance those adapters' caches hand out. The CVAT function's
+tests share ``emu`` (the CVAT emulator) and ``cvat_function_threads_joined``.
 """
 
 import pytest
@@ -70,3 +71,25 @@ def tiny_refavs_model():
     m = _tiny(variant="refavs", text_encoder=tiny_random_text_encoder(seed=0))
     _open_fusion(m.fuser)
     return m
+
+
+@pytest.fixture
+def emu():
+    """A CVAT emulator at its strictest, with the CVAT function's token; at the end, whatever
+    a test uploaded must still open in CVAT's UI and export."""
+    from helpers import cvat_emulator as ce
+    from helpers.cvat_function_env import TOKEN
+
+    server = ce.CvatEmulator(token=TOKEN)
+    yield server
+    server.close()
+    server.check_ui_and_export()
+
+
+@pytest.fixture
+def cvat_function_threads_joined():
+    """A CVAT function test ends only when the function's background threads have."""
+    from helpers.cvat_function_env import join_function_threads
+
+    yield
+    join_function_threads()

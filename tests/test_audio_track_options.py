@@ -29,10 +29,10 @@ def test_wire_format_carries_the_audio_track_and_checks_it():
 
 
 def test_cvat_and_label_studio_settings_read_the_track():
-    from auralsam2_plugins.cvat.config import Settings as CvatSettings
-    from auralsam2_plugins.label_studio.config import Settings as LsSettings
+    from auralsam2_plugins.cvat.config import CvatFunctionSettings
+    from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings
 
     env = {"AURALSAM2_AUDIO_TRACK": "1"}
-    assert CvatSettings.from_env(env).audio_track == 1
-    assert LsSettings.from_env(env).audio_track == 1
-    assert CvatSettings.from_env({}).audio_track is None
+    assert CvatFunctionSettings.from_env(env).audio_track == 1
+    assert LabelStudioBackendSettings.from_env(env).audio_track == 1
+    assert CvatFunctionSettings.from_env({}).audio_track is None

@@ -59,13 +59,10 @@ from auralsam2_plugins.cvat.masks import (  # noqa: E402
 )
 
 from helpers import cvat_emulator as ce  # noqa: E402
+from helpers.cvat_function_env import FUNCTION, ROOT, SPEC, TOKEN, call, function_env  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-FUNCTION = "pth-auralsam2-sounding"
-TOKEN = "s3cr3t-token-do-not-log"
+pytestmark = pytest.mark.usefixtures("cvat_function_threads_joined")
 SECRET = "webhook-shared-secret"
-SPEC = json.loads(yaml.safe_load((ROOT / "plugins/cvat/function.yaml").read_text())[
-    "metadata"]["annotations"]["spec"])
 MODEL_ENV = {"AURALSAM2_SAM2_CONFIG": "sam2_hiera_t", "AURALSAM2_IMAGE_SIZE": "64",
              "AURALSAM2_FUSER_CONFIG": '{"f_depths": [1, 1, 1]}', "AURALSAM2_DEVICE": "cpu"}
 LABEL = {"id": 70, "name": "sounding", "type": "mask", "attributes": [
@@ -117,48 +114,14 @@ def reference(model, clips):
     return get
 
 
-@pytest.fixture(autouse=True)
-def finish_background_work():
-    """Tests end only when the function's background threads have (the model must not be
-    running when the interpreter exits)."""
-    yield
-    for t in threading.enumerate():
-        if t.name.startswith("auralsam2-cvat"):
-            t.join(timeout=60)
-
-
-@pytest.fixture
-def emu():
-    server = ce.CvatEmulator(token=TOKEN)
-    yield server
-    server.close()
-    server.check_ui_and_export()  # whatever a test uploaded, CVAT can still open and export
-
-
 @pytest.fixture
 def env(monkeypatch, tmp_path, emu, model):
-    values = {"CVAT_URL": emu.url, "CVAT_ACCESS_TOKEN": TOKEN,
-              "AURALSAM2_CVAT_CACHE": str(tmp_path / "cache"), "AURALSAM2_CVAT_POLL": "0.05",
-              "AURALSAM2_CVAT_RETRY_DELAY": "0.05", "AURALSAM2_CVAT_FRAME_WAIT": "60",
-              "AURALSAM2_CVAT_TASK_WAIT": "60", **MODEL_ENV}
-    for k in ("NUCLIO_FUNCTION_NAME", "AURALSAM2_CVAT_FUNCTION", "CVAT_USERNAME",
-              "CVAT_PASSWORD", "AURALSAM2_CVAT_LABEL", "CVAT_ORG", "CVAT_ACCESS_TOKEN_FILE",
-              "AURALSAM2_CVAT_WEBHOOK_SECRET"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    return values
+    return function_env(monkeypatch, emu.url, tmp_path / "cache", **MODEL_ENV)
 
 
 @pytest.fixture
 def platform(env):
     return Platform()  # init_context runs on the first call, with the environment above
-
-
-def call(platform, body, headers=None) -> tuple[int, object]:
-    r = platform.call_handler(main.handler, nuclio_sdk.Event(body=body, headers=headers or {}))
-    assert r.content_type == "application/json"
-    return r.status_code, json.loads(r.body)
 
 
 def invoker(platform):
@@ -317,7 +280,7 @@ def test_settings_from_env_and_secrets(tmp_path):
     secret.write_text("file-token\n")
     hook = tmp_path / "hook"
     hook.write_text("hook-secret")
-    s = config.Settings.from_env({"CVAT_URL": "http://cvat:8080",
+    s = config.CvatFunctionSettings.from_env({"CVAT_URL": "http://cvat:8080",
                                   "CVAT_ACCESS_TOKEN_FILE": str(secret), "CVAT_ORG": "lab",
                                   "AURALSAM2_CVAT_WEBHOOK_SECRET_FILE": str(hook),
                                   "NUCLIO_FUNCTION_NAME": "my-fn"})
@@ -325,9 +288,9 @@ def test_settings_from_env_and_secrets(tmp_path):
     assert s.webhook_secret == "hook-secret"
     assert "file-token" not in repr(s) and "hook-secret" not in repr(s)
     with pytest.raises(ValueError, match="CVAT_URL"):
-        config.Settings.from_env({"CVAT_URL": "ftp://x"})
+        config.CvatFunctionSettings.from_env({"CVAT_URL": "ftp://x"})
     with pytest.raises(ValueError, match="CVAT_ACCESS_TOKEN_FILE=.*cannot be read"):
-        config.Settings.from_env({"CVAT_ACCESS_TOKEN_FILE": str(tmp_path / "missing")})
+        config.CvatFunctionSettings.from_env({"CVAT_ACCESS_TOKEN_FILE": str(tmp_path / "missing")})
     assert model_env.ServedModel.from_env({}).sam2_config == "bundled"
     assert model_env.ServedModel.from_env(
         {"AURALSAM2_FUSER_CHECKPOINT": "auralsam2_avs_v1m"}).sam2_config == "sam2_hiera_l"
@@ -837,6 +800,17 @@ def test_malformed_payloads_get_clear_4xx(emu, platform, clips):
         status, answer = call(platform, body)
         assert status == 400, (body, answer)
         assert words in answer["error"], (words, answer)
+
+
+def test_the_functions_bad_request_is_the_cores():
+    """One BadRequest for every front end: CVAT's is the core's (Label Studio's backend
+    raises the core's own), and still answered like the function's other errors."""
+    from auralsam2_core.errors import BadRequest
+    from auralsam2_plugins.cvat.errors import AdapterError, CvatBadRequest
+
+    e = CvatBadRequest("'task_id' must be a positive integer")
+    assert isinstance(e, BadRequest) and isinstance(e, AdapterError) and e.status == 400
+    assert BadRequest("too large", status=413).status == 413 and BadRequest("x").status == 400
 
 
 def test_unplaceable_images_and_silent_tasks(emu, platform, clips):

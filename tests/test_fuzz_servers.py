@@ -25,10 +25,10 @@ from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E40
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app as backend_app  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
-from auralsam2_plugins.label_studio.config import Settings  # noqa: E402
+from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 from auralsam2_service.app import create_app as service_app  # noqa: E402
 from auralsam2_service.config import ServiceSettings  # noqa: E402
-from auralsam2_service.jobs import Service  # noqa: E402
+from auralsam2_service.jobs import JobService  # noqa: E402
 
 from helpers import service_env as se  # noqa: E402
 from helpers.label_studio_backend import CONFIG, GOOD, PASSWORD, USER, RecordingServer  # noqa: E402
@@ -78,7 +78,7 @@ def test_service_answers_anything_with_2xx_or_4xx(tmp_path):
     media = tmp_path / "media"
     media.mkdir()
     clip = write_clip(make_clip(5, size=(32, 48), fps=10, seconds=1.0), media / "a.mp4")
-    service = Service(ServiceSettings(token=se.TOKEN, media_roots=(media.resolve(),),
+    service = JobService(ServiceSettings(token=se.TOKEN, media_roots=(media.resolve(),),
                                       state_dir=tmp_path / "state", max_queue=100000,
                                       max_body_bytes=256 << 10), ServedModel(),
                       start_worker=False)
@@ -155,10 +155,10 @@ def test_label_studio_backend_answers_anything_with_2xx_or_4xx(tmp_path):
 
 
 def _fuzz_backend(tmp_path, ls_url: str) -> None:
-    backend = Backend(Settings(url=ls_url, api_key="k", work_dir=tmp_path / "work",
-                               basic_auth_user=USER, basic_auth_pass=PASSWORD,
-                               max_body_bytes=256 << 10, predict_budget=30),
-                      ServedModel(), model=load_served_model(ServedModel()))
+    settings = LabelStudioBackendSettings(url=ls_url, api_key="k", work_dir=tmp_path / "work",
+                                          basic_auth_user=USER, basic_auth_pass=PASSWORD,
+                                          max_body_bytes=256 << 10, predict_budget=30)
+    backend = Backend(settings, ServedModel(), model=load_served_model(ServedModel()))
     client = starlette_testclient.TestClient(backend_app(backend), raise_server_exceptions=False)
     links = st.sampled_from(["/data/upload/1/a.mp4", "/api/projects", "s3://b/a.mp4",
                              "http://127.0.0.1:1/data/upload/../../api/x", "file:///etc/x",

@@ -6,10 +6,6 @@ mode) and its own mask in Automatic annotation answers."""
 
 from __future__ import annotations
 
-import json
-import threading
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -23,17 +19,13 @@ from nuclio_sdk.test import Platform  # noqa: E402
 from auralsam2_core import model_env  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.instances import connected_parts  # noqa: E402
-from auralsam2_plugins.cvat import main  # noqa: E402
 from auralsam2_plugins.cvat.masks import from_detector_mask, mask_box  # noqa: E402
 
 from helpers import cvat_emulator as ce  # noqa: E402
+from helpers.cvat_function_env import FUNCTION, SPEC, call, function_env  # noqa: E402
 from helpers.instances_media import box_area, nearest_object, write_two_sounding_shapes  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-FUNCTION = "pth-auralsam2-sounding"
-TOKEN = "instances-test-token"
-SPEC = json.loads(yaml.safe_load((ROOT / "plugins/cvat/function.yaml").read_text())[
-    "metadata"]["annotations"]["spec"])
+pytestmark = pytest.mark.usefixtures("cvat_function_threads_joined")
 LABEL = {"id": 70, "name": "sounding", "type": "mask", "attributes": []}
 
 
@@ -51,41 +43,10 @@ def engine(clip):
     model_env.load_served_model.cache_clear()
 
 
-@pytest.fixture(autouse=True)
-def finish_background_work():
-    yield
-    for t in threading.enumerate():
-        if t.name.startswith("auralsam2-cvat"):
-            t.join(timeout=60)
-
-
-@pytest.fixture
-def emu():
-    server = ce.CvatEmulator(token=TOKEN)
-    yield server
-    server.close()
-    server.check_ui_and_export()  # whatever a test uploaded, CVAT can still open and export
-
-
 @pytest.fixture
 def env(monkeypatch, tmp_path, emu):
-    values = {"CVAT_URL": emu.url, "CVAT_ACCESS_TOKEN": TOKEN, "AURALSAM2_DEVICE": "cpu",
-              "AURALSAM2_CVAT_CACHE": str(tmp_path / "cache"), "AURALSAM2_CVAT_POLL": "0.05",
-              "AURALSAM2_CVAT_RETRY_DELAY": "0.05", "AURALSAM2_CVAT_FRAME_WAIT": "60",
-              "AURALSAM2_CVAT_TASK_WAIT": "60", "AURALSAM2_INSTANCES": "1"}
-    for k in ("NUCLIO_FUNCTION_NAME", "AURALSAM2_CVAT_FUNCTION", "CVAT_USERNAME",
-              "CVAT_PASSWORD", "AURALSAM2_CVAT_LABEL", "CVAT_ORG", "CVAT_ACCESS_TOKEN_FILE",
-              "AURALSAM2_CVAT_WEBHOOK_SECRET", "AURALSAM2_SAM2_CONFIG", "AURALSAM2_IMAGE_SIZE",
-              "AURALSAM2_FUSER_CONFIG", "AURALSAM2_SERVER_URL", "AURALSAM2_CVAT_UPLOAD"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    return values
-
-
-def call(platform, body) -> tuple[int, object]:
-    r = platform.call_handler(main.handler, nuclio_sdk.Event(body=body, headers={}))
-    return r.status_code, json.loads(r.body)
+    return function_env(monkeypatch, emu.url, tmp_path / "cache", AURALSAM2_DEVICE="cpu",
+                        AURALSAM2_INSTANCES="1")
 
 
 def add_task(emu, clip):

@@ -6,9 +6,6 @@ as before."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -27,12 +24,10 @@ from auralsam2_plugins.label_studio import brush  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
-from auralsam2_plugins.label_studio.config import Settings  # noqa: E402
+from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 from auralsam2_plugins.label_studio.prelabel import prelabel_project  # noqa: E402
 
-TEMPLATES = Path(lss.ROOT / "plugins" / "label_studio" / "templates")
-VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
-KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
+VIDEO_CONFIG, KEYFRAME_CONFIG = lss.VIDEO_CONFIG, lss.KEYFRAME_CONFIG  # the templates
 FPS = 25.0  # the template's framerate: Label Studio frame f shows engine frame f - 1
 
 
@@ -58,7 +53,8 @@ def engine(model, clip):
 
 
 def make_backend(ls, tmp_path, model, **kw) -> Backend:
-    settings = Settings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work", **kw)
+    settings = LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work",
+                                          **kw)
     return Backend(settings, ServedModel(), model=model)
 
 
@@ -72,12 +68,13 @@ def area(b) -> float:
 
 
 def test_the_setting_comes_from_the_environment():
-    assert Settings.from_env({}).instance_min_area is None
-    assert Settings.from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == DEFAULT_MIN_AREA
-    assert Settings.from_env({"AURALSAM2_INSTANCES": "1", "AURALSAM2_MIN_INSTANCE_AREA":
-                              "0.01"}).instance_min_area == 0.01
+    from_env = LabelStudioBackendSettings.from_env
+    assert from_env({}).instance_min_area is None
+    assert from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == DEFAULT_MIN_AREA
+    assert from_env({"AURALSAM2_INSTANCES": "1", "AURALSAM2_MIN_INSTANCE_AREA":
+                     "0.01"}).instance_min_area == 0.01
     with pytest.raises(ValueError, match="AURALSAM2_MIN_INSTANCE_AREA"):
-        Settings.from_env({"AURALSAM2_INSTANCES": "1", "AURALSAM2_MIN_INSTANCE_AREA": "-1"})
+        from_env({"AURALSAM2_INSTANCES": "1", "AURALSAM2_MIN_INSTANCE_AREA": "-1"})
 
 
 def test_one_box_track_per_shape_stored_in_label_studio(ls, clip, engine, model, tmp_path):
@@ -140,17 +137,8 @@ def test_one_box_track_per_shape_stored_in_label_studio(ls, clip, engine, model,
 def test_keyframe_task_gets_one_brush_mask_per_shape(ls, clip, model, tmp_path):
     video, truth = clip
     k = 3
-    frame_png = tmp_path / "keyframe.png"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-vf",
-                    f"select=eq(n\\,{k}),scale=256:192", "-frames:v", "1", str(frame_png)],
-                   check=True)
-    files = ls.create_project("instance files", VIDEO_CONFIG)
-    [vid] = ls.upload(files["id"], video)
-    [img] = ls.upload(files["id"], frame_png)
-    urls = [ls.api("GET", f"/api/tasks/{t}")["data"]["video"] for t in (vid, img)]
-    p = ls.create_project("instance keyframes", KEYFRAME_CONFIG)
-    [tid] = ls.import_tasks(p["id"], [{"data": {"image": urls[1], "video": urls[0],
-                                                "frame": k + 1}}])
+    _, tid = ls.keyframe_task("instance keyframes", video, k, tmp_path / "keyframe.png",
+                              (256, 192))
     task = ls.api("GET", f"/api/tasks/{tid}")
     results = {}
     for name, area_ in (("off", None), ("on", DEFAULT_MIN_AREA)):

@@ -17,7 +17,6 @@ import logging
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,13 +41,11 @@ from auralsam2_plugins.label_studio import brush  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
-from auralsam2_plugins.label_studio.config import Settings  # noqa: E402
+from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 from auralsam2_plugins.label_studio.labelconfig import LabelConfigError, parse  # noqa: E402
 from auralsam2_plugins.label_studio.prelabel import prelabel_project  # noqa: E402
 
-TEMPLATES = Path(lss.ROOT / "plugins" / "label_studio" / "templates")
-VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
-KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
+VIDEO_CONFIG, KEYFRAME_CONFIG = lss.VIDEO_CONFIG, lss.KEYFRAME_CONFIG  # the templates
 FPS = 25.0  # = the template's framerate, so Label Studio frame = engine index + 1
 BASIC = ("label-studio", "basic-auth-pass-for-tests")  # the backend's HTTP Basic credentials
 BOX_LABEL, RANGE_LABEL = "Sounding object (box)", "Sound on (time range)"  # the template's
@@ -91,7 +88,8 @@ def project(ls, media):
 
 
 def make_backend(ls, tmp_path, model, **kw) -> Backend:
-    settings = Settings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work", **kw)
+    settings = LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work",
+                                          **kw)
     return Backend(settings, ServedModel(), model=model)
 
 
@@ -208,7 +206,7 @@ def test_keyframes_and_label_studio_frame_numbers():
 
 
 def test_health_and_setup_answer_without_loading_the_model(tmp_path):
-    b = Backend(Settings(work_dir=tmp_path), ServedModel())
+    b = Backend(LabelStudioBackendSettings(work_dir=tmp_path), ServedModel())
     client = starlette_testclient.TestClient(create_app(b))
     t0 = time.perf_counter()
     h = client.get("/health").json()
@@ -276,12 +274,14 @@ def test_bad_tasks_get_a_clear_error_and_no_prediction(ls, project, tmp_path, mo
     assert "no 'video'" in msgs[4]
     assert lss.TOKEN not in caplog.text and lss.TOKEN not in json.dumps(out)
     # Label Studio unreachable: an error per task, not a crash.
-    down = Backend(Settings(url=f"http://127.0.0.1:{se.free_port()}", api_key=lss.TOKEN,
-                            work_dir=tmp_path / "down"), ServedModel(), model=model)
+    down = Backend(LabelStudioBackendSettings(url=f"http://127.0.0.1:{se.free_port()}",
+                                              api_key=lss.TOKEN, work_dir=tmp_path / "down"),
+                   ServedModel(), model=model)
     [r] = down.predict(predict_body([good]))["results"]
     assert "unreachable" in r["error"] and "result" not in r
     # Wrong key: Label Studio's 401, said plainly, key not echoed.
-    wrong = Backend(Settings(url=ls.url, api_key="not-the-key", work_dir=tmp_path / "w"),
+    wrong = Backend(LabelStudioBackendSettings(url=ls.url, api_key="not-the-key",
+                                               work_dir=tmp_path / "w"),
                     ServedModel(), model=model)
     [r] = wrong.predict(predict_body([good]))["results"]
     assert "401" in r["error"] and "not-the-key" not in r["error"]
@@ -548,8 +548,8 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
     task = ls_task(ls, project["task"])
     local = make_backend(ls, tmp_path / "local", model).predict(predict_body([task]))
     with se.ServiceThread(tmp_path / "service", [work], model=model) as srv:
-        b = Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=work), ServedModel(),
-                    remote=srv.engine())
+        b = Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=work),
+                    ServedModel(), remote=srv.engine())
         out = b.predict(predict_body([task]))
         assert out["results"][0]["result"] == local["results"][0]["result"]
         assert out["model_version"] == local["model_version"] == srv.service.model_version()
@@ -636,11 +636,34 @@ def test_redirects_are_checked_hop_by_hop(tmp_path, model):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        b = Backend(Settings(url=url, api_key="k", work_dir=tmp_path), ServedModel(),
-                    model=model)
+        b = Backend(LabelStudioBackendSettings(url=url, api_key="k", work_dir=tmp_path),
+                    ServedModel(), model=model)
         [r] = b.predict(predict_body([{"id": 5, "data": {"video": "/data/upload/1/a.mp4"}}])
                         )["results"]
         assert "redirected the media to 'storage.invalid'" in r["error"]
         assert "AURALSAM2_LS_STORAGE_HOSTS" in r["error"]
     finally:
         server.shutdown()
+
+
+def test_fine_tuner_needs_only_what_it_is_given(tmp_path):
+    """FineTuner runs without a Backend: its inputs are its constructor's arguments."""
+    from auralsam2_core.errors import BadRequest
+    from auralsam2_plugins.label_studio.training import FineTuner
+
+    def never(*_args):
+        raise AssertionError("not needed to store an annotation or to refuse training")
+
+    ft = FineTuner(tmp_path / "ft", LabelStudioBackendSettings(work_dir=tmp_path), ServedModel(),
+                   model=never, run_lock=threading.Lock(), task_media=never,
+                   cached_results=never, model_version=never, shared_service=True)
+    assert ft.generation == 0 and ft.snapshot() is None
+    out = ft.collect({"annotation": {"id": 3, "result": []}, "task": {"id": 7, "data": {}},
+                      "project": {"id": 2, "label_config": "<View/>"}})
+    assert out == {"status": "stored", "task": 7}
+    stored = json.loads((tmp_path / "ft" / "annotations" / "project-2" / "task-7.json")
+                        .read_text())
+    assert stored["task"]["id"] == 7 and stored["label_config"] == "<View/>"
+    with pytest.raises(BadRequest, match="AURALSAM2_SERVER_URL"):
+        ft.start({"id": 2})
+    assert ft.snapshot() is None  # nothing started

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +39,10 @@ from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
-from auralsam2_plugins.label_studio.config import Settings  # noqa: E402
+from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 from auralsam2_plugins.label_studio.prelabel import prelabel_project  # noqa: E402
 
-TEMPLATES = lss.ROOT / "plugins" / "label_studio" / "templates"
-VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
-KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
+VIDEO_CONFIG, KEYFRAME_CONFIG = lss.VIDEO_CONFIG, lss.KEYFRAME_CONFIG  # the templates
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1400, "height": 900}
 FILE_FPS = 5.0  # the clips' rate; the template says 25
@@ -71,8 +68,8 @@ def artifacts() -> Path:
 def backend(ls, tmp_path_factory):
     model = load_served_model(ServedModel())
     work = tmp_path_factory.mktemp("ls-ui-work")
-    return Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=work), ServedModel(),
-                   model=model)
+    return Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=work),
+                   ServedModel(), model=model)
 
 
 @pytest.fixture(scope="module")
@@ -335,20 +332,11 @@ def test_keyframe_task_shows_sound_and_image_without_scrolling(ls, backend, medi
     its player starts at 0 s whatever the link's #t= says)."""
     video = media["mixed_path"]
     k = 12
-    png = media["dir"] / "keyframe.png"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-vf",
-                    f"select=eq(n\\,{k}),scale=512:384", "-frames:v", "1", str(png)],
-                   check=True)
-    files = ls.create_project("keyframe files", VIDEO_CONFIG)
-    [vid] = ls.upload(files["id"], video)
-    [img] = ls.upload(files["id"], png)
-    url = {t: ls.api("GET", f"/api/tasks/{t}")["data"]["video"] for t in (vid, img)}
-    p = ls.create_project("keyframe layout", KEYFRAME_CONFIG)
-    [tid] = ls.import_tasks(p["id"], [{"data": {"image": url[img], "video": url[vid],
-                                                "frame": k + 1, "time": k / FILE_FPS}}])
-    report = prelabel_project(backend, p["id"], progress=False)
+    pid, tid = ls.keyframe_task("keyframe layout", video, k, media["dir"] / "keyframe.png",
+                                (512, 384), time=k / FILE_FPS)
+    report = prelabel_project(backend, pid, progress=False)
     assert report["created"] == 1, report
-    with editor(browser, ls, p["id"], tid) as page:
+    with editor(browser, ls, pid, tid) as page:
         page.screenshot(path=artifacts / "keyframe_layout_900px.png")
         wave = page.locator("[class*=waveform] canvas, [class*=audio] canvas").first
         image = page.locator(".lsf-main-content img").first
@@ -418,10 +406,10 @@ def test_two_sounding_shapes_get_one_box_each(ls, backend, media, browser, artif
     spans both (the "before" picture)."""
     path, clip = write_two_sounding_shapes(media["dir"] / "two shapes.mp4")
     h, w = clip.frames.shape[1:3]
-    on = Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "on",
-                          instance_min_area=DEFAULT_MIN_AREA), ServedModel(),
+    on = Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "on",
+                                            instance_min_area=DEFAULT_MIN_AREA), ServedModel(),
                  model=backend.model)
-    assert Settings.from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == \
+    assert LabelStudioBackendSettings.from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == \
         DEFAULT_MIN_AREA  # what the test's settings stand for
     checked = range(1, 40, 5)  # Label Studio frames (25 fps) showing file frames 0, 1, ... 7
     seen = {}

@@ -257,11 +257,11 @@ def test_service_takes_queries_and_refuses_what_its_model_cannot_read(refavs, av
                                                                       tmp_path):
     from auralsam2_core.model_env import ServedModel
     from auralsam2_service.config import ServiceSettings
-    from auralsam2_service.jobs import Refused, Service
+    from auralsam2_service.jobs import JobService, Refused
 
     settings = ServiceSettings(token="t" * 32, media_roots=(video.parent.resolve(),),
                                state_dir=tmp_path / "s1")
-    service = Service(settings, ServedModel(), model=refavs, start_worker=False)
+    service = JobService(settings, ServedModel(), model=refavs, start_worker=False)
     for options in ({}, {"queries": []}, {"queries": [" "]}, {"queries": "dog"}):
         with pytest.raises(Refused) as e:
             service.submit(str(video), options)
@@ -276,7 +276,7 @@ def test_service_takes_queries_and_refuses_what_its_model_cannot_read(refavs, av
                                 PrelabelOptions(queries=["dog", "a red disc"], stop_frame=3))
     assert [o["frames"] for o in objects(doc)] == [o["frames"] for o in objects(local)]
     service.close()
-    other = Service(ServiceSettings(token="t" * 32, media_roots=(video.parent.resolve(),),
+    other = JobService(ServiceSettings(token="t" * 32, media_roots=(video.parent.resolve(),),
                                     state_dir=tmp_path / "s2"), ServedModel(), model=avs,
                     start_worker=False)
     with pytest.raises(Refused) as e:

@@ -22,7 +22,7 @@ from auralsam2_core.model_env import ServedModel  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
 from auralsam2_plugins.label_studio.client import LabelStudioClient, MediaRefused  # noqa: E402
-from auralsam2_plugins.label_studio.config import Settings  # noqa: E402
+from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 
 from helpers import service_env as se  # noqa: E402
 from helpers.label_studio_backend import (  # noqa: E402
@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture()
 def backend(tmp_path):
-    return Backend(Settings(work_dir=tmp_path / "work", basic_auth_user=USER,
-                            basic_auth_pass=PASSWORD, max_body_bytes=64 << 10), ServedModel())
+    return Backend(LabelStudioBackendSettings(work_dir=tmp_path / "work", basic_auth_user=USER,
+                                              basic_auth_pass=PASSWORD, max_body_bytes=64 << 10),
+                   ServedModel())
 
 
 def test_every_endpoint_but_liveness_needs_basic_auth(backend):
@@ -66,10 +67,11 @@ def test_every_endpoint_but_liveness_needs_basic_auth(backend):
 
 def test_credentials_come_in_pairs_and_from_files(tmp_path):
     with pytest.raises(ValueError, match="both"):
-        Settings(basic_auth_user="u")
+        LabelStudioBackendSettings(basic_auth_user="u")
     secret = tmp_path / "pass"
     secret.write_text("from-a-file\n")
-    s = Settings.from_env({"BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS_FILE": str(secret)})
+    s = LabelStudioBackendSettings.from_env({"BASIC_AUTH_USER": "u",
+                                     "BASIC_AUTH_PASS_FILE": str(secret)})
     assert s.basic_auth == ("u", "from-a-file") and "from-a-file" not in repr(s)
 
 
@@ -138,7 +140,7 @@ def test_malformed_requests_are_400_not_500(backend):
 def test_media_links_resolve_only_to_media():
     from auralsam2_plugins.label_studio.client import is_media_path
 
-    s = Settings(url="http://ls.internal:8080", api_key="k")
+    s = LabelStudioBackendSettings(url="http://ls.internal:8080", api_key="k")
     c = LabelStudioClient(s)
     for ok in ("/data/upload/3/abc-clip.mp4", "/data/local-files/?d=videos/a.mp4",
                "/tasks/12/presign/?fileuri=czM6Ly9h", "/projects/3/resolve/?fileuri=x",
@@ -154,7 +156,7 @@ def test_media_links_resolve_only_to_media():
         with pytest.raises(MediaRefused):
             c.media_url(bad, 12)
     assert is_media_path("/data/upload/1/a b.mp4") and not is_media_path("/data/upload\\..\\x")
-    under = LabelStudioClient(Settings(url="http://h/ls", api_key="k"))
+    under = LabelStudioClient(LabelStudioBackendSettings(url="http://h/ls", api_key="k"))
     assert under.media_url("http://h/ls/data/upload/1/a.mp4") == "http://h/ls/data/upload/1/a.mp4"
     with pytest.raises(MediaRefused):
         under.media_url("http://h/ls/api/projects")
@@ -174,8 +176,9 @@ def test_the_key_never_goes_to_a_non_media_path(tmp_path):
             return 302, {"Location": f"{ls.url}/api/projects"}, b""
 
         with RecordingServer(storage) as st:
-            backend = Backend(Settings(url=ls.url, api_key=key, work_dir=tmp_path,
-                                       storage_hosts=("localhost",)), ServedModel())
+            backend = Backend(LabelStudioBackendSettings(url=ls.url, api_key=key, work_dir=tmp_path,
+                                                         storage_hosts=("localhost",)),
+                              ServedModel())
             foreign = st.url.replace("127.0.0.1", "localhost") + "/bucket/a.mp4"
             tasks = [{"id": 1, "data": {"video": "/api/projects"}},
                      {"id": 2, "data": {"video": f"{ls.url}/api/projects"}},

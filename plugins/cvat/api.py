@@ -1,6 +1,6 @@
 """The few CVAT REST calls the adapter makes, through cvat-sdk, with retries and a host check.
 
-Only ``Settings.url`` is ever contacted: URLs handed back by the server (a backup's
+Only ``CvatFunctionSettings.url`` is ever contacted: URLs handed back by the server (a backup's
 ``result_url``) must point at the same scheme, host and port, and nothing from a request
 payload is used as an address. Error messages carry the status and CVAT's reason, never
 headers (so never credentials).
@@ -19,7 +19,9 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
-from .config import Settings
+from auralsam2_core.atomic import atomic_open
+
+from .config import CvatFunctionSettings
 
 log = logging.getLogger("auralsam2.cvat")
 T = TypeVar("T")
@@ -43,7 +45,7 @@ class CvatError(RuntimeError):
 
 
 class CvatApi:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: CvatFunctionSettings) -> None:
         if not settings.url:
             raise ValueError("no CVAT URL: set CVAT_URL (e.g. http://cvat-server:8080)")
         if not settings.has_credentials():
@@ -215,10 +217,8 @@ def extract_video(backup: Path, dest_dir: Path) -> Path:
         name = videos[0]
         out = dest_dir / PurePosixPath(name).name
         dest_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".part")
-        with z.open(name) as src, open(tmp, "wb") as dst:
+        with z.open(name) as src, atomic_open(out) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        tmp.replace(out)
         return out
 
 

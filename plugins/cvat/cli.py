@@ -60,14 +60,14 @@ def cmd_prelabel(args) -> int:
     from auralsam2_core.remote import engine_from_env
 
     from .api import CvatError
-    from .config import Settings
-    from .service import Service, connect
+    from .config import CvatFunctionSettings
+    from .service import CvatFunctionService, connect
 
     def say(_level: str, message: str) -> None:
         print(f"auralsam2 cvat: {message}", file=sys.stderr)
 
     try:
-        settings = Settings.from_env(
+        settings = CvatFunctionSettings.from_env(
             url=args.url, org=args.org, label=args.label, threshold=args.threshold,
             upload=args.upload,
             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
@@ -81,7 +81,8 @@ def cmd_prelabel(args) -> int:
     if api is None:
         return 2
     spec = served_model_from_args(args)
-    service = Service(settings, engine_from_env(lambda: load_served_model(spec)), api=api)
+    service = CvatFunctionService(settings, engine_from_env(lambda: load_served_model(spec)),
+                                  api=api)
     failed = False
     for task_id in args.task:
         job, _ = service.start_task(task_id, settings.threshold)

@@ -25,7 +25,7 @@ CVAT_DEFAULT_TIMEOUT = 120  # CVAT_NUCLIO_DEFAULT_TIMEOUT when not set (seconds)
 
 
 @dataclass(frozen=True)
-class Settings:
+class CvatFunctionSettings:
     url: str | None = None  # the CVAT server; the only host the adapter talks to
     token: str | None = field(default=None, repr=False)
     username: str | None = field(default=None, repr=False)
@@ -67,7 +67,7 @@ class Settings:
                 raise ValueError(f"CVAT_URL must be an http(s) URL, got {self.url!r}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> CvatFunctionSettings:
         env = os.environ if env is None else env
         share = env.get("AURALSAM2_CVAT_SHARE_ROOT")
         values = dict(

@@ -28,7 +28,7 @@ from auralsam2_core import rle
 from auralsam2_core.instances import connected_parts
 
 from . import masks
-from .errors import AdapterError, BadRequest, NotIdentified, NotReady
+from .errors import AdapterError, CvatBadRequest, NotIdentified, NotReady
 from .frames import job_frames
 from .upload import SCORES, attribute_value
 
@@ -53,9 +53,9 @@ def parse_threshold(body: dict, default: float) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise BadRequest(f"'threshold' must be a number in [0, 1], got {raw!r}") from None
+        raise CvatBadRequest(f"'threshold' must be a number in [0, 1], got {raw!r}") from None
     if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise BadRequest(f"'threshold' must be in [0, 1], got {value}")
+        raise CvatBadRequest(f"'threshold' must be in [0, 1], got {value}")
     return value
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from auralsam2_core.errors import BadRequest
+
 
 class AdapterError(Exception):
     status = 500
 
 
-class BadRequest(AdapterError):
-    """The payload is not one the function understands."""
+class CvatBadRequest(AdapterError, BadRequest):
+    """The payload is not one the function understands (the core's :class:`BadRequest`,
+    answered like the function's other errors)."""
 
     status = 400
 

@@ -12,12 +12,12 @@ import os
 
 from auralsam2_core.model_env import ServedModel, load_served_model
 from auralsam2_core.remote import engine_from_env
-from auralsam2_plugins.cvat.config import Settings
-from auralsam2_plugins.cvat.service import Service, connect
+from auralsam2_plugins.cvat.config import CvatFunctionSettings
+from auralsam2_plugins.cvat.service import CvatFunctionService, connect
 
 
 def init_context(context) -> None:
-    settings = Settings.from_env()
+    settings = CvatFunctionSettings.from_env()
     if os.environ.get("CVAT_ACCESS_TOKEN") or os.environ.get("CVAT_PASSWORD"):
         context.logger.warn("auralsam2: the CVAT credentials are in the function's environment, "
                             "hence in its nuclio spec and container labels; mount them as a "
@@ -30,7 +30,8 @@ def init_context(context) -> None:
     spec = ServedModel.from_env()
     # AURALSAM2_SERVER_URL set: the shared model service runs the model, none is loaded here.
     engine = engine_from_env(lambda: load_served_model(spec))
-    context.user_data.service = Service(settings, engine, api=api, logger=context.logger)
+    context.user_data.service = CvatFunctionService(settings, engine, api=api,
+                                                    logger=context.logger)
     where = getattr(engine, "url", None) or f"{spec.sam2_config} on {engine.model.device}"
     context.logger.info(f"auralsam2: ready (function '{settings.function_name}', model "
                         f"{where}, CVAT {settings.url or 'not set'})")

@@ -25,9 +25,9 @@ import time
 from auralsam2_core.remote import as_engine
 
 from .api import CvatApi, CvatError
-from .config import Settings
+from .config import CvatFunctionSettings
 from .detector import Call, active_calls, detect, header, parse_threshold
-from .errors import AdapterError, BadRequest, Unauthorized, Unprocessable, Upstream
+from .errors import AdapterError, CvatBadRequest, Unauthorized, Unprocessable, Upstream
 from .frames import job_frames
 from .masks import BadImage
 from .session import ModelTurns, TaskSession, as_adapter_error
@@ -60,7 +60,7 @@ def verify_signature(secret: str, body, headers) -> None:
                            "webhook's secret in CVAT differs from the function's")
 
 
-def connect(settings: Settings, log) -> CvatApi | None:
+def connect(settings: CvatFunctionSettings, log) -> CvatApi | None:
     """The CVAT client at start-up, checked. Raises when nothing could work (CVAT older than
     the function needs, credentials refused); a CVAT not reachable yet, or settings not given,
     are only logged (and checked again on first use)."""
@@ -81,7 +81,8 @@ def connect(settings: Settings, log) -> CvatApi | None:
 class TaskJob:
     """Pre-labelling one whole task and uploading its shapes (a background thread)."""
 
-    def __init__(self, service: Service, task_id: int, threshold: float, wait_for_data: bool):
+    def __init__(self, service: CvatFunctionService, task_id: int, threshold: float,
+                 wait_for_data: bool):
         self.service, self.task_id = service, task_id
         self.threshold, self.wait_for_data = threshold, wait_for_data
         self.state = "queued"
@@ -154,11 +155,11 @@ class TaskJob:
         return out
 
 
-class Service:
+class CvatFunctionService:
     MAX_SESSIONS = 8
     RUN_MEMORY = 900.0  # s: a run that got a mask this recently may still be going on
 
-    def __init__(self, settings: Settings, engine, *, api: CvatApi | None = None,
+    def __init__(self, settings: CvatFunctionSettings, engine, *, api: CvatApi | None = None,
                  logger=None) -> None:
         """``engine``: a model, or an engine from :func:`auralsam2_core.remote.engine_from_env`
         (the shared service when ``AURALSAM2_SERVER_URL`` is set)."""
@@ -337,7 +338,7 @@ class Service:
                 if "task_id" in payload:
                     return self._task_call(payload)
                 return self._webhook(payload)
-            raise BadRequest(
+            raise CvatBadRequest(
                 "expected CVAT's detector request {\"image\": <base64>}, {\"task_id\": N} or "
                 f"a CVAT webhook payload; got the keys {sorted(payload)[:10]}")
         except CvatError as e:
@@ -345,7 +346,7 @@ class Service:
         except AdapterError as e:
             err = e
         except BadImage as e:
-            err = BadRequest(str(e))
+            err = CvatBadRequest(str(e))
         except Exception as e:  # noqa: BLE001 - answered as a 500 with its reason
             err = AdapterError(f"{type(e).__name__}: {e}")
             _pylog.exception("auralsam2: unexpected failure")
@@ -357,12 +358,12 @@ class Service:
         task_id = _task_id(payload.get("task_id"))
         action = payload.get("action", "prelabel")
         if action not in ("prelabel", "status"):
-            raise BadRequest(f"'action' must be 'prelabel' or 'status', got {action!r}")
+            raise CvatBadRequest(f"'action' must be 'prelabel' or 'status', got {action!r}")
         wait = payload.get("wait", 0)
         if isinstance(wait, bool):
             wait = self.settings.task_wait_cap if wait else 0
         if not isinstance(wait, int | float) or wait < 0:
-            raise BadRequest(f"'wait' must be a number of seconds >= 0, got {wait!r}")
+            raise CvatBadRequest(f"'wait' must be a number of seconds >= 0, got {wait!r}")
         if action == "status":
             job = self.jobs.get(task_id)
             if job is None:
@@ -384,7 +385,7 @@ class Service:
                                                     "pre-labelling"}
         task = payload.get("task")
         if not isinstance(task, dict):
-            raise BadRequest(f"webhook '{event}' without a 'task' object")
+            raise CvatBadRequest(f"webhook '{event}' without a 'task' object")
         task_id = _task_id(task.get("id"))
         if self.uploaded_marker(task_id).is_file():
             return 200, {"event": event, "task_id": task_id, "ignored": "already pre-labelled; "
@@ -399,14 +400,16 @@ def _parse(body) -> dict:
         try:
             body = body.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadRequest("the request body is not UTF-8 JSON") from None
+            raise CvatBadRequest("the request body is not UTF-8 JSON") from None
     if isinstance(body, str):
         try:
             body = json.loads(body) if body.strip() else {}
         except json.JSONDecodeError as e:
-            raise BadRequest(f"the request body is not JSON ({e.msg} at char {e.pos})") from None
+            raise CvatBadRequest(
+                f"the request body is not JSON ({e.msg} at char {e.pos})") from None
     if not isinstance(body, dict):
-        raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
+        raise CvatBadRequest(
+            f"the request body must be a JSON object, got {type(body).__name__}")
     return body
 
 
@@ -414,5 +417,5 @@ def _task_id(raw) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
         if isinstance(raw, str) and raw.isdigit() and int(raw) > 0:
             return int(raw)
-        raise BadRequest(f"'task_id' must be a positive integer, got {raw!r}")
+        raise CvatBadRequest(f"'task_id' must be a positive integer, got {raw!r}")
     return raw

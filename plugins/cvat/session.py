@@ -27,7 +27,7 @@ from auralsam2_core.results import ResultsWriter, read_results, track
 
 from . import masks
 from .api import CvatApi, CvatError, extract_video, share_path
-from .config import Settings
+from .config import CvatFunctionSettings
 from .errors import AdapterError, NotReady, Unprocessable, Upstream
 from .frames import FrameMap, choose_frame, expected_frame
 
@@ -96,7 +96,7 @@ def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
 
 
 class TaskSession:
-    def __init__(self, task_id: int, api: CvatApi, engine, settings: Settings,
+    def __init__(self, task_id: int, api: CvatApi, engine, settings: CvatFunctionSettings,
                  turns: ModelTurns, log) -> None:
         self.task_id, self.api, self.engine, self.settings = task_id, api, engine, settings
         self.turns, self.log = turns, log
@@ -259,10 +259,8 @@ class TaskSession:
             doc = self.engine.document(self.media, opts)
             for rec in track(doc)["frames"]:
                 self._publish(rec)
-            tmp = writer.final.with_name(writer.final.name + ".tmp")
             writer.final.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            tmp.replace(writer.final)
+            writer.replace_final(doc)
             return
         with self.turns:  # one frame at a time, taking turns with other tasks being served
             prelabel_to_results(model, self.media, writer, opts, info=info,

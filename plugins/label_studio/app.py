@@ -31,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from auralsam2_core.errors import BadRequest
+
 from .backend import Backend
-from .errors import BadRequest
 
 _log = logging.getLogger("auralsam2.labelstudio")
 OPEN_PATHS = ("/",)  # the liveness probe: {"status": "UP"}, nothing else

@@ -12,7 +12,6 @@ line; the other tasks of the request are still answered.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.errors import BadRequest
 from auralsam2_core.feature_cache import FeatureCache
 from auralsam2_core.instances import connected_parts
 from auralsam2_core.jobs import prelabel_to_results
@@ -41,8 +41,8 @@ from auralsam2_core.results import (
 
 from . import predictions as P
 from .client import LabelStudioClient, LabelStudioError, MediaRefused
-from .config import Settings
-from .errors import BadRequest, OutOfTime, TaskError, is_id
+from .config import LabelStudioBackendSettings
+from .errors import OutOfTime, TaskError, is_id
 from .labelconfig import LabelConfigError, ProjectConfig, parse
 
 _log = logging.getLogger("auralsam2.labelstudio")
@@ -57,8 +57,9 @@ class TaskMedia:
 
 
 class Backend:
-    def __init__(self, settings: Settings, served: ServedModel | None = None, *,
-                 model=None, client: LabelStudioClient | None = None,
+    def __init__(self, settings: LabelStudioBackendSettings,
+                 served: ServedModel | None = None, *, model=None,
+                 client: LabelStudioClient | None = None,
                  remote: RemoteEngine | None = None) -> None:
         from .training import FineTuner
 
@@ -77,7 +78,10 @@ class Backend:
         self.features = FeatureCache.from_mb(settings.refine_cache_mb)
         self.work = Path(settings.work_dir)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.finetune = FineTuner(self)
+        self.finetune = FineTuner(
+            self.work / "finetune", settings, self.served, model=lambda: self.model,
+            run_lock=self.run_lock, task_media=self.task_media, cached_results=self.cached,
+            model_version=self.model_version, shared_service=self.remote is not None)
         self._queue: dict[str, dict] = {}  # background pre-labelling, by media key
         self._queue_cv = threading.Condition()
         threading.Thread(target=self._background, daemon=True,
@@ -258,10 +262,7 @@ class Backend:
         except RemoteError as e:
             raise TaskError(str(e)) from None
         if doc is not None and store:
-            w = ResultsWriter(self._results_dir(), media.key)
-            tmp = w.final.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            tmp.replace(w.final)
+            ResultsWriter(self._results_dir(), media.key).replace_final(doc)
         return doc
 
     def _run(self, media, info, opts, prompts, deadline, store) -> dict | None:

@@ -41,9 +41,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _backend():
     from .backend import Backend
-    from .config import Settings
+    from .config import LabelStudioBackendSettings
 
-    return Backend(Settings.from_env())
+    return Backend(LabelStudioBackendSettings.from_env())
 
 
 def is_loopback(host: str) -> bool:
@@ -64,10 +64,10 @@ def cmd_serve(args) -> int:
 
     from .app import create_app
     from .backend import Backend
-    from .config import Settings
+    from .config import LabelStudioBackendSettings
 
     try:
-        settings = Settings.from_env()
+        settings = LabelStudioBackendSettings.from_env()
     except (ValueError, OSError) as e:
         print(f"auralsam2 labelstudio serve: {e}", file=sys.stderr)
         return 2

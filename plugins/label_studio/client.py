@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,9 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
-from .config import Settings
+from auralsam2_core.atomic import atomic_open
+
+from .config import LabelStudioBackendSettings
 
 #: The only paths fetched from Label Studio (with its key): uploads, local-files storage and the
 #: storage resolve / presign endpoints (Label Studio 1.23's data_import/urls.py and
@@ -53,7 +53,7 @@ def _host(url: str) -> str:
 
 
 class LabelStudioClient:
-    def __init__(self, settings: Settings, *, timeout: float = 30.0) -> None:
+    def __init__(self, settings: LabelStudioBackendSettings, *, timeout: float = 30.0) -> None:
         if not settings.url:
             raise LabelStudioError("LABEL_STUDIO_URL is not set: the backend needs it to fetch "
                                    "media and to store predictions")
@@ -263,20 +263,14 @@ class LabelStudioClient:
 
     def _save(self, r: requests.Response, dest: Path) -> Path:
         limit = self.settings.max_download_bytes
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
         size = 0
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                for chunk in r.iter_content(1 << 20):
-                    size += len(chunk)
-                    if size > limit:
-                        raise LabelStudioError(f"media larger than {limit} bytes "
-                                               "(AURALSAM2_LS_MAX_DOWNLOAD_BYTES)")
-                    fh.write(chunk)
+        with atomic_open(dest) as fh:
+            for chunk in r.iter_content(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise LabelStudioError(f"media larger than {limit} bytes "
+                                           "(AURALSAM2_LS_MAX_DOWNLOAD_BYTES)")
+                fh.write(chunk)
             if size == 0:
                 raise LabelStudioError("Label Studio returned an empty media file")
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return dest

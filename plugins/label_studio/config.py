@@ -25,7 +25,7 @@ LABEL_STUDIO_PREDICT_TIMEOUT = 100.0  # seconds Label Studio waits for /predict
 
 
 @dataclass(frozen=True)
-class Settings:
+class LabelStudioBackendSettings:
     url: str | None = None  # Label Studio, e.g. http://localhost:8080
     api_key: str | None = field(default=None, repr=False)
     storage_hosts: tuple[str, ...] = ()  # hosts presigned cloud-storage links may point to
@@ -65,7 +65,8 @@ class Settings:
                              "(Label Studio gives up on /predict after 100 s)")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 **overrides) -> LabelStudioBackendSettings:
         env = os.environ if env is None else env
         hosts = env.get("AURALSAM2_LS_STORAGE_HOSTS", "")
         values = dict(

@@ -1,12 +1,7 @@
-"""Errors of the Label Studio backend (shared by the backend and fine-tuning)."""
+"""Errors of the Label Studio backend (shared by the backend and fine-tuning); a bad request
+is the core's :class:`auralsam2_core.errors.BadRequest`."""
 
 from __future__ import annotations
-
-
-class BadRequest(ValueError):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class OutOfTime(Exception):

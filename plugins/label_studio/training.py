@@ -19,17 +19,28 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from auralsam2_core import rle
+from auralsam2_core.atomic import atomic_write_json
+from auralsam2_core.errors import BadRequest
 from auralsam2_core.results import FORMAT, FORMAT_VERSION, SOUNDING_LABEL, track
 
 from . import brush
-from .errors import BadRequest, TaskError, is_id
+from .errors import TaskError, is_id
 from .labelconfig import LabelConfigError, parse
 from .predictions import ls_frame
+
+if TYPE_CHECKING:
+    from auralsam2_core.model_env import ServedModel
+
+    from .backend import TaskMedia
+    from .config import LabelStudioBackendSettings
+    from .labelconfig import ProjectConfig
 
 MIN_FILL = 0.25
 _log = logging.getLogger("auralsam2.labelstudio")
@@ -104,9 +115,26 @@ def video_targets(results: list[dict], times: list[float], shape: tuple[int, int
 
 
 class FineTuner:
-    def __init__(self, backend) -> None:
-        self.backend = backend
-        self.dir = backend.work / "finetune"
+    """Fine-tunes the served model's AuralFuser on a project's annotations, in ``folder``.
+
+    What it needs of the backend comes in explicitly: the settings and weights being served,
+    ``model`` (the live model, loaded on first call), ``run_lock`` (held while training, so the
+    live model keeps serving until the swap), ``task_media`` (a task's local media) and
+    ``cached_results`` (the pre-labels of a media key, or None), ``model_version`` (the
+    version the backend reports, for the job's record). ``shared_service``: the model runs
+    in the shared service, so there is nothing here to fine-tune.
+    """
+
+    def __init__(self, folder: Path, settings: LabelStudioBackendSettings,
+                 served: ServedModel, *, model: Callable[[], Any], run_lock: threading.Lock,
+                 task_media: Callable[[dict, ProjectConfig], TaskMedia],
+                 cached_results: Callable[[str], dict | None],
+                 model_version: Callable[[], str], shared_service: bool) -> None:
+        self.settings, self.served = settings, served
+        self._model, self._run_lock = model, run_lock
+        self._task_media, self._cached_results = task_media, cached_results
+        self._model_version, self._shared_service = model_version, shared_service
+        self.dir = Path(folder)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.dir / "state.json"
         self.state = self._load_state()
@@ -116,7 +144,7 @@ class FineTuner:
     # ------------------------------------------------------------------ state
 
     def _load_state(self) -> dict:
-        base = self.backend.served.identity()
+        base = self.served.identity()
         try:
             st = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
@@ -170,9 +198,7 @@ class FineTuner:
         rec = {"task": {"id": task["id"], "data": task.get("data") or {}},
                "annotation": {"id": ann.get("id"), "result": ann.get("result") or []},
                "label_config": label_config}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec))
-        tmp.replace(path)
+        atomic_write_json(path, rec)
         return {"status": "stored", "task": task["id"]}
 
     def forget(self, body: dict) -> dict:
@@ -200,7 +226,7 @@ class FineTuner:
         pid = project["id"]
         if not isinstance(project.get("label_config") or "", str):
             raise BadRequest("'project.label_config' must be XML text")
-        if self.backend.remote is not None:
+        if self._shared_service:
             raise BadRequest("fine-tuning runs where the model is: this backend uses the shared "
                              "service (AURALSAM2_SERVER_URL); run `auralsam2 train --results` "
                              "there, or run the backend without AURALSAM2_SERVER_URL")
@@ -225,21 +251,20 @@ class FineTuner:
         """Write one results-format target file per annotated task; returns their paths."""
         from auralsam2_core.media import iter_frames, probe
 
-        b = self.backend
         files = []
         folder = self.dir / "annotations" / f"project-{pid}"
         for f in sorted(folder.glob("task-*.json")) if folder.is_dir() else []:
             rec = json.loads(f.read_text())
             try:
                 cfg = parse(rec.get("label_config") or label_config or "")
-                media = b.task_media(rec["task"], cfg)
+                media = self._task_media(rec["task"], cfg)
                 info = probe(media.video)
             except (LabelConfigError, TaskError, ValueError) as e:
                 _log.warning("task %s skipped for training: %s", rec["task"]["id"], e)
                 continue
             shape = (info.height, info.width)
             result = rec["annotation"]["result"]
-            cached = b.cached(media.key)
+            cached = self._cached_results(media.key)
             if cached:
                 cached_frames = track(cached)["frames"]
                 times = [fr["time"] for fr in cached_frames]
@@ -281,7 +306,7 @@ class FineTuner:
         from auralsam2_core.datasets import CorrectedResultsDataset
         from auralsam2_core.train import TrainConfig, train
 
-        b, s = self.backend, self.backend.settings
+        s = self.settings
         gen = self.generation + 1
         out = self.dir / f"gen-{gen}"
         data = out / "targets"
@@ -290,27 +315,25 @@ class FineTuner:
         if not files:
             shutil.rmtree(out, ignore_errors=True)
             raise ValueError(f"project {pid} has no usable annotations to train on")
-        model = b.model
+        model = self._model()
         dataset = CorrectedResultsDataset(files, image_size=model.image_size,
                                           clip_len=s.clip_len)
         self.job.update(state="training", tasks=len(files), clips=len(dataset),
                         steps=s.train_steps, step=0)
         cfg = TrainConfig(out=str(out / "run"), steps=s.train_steps, batch_size=1, lr=1e-4,
                           warmup_steps=max(1, s.train_steps // 10), checkpoint_every=10 ** 9,
-                          progress=False, device=b.served.device)
-        with b.run_lock:  # the live model keeps serving until the swap below
+                          progress=False, device=self.served.device)
+        with self._run_lock:  # the live model keeps serving until the swap below
             res = train(cfg, dataset, self.train_spec(model),
                         on_step=lambda step, _l: self.job.update(step=step))
             load_into(model.fuser, read_state_dict(res.fuser), what="AuralFuser",
                       source=res.fuser)
             model.eval()
-        self.state = {"base": b.served.identity(), "generation": gen,
+        self.state = {"base": self.served.identity(), "generation": gen,
                       "fuser": str(res.fuser.resolve()), "project": pid,
                       "tasks": len(files), "steps": res.steps}
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        tmp.replace(self.state_file)
-        self.job.update(model_version=b.model_version())
+        atomic_write_json(self.state_file, self.state, indent=1)
+        self.job.update(model_version=self._model_version())
 
     def train_spec(self, model):
         """The trainer's ModelSpec for the weights being served (starting from the current,
@@ -320,7 +343,7 @@ class FineTuner:
         from auralsam2_core.train import ModelSpec
         from auralsam2_core.weights import fetch
 
-        served = self.backend.served
+        served = self.served
         current = self.dir / "current_fuser.safetensors"
         save_state_dict(model.fuser.state_dict(), current)
         if served.sam2_config == "bundled":

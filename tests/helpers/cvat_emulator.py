@@ -420,19 +420,7 @@ class CvatEmulator:
         if user.privilege == "admin":
             return
         org, staff = self._object_org(task, user), self._task_staff(task, user)
-        if scope in VIEW_SCOPES:
-            ok = staff if org is None else (
-                (self._has_perm(user, "user") and self._has_role(org, user, "maintainer"))
-                or (self._has_role(org, user, "worker") and staff))
-        elif scope in UPDATE_SCOPES:
-            ok = (staff and self._has_perm(user, "worker")) if org is None else (
-                (self._has_perm(user, "user") and self._has_role(org, user, "maintainer"))
-                or (staff and self._has_perm(user, "worker")
-                    and self._has_role(org, user, "worker")))
-        else:
-            raise AssertionError(scope)
-        if not ok:
-            raise HttpError(403, "You do not have permission to perform this action.")
+        self._check_staff_or_org_role(user, org, staff, scope)
 
     def check_job(self, user: EmuUser, job: EmuJob, scope: str) -> None:
         """cvat/apps/engine/rules/jobs.rego ``allow``."""
@@ -441,6 +429,16 @@ class CvatEmulator:
         task = self.tasks[job.task_id]
         org = self._object_org(task, user)
         staff = self._task_staff(task, user) or job.assignee_id == user.id
+        self._check_staff_or_org_role(user, org, staff, scope)
+
+    def _check_staff_or_org_role(self, user: EmuUser, org: EmuOrg | None, staff: bool,
+                                 scope: str) -> None:
+        """The non-admin ``allow`` rules tasks.rego and jobs.rego share
+        (cvat/apps/engine/rules/tasks.rego, cvat/apps/engine/rules/jobs.rego): without an
+        organisation, the object's staff (update scopes: with the worker privilege); in one,
+        a maintainer (user privilege) or a worker member who is staff (update scopes: with
+        the worker privilege). ``staff``: the task's people (jobs.rego adds the job's
+        assignee)."""
         if scope in VIEW_SCOPES:
             ok = staff if org is None else (
                 (self._has_perm(user, "user") and self._has_role(org, user, "maintainer"))

@@ -23,6 +23,9 @@ LS_BIN = LS_VENV / "bin" / "label-studio"
 TOKEN = "auralsam2-test-token-0123456789"
 USER = "annotator@example.com"
 PASSWORD = "auralsam2-test-pw"
+TEMPLATES = ROOT / "plugins" / "label_studio" / "templates"
+VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
+KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
 
 
 class LabelStudioServer:
@@ -96,6 +99,24 @@ class LabelStudioServer:
         body = self.api("POST", f"/api/projects/{project_id}/import?return_task_ids=true",
                         json=tasks)
         return body["task_ids"]
+
+    def keyframe_task(self, title: str, video: Path, frame: int, png: Path,
+                      size: tuple[int, int], **data) -> tuple[int, int]:
+        """A keyframe-template project holding one task: file frame ``frame`` (0-based) of
+        ``video``, written to ``png`` at ``size`` (width, height), next to the video. Both
+        are uploaded to a files project first, so the task links them as Label Studio's own
+        uploads; ``data`` adds task fields. Returns (project id, task id)."""
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-vf",
+                        f"select=eq(n\\,{frame}),scale={size[0]}:{size[1]}", "-frames:v", "1",
+                        str(png)], check=True)
+        files = self.create_project(f"{title} (files)", VIDEO_CONFIG)
+        [vid] = self.upload(files["id"], video)
+        [img] = self.upload(files["id"], png)
+        url = {t: self.api("GET", f"/api/tasks/{t}")["data"]["video"] for t in (vid, img)}
+        project = self.create_project(title, KEYFRAME_CONFIG)
+        [tid] = self.import_tasks(project["id"], [{"data": {
+            "image": url[img], "video": url[vid], "frame": frame + 1, **data}}])
+        return project["id"], tid
 
     def tasks(self, project_id: int) -> list[dict]:
         return self.api("GET", "/api/tasks", params={"project": project_id, "fields": "all",

@@ -16,7 +16,7 @@ from auralsam2_core.model_env import ServedModel
 from auralsam2_core.remote import RemoteEngine
 from auralsam2_service.app import create_app
 from auralsam2_service.config import ServiceSettings
-from auralsam2_service.jobs import Service
+from auralsam2_service.jobs import JobService
 
 TOKEN = "service-test-token-abcdef"
 
@@ -54,7 +54,7 @@ class ServiceThread(UvicornThread):
         self.settings = ServiceSettings(token=TOKEN, media_roots=tuple(r.resolve()
                                                                        for r in roots),
                                         state_dir=state_dir, **settings)
-        self.service = Service(self.settings, ServedModel(), model=model)
+        self.service = JobService(self.settings, ServedModel(), model=model)
         super().__init__(create_app(self.service))
 
     def engine(self) -> RemoteEngine:
