@@ -34,7 +34,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
-from auralsam2_core.model_env import ServedModel  # noqa: E402
+from auralsam2_core.model_spec import ModelSpec  # noqa: E402
 from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
 from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
@@ -92,7 +92,7 @@ def project(ls, media):
 
 def make_backend(ls, tmp_path, model, **kw) -> Backend:
     settings = Settings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work", **kw)
-    return Backend(settings, ServedModel(), model=model)
+    return Backend(settings, ModelSpec(), model=model)
 
 
 def ls_task(ls, task_id: int) -> dict:
@@ -208,7 +208,7 @@ def test_keyframes_and_label_studio_frame_numbers():
 
 
 def test_health_and_setup_answer_without_loading_the_model(tmp_path):
-    b = Backend(Settings(work_dir=tmp_path), ServedModel())
+    b = Backend(Settings(work_dir=tmp_path), ModelSpec())
     client = starlette_testclient.TestClient(create_app(b))
     t0 = time.perf_counter()
     h = client.get("/health").json()
@@ -277,12 +277,12 @@ def test_bad_tasks_get_a_clear_error_and_no_prediction(ls, project, tmp_path, mo
     assert lss.TOKEN not in caplog.text and lss.TOKEN not in json.dumps(out)
     # Label Studio unreachable: an error per task, not a crash.
     down = Backend(Settings(url=f"http://127.0.0.1:{se.free_port()}", api_key=lss.TOKEN,
-                            work_dir=tmp_path / "down"), ServedModel(), model=model)
+                            work_dir=tmp_path / "down"), ModelSpec(), model=model)
     [r] = down.predict(predict_body([good]))["results"]
     assert "unreachable" in r["error"] and "result" not in r
     # Wrong key: Label Studio's 401, said plainly, key not echoed.
     wrong = Backend(Settings(url=ls.url, api_key="not-the-key", work_dir=tmp_path / "w"),
-                    ServedModel(), model=model)
+                    ModelSpec(), model=model)
     [r] = wrong.predict(predict_body([good]))["results"]
     assert "401" in r["error"] and "not-the-key" not in r["error"]
     # Nothing was computed or stored for the failed tasks.
@@ -517,7 +517,7 @@ def test_end_to_end_with_label_studio(ls, media, tmp_path, model, engine):
                                                   model.fuser.state_dict().values(),
                                                   strict=True))  # the live fuser changed
     # The fine-tuned version survives a restart of the backend.
-    again = Backend(b.settings, ServedModel())
+    again = Backend(b.settings, ModelSpec())
     assert again.model_version() == before + "-ft1"
 
 
@@ -548,7 +548,7 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
     task = ls_task(ls, project["task"])
     local = make_backend(ls, tmp_path / "local", model).predict(predict_body([task]))
     with se.ServiceThread(tmp_path / "service", [work], model=model) as srv:
-        b = Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=work), ServedModel(),
+        b = Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=work), ModelSpec(),
                     remote=srv.engine())
         out = b.predict(predict_body([task]))
         assert out["results"][0]["result"] == local["results"][0]["result"]
@@ -636,7 +636,7 @@ def test_redirects_are_checked_hop_by_hop(tmp_path, model):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        b = Backend(Settings(url=url, api_key="k", work_dir=tmp_path), ServedModel(),
+        b = Backend(Settings(url=url, api_key="k", work_dir=tmp_path), ModelSpec(),
                     model=model)
         [r] = b.predict(predict_body([{"id": 5, "data": {"video": "/data/upload/1/a.mp4"}}])
                         )["results"]
