@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
@@ -295,7 +296,20 @@ def spec_from_args(args, env: Mapping[str, str] | None = None) -> ModelSpec:
         text_encoder=args.text_encoder)
 
 
+_build_lock = threading.Lock()  # building a SAM2 (Hydra) is not thread-safe
+
+
 @functools.lru_cache(maxsize=2)
-def load_model(spec: ModelSpec):
-    """Build (once per process and spec) the model an adapter or service runs."""
+def _cached_build(spec: ModelSpec):
     return spec.build()
+
+
+def load_model(spec: ModelSpec):
+    """Build (once per process and spec, one build at a time) the model an adapter, the
+    service or the FiftyOne operators run."""
+    with _build_lock:
+        return _cached_build(spec)
+
+
+load_model.cache_clear = _cached_build.cache_clear
+load_model.cache_info = _cached_build.cache_info

@@ -32,7 +32,7 @@ import yaml  # noqa: E402
 from auralsam2_fiftyone import convert  # noqa: E402
 from auralsam2_fiftyone.model import AuralSAM2VideoModel  # noqa: E402
 from auralsam2_fiftyone.review import frames_by_priority  # noqa: E402
-from auralsam2_fiftyone.spec import ModelSpec, resolve_model  # noqa: E402
+from auralsam2_fiftyone.spec import ModelSpec, resolve_model, spec_to_params  # noqa: E402
 from fiftyone.operators import execute_operator  # noqa: E402
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
@@ -47,7 +47,7 @@ EVALUATE = f"{PLUGIN}/evaluate_sounding_objects"
 REVIEW = f"{PLUGIN}/review_sounding_objects"
 PANEL = f"{PLUGIN}/sounding_objects_sound"
 SPEC = ModelSpec("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]})
-PARAMS = {**SPEC.to_params(), "device": "cpu"}
+PARAMS = {**spec_to_params(SPEC), "device": "cpu"}
 SIZE, FPS, SECONDS = (48, 64), 5.0, 1.2  # 6 frames per clip
 GT_FRAMES = {"stereo": [1, 2, 3, 4, 5, 6], "stereo2": [2, 4, 5], "mono": [1, 6],
              "noaudio": [3]}  # sparse on purpose: frame docs != frames of the video
