@@ -187,6 +187,25 @@ def test_plugin_is_discovered_with_every_operator():
     assert {PRELABEL, EVALUATE, REVIEW, PANEL} <= registered
 
 
+def test_plugin_imports_the_installed_package_and_declares_its_secrets(tmp_path):
+    """The plugin folder puts nothing on sys.path: its code is the installed
+    ``auralsam2_fiftyone`` (importable in a clean interpreter away from the repository), and
+    FiftyOne reads the service's address and token as the plugin's declared secrets."""
+    import subprocess
+    import sys
+
+    import fiftyone.plugins as fop
+    from auralsam2_fiftyone.operators import SERVICE_SECRETS
+
+    run = subprocess.run([sys.executable, "-I", "-c",
+                          "import auralsam2_fiftyone.spec as s; print(s.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, env={})
+    assert run.returncode == 0, run.stderr
+    assert Path(run.stdout.strip()).parent == PLUGIN_DIR / "auralsam2_fiftyone"
+    assert "sys.path" not in (PLUGIN_DIR / "__init__.py").read_text()
+    assert fop.get_plugin(PLUGIN).secrets == list(SERVICE_SECRETS)
+
+
 @pytest.fixture(scope="module")
 def labelled(media, model):
     """The whole dataset, pre-labelled once by an immediate operator run."""
