@@ -11,6 +11,7 @@ from sam2.modeling.sam2_base import SAM2Base
 
 from .fuser import AuralFuser
 from .model import AuralSAM2, MaskChoice
+from .model_spec import BUNDLED, DEFAULT_SAM2_CONFIG
 from .text_encoder import TEXT_ENCODER_NAME, TextEncoder
 
 #: Short names for the configs the ``sam2`` package ships (Hiera t/s/b+/l, SAM2 and SAM2.1).
@@ -18,7 +19,6 @@ SAM2_CONFIGS: dict[str, str] = {
     f"{family}_hiera_{size}": f"configs/{family}/{family}_hiera_{size}.yaml"
     for family in ("sam2", "sam2.1") for size in ("t", "s", "b+", "l")
 }
-DEFAULT_SAM2_CONFIG = "sam2_hiera_l"  # the published AuralSAM2 backbone
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -101,10 +101,6 @@ def build_fuser(checkpoint: str | os.PathLike | None = None, config: dict | None
         load_into(fuser, sd_filter(read_state_dict(checkpoint)),
                   what="AuralFuser (Ref-AVS)" if refavs else "AuralFuser", source=str(checkpoint))
     return fuser
-
-
-#: ``sam2_config`` value that selects the demo model shipped inside the package.
-BUNDLED = "bundled"
 
 
 def bundled_model_dir() -> Path:

@@ -57,16 +57,42 @@ def _fuser_layout_report(fuser) -> dict:
     }
 
 
+def _model_spec(args, refavs: bool = False):
+    """The model the flags name: THE defaulting rule (:meth:`ModelSpec.resolved`) with the
+    command line's defaults (``sam2_hiera_t`` for AVS, ``sam2_hiera_l`` for Ref-AVS, and the
+    command's input size)."""
+    from dataclasses import replace
+
+    from .model_spec import CLI_DEFAULTS, CLI_REFAVS_DEFAULTS, ModelSpec
+
+    defaults = replace(CLI_REFAVS_DEFAULTS if refavs else CLI_DEFAULTS,
+                       image_size=args.default_image_size)
+    return ModelSpec.resolved(defaults, sam2_config=args.sam2_config,
+                              sam2_checkpoint=args.sam2_checkpoint,
+                              fuser_checkpoint=args.fuser_checkpoint,
+                              image_size=args.image_size, device=args.device,
+                              mask_choice=args.mask_choice,
+                              variant="refavs" if refavs else None,
+                              text_encoder=getattr(args, "text_encoder", None) if refavs else None)
+
+
+def _warn_random_weights(spec) -> None:
+    if not (spec.sam2_checkpoint and spec.fuser_checkpoint):
+        print("auralsam2: warning: no --sam2-checkpoint/--fuser-checkpoint given; using random "
+              "weights, so the masks are meaningless", file=sys.stderr)
+
+
 def _build_refavs_check_model(args):
     """``check --variant refavs``: the Ref-AVS model with distilroberta-base from the Hugging
     Face cache, or a tiny random text encoder when it is not cached (said on stderr)."""
-    from .build import BUNDLED, build_auralsam2
+    from .model_spec import BUNDLED
     from .text_encoder import TEXT_ENCODER_NAME, load_text_encoder, tiny_random_text_encoder
     from .weights import REGISTRY
 
     if args.sam2_config in (None, BUNDLED):
         raise ValueError("--variant refavs needs --sam2-config (the bundled demo model is an "
                          "AVS model), e.g. --sam2-config sam2_hiera_t")
+    spec = _model_spec(args, refavs=True)
     if REGISTRY[TEXT_ENCODER_NAME].is_cached():
         encoder = load_text_encoder(TEXT_ENCODER_NAME)
     else:
@@ -74,14 +100,8 @@ def _build_refavs_check_model(args):
         print(f"auralsam2: {TEXT_ENCODER_NAME} is not in the Hugging Face cache; using a tiny "
               f"random text encoder (`auralsam2 download {TEXT_ENCODER_NAME}` fetches the "
               "real one)", file=sys.stderr)
-    if not (args.sam2_checkpoint and args.fuser_checkpoint):
-        print("auralsam2: warning: no --sam2-checkpoint/--fuser-checkpoint given; using random "
-              "weights, so the masks are meaningless", file=sys.stderr)
-    return build_auralsam2(args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
-                           fuser_checkpoint=args.fuser_checkpoint,
-                           image_size=args.image_size or args.default_image_size,
-                           device=args.device, mask_choice=args.mask_choice, variant="refavs",
-                           text_encoder=encoder)
+    _warn_random_weights(spec)
+    return spec.build(text_encoder=encoder)
 
 
 def cmd_check(args) -> int:
@@ -130,67 +150,45 @@ def _weights_label(model, part: str, given: str | None) -> str:
     return desc["path"] if desc else "random init"
 
 
-def _build_refavs_model(args):
-    """``prelabel --query``: the bundled Ref-AVS demo model, unless a SAM2 config or a
-    checkpoint is given (then with ``--text-encoder``, default distilroberta-base)."""
-    from .build import BUNDLED, build_auralsam2, refer_model_dir
+def _check_bundled_refavs(spec) -> None:
+    from .build import refer_model_dir
 
-    config = args.sam2_config
-    if config is None:
-        config = "sam2_hiera_l" if args.sam2_checkpoint or args.fuser_checkpoint else BUNDLED
-    if config == BUNDLED:
-        if args.image_size is not None or args.sam2_checkpoint or args.fuser_checkpoint \
-                or args.text_encoder:
-            raise ValueError("the bundled Ref-AVS demo model has its own weights, input size "
-                             "and text encoder; give --sam2-config with the checkpoints for "
-                             "other ones")
-        if not (refer_model_dir() / "model.json").is_file():
-            raise ValueError("queries need a Ref-AVS model, and the bundled Ref-AVS demo model "
-                             f"is not installed ({refer_model_dir()}); give the published one: "
-                             "--sam2-config sam2_hiera_l --sam2-checkpoint sam2_hiera_large "
-                             "--fuser-checkpoint auralsam2_refavs_best (text encoder: "
-                             "`auralsam2 download distilroberta-base`)")
-        print("auralsam2: using the bundled Ref-AVS demo model (tiny, trained on synthetic "
-              "shapes; it knows only a few words)", file=sys.stderr)
-        return build_auralsam2(BUNDLED, device=args.device, mask_choice=args.mask_choice,
-                               variant="refavs")
-    if not (args.sam2_checkpoint and args.fuser_checkpoint):
-        print("auralsam2: warning: no --sam2-checkpoint/--fuser-checkpoint given; using random "
-              "weights, so the masks are meaningless", file=sys.stderr)
-    return build_auralsam2(config, sam2_checkpoint=args.sam2_checkpoint,
-                           fuser_checkpoint=args.fuser_checkpoint,
-                           image_size=args.image_size or args.default_image_size,
-                           device=args.device, mask_choice=args.mask_choice, variant="refavs",
-                           text_encoder=args.text_encoder)
+    if spec.image_size is not None or spec.sam2_checkpoint or spec.fuser_checkpoint \
+            or spec.text_encoder:
+        raise ValueError("the bundled Ref-AVS demo model has its own weights, input size "
+                         "and text encoder; give --sam2-config with the checkpoints for "
+                         "other ones")
+    if not (refer_model_dir() / "model.json").is_file():
+        raise ValueError("queries need a Ref-AVS model, and the bundled Ref-AVS demo model "
+                         f"is not installed ({refer_model_dir()}); give the published one: "
+                         "--sam2-config sam2_hiera_l --sam2-checkpoint sam2_hiera_large "
+                         "--fuser-checkpoint auralsam2_refavs_best (text encoder: "
+                         "`auralsam2 download distilroberta-base`)")
+    print("auralsam2: using the bundled Ref-AVS demo model (tiny, trained on synthetic "
+          "shapes; it knows only a few words)", file=sys.stderr)
+
+
+def _check_bundled_avs(spec) -> None:
+    if spec.image_size is not None:
+        raise ValueError("the bundled demo model runs at its own input size; drop "
+                         "--image-size, or give --sam2-config to build another model")
+    if spec.sam2_checkpoint or spec.fuser_checkpoint:
+        raise ValueError("the bundled demo model has its own weights; give --sam2-config "
+                         "with --sam2-checkpoint/--fuser-checkpoint for other ones")
+    print("auralsam2: using the bundled demo model (tiny, trained on synthetic clips; "
+          "give --sam2-config/--*-checkpoint for the published model)", file=sys.stderr)
 
 
 def _build_model(args):
-    """The bundled demo model unless a SAM2 config or a checkpoint is given."""
-    from .build import BUNDLED, build_auralsam2
-
-    if getattr(args, "variant", None) == "refavs" and args.command == "prelabel":
-        return _build_refavs_model(args)
-    config = args.sam2_config
-    if config is None:
-        other = args.sam2_checkpoint or args.fuser_checkpoint or args.image_size
-        config = "sam2_hiera_t" if other else BUNDLED
-    if config == BUNDLED:
-        if args.image_size is not None:
-            raise ValueError("the bundled demo model runs at its own input size; drop "
-                             "--image-size, or give --sam2-config to build another model")
-        if args.sam2_checkpoint or args.fuser_checkpoint:
-            raise ValueError("the bundled demo model has its own weights; give --sam2-config "
-                             "with --sam2-checkpoint/--fuser-checkpoint for other ones")
-        print("auralsam2: using the bundled demo model (tiny, trained on synthetic clips; "
-              "give --sam2-config/--*-checkpoint for the published model)", file=sys.stderr)
-        return build_auralsam2(BUNDLED, device=args.device, mask_choice=args.mask_choice)
-    if not (args.sam2_checkpoint and args.fuser_checkpoint):
-        print("auralsam2: warning: no --sam2-checkpoint/--fuser-checkpoint given; using random "
-              "weights, so the masks are meaningless", file=sys.stderr)
-    image_size = args.image_size or args.default_image_size
-    return build_auralsam2(config, sam2_checkpoint=args.sam2_checkpoint,
-                           fuser_checkpoint=args.fuser_checkpoint, image_size=image_size,
-                           device=args.device, mask_choice=args.mask_choice)
+    """The bundled demo model unless a SAM2 config, a checkpoint or (AVS) an input size is
+    given; ``prelabel --query`` (``--variant refavs``): the Ref-AVS one."""
+    refavs = getattr(args, "variant", None) == "refavs" and args.command == "prelabel"
+    spec = _model_spec(args, refavs)
+    if spec.bundled:
+        (_check_bundled_refavs if refavs else _check_bundled_avs)(spec)
+    else:
+        _warn_random_weights(spec)
+    return spec.build()
 
 
 def cmd_prelabel(args) -> int:
@@ -268,30 +266,24 @@ def _dataset_from_args(args, image_size: int):
 
 def cmd_train(args) -> int:
     from .losses import LossWeights
-    from .train import DEMO_IMAGE_SIZE, ModelSpec, TrainConfig, command_line, train
+    from .train import TrainConfig, command_line, demo_spec, official_spec, train
 
     demo = args.model == "demo" if args.model else args.synthetic
-    if demo:  # trained from scratch: BCE for the IoU head (see losses.py)
-        spec = ModelSpec(sam2_config=args.sam2_config or "demo",
-                         image_size=args.image_size or DEMO_IMAGE_SIZE,
-                         mask_choice=args.mask_choice or "iou_select")
-        iou_loss = args.iou_loss or "bce"
-    else:
-        spec = ModelSpec(sam2_config=args.sam2_config or "sam2_hiera_l",
-                         image_size=args.image_size or 1024, fuser_config=None,
-                         mask_choice=args.mask_choice or "iou_select")
-        iou_loss = args.iou_loss or "l1"
-    candidate = args.train_candidate
-    if args.fuser_config:
-        spec.fuser_config = json.loads(Path(args.fuser_config).read_text()) \
-            if Path(args.fuser_config).is_file() else json.loads(args.fuser_config)
-    spec.sam2_checkpoint, spec.fuser_checkpoint = args.sam2_checkpoint, args.fuser_checkpoint
     refer = args.variant == "refavs"
     if (args.text_encoder or args.fuser_init) and not refer:
         raise ValueError("--text-encoder and --fuser-init are for --variant refavs")
-    if refer:
-        spec.variant, spec.text_encoder = "refavs", args.text_encoder
-        spec.fuser_init = args.fuser_init
+    given = {"sam2_config": args.sam2_config, "image_size": args.image_size,
+             "mask_choice": args.mask_choice, "sam2_checkpoint": args.sam2_checkpoint,
+             "fuser_checkpoint": args.fuser_checkpoint, "variant": args.variant,
+             "text_encoder": args.text_encoder, "fuser_init": args.fuser_init}
+    if args.fuser_config:
+        given["fuser_config"] = json.loads(Path(args.fuser_config).read_text()) \
+            if Path(args.fuser_config).is_file() else json.loads(args.fuser_config)
+    given = {k: v for k, v in given.items() if v is not None}
+    # demo: trained from scratch, BCE for the IoU head (see losses.py)
+    spec = demo_spec(**given) if demo else official_spec(**given)
+    iou_loss = args.iou_loss or ("bce" if demo else "l1")
+    candidate = args.train_candidate
     if not args.unfreeze_sam2 and not spec.sam2_checkpoint:
         raise ValueError("SAM2 would stay frozen at random weights: give --sam2-checkpoint "
                          "or --unfreeze-sam2 (the demo model trains SAM2 from scratch)")
@@ -404,8 +396,9 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .build import DEFAULT_SAM2_CONFIG, SAM2_CONFIGS
+    from .build import SAM2_CONFIGS
     from .model import MASK_CHOICES
+    from .model_spec import CLI_DEFAULTS, DEFAULT_SAM2_CONFIG
 
     p = argparse.ArgumentParser(prog="auralsam2", description=__doc__)
     p.add_argument("--version", action="version", version=__version__)
@@ -415,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--sam2-config", default=None,
                        help=f"one of {', '.join(SAM2_CONFIGS)}, a yaml path, or 'bundled' "
                             f"(published model: {DEFAULT_SAM2_CONFIG}). Default: the bundled "
-                            "demo model when no checkpoint is given, else sam2_hiera_t")
+                            "demo model when no checkpoint is given, else "
+                            f"{CLI_DEFAULTS.config_with_weights}")
         c.add_argument("--sam2-checkpoint", help="Meta SAM2 checkpoint (path, URL or registry "
                                                  "name, e.g. sam2_hiera_large)")
         c.add_argument("--fuser-checkpoint", help="AuralSAM2 fuser checkpoint (e.g. "

@@ -52,21 +52,24 @@ from .checkpoint import load_into, read_state_dict, save_state_dict
 from .datasets import collate
 from .losses import LossWeights, total_loss
 from .model import AuralSAM2, ClipOutput, choose_masks
+from .model_spec import DEFAULT_SAM2_CONFIG, DEMO, DEMO_SAM2_YAML, ModelSpec
 
 __all__ = [
     "DEMO_FUSER_CONFIG",
     "DEMO_SAM2_CONFIG",
-    "ModelSpec",
     "TrainConfig",
     "TrainResult",
     "build_model",
+    "demo_spec",
+    "official_spec",
+    "spec_record",
     "forward_batch",
     "param_groups",
     "train",
 ]
 
 #: The bundled demo model's SAM2 (a yaml shipped in the package) and its input size.
-DEMO_SAM2_CONFIG = "auralsam2_demo_tiny.yaml"
+DEMO_SAM2_CONFIG = DEMO_SAM2_YAML
 DEMO_IMAGE_SIZE = 96
 _DEMO_BLOCK = {"dim": 64, "num_heads": 2, "mlp_ratio": 4, "qkv_bias": True, "qk_scale": None,
                "drop": 0.0, "attn_drop": 0.0, "drop_path": 0.0, "sr_ratio": 1,
@@ -86,38 +89,33 @@ def packaged_config(name: str) -> Path:
     return Path(str(files("auralsam2_core").joinpath("configs", name)))
 
 
-@dataclass
-class ModelSpec:
-    """What to build: SAM2 config (shipped name or yaml path; ``"demo"`` = the bundled demo
-    model's tiny yaml), input size, fuser config dict (``None``: the authors' AVS fuser) and
-    optional starting checkpoints.
+def demo_spec(**changes) -> ModelSpec:
+    """The demo model to train from scratch: its tiny SAM2 yaml at :data:`DEMO_IMAGE_SIZE`
+    and the compact :data:`DEMO_FUSER_CONFIG`, random weights (``changes`` override)."""
+    return ModelSpec(**{"sam2_config": DEMO, "image_size": DEMO_IMAGE_SIZE,
+                        "fuser_config": DEMO_FUSER_CONFIG, "mask_choice": "iou_select",
+                        **changes})
 
-    Ref-AVS (``variant="refavs"``): ``text_encoder`` is a registry name, a folder or
-    ``"demo-words"`` (:func:`~auralsam2_core.text_encoder.tiny_word_text_encoder`);
-    ``fuser_init`` starts the fuser from an AVS fuser's weights (every key the two variants
-    share; ``text_proj`` and the projection heads start fresh)."""
 
-    sam2_config: str = "demo"
-    image_size: int | None = DEMO_IMAGE_SIZE
-    fuser_config: dict | None = field(default_factory=lambda: json.loads(
-        json.dumps(DEMO_FUSER_CONFIG)))
-    sam2_checkpoint: str | None = None
-    fuser_checkpoint: str | None = None
-    mask_choice: str = "iou_select"
-    variant: str = "avs"
-    text_encoder: str | None = None
-    fuser_init: str | None = None
+def official_spec(**changes) -> ModelSpec:
+    """The published architecture to fine-tune: ``sam2_hiera_l`` at 1024 and the authors'
+    fuser (``changes`` override)."""
+    return ModelSpec(**{"sam2_config": DEFAULT_SAM2_CONFIG, "image_size": 1024,
+                        "mask_choice": "iou_select", **changes})
 
-    def resolved_sam2_config(self) -> str:
-        return str(packaged_config(DEMO_SAM2_CONFIG)) if self.sam2_config == "demo" \
-            else self.sam2_config
+
+def spec_record(spec: ModelSpec) -> dict:
+    """The spec as ``run.json`` keeps it (``ModelSpec(**record)`` reads it back)."""
+    return {"sam2_config": spec.sam2_config, "image_size": spec.image_size,
+            "fuser_config": spec.fuser_config_dict, "sam2_checkpoint": spec.sam2_checkpoint,
+            "fuser_checkpoint": spec.fuser_checkpoint,
+            "mask_choice": spec.mask_choice or "iou_select", "variant": spec.variant,
+            "text_encoder": spec.text_encoder, "fuser_init": spec.fuser_init}
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> AuralSAM2:
     from .build import build_fuser, build_sam2_model, resolve_device
 
-    if spec.variant not in ("avs", "refavs"):
-        raise ValueError(f"variant must be 'avs' or 'refavs', got {spec.variant!r}")
     if (spec.text_encoder or spec.fuser_init) and spec.variant != "refavs":
         raise ValueError("text_encoder and fuser_init are for variant 'refavs'")
     if spec.fuser_init and spec.fuser_checkpoint:
@@ -125,14 +123,15 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> AuralSAM
                          "not both")
     device = resolve_device(device)
     encoder = _text_encoder(spec.text_encoder) if spec.variant == "refavs" else None
-    sam2 = build_sam2_model(spec.resolved_sam2_config(), spec.sam2_checkpoint,
+    sam2 = build_sam2_model(spec.sam2_yaml(), spec.sam2_checkpoint,
                             image_size=spec.image_size, device="cpu")
-    fuser = build_fuser(spec.fuser_checkpoint, spec.fuser_config, variant=spec.variant)
+    fuser = build_fuser(spec.fuser_checkpoint, spec.fuser_config_dict, variant=spec.variant)
     if spec.fuser_init:
         init_refavs_fuser_from_avs(fuser, spec.fuser_init)
-    model = AuralSAM2(sam2, fuser, mask_choice=spec.mask_choice, text_encoder=encoder)
+    mask_choice = spec.mask_choice or "iou_select"
+    model = AuralSAM2(sam2, fuser, mask_choice=mask_choice, text_encoder=encoder)
     model.meta = {"sam2_config": spec.sam2_config, "image_size": model.image_size,
-                  "mask_choice": spec.mask_choice, "fuser_config": spec.fuser_config}
+                  "mask_choice": mask_choice, "fuser_config": spec.fuser_config_dict}
     if encoder is not None:
         model.meta.update(variant=spec.variant, text_encoder=encoder.source)
     return model.to(device)
@@ -382,7 +381,7 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
 
     from .build import resolve_device
 
-    spec = spec or ModelSpec()
+    spec = spec or demo_spec()
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
@@ -496,7 +495,7 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
                                 model.sam2.state_dict().items()}}, sam2_path)
     info = {
         "format": "auralsam2-train", "package_version": __version__,
-        "command": command, "train_config": cfg.to_dict(), "model": asdict(spec),
+        "command": command, "train_config": cfg.to_dict(), "model": spec_record(spec),
         "dataset": dataset.config() if hasattr(dataset, "config") else type(dataset).__name__,
         "steps": cfg.steps, "seconds": round(seconds, 1), "last_losses": last,
         "final_eval": final_eval,
@@ -587,7 +586,7 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
     train_out, dest = Path(train_out), Path(dest)
     info = json.loads((train_out / "train.json").read_text())
     spec = ModelSpec(**info["model"])
-    if spec.sam2_config != "demo" or not info["outputs"].get("sam2"):
+    if spec.sam2_config != DEMO or not info["outputs"].get("sam2"):
         raise ValueError("a demo bundle needs a run of the demo model with SAM2 trained "
                          "(sam2_config 'demo', --unfreeze-sam2)")
     model = load_trained(train_out)
@@ -613,7 +612,7 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
                        "demo of the pipeline, not a model for real videos.",
         "sam2_config": DEMO_SAM2_CONFIG, "sam2_config_sha256": sha256_file(yaml),
         "image_size": model.image_size, "mask_choice": spec.mask_choice,
-        "fuser_config": spec.fuser_config,
+        "fuser_config": spec.fuser_config_dict,
         "weights": {"sam2": "sam2.safetensors", "fuser": "fuser.safetensors"},
         "files": files,
         "params": info["params"],
@@ -667,7 +666,7 @@ def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLi
     train_out, dest = Path(train_out), Path(dest)
     info = json.loads((train_out / "train.json").read_text())
     spec = ModelSpec(**info["model"])
-    if spec.sam2_config != "demo" or spec.variant != "refavs":
+    if spec.sam2_config != DEMO or spec.variant != "refavs":
         raise ValueError("a Ref-AVS demo bundle needs a Ref-AVS run of the demo model "
                          "(sam2_config 'demo', variant 'refavs')")
     model = load_trained(train_out)
@@ -700,7 +699,7 @@ def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLi
                        "a model for real videos or free text.",
         "sam2_config": DEMO_SAM2_CONFIG, "sam2_config_sha256": sha256_file(yaml),
         "image_size": model.image_size, "mask_choice": spec.mask_choice,
-        "fuser_config": spec.fuser_config,
+        "fuser_config": spec.fuser_config_dict,
         "text_encoder": {"folder": "text_encoder", "kind": "tiny word-level RoBERTa "
                          "(embeddings only, frozen random; see text_encoder.py)",
                          "vocabulary": len(enc.tokenizer), "hidden_size":

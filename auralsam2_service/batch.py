@@ -34,7 +34,7 @@ from auralsam2_core.jobs import (
     prepare_out_dir,
 )
 from auralsam2_core.media import file_problem
-from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.model_spec import ModelSpec, load_model
 from auralsam2_core.results import ResultsWriter
 
 
@@ -142,7 +142,7 @@ def as_items(videos: Sequence[BatchItem | str | os.PathLike]) -> list[BatchItem]
 
 def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os.PathLike,
               options: PrelabelOptions | None = None, *, ray: bool = False,
-              num_workers: int | None = None, served: ServedModel | None = None,
+              num_workers: int | None = None, served: ModelSpec | None = None,
               outputs: OutputOptions | None = None, progress: bool = True) -> BatchReport:
     """Pre-label ``videos`` into ``out_dir``, here (one model) or on Ray (a pool of actors).
 
@@ -150,7 +150,7 @@ def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os
     part of the key), so a run loads the model even when every video turns out skipped."""
     opts = options or PrelabelOptions()
     outs = outputs or OutputOptions()
-    served = served or ServedModel.from_env()
+    served = served or ModelSpec.from_env()
     if bool(opts.queries) != (served.variant == "refavs"):
         raise ValueError("queries go with the Ref-AVS model (--variant refavs), and the Ref-AVS "
                          "model needs queries" + (f" (got {len(opts.queries)} queries and "
@@ -179,7 +179,7 @@ def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os
         done, report.workers = _run_on_ray([it for _, it in todo], out_dir, opts, outs,
                                            served, num_workers, progress)
     elif todo:
-        model = load_served_model(served)
+        model = load_model(served)
         done = [_one(model, it, out_dir, opts, outs, progress) for _, it in todo]
     else:
         done = []
@@ -210,13 +210,13 @@ def _one(model, item: BatchItem, out_dir, opts, outs, progress: bool) -> VideoOu
 class _Prelabeller:
     """A Ray Data actor: loads the model once, then pre-labels one video per call."""
 
-    def __init__(self, served: ServedModel, out_dir: str, opts: PrelabelOptions,
+    def __init__(self, served: ModelSpec, out_dir: str, opts: PrelabelOptions,
                  outs: OutputOptions) -> None:
         import torch
 
         if not torch.cuda.is_available():
             torch.set_num_threads(1)  # one CPU per actor: more threads only oversubscribe
-        self.model = load_served_model(served)
+        self.model = load_model(served)
         self.out_dir, self.opts, self.outs = out_dir, opts, outs
 
     def __call__(self, batch: dict) -> dict:
@@ -234,7 +234,7 @@ class _Prelabeller:
         return rows
 
 
-def _run_on_ray(items: list[BatchItem], out_dir, opts, outs, served: ServedModel,
+def _run_on_ray(items: list[BatchItem], out_dir, opts, outs, served: ModelSpec,
                 num_workers: int | None, progress: bool) -> tuple[list[VideoOutcome], int]:
     try:
         import ray

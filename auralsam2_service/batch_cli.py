@@ -2,7 +2,7 @@
 Ray cluster (:mod:`.batch`). Registered through the ``auralsam2.commands`` entry-point group.
 
 The model comes from the flags below or the ``AURALSAM2_*`` variables of
-:mod:`auralsam2_core.model_env` (default: the bundled demo model).
+:mod:`auralsam2_core.model_spec` (default: the bundled demo model).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from auralsam2_core.model_env import add_model_arguments, served_model_from_args
+from auralsam2_core.model_spec import add_model_arguments, spec_from_args
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -66,7 +66,7 @@ def cmd_batch(args) -> int:
                            audio_track=args.audio_track, queries=args.query or ())
     if opts.queries and args.variant is None:
         args.variant = "refavs"  # queries name objects: the Ref-AVS model reads them
-    served = served_model_from_args(args)
+    served = spec_from_args(args)
     report = run_batch(items, args.out, opts, ray=args.ray, num_workers=args.workers,
                        served=served, outputs=OutputOptions(overwrite=args.overwrite),
                        progress=not args.quiet)

@@ -2,7 +2,7 @@
 
 Registered with the core command through the ``auralsam2.commands`` entry-point group. The
 token, media roots and hosts come from the environment (see :mod:`.config`); the model from
-the ``AURALSAM2_*`` variables of :mod:`auralsam2_core.model_env` or the flags below.
+the ``AURALSAM2_*`` variables of :mod:`auralsam2_core.model_spec` or the flags below.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from auralsam2_core.model_env import add_model_arguments, served_model_from_args
+from auralsam2_core.model_spec import add_model_arguments, spec_from_args
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def cmd_serve(args) -> int:
         settings = ServiceSettings.from_env(
             state_dir=Path(args.state_dir) if args.state_dir else None,
             max_queue=args.max_queue)
-        served = served_model_from_args(args)
+        served = spec_from_args(args)
         service = JobService(settings, served, start_worker=False)
     except (ValueError, OSError, StateDirBusy) as e:  # before any job is touched
         print(f"auralsam2 serve: {e}", file=sys.stderr)

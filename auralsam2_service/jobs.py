@@ -32,7 +32,7 @@ from auralsam2_core.atomic import atomic_open, atomic_write_json
 from auralsam2_core.engine import NoAudioError
 from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
-from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.model_spec import ModelSpec, load_model
 from auralsam2_core.remote import OPTION_KEYS, OptionsError, options_from_wire
 from auralsam2_core.results import ResultsWriter, read_results
 
@@ -97,13 +97,13 @@ class Job:
 
 
 class JobService:
-    def __init__(self, settings: ServiceSettings, served: ServedModel | None = None, *,
+    def __init__(self, settings: ServiceSettings, served: ModelSpec | None = None, *,
                  model=None, start_worker: bool = True) -> None:
         if not settings.token:
             raise ValueError("AURALSAM2_SERVER_TOKEN (or AURALSAM2_SERVER_TOKEN_FILE) must be "
                              "set: the service accepts only requests that carry it")
         self.settings = settings
-        self.served = served or ServedModel.from_env()
+        self.served = served or ModelSpec.from_env()
         self._model = model
         self.dir = Path(settings.state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ class JobService:
     def model(self):
         with self._model_lock:  # building a SAM2 (hydra) is not thread-safe
             if self._model is None:
-                self._model = load_served_model(self.served)
+                self._model = load_model(self.served)
             return self._model
 
     def model_version(self) -> str:

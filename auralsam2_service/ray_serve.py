@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ray import serve
 
-from auralsam2_core.model_env import ServedModel
+from auralsam2_core.model_spec import ModelSpec
 from auralsam2_core.results import read_results
 
 from .app import create_app
@@ -39,7 +39,7 @@ MODEL_ARGS = ("sam2_config", "sam2_checkpoint", "fuser_checkpoint", "fuser_confi
 class SharedStateService(JobService):
     """A replica's service that also answers for jobs other replicas took (their files)."""
 
-    def __init__(self, settings: ServiceSettings, served: ServedModel, *, root: Path,
+    def __init__(self, settings: ServiceSettings, served: ModelSpec, *, root: Path,
                  **kwargs) -> None:
         super().__init__(settings, served, **kwargs)
         self.root = Path(root)
@@ -84,7 +84,7 @@ class AuralSAM2Service:
         ctx = serve.get_replica_context()
         rank = getattr(ctx.rank, "rank", ctx.rank)
         settings = ServiceSettings.from_env()
-        served = ServedModel.from_env(**(model_overrides or {}))
+        served = ModelSpec.from_env(**(model_overrides or {}))
         if served.device != "cuda" and not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(_replica_cpus())))
         self.service = SharedStateService(

@@ -44,10 +44,10 @@ def main() -> None:
 
     import ray
 
-    from auralsam2_core.model_env import ServedModel
+    from auralsam2_core.model_spec import ModelSpec
     from auralsam2_core.synthetic import make_clip, write_clip
 
-    served = ServedModel(device=args.device)
+    served = ModelSpec(device=args.device)
     with tempfile.TemporaryDirectory(prefix="auralsam2_ray_bench_") as tmp:
         tmp = Path(tmp)
         videos = [write_clip(make_clip(1000 + i, size=(args.size, args.size), fps=args.fps,

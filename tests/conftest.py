@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from auralsam2_core.build import build_auralsam2
-from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.model_spec import ModelSpec, load_model
 from auralsam2_core.text_encoder import tiny_random_text_encoder
 
 TINY_SIZE = 64  # SAM2 input size: 16x16 / 8x8 / 4x4 FPN maps
@@ -33,7 +33,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def bundled_model():
     """The bundled demo model from the process-wide cache the adapters and the service use."""
-    return load_served_model(ServedModel())
+    return load_model(ModelSpec())
 
 
 def _tiny(**kw):

@@ -39,7 +39,7 @@ from cvat_sdk.core.client import Client  # noqa: E402
 from cvat_sdk.masks import decode_mask, encode_mask  # noqa: E402
 from nuclio_sdk.test import Platform  # noqa: E402
 
-from auralsam2_core import model_env  # noqa: E402
+from auralsam2_core import model_spec  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.cvat import config, main  # noqa: E402
@@ -80,9 +80,9 @@ OTHER_LABEL = {"id": 80, "name": "car", "type": "any", "attributes": []}
 def model():
     """The instance the handler's cache hands out (so not conftest's ``tiny_model``)."""
     torch.manual_seed(3)  # a random init whose masks are not empty on these clips
-    model_env.load_served_model.cache_clear()
-    yield model_env.load_served_model(model_env.ServedModel.from_env(MODEL_ENV))
-    model_env.load_served_model.cache_clear()
+    model_spec.load_model.cache_clear()
+    yield model_spec.load_model(model_spec.ModelSpec.from_env(MODEL_ENV))
+    model_spec.load_model.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -291,8 +291,8 @@ def test_settings_from_env_and_secrets(tmp_path):
         config.CvatFunctionSettings.from_env({"CVAT_URL": "ftp://x"})
     with pytest.raises(ValueError, match="CVAT_ACCESS_TOKEN_FILE=.*cannot be read"):
         config.CvatFunctionSettings.from_env({"CVAT_ACCESS_TOKEN_FILE": str(tmp_path / "missing")})
-    assert model_env.ServedModel.from_env({}).sam2_config == "bundled"
-    assert model_env.ServedModel.from_env(
+    assert model_spec.ModelSpec.from_env({}).sam2_config == "bundled"
+    assert model_spec.ModelSpec.from_env(
         {"AURALSAM2_FUSER_CHECKPOINT": "auralsam2_avs_v1m"}).sam2_config == "sam2_hiera_l"
 
 
@@ -1114,7 +1114,7 @@ def test_cli_prelabel_through_the_shared_service(emu, env, clips, reference, cap
     with se.ServiceThread(tmp_path / "service", [tmp_path / "cache"], model=model) as srv:
         for k, v in srv.env().items():
             monkeypatch.setenv(k, v)
-        model_env.load_served_model.cache_clear()
+        model_spec.load_model.cache_clear()
         parser = argparse.ArgumentParser(prog="auralsam2")
         register(parser.add_subparsers(dest="command", required=True))
         task = task_a(emu, clips)
@@ -1124,5 +1124,5 @@ def test_cli_prelabel_through_the_shared_service(emu, env, clips, reference, cap
         report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert report["state"] == "done"
         check_saved(task, reference(3, 1, 2, 9))
-        assert model_env.load_served_model.cache_info().currsize == 0  # no model here
+        assert model_spec.load_model.cache_info().currsize == 0  # no model here
         assert srv.service.counters["done"] == 1

@@ -3,17 +3,12 @@ convert.py, spec.py, timeline.py): run without FiftyOne installed."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "fiftyone"))
-
-from auralsam2_fiftyone import convert, timeline  # noqa: E402
-from auralsam2_fiftyone.spec import BUNDLED, ModelSpec  # noqa: E402
+from auralsam2_fiftyone import convert, timeline
+from auralsam2_fiftyone.spec import BUNDLED, ModelSpec, spec_from_params, spec_to_params
 
 
 def _result(index, mask, prob=0.9, iou=0.8, prio=0.3, score=0.7):
@@ -121,13 +116,13 @@ def test_summary_and_ranges():
 
 
 def test_model_spec_params_round_trip():
-    assert ModelSpec.from_params({}) == ModelSpec() and ModelSpec().sam2_config == BUNDLED
-    assert ModelSpec().to_params() == {"model": "bundled"}
+    assert spec_from_params({}) == ModelSpec() and ModelSpec().sam2_config == BUNDLED
+    assert spec_to_params(ModelSpec()) == {"model": "bundled"}
     spec = ModelSpec("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]})
-    back = ModelSpec.from_params(spec.to_params())
-    assert back.key() == spec.key()
-    released = ModelSpec.from_params({"model": "checkpoints", "sam2_checkpoint": " a.pt ",
-                                      "fuser_checkpoint": "b.pth", "image_size": ""})
+    back = spec_from_params(spec_to_params(spec))
+    assert back == spec and back.identity() == spec.identity()
+    released = spec_from_params({"model": "checkpoints", "sam2_checkpoint": " a.pt ",
+                                 "fuser_checkpoint": "b.pth", "image_size": ""})
     assert (released.sam2_config, released.sam2_checkpoint, released.image_size) == \
         ("sam2_hiera_l", "a.pt", None)
     assert "a.pt" in released.describe() and "random" in spec.describe()
@@ -135,4 +130,4 @@ def test_model_spec_params_round_trip():
 
 def test_model_spec_refuses_silent_random_weights():
     with pytest.raises(ValueError, match="checkpoint"):
-        ModelSpec.from_params({"model": "checkpoints", "sam2_config": "sam2_hiera_t"})
+        spec_from_params({"model": "checkpoints", "sam2_config": "sam2_hiera_t"})

@@ -32,7 +32,7 @@ import yaml  # noqa: E402
 from auralsam2_fiftyone import convert  # noqa: E402
 from auralsam2_fiftyone.model import AuralSAM2VideoModel  # noqa: E402
 from auralsam2_fiftyone.review import frames_by_priority  # noqa: E402
-from auralsam2_fiftyone.spec import ModelSpec, resolve_model  # noqa: E402
+from auralsam2_fiftyone.spec import ModelSpec, resolve_model, spec_to_params  # noqa: E402
 from fiftyone.operators import execute_operator  # noqa: E402
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
@@ -47,7 +47,7 @@ EVALUATE = f"{PLUGIN}/evaluate_sounding_objects"
 REVIEW = f"{PLUGIN}/review_sounding_objects"
 PANEL = f"{PLUGIN}/sounding_objects_sound"
 SPEC = ModelSpec("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]})
-PARAMS = {**SPEC.to_params(), "device": "cpu"}
+PARAMS = {**spec_to_params(SPEC), "device": "cpu"}
 SIZE, FPS, SECONDS = (48, 64), 5.0, 1.2  # 6 frames per clip
 GT_FRAMES = {"stereo": [1, 2, 3, 4, 5, 6], "stereo2": [2, 4, 5], "mono": [1, 6],
              "noaudio": [3]}  # sparse on purpose: frame docs != frames of the video
@@ -185,6 +185,25 @@ def test_plugin_is_discovered_with_every_operator():
     registered = {op.uri for op in foo.list_operators() if op.plugin_name == PLUGIN}
     assert registered == {f"{PLUGIN}/{name}" for name in meta["operators"] + meta["panels"]}
     assert {PRELABEL, EVALUATE, REVIEW, PANEL} <= registered
+
+
+def test_plugin_imports_the_installed_package_and_declares_its_secrets(tmp_path):
+    """The plugin folder puts nothing on sys.path: its code is the installed
+    ``auralsam2_fiftyone`` (importable in a clean interpreter away from the repository), and
+    FiftyOne reads the service's address and token as the plugin's declared secrets."""
+    import subprocess
+    import sys
+
+    import fiftyone.plugins as fop
+    from auralsam2_fiftyone.operators import SERVICE_SECRETS
+
+    run = subprocess.run([sys.executable, "-I", "-c",
+                          "import auralsam2_fiftyone.spec as s; print(s.__file__)"],
+                         cwd=tmp_path, capture_output=True, text=True, env={})
+    assert run.returncode == 0, run.stderr
+    assert Path(run.stdout.strip()).parent == PLUGIN_DIR / "auralsam2_fiftyone"
+    assert "sys.path" not in (PLUGIN_DIR / "__init__.py").read_text()
+    assert fop.get_plugin(PLUGIN).secrets == list(SERVICE_SECRETS)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ starlette_testclient = pytest.importorskip("starlette.testclient")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
+from auralsam2_core.model_spec import ModelSpec, load_model  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app as backend_app  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
@@ -80,7 +80,7 @@ def test_service_answers_anything_with_2xx_or_4xx(tmp_path):
     clip = write_clip(make_clip(5, size=(32, 48), fps=10, seconds=1.0), media / "a.mp4")
     service = JobService(ServiceSettings(token=se.TOKEN, media_roots=(media.resolve(),),
                                       state_dir=tmp_path / "state", max_queue=100000,
-                                      max_body_bytes=256 << 10), ServedModel(),
+                                      max_body_bytes=256 << 10), ModelSpec(),
                       start_worker=False)
     client = starlette_testclient.TestClient(service_app(service), raise_server_exceptions=False)
     auth = {"Authorization": f"Bearer {se.TOKEN}"}
@@ -158,7 +158,7 @@ def _fuzz_backend(tmp_path, ls_url: str) -> None:
     settings = LabelStudioBackendSettings(url=ls_url, api_key="k", work_dir=tmp_path / "work",
                                           basic_auth_user=USER, basic_auth_pass=PASSWORD,
                                           max_body_bytes=256 << 10, predict_budget=30)
-    backend = Backend(settings, ServedModel(), model=load_served_model(ServedModel()))
+    backend = Backend(settings, ModelSpec(), model=load_model(ModelSpec()))
     client = starlette_testclient.TestClient(backend_app(backend), raise_server_exceptions=False)
     links = st.sampled_from(["/data/upload/1/a.mp4", "/api/projects", "s3://b/a.mp4",
                              "http://127.0.0.1:1/data/upload/../../api/x", "file:///etc/x",

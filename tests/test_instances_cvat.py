@@ -16,7 +16,7 @@ yaml = pytest.importorskip("yaml")
 from cvat_sdk.masks import decode_mask  # noqa: E402
 from nuclio_sdk.test import Platform  # noqa: E402
 
-from auralsam2_core import model_env  # noqa: E402
+from auralsam2_core import model_spec  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.instances import connected_parts  # noqa: E402
 from auralsam2_plugins.cvat.masks import from_detector_mask, mask_box  # noqa: E402
@@ -36,11 +36,11 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(clip):
-    model_env.load_served_model.cache_clear()  # the bundled model, as the function loads it
-    model = model_env.load_served_model(model_env.ServedModel.from_env({
+    model_spec.load_model.cache_clear()  # the bundled model, as the function loads it
+    model = model_spec.load_model(model_spec.ModelSpec.from_env({
         "AURALSAM2_DEVICE": "cpu"}))
     yield {r.index: r for r in prelabel(model, clip[0], PrelabelOptions())}
-    model_env.load_served_model.cache_clear()
+    model_spec.load_model.cache_clear()
 
 
 @pytest.fixture

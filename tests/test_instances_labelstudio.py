@@ -19,7 +19,7 @@ starlette_testclient = pytest.importorskip("starlette.testclient")
 
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.instances import DEFAULT_MIN_AREA, connected_parts  # noqa: E402
-from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
+from auralsam2_core.model_spec import ModelSpec, load_model  # noqa: E402
 from auralsam2_plugins.label_studio import brush  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app  # noqa: E402
@@ -44,7 +44,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    return load_served_model(ServedModel())
+    return load_model(ModelSpec())
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def engine(model, clip):
 def make_backend(ls, tmp_path, model, **kw) -> Backend:
     settings = LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work",
                                           **kw)
-    return Backend(settings, ServedModel(), model=model)
+    return Backend(settings, ModelSpec(), model=model)
 
 
 def predict_body(tasks, config=VIDEO_CONFIG):

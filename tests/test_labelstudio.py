@@ -33,7 +33,7 @@ uvicorn = pytest.importorskip("uvicorn")
 from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
-from auralsam2_core.model_env import ServedModel  # noqa: E402
+from auralsam2_core.model_spec import ModelSpec  # noqa: E402
 from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
 from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
@@ -90,7 +90,7 @@ def project(ls, media):
 def make_backend(ls, tmp_path, model, **kw) -> Backend:
     settings = LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "work",
                                           **kw)
-    return Backend(settings, ServedModel(), model=model)
+    return Backend(settings, ModelSpec(), model=model)
 
 
 def ls_task(ls, task_id: int) -> dict:
@@ -206,7 +206,7 @@ def test_keyframes_and_label_studio_frame_numbers():
 
 
 def test_health_and_setup_answer_without_loading_the_model(tmp_path):
-    b = Backend(LabelStudioBackendSettings(work_dir=tmp_path), ServedModel())
+    b = Backend(LabelStudioBackendSettings(work_dir=tmp_path), ModelSpec())
     client = starlette_testclient.TestClient(create_app(b))
     t0 = time.perf_counter()
     h = client.get("/health").json()
@@ -276,13 +276,13 @@ def test_bad_tasks_get_a_clear_error_and_no_prediction(ls, project, tmp_path, mo
     # Label Studio unreachable: an error per task, not a crash.
     down = Backend(LabelStudioBackendSettings(url=f"http://127.0.0.1:{se.free_port()}",
                                               api_key=lss.TOKEN, work_dir=tmp_path / "down"),
-                   ServedModel(), model=model)
+                   ModelSpec(), model=model)
     [r] = down.predict(predict_body([good]))["results"]
     assert "unreachable" in r["error"] and "result" not in r
     # Wrong key: Label Studio's 401, said plainly, key not echoed.
     wrong = Backend(LabelStudioBackendSettings(url=ls.url, api_key="not-the-key",
                                                work_dir=tmp_path / "w"),
-                    ServedModel(), model=model)
+                    ModelSpec(), model=model)
     [r] = wrong.predict(predict_body([good]))["results"]
     assert "401" in r["error"] and "not-the-key" not in r["error"]
     # Nothing was computed or stored for the failed tasks.
@@ -517,7 +517,7 @@ def test_end_to_end_with_label_studio(ls, media, tmp_path, model, engine):
                                                   model.fuser.state_dict().values(),
                                                   strict=True))  # the live fuser changed
     # The fine-tuned version survives a restart of the backend.
-    again = Backend(b.settings, ServedModel())
+    again = Backend(b.settings, ModelSpec())
     assert again.model_version() == before + "-ft1"
 
 
@@ -549,7 +549,7 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
     local = make_backend(ls, tmp_path / "local", model).predict(predict_body([task]))
     with se.ServiceThread(tmp_path / "service", [work], model=model) as srv:
         b = Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=work),
-                    ServedModel(), remote=srv.engine())
+                    ModelSpec(), remote=srv.engine())
         out = b.predict(predict_body([task]))
         assert out["results"][0]["result"] == local["results"][0]["result"]
         assert out["model_version"] == local["model_version"] == srv.service.model_version()
@@ -637,7 +637,7 @@ def test_redirects_are_checked_hop_by_hop(tmp_path, model):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         b = Backend(LabelStudioBackendSettings(url=url, api_key="k", work_dir=tmp_path),
-                    ServedModel(), model=model)
+                    ModelSpec(), model=model)
         [r] = b.predict(predict_body([{"id": 5, "data": {"video": "/data/upload/1/a.mp4"}}])
                         )["results"]
         assert "redirected the media to 'storage.invalid'" in r["error"]
@@ -654,7 +654,7 @@ def test_fine_tuner_needs_only_what_it_is_given(tmp_path):
     def never(*_args):
         raise AssertionError("not needed to store an annotation or to refuse training")
 
-    ft = FineTuner(tmp_path / "ft", LabelStudioBackendSettings(work_dir=tmp_path), ServedModel(),
+    ft = FineTuner(tmp_path / "ft", LabelStudioBackendSettings(work_dir=tmp_path), ModelSpec(),
                    model=never, run_lock=threading.Lock(), task_media=never,
                    cached_results=never, model_version=never, shared_service=True)
     assert ft.generation == 0 and ft.snapshot() is None

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow,
 
 from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.instances import DEFAULT_MIN_AREA, connected_parts  # noqa: E402
-from auralsam2_core.model_env import ServedModel, load_served_model  # noqa: E402
+from auralsam2_core.model_spec import ModelSpec, load_model  # noqa: E402
 from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
@@ -66,10 +66,10 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def backend(ls, tmp_path_factory):
-    model = load_served_model(ServedModel())
+    model = load_model(ModelSpec())
     work = tmp_path_factory.mktemp("ls-ui-work")
     return Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=work),
-                   ServedModel(), model=model)
+                   ModelSpec(), model=model)
 
 
 @pytest.fixture(scope="module")
@@ -407,7 +407,7 @@ def test_two_sounding_shapes_get_one_box_each(ls, backend, media, browser, artif
     path, clip = write_two_sounding_shapes(media["dir"] / "two shapes.mp4")
     h, w = clip.frames.shape[1:3]
     on = Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=tmp_path / "on",
-                                            instance_min_area=DEFAULT_MIN_AREA), ServedModel(),
+                                            instance_min_area=DEFAULT_MIN_AREA), ModelSpec(),
                  model=backend.model)
     assert LabelStudioBackendSettings.from_env({"AURALSAM2_INSTANCES": "1"}).instance_min_area == \
         DEFAULT_MIN_AREA  # what the test's settings stand for

@@ -255,13 +255,13 @@ def test_wire_options_carry_queries_strictly():
 
 def test_service_takes_queries_and_refuses_what_its_model_cannot_read(refavs, avs, video,
                                                                       tmp_path):
-    from auralsam2_core.model_env import ServedModel
+    from auralsam2_core.model_spec import ModelSpec
     from auralsam2_service.config import ServiceSettings
     from auralsam2_service.jobs import JobService, Refused
 
     settings = ServiceSettings(token="t" * 32, media_roots=(video.parent.resolve(),),
                                state_dir=tmp_path / "s1")
-    service = JobService(settings, ServedModel(), model=refavs, start_worker=False)
+    service = JobService(settings, ModelSpec(), model=refavs, start_worker=False)
     for options in ({}, {"queries": []}, {"queries": [" "]}, {"queries": "dog"}):
         with pytest.raises(Refused) as e:
             service.submit(str(video), options)
@@ -277,7 +277,7 @@ def test_service_takes_queries_and_refuses_what_its_model_cannot_read(refavs, av
     assert [o["frames"] for o in objects(doc)] == [o["frames"] for o in objects(local)]
     service.close()
     other = JobService(ServiceSettings(token="t" * 32, media_roots=(video.parent.resolve(),),
-                                    state_dir=tmp_path / "s2"), ServedModel(), model=avs,
+                                    state_dir=tmp_path / "s2"), ModelSpec(), model=avs,
                     start_worker=False)
     with pytest.raises(Refused) as e:
         other.submit(str(video), {"queries": ["dog"]})
@@ -286,13 +286,13 @@ def test_service_takes_queries_and_refuses_what_its_model_cannot_read(refavs, av
 
 
 def test_batch_refuses_queries_for_an_avs_model(video, tmp_path):
-    from auralsam2_core.model_env import ServedModel
+    from auralsam2_core.model_spec import ModelSpec
     from auralsam2_service.batch import run_batch
 
     with pytest.raises(ValueError, match="Ref-AVS"):
-        run_batch([video], tmp_path, PrelabelOptions(queries=["dog"]), served=ServedModel())
+        run_batch([video], tmp_path, PrelabelOptions(queries=["dog"]), served=ModelSpec())
     with pytest.raises(ValueError, match="Ref-AVS"):
-        run_batch([video], tmp_path, PrelabelOptions(), served=ServedModel(variant="refavs"))
+        run_batch([video], tmp_path, PrelabelOptions(), served=ModelSpec(variant="refavs"))
 
 
 def test_command_without_a_refavs_model_says_what_to_give(video, tmp_path, monkeypatch,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from auralsam2_core.cli import main
-from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.model_spec import ModelSpec, load_model
 from auralsam2_core.results import read_results
 from auralsam2_core.results import track as sounding_track
 from auralsam2_core.synthetic import make_clip, write_clip
@@ -66,7 +66,7 @@ def cluster(media):
 def local_run(media):
     items = read_manifest(media / "manifest.txt")
     out = media / "local"
-    report = run_batch(items, out, ray=False, num_workers=None, served=ServedModel(),
+    report = run_batch(items, out, ray=False, num_workers=None, served=ModelSpec(),
                        progress=False)
     return out, report
 
@@ -132,7 +132,7 @@ def test_local_batch_reuses_only_up_to_date_results_and_keeps_other_videos(media
         from auralsam2_core.engine import PrelabelOptions
 
         report = run_batch([tmp_path / v for v in videos], out, PrelabelOptions(**options),
-                           served=ServedModel(), progress=False)
+                           served=ModelSpec(), progress=False)
         return report.done + report.skipped + report.failed
 
     [day1] = batch("day1/cam.mp4")
@@ -153,7 +153,7 @@ def test_local_batch_reuses_only_up_to_date_results_and_keeps_other_videos(media
     kept = (out / "cam.json").read_bytes()
     named = tmp_path / "named.jsonl"  # a name given in the manifest is not moved elsewhere
     named.write_text('{"video": "day2/cam.mp4", "name": "cam"}\n')
-    report = run_batch(read_manifest(named), out, served=ServedModel(), progress=False)
+    report = run_batch(read_manifest(named), out, served=ModelSpec(), progress=False)
     [o] = report.failed
     assert o.error == (f"{out / 'cam.json'} holds the results of {tmp_path / 'day1' / 'cam.mp4'}"
                        "; not overwriting it, give this video another name")
@@ -180,7 +180,7 @@ def test_ray_batch_writes_the_same_results_as_the_local_run(cluster, local_run, 
     local_out, _ = local_run
     out = media / "ray_out"
     report = run_batch(read_manifest(media / "manifest.txt"), out, ray=True, num_workers=2,
-                       served=ServedModel(), progress=False)
+                       served=ModelSpec(), progress=False)
     assert report.backend == "ray" and report.workers == 2
     assert [o.video.name for o in report.done] == ["clip0.mp4", "clip1.mp4", "clip2.mp4"]
     assert [o.results for o in report.done] == [out / f"{c}.json" for c in CLIPS]
@@ -202,7 +202,7 @@ def test_ray_batch_resumes_and_skips_complete_videos(cluster, local_run, media):
     (out / "clip1.partial.jsonl").write_text('{"index": 0}\n')  # a killed run's leftovers
     before = {c: (out / f"{c}.json").stat().st_mtime_ns for c in ("clip0", "clip2")}
     report = run_batch(read_manifest(media / "manifest.txt"), out, ray=True, num_workers=2,
-                       served=ServedModel(), progress=False)
+                       served=ModelSpec(), progress=False)
     assert [o.video.name for o in report.skipped] == ["clip0.mp4", "clip2.mp4"]
     assert {o.note for o in report.skipped} == {"same video, options and model"}
     assert [o.video.name for o in report.done] == ["clip1.mp4"]
@@ -229,7 +229,7 @@ def test_a_video_that_kills_its_ray_worker_is_reported_and_the_others_finish(
     (videos / "crash.mp4").write_bytes((videos / "clip1.mp4").read_bytes())
     out = media / "crash_out"
     report = run_batch([videos / "clip0.mp4", videos / "crash.mp4", videos / "clip2.mp4"], out,
-                       ray=True, num_workers=2, served=ServedModel(), progress=False)
+                       ray=True, num_workers=2, served=ModelSpec(), progress=False)
     assert [o.video.name for o in report.done] == ["clip0.mp4", "clip2.mp4"]
     [bad] = report.failed
     assert bad.video.name == "crash.mp4" and "worker died" in bad.error
@@ -263,13 +263,13 @@ def test_shared_state_replicas_answer_for_each_other(media, tmp_path):
     from auralsam2_service.jobs import Refused
     from auralsam2_service.ray_serve import SharedStateService
 
-    model = load_served_model(ServedModel())
+    model = load_model(ModelSpec())
     root = tmp_path / "state"
 
     def replica(rank: int) -> SharedStateService:
         settings = ServiceSettings(token=TOKEN, media_roots=(media.resolve(),),
                                    state_dir=root / f"replica-{rank}")
-        return SharedStateService(settings, ServedModel(), root=root, model=model,
+        return SharedStateService(settings, ModelSpec(), root=root, model=model,
                                   start_worker=False)
 
     a, b = replica(0), replica(1)

@@ -26,9 +26,9 @@ from auralsam2_core.text_encoder import (
 )
 from auralsam2_core.train import (
     DEMO_FUSER_CONFIG,
-    ModelSpec,
     TrainConfig,
     build_model,
+    demo_spec,
     forward_batch,
     init_refavs_fuser_from_avs,
     train,
@@ -145,7 +145,7 @@ def test_scoring_of_perfect_empty_and_full_predictions():
 
 def test_refavs_fuser_starts_from_the_avs_fuser():
     torch.manual_seed(0)
-    model = build_model(ModelSpec(variant="refavs", text_encoder="demo-words",
+    model = build_model(demo_spec(variant="refavs", text_encoder="demo-words",
                                   fuser_init=str(AVS_BUNDLE / "fuser.safetensors")))
     avs = read_state_dict(AVS_BUNDLE / "fuser.safetensors")
     own = model.fuser.state_dict()
@@ -160,12 +160,12 @@ def test_refavs_fuser_starts_from_the_avs_fuser():
         init_refavs_fuser_from_avs(build_fuser(None, other, variant="refavs"),
                                    AVS_BUNDLE / "fuser.safetensors")
     with pytest.raises(ValueError, match="for variant 'refavs'"):
-        build_model(ModelSpec(fuser_init=str(AVS_BUNDLE / "fuser.safetensors")))
+        build_model(demo_spec(fuser_init=str(AVS_BUNDLE / "fuser.safetensors")))
 
 
 def test_forward_batch_with_text_equals_forward_clip():
     torch.manual_seed(0)
-    model = build_model(ModelSpec(variant="refavs", text_encoder="demo-words",
+    model = build_model(demo_spec(variant="refavs", text_encoder="demo-words",
                                   sam2_checkpoint=str(AVS_BUNDLE / "sam2.safetensors"),
                                   fuser_init=str(AVS_BUNDLE / "fuser.safetensors"))).eval()
     data = ReferringClipDataset(3, image_size=96)
@@ -194,7 +194,7 @@ def _refer_cfg(out: Path, **kw) -> TrainConfig:
 
 
 def test_refavs_training_is_reproducible_and_resumable(tmp_path):
-    spec = ModelSpec(variant="refavs", text_encoder="demo-words",
+    spec = demo_spec(variant="refavs", text_encoder="demo-words",
                      sam2_checkpoint=str(AVS_BUNDLE / "sam2.safetensors"),
                      fuser_init=str(AVS_BUNDLE / "fuser.safetensors"))
     data = ReferringClipDataset(4, image_size=96)

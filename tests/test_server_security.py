@@ -18,7 +18,7 @@ import yaml
 starlette_testclient = pytest.importorskip("starlette.testclient")
 pytest.importorskip("uvicorn")
 
-from auralsam2_core.model_env import ServedModel  # noqa: E402
+from auralsam2_core.model_spec import ModelSpec  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
 from auralsam2_plugins.label_studio.client import LabelStudioClient, MediaRefused  # noqa: E402
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def backend(tmp_path):
     return Backend(LabelStudioBackendSettings(work_dir=tmp_path / "work", basic_auth_user=USER,
                                               basic_auth_pass=PASSWORD, max_body_bytes=64 << 10),
-                   ServedModel())
+                   ModelSpec())
 
 
 def test_every_endpoint_but_liveness_needs_basic_auth(backend):
@@ -178,7 +178,7 @@ def test_the_key_never_goes_to_a_non_media_path(tmp_path):
         with RecordingServer(storage) as st:
             backend = Backend(LabelStudioBackendSettings(url=ls.url, api_key=key, work_dir=tmp_path,
                                                          storage_hosts=("localhost",)),
-                              ServedModel())
+                              ModelSpec())
             foreign = st.url.replace("127.0.0.1", "localhost") + "/bucket/a.mp4"
             tasks = [{"id": 1, "data": {"video": "/api/projects"}},
                      {"id": 2, "data": {"video": f"{ls.url}/api/projects"}},

@@ -22,7 +22,7 @@ pytest.importorskip("uvicorn")
 
 from auralsam2_core.engine import NoAudioError, PrelabelOptions  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
-from auralsam2_core.model_env import ServedModel  # noqa: E402
+from auralsam2_core.model_spec import ModelSpec  # noqa: E402
 from auralsam2_core.remote import LocalEngine, RemoteEngine, RemoteError  # noqa: E402
 from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
@@ -58,7 +58,7 @@ def comparable(doc: dict) -> dict:
 def client_for(tmp_path, media, model, **kw):
     settings = ServiceSettings(token=se.TOKEN, media_roots=(media["root"].resolve(),),
                                state_dir=tmp_path / "state", **kw)
-    service = JobService(settings, ServedModel(), model=model)
+    service = JobService(settings, ModelSpec(), model=model)
     return service, starlette_testclient.TestClient(create_app(service))
 
 
@@ -77,7 +77,7 @@ def wait_done(client, job_id, timeout=120):
 
 def test_settings_need_a_token(tmp_path):
     with pytest.raises(ValueError, match="AURALSAM2_SERVER_TOKEN"):
-        JobService(ServiceSettings(state_dir=tmp_path), ServedModel(), start_worker=False)
+        JobService(ServiceSettings(state_dir=tmp_path), ModelSpec(), start_worker=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AURALSAM2_SERVER")}
     out = subprocess.run([sys.executable, "-m", "auralsam2_core.cli", "serve", "--state-dir",
                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
@@ -128,7 +128,7 @@ def test_refusals(tmp_path, media, model):
 def test_full_queue_answers_429_with_retry_after(tmp_path, media, model):
     settings = ServiceSettings(token=se.TOKEN, media_roots=(media["root"].resolve(),),
                                state_dir=tmp_path, max_queue=2)
-    service = JobService(settings, ServedModel(), model=model, start_worker=False)
+    service = JobService(settings, ModelSpec(), model=model, start_worker=False)
     client = starlette_testclient.TestClient(create_app(service))
     body = {"video": str(media["clip"])}
     codes = [client.post("/v1/jobs", json=body, headers=AUTH) for _ in range(4)]
@@ -246,7 +246,7 @@ def test_media_urls_only_from_allowed_hosts_without_redirects(tmp_path, media, m
     try:
         settings = ServiceSettings(token=se.TOKEN, media_hosts=("127.0.0.1",),
                                    state_dir=tmp_path)
-        service = JobService(settings, ServedModel(), model=model)
+        service = JobService(settings, ModelSpec(), model=model)
         client = starlette_testclient.TestClient(create_app(service))
         r = client.post("/v1/jobs", json={"video": f"{base}/clip.mp4"}, headers=AUTH)
         assert r.status_code == 202, r.json()
@@ -416,7 +416,7 @@ def test_url_media_are_fetched_per_job_not_cached(tmp_path, media, model):
     try:
         settings = ServiceSettings(token=se.TOKEN, media_hosts=("127.0.0.1",),
                                    state_dir=tmp_path / "state")
-        service = JobService(settings, ServedModel(), model=model)
+        service = JobService(settings, ModelSpec(), model=model)
         client = starlette_testclient.TestClient(create_app(service))
         docs = []
         for data in clips:
@@ -476,15 +476,15 @@ def test_a_second_serve_on_the_same_state_dir_refuses_and_touches_nothing(tmp_pa
         proc.wait(30)
     # The owner gone, the directory is free again (and a job it left is recovered).
     settings = ServiceSettings(token=se.TOKEN, state_dir=tmp_path / "state")
-    JobService(settings, ServedModel(), model=model, start_worker=False).close()
+    JobService(settings, ModelSpec(), model=model, start_worker=False).close()
 
 
 def test_state_dir_lock_in_process(tmp_path, model):
     from auralsam2_service.jobs import StateDirBusy
 
     settings = ServiceSettings(token=se.TOKEN, state_dir=tmp_path)
-    first = JobService(settings, ServedModel(), model=model, start_worker=False)
+    first = JobService(settings, ModelSpec(), model=model, start_worker=False)
     with pytest.raises(StateDirBusy, match=f"pid {os.getpid()}"):
-        JobService(settings, ServedModel(), model=model, start_worker=False)
+        JobService(settings, ModelSpec(), model=model, start_worker=False)
     first.close()
-    JobService(settings, ServedModel(), model=model, start_worker=False).close()
+    JobService(settings, ModelSpec(), model=model, start_worker=False).close()

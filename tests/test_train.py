@@ -16,9 +16,9 @@ from auralsam2_core.datasets import SyntheticClipDataset, collate
 from auralsam2_core.fuser import AuralFuser
 from auralsam2_core.train import (
     DEMO_FUSER_CONFIG,
-    ModelSpec,
     TrainConfig,
     build_model,
+    demo_spec,
     forward_batch,
     load_trained,
     lr_factor,
@@ -56,7 +56,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_forward_batch_equals_forward_clip(tiny_data):
     torch.manual_seed(0)
-    model = build_model(ModelSpec()).eval()
+    model = build_model(demo_spec()).eval()
     for fm in model.fuser.fusion_modules:  # non-zero fusion residuals
         for bn in (fm.W_z[1], fm.W_z2[1]):
             bn.weight.data.fill_(0.5)
@@ -144,7 +144,7 @@ def test_saved_fuser_is_a_plain_state_dict_in_the_authors_format(reference_run):
 
 def test_frozen_sam2_does_not_change(tmp_path, tiny_data):
     torch.manual_seed(3)  # the run's seed: same initial weights as inside train()
-    init = build_model(ModelSpec())
+    init = build_model(demo_spec())
     before = init.sam2.state_dict()
     seen = {}
 
@@ -190,7 +190,7 @@ def test_fine_tuning_keeps_a_trained_audio_encoders_statistics(tmp_path, tiny_da
                      if "running_" in k})
         return {}
 
-    spec = ModelSpec(fuser_checkpoint=str(reference_run / "fuser.pth"))
+    spec = demo_spec(fuser_checkpoint=str(reference_run / "fuser.pth"))
     train(_cfg(tmp_path, steps=1, checkpoint_every=0), tiny_data, spec, evaluate=grab)
     assert seen and all(torch.equal(seen[k], start[k]) for k in seen)
 
@@ -206,7 +206,7 @@ def test_demo_bundle_export_records_the_whole_recipe(tmp_path, tiny_data, refere
         assert sha256_file(tmp_path / "stage1" / name) == rec["sha256"]
     assert "started_from" not in first["training"]
     assert set(first["measured"]) >= {"j_sounding", "j_swapped_audio", "passed"}
-    spec = ModelSpec(sam2_checkpoint=str(tmp_path / "stage1" / "sam2.safetensors"),
+    spec = demo_spec(sam2_checkpoint=str(tmp_path / "stage1" / "sam2.safetensors"),
                      fuser_checkpoint=str(tmp_path / "stage1" / "fuser.safetensors"))
     train(_cfg(tmp_path / "run2", steps=1, checkpoint_every=0), tiny_data, spec,
           command="auralsam2 train --synthetic (stage 2)")

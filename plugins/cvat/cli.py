@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from auralsam2_core.model_env import add_model_arguments, served_model_from_args
+from auralsam2_core.model_spec import add_model_arguments, spec_from_args
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def cmd_prelabel(args) -> int:
     from pathlib import Path
 
-    from auralsam2_core.model_env import load_served_model
+    from auralsam2_core.model_spec import load_model
     from auralsam2_core.remote import engine_from_env
 
     from .api import CvatError
@@ -80,8 +80,8 @@ def cmd_prelabel(args) -> int:
         return 2
     if api is None:
         return 2
-    spec = served_model_from_args(args)
-    service = CvatFunctionService(settings, engine_from_env(lambda: load_served_model(spec)),
+    spec = spec_from_args(args)
+    service = CvatFunctionService(settings, engine_from_env(lambda: load_model(spec)),
                                   api=api)
     failed = False
     for task_id in args.task:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.model_spec import ModelSpec, load_model
 from auralsam2_core.remote import engine_from_env
 from auralsam2_plugins.cvat.config import CvatFunctionSettings
 from auralsam2_plugins.cvat.service import CvatFunctionService, connect
@@ -27,9 +27,9 @@ def init_context(context) -> None:
     api = connect(settings, lambda level, msg: getattr(
         context.logger, "warn" if level == "warning" else level)(f"auralsam2: {msg}"))
     context.logger.info("auralsam2: loading the model")
-    spec = ServedModel.from_env()
+    spec = ModelSpec.from_env()
     # AURALSAM2_SERVER_URL set: the shared model service runs the model, none is loaded here.
-    engine = engine_from_env(lambda: load_served_model(spec))
+    engine = engine_from_env(lambda: load_model(spec))
     context.user_data.service = CvatFunctionService(settings, engine, api=api,
                                                     logger=context.logger)
     where = getattr(engine, "url", None) or f"{spec.sam2_config} on {engine.model.device}"

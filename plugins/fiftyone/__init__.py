@@ -1,23 +1,16 @@
 """AuralSAM2 FiftyOne plugin ``@auralsam2/auralsam2``: pre-label sounding objects in videos.
 
-FiftyOne imports this file under a synthetic module name, so the plugin's code lives in the
-``auralsam2_fiftyone`` package next to it, put on ``sys.path`` here. It needs the
-``auralsam2`` package (``auralsam2_core``) installed in FiftyOne's Python environment.
+FiftyOne imports this file under a synthetic module name; the plugin's code is the
+``auralsam2_fiftyone`` package, installed with the ``auralsam2`` project
+(``pip install "auralsam2[fiftyone]"``) in FiftyOne's Python environment.
 """
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from auralsam2_fiftyone.operators import (  # noqa: E402
+from auralsam2_fiftyone.operators import (
     EvaluateSoundingObjects,
     PrelabelSoundingObjects,
     ReviewSoundingObjects,
 )
-from auralsam2_fiftyone.panel import SoundingObjectsSound  # noqa: E402
+from auralsam2_fiftyone.panel import SoundingObjectsSound
 
 # Registration order is the operator browser's order among equals (see operators.py): the
 # workflow's order. The panel is listed in the modal's panel menu, not in the browser.

@@ -29,7 +29,7 @@ from auralsam2_core.instances import connected_parts
 from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model import PointPrompt
-from auralsam2_core.model_env import ServedModel, load_served_model
+from auralsam2_core.model_spec import ModelSpec, load_model
 from auralsam2_core.remote import RemoteEngine, RemoteError, remote_from_env
 from auralsam2_core.results import (
     Hysteresis,
@@ -58,7 +58,7 @@ class TaskMedia:
 
 class Backend:
     def __init__(self, settings: LabelStudioBackendSettings,
-                 served: ServedModel | None = None, *, model=None,
+                 served: ModelSpec | None = None, *, model=None,
                  client: LabelStudioClient | None = None,
                  remote: RemoteEngine | None = None) -> None:
         from .training import FineTuner
@@ -66,7 +66,7 @@ class Backend:
         self.settings = settings
         # AURALSAM2_SERVER_URL set: the shared service runs the model; none is loaded here.
         self.remote = remote if remote is not None else remote_from_env()
-        self.served = served or ServedModel.from_env()
+        self.served = served or ModelSpec.from_env()
         self._model = model
         self._client = client
         self._model_lock = threading.Lock()
@@ -105,7 +105,7 @@ class Backend:
     def model(self):
         with self._model_lock:
             if self._model is None:
-                self._model = load_served_model(self.served)
+                self._model = load_model(self.served)
                 self.finetune.apply_current(self._model)
             return self._model
 

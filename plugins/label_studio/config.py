@@ -7,7 +7,7 @@ presigns). ``LABEL_STUDIO_API_KEY`` (or ``LABEL_STUDIO_API_KEY_FILE``) is kept o
 and never logged. ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` (or their ``_FILE`` forms; the
 names label-studio-ml-backend uses) are the HTTP Basic credentials Label Studio must send
 (Settings -> Model -> "Use basic authentication"). The model comes from the ``AURALSAM2_*``
-variables of :mod:`auralsam2_core.model_env`.
+variables of :mod:`auralsam2_core.model_spec`.
 """
 
 from __future__ import annotations

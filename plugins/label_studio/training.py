@@ -36,7 +36,7 @@ from .labelconfig import LabelConfigError, parse
 from .predictions import ls_frame
 
 if TYPE_CHECKING:
-    from auralsam2_core.model_env import ServedModel
+    from auralsam2_core.model_spec import ModelSpec
 
     from .backend import TaskMedia
     from .config import LabelStudioBackendSettings
@@ -126,7 +126,7 @@ class FineTuner:
     """
 
     def __init__(self, folder: Path, settings: LabelStudioBackendSettings,
-                 served: ServedModel, *, model: Callable[[], Any], run_lock: threading.Lock,
+                 served: ModelSpec, *, model: Callable[[], Any], run_lock: threading.Lock,
                  task_media: Callable[[dict, ProjectConfig], TaskMedia],
                  cached_results: Callable[[str], dict | None],
                  model_version: Callable[[], str], shared_service: bool) -> None:
@@ -338,23 +338,8 @@ class FineTuner:
     def train_spec(self, model):
         """The trainer's ModelSpec for the weights being served (starting from the current,
         possibly already fine-tuned, fuser)."""
-        from auralsam2_core.build import bundled_model_dir, bundled_model_info
         from auralsam2_core.checkpoint import save_state_dict
-        from auralsam2_core.train import ModelSpec
-        from auralsam2_core.weights import fetch
 
-        served = self.served
         current = self.dir / "current_fuser.safetensors"
         save_state_dict(model.fuser.state_dict(), current)
-        if served.sam2_config == "bundled":
-            info = bundled_model_info(verify=False)
-            return ModelSpec("demo", image_size=info["image_size"],
-                             fuser_config=info["fuser_config"],
-                             sam2_checkpoint=str(bundled_model_dir() / info["weights"]["sam2"]),
-                             fuser_checkpoint=str(current), mask_choice=info["mask_choice"])
-        return ModelSpec(served.sam2_config, image_size=served.image_size,
-                         fuser_config=json.loads(served.fuser_config)
-                         if served.fuser_config else None,
-                         sam2_checkpoint=str(fetch(served.sam2_checkpoint))
-                         if served.sam2_checkpoint else None,
-                         fuser_checkpoint=str(current), mask_choice=model.mask_choice)
+        return self.served.for_fine_tuning(current, mask_choice=model.mask_choice)

@@ -21,8 +21,6 @@ def prepare() -> None:
         if not os.environ.get("FIFTYONE_DATABASE_URI"):
             os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(
                 Path(tempfile.gettempdir()) / "auralsam2-fiftyone-test-db"))
-    if str(PLUGIN_DIR) not in sys.path:
-        sys.path.insert(0, str(PLUGIN_DIR))
 
 
 def plugins_dir(tmp: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from auralsam2_core.model_env import ServedModel
+from auralsam2_core.model_spec import ModelSpec
 from auralsam2_core.remote import RemoteEngine
 from auralsam2_service.app import create_app
 from auralsam2_service.config import ServiceSettings
@@ -54,7 +54,7 @@ class ServiceThread(UvicornThread):
         self.settings = ServiceSettings(token=TOKEN, media_roots=tuple(r.resolve()
                                                                        for r in roots),
                                         state_dir=state_dir, **settings)
-        self.service = JobService(self.settings, ServedModel(), model=model)
+        self.service = JobService(self.settings, ModelSpec(), model=model)
         super().__init__(create_app(self.service))
 
     def engine(self) -> RemoteEngine:

@@ -9,26 +9,41 @@ pre-label first.
 
 from __future__ import annotations
 
+import os
 import time
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from auralsam2_core.build import SAM2_CONFIGS
 from auralsam2_core.instances import DEFAULT_MIN_AREA
+from auralsam2_core.model_spec import DEFAULT_SAM2_CONFIG
 from auralsam2_core.remote import remote_from_env
 
 from .evaluate import evaluate_collection
 from .fields import conflicts, is_owned, prelabel_targets
 from .prelabel import PrelabelSettings, RunPlan, plan_run, prelabel_collection
 from .review import clips_by_priority, frames_by_priority, videos_by_priority
-from .spec import BUNDLED, ModelSpec, resolve_model
+from .spec import BUNDLED, resolve_model, spec_from_params
 from .timeline import frame_label
 
 #: Above this many frames to pre-label (known from metadata; a video without a frame count
 #: counts as this many) the App offers delegated execution first.
 LONG_RUN_FRAMES = 300
-SAM2_CONFIGS = ["sam2_hiera_l", "sam2_hiera_b+", "sam2_hiera_s", "sam2_hiera_t",
-                "sam2.1_hiera_l", "sam2.1_hiera_b+", "sam2.1_hiera_s", "sam2.1_hiera_t"]
+#: The shared service's address and token: the secrets fiftyone.yml declares, read from
+#: FiftyOne's secrets (Enterprise) or else the environment.
+SERVICE_SECRETS = ("AURALSAM2_SERVER_URL", "AURALSAM2_SERVER_TOKEN",
+                   "AURALSAM2_SERVER_TOKEN_FILE")
+
+
+def _service_env(ctx) -> dict[str, str]:
+    """The environment with the plugin's secrets from FiftyOne's store laid over it."""
+    env = dict(os.environ)
+    for key in SERVICE_SECRETS:
+        value = ctx.secret(key)
+        if value:
+            env[key] = value
+    return env
 
 
 def _choices(values: list[tuple[str, str]], **kwargs) -> types.RadioGroup:
@@ -186,7 +201,7 @@ class PrelabelSoundingObjects(foo.Operator):
                     view=_choices([(BUNDLED, "Bundled demo model"),
                                    ("checkpoints", "Released weights (paths)")]))
         if ctx.params.get("model") == "checkpoints":
-            inputs.enum("sam2_config", SAM2_CONFIGS, default="sam2_hiera_l",
+            inputs.enum("sam2_config", list(SAM2_CONFIGS), default=DEFAULT_SAM2_CONFIG,
                         label="SAM2 config", view=types.Dropdown())
             inputs.str("sam2_checkpoint", label="SAM2 checkpoint",
                        description="path (or weight registry name) of Meta's SAM2 .pt")
@@ -235,9 +250,10 @@ class PrelabelSoundingObjects(foo.Operator):
     def execute(self, ctx):
         params = ctx.params
         settings = _settings(params)
-        spec = ModelSpec.from_params(params)
+        spec = spec_from_params(params)
         # With AURALSAM2_SERVER_URL set, the shared service runs its model; none loads here.
-        model = remote_from_env() or resolve_model(spec, params.get("device") or "auto")
+        model = remote_from_env(_service_env(ctx)) or \
+            resolve_model(spec, params.get("device") or "auto")
         last = [0.0]
 
         def progress(fraction, label):
