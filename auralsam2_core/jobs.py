@@ -290,14 +290,16 @@ def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: Resu
                         prompts: Mapping[int, PointPrompt] | None = None,
                         on_frame: Callable[[int], None] | None = None,
                         hysteresis: Hysteresis | None = None,
-                        cache: FeatureCache | None = None) -> dict:
+                        cache: FeatureCache | None = None,
+                        on_record: Callable[[dict], None] | None = None) -> dict:
     """Run the engine on one video into ``writer`` and return the finished results document:
     the one loop behind ``auralsam2 prelabel``, the service's jobs and the adapters' caches.
 
     ``on_frame(n)`` is called after the n-th frame is written (with queries: all of its
-    objects); it may raise to give up (a
-    deadline). A run that fails or is given up leaves no partial file (a killed process
-    leaves one, which the next run replaces). ``cache``: see :func:`prelabel`."""
+    objects); it may raise to give up (a deadline). ``on_record(record)`` gets each frame
+    record as it is written, for adapters that stream results to waiting requests. A run that
+    fails or is given up leaves no partial file (a killed process leaves one, which the next
+    run replaces). ``cache``: see :func:`prelabel`."""
     opts = options or PrelabelOptions()
     info = probe_for(video, opts, info)
     video_block = video_record(info)  # the file as it was when the run started
@@ -307,7 +309,9 @@ def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: Resu
                                                  prompts=prompts, cache=cache)) as frames:
             n = 0
             for result in frames:
-                writer.add(result)
+                record = writer.add(result)
+                if on_record:
+                    on_record(record)
                 if result.query == last:
                     n += 1
                     if on_frame:

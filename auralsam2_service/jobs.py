@@ -29,11 +29,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from auralsam2_core.engine import NoAudioError
-from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model_env import ServedModel, load_served_model
-from auralsam2_core.remote import OPTION_KEYS, OptionsError, options_from_wire
+from auralsam2_core.remote import LocalEngine
 from auralsam2_core.results import ResultsWriter, read_results
+from auralsam2_core.wire import OptionsError, options_from_wire, options_record
 
 from .config import ServiceSettings
 
@@ -103,7 +103,8 @@ class Service:
                              "set: the service accepts only requests that carry it")
         self.settings = settings
         self.served = served or ServedModel.from_env()
-        self._model = model
+        # The model, loaded on first use (the worker's first job, or ``auralsam2 serve``).
+        self.engine = LocalEngine(model, load=lambda: load_served_model(self.served))
         self.dir = Path(settings.state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._owner_lock = own_state_dir(self.dir)  # before reading or writing any job
@@ -115,7 +116,6 @@ class Service:
         self.counters = {"submitted": 0, "done": 0, "failed": 0, "refused_full": 0,
                          "frames": 0, "retried": 0}
         self.seconds_running = 0.0
-        self._model_lock = threading.Lock()
         self._recover()
         if start_worker:
             self.start_worker()
@@ -131,10 +131,7 @@ class Service:
 
     @property
     def model(self):
-        with self._model_lock:  # building a SAM2 (hydra) is not thread-safe
-            if self._model is None:
-                self._model = load_served_model(self.served)
-            return self._model
+        return self.engine.model
 
     def model_version(self) -> str:
         return f"auralsam2-{self.served.identity()}"
@@ -270,8 +267,7 @@ class Service:
                     frame_size=info and (info.width, info.height))
             except OptionsError as e:
                 raise bad_options(e) from None
-            wire = {k: getattr(opts, k) for k in OPTION_KEYS}
-            job = Job(job_id, str(path), {**wire, "queries": list(opts.queries)},
+            job = Job(job_id, str(path), options_record(opts),
                       {str(k): p.as_dict() for k, p in prompts.items()})
             with self.cv:
                 self._refuse_when_full()  # filled while we downloaded
@@ -288,7 +284,7 @@ class Service:
     @property
     def variant(self) -> str:
         """The served model's variant ("avs" or "refavs"), known without loading it."""
-        return self._model.variant if self._model is not None else self.served.variant
+        return self.engine.model.variant if self.engine.loaded else self.served.variant
 
     def _check_variant(self, opts) -> None:
         if opts.queries and self.variant != "refavs":
@@ -321,7 +317,7 @@ class Service:
 
     def health(self) -> dict:
         return {"status": "UP", "model_version": self.model_version(),
-                "model_loaded": self._model is not None, "queued": len(self.queue),
+                "model_loaded": self.engine.loaded, "queued": len(self.queue),
                 "running": sum(j.status == "running" for j in self.jobs.values())}
 
     def metrics_text(self) -> str:
@@ -359,8 +355,8 @@ class Service:
                 job.frames_done = n
                 self.counters["frames"] += 1
 
-            doc = prelabel_to_results(self.model, job.video, writer, opts, info=info,
-                                      prompts=prompts, on_frame=progress)
+            doc = self.engine.to_results(job.video, writer, opts, info=info, prompts=prompts,
+                                         on_frame=progress)
             if not doc["summary"]["frames"]:  # a container that did not tell its length
                 writer.final.unlink(missing_ok=True)
                 raise MediaError(f"no frame from start_frame {opts.start_frame} on: the "

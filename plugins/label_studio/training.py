@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core import rle
-from auralsam2_core.results import FORMAT, FORMAT_VERSION, SOUNDING_LABEL, track
+from auralsam2_core.remote import RemoteEngine
+from auralsam2_core.results import targets_document, track
 
 from . import brush
 from .errors import BadRequest, TaskError, is_id
@@ -200,7 +201,7 @@ class FineTuner:
         pid = project["id"]
         if not isinstance(project.get("label_config") or "", str):
             raise BadRequest("'project.label_config' must be XML text")
-        if self.backend.remote is not None:
+        if isinstance(self.backend.engine, RemoteEngine):
             raise BadRequest("fine-tuning runs where the model is: this backend uses the shared "
                              "service (AURALSAM2_SERVER_URL); run `auralsam2 train --results` "
                              "there, or run the backend without AURALSAM2_SERVER_URL")
@@ -267,12 +268,8 @@ class FineTuner:
                 frames = video_targets(result, times, shape, cfg.framerate, predicted)
             if not frames:
                 continue
-            doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
-                   "video": {"path": str(media.video.resolve()), "name": media.video.name},
-                   "objects": [{"label": SOUNDING_LABEL, "query": None, "frames": frames,
-                                "intervals": []}]}
             path = out / f"{media.key}.json"
-            path.write_text(json.dumps(doc))
+            path.write_text(json.dumps(targets_document(media.video, frames)))
             files.append(path)
         return files
 
@@ -298,7 +295,7 @@ class FineTuner:
         cfg = TrainConfig(out=str(out / "run"), steps=s.train_steps, batch_size=1, lr=1e-4,
                           warmup_steps=max(1, s.train_steps // 10), checkpoint_every=10 ** 9,
                           progress=False, device=b.served.device)
-        with b.run_lock:  # the live model keeps serving until the swap below
+        with b.engine.turns:  # the live model keeps serving until the swap below
             res = train(cfg, dataset, self.train_spec(model),
                         on_step=lambda step, _l: self.job.update(step=step))
             load_into(model.fuser, read_state_dict(res.fuser), what="AuralFuser",

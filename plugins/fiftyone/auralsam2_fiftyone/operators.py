@@ -15,7 +15,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from auralsam2_core.instances import DEFAULT_MIN_AREA
-from auralsam2_core.remote import remote_from_env
+from auralsam2_core.remote import engine_from_env
 
 from .evaluate import evaluate_collection
 from .fields import conflicts, is_owned, prelabel_targets
@@ -237,7 +237,7 @@ class PrelabelSoundingObjects(foo.Operator):
         settings = _settings(params)
         spec = ModelSpec.from_params(params)
         # With AURALSAM2_SERVER_URL set, the shared service runs its model; none loads here.
-        model = remote_from_env() or resolve_model(spec, params.get("device") or "auto")
+        model = engine_from_env(lambda: resolve_model(spec, params.get("device") or "auto"))
         last = [0.0]
 
         def progress(fraction, label):
