@@ -35,6 +35,7 @@ from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
 from auralsam2_core.model_env import ServedModel  # noqa: E402
+from auralsam2_core.remote import RemoteEngine  # noqa: E402
 from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
 from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
@@ -555,7 +556,8 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
         assert out["model_version"] == local["model_version"] == srv.service.model_version()
         check_video_prediction(out["results"][0]["result"], engine,
                                b.settings.keyframe_tolerance)
-        assert b._model is None and srv.service.counters["done"] == 1
+        assert isinstance(b.engine, RemoteEngine) and not b.engine.loaded
+        assert srv.service.counters["done"] == 1
         with pytest.raises(Exception, match="fine-tuning runs where the model is"):
             b.webhook({"action": "START_TRAINING", "project": {"id": project["id"]}})
 
