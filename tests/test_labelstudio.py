@@ -547,7 +547,14 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
     work = tmp_path / "work"
     work.mkdir()
     task = ls_task(ls, project["task"])
-    local = make_backend(ls, tmp_path / "local", model).predict(predict_body([task]))
+    mine = make_backend(ls, tmp_path / "local", model)
+    local = mine.predict(predict_body([task]))
+    # A refinement from a box on frame 8: the service keeps the first pass's clips too
+    # (clip_origin travels in the wire options), so it answers as the local model does.
+    ctx = {"result": [{"type": "videorectangle", "from_name": "box", "to_name": "video",
+                       "value": {"sequence": [{"frame": 8, "x": 50, "y": 50, "width": 50,
+                                               "height": 50, "enabled": True}]}}]}
+    [refined] = mine.predict(predict_body([task], context=ctx))["results"]
     with se.ServiceThread(tmp_path / "service", [work], model=model) as srv:
         b = Backend(Settings(url=ls.url, api_key=lss.TOKEN, work_dir=work), ServedModel(),
                     remote=srv.engine())
@@ -558,6 +565,10 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
                                b.settings.keyframe_tolerance)
         assert isinstance(b.engine, RemoteEngine) and not b.engine.loaded
         assert srv.service.counters["done"] == 1
+        [r] = b.predict(predict_body([task], context=ctx))["results"]
+        assert r["result"] == refined["result"] and srv.service.counters["done"] == 2
+        assert srv.service.jobs[max(srv.service.jobs, key=lambda j: srv.service.jobs[j]
+                                    .created)].options["clip_origin"] == 0
         with pytest.raises(Exception, match="fine-tuning runs where the model is"):
             b.webhook({"action": "START_TRAINING", "project": {"id": project["id"]}})
 
