@@ -27,6 +27,7 @@ from .engine import PrelabelOptions, prelabel, probe_for
 from .feature_cache import FeatureCache
 from .media import MediaError, MediaInfo, file_problem, probe
 from .model import AuralSAM2, PointPrompt
+from .remote import LocalEngine
 from .results import (
     Hysteresis,
     OutputTaken,
@@ -163,7 +164,7 @@ def plan_outputs(out_dir: str | os.PathLike, videos: Sequence[Path],
     return plans
 
 
-def prelabel_videos(model: AuralSAM2 | Callable[[], AuralSAM2],
+def prelabel_videos(model: AuralSAM2 | LocalEngine | Callable[[], AuralSAM2],
                     videos: list[str | os.PathLike], out_dir: str | os.PathLike,
                     options: PrelabelOptions | None = None,
                     outputs: OutputOptions | None = None, *, progress: bool = True
@@ -172,8 +173,9 @@ def prelabel_videos(model: AuralSAM2 | Callable[[], AuralSAM2],
     per video, in order.
 
     A video that fails (missing, not a regular file, corrupt, no audio, its results name
-    busy...) is reported and the others still run. ``model`` may be a function that builds
-    it, called only when the first usable video comes up. :class:`OutputDirError` when
+    busy...) is reported and the others still run. ``model`` may be an engine
+    (:class:`~auralsam2_core.remote.LocalEngine`) or a function that builds the model, called
+    only when the first usable video comes up. :class:`OutputDirError` when
     ``out_dir`` cannot be written."""
     opts = options or PrelabelOptions()
     outs = outputs or OutputOptions()
@@ -189,7 +191,8 @@ def prelabel_videos(model: AuralSAM2 | Callable[[], AuralSAM2],
         else:
             usable.append(i)
     plans = plan_outputs(out, [paths[i] for i in usable])
-    built: list[AuralSAM2] = []
+    engine = model if isinstance(model, LocalEngine) else \
+        LocalEngine(model) if isinstance(model, AuralSAM2) else LocalEngine(load=model)
     for i, plan in zip(usable, plans, strict=True):
         if plan.error:
             print(f"auralsam2: {plan.video}: {plan.error}", file=sys.stderr)
@@ -199,9 +202,8 @@ def prelabel_videos(model: AuralSAM2 | Callable[[], AuralSAM2],
             outcomes[i] = VideoOutcome(plan.video, o.status, o.results, o.error,
                                        note="listed twice; labelled once")
         else:
-            if not built:
-                built.append(model if isinstance(model, AuralSAM2) else model())
-            outcomes[i] = prelabel_one(built[0], plan.video, ResultsWriter(out, plan.name),
+            _ = engine.model  # loaded here: a model that cannot load stops the run
+            outcomes[i] = prelabel_one(engine, plan.video, ResultsWriter(out, plan.name),
                                        opts, outs, progress)
     return outcomes
 
@@ -212,21 +214,22 @@ def outcome_line(o: VideoOutcome) -> str:
     return f"{o.status:8s} {o.video}  {detail}" + (f"  ({o.note})" if o.note else "")
 
 
-def prelabel_one(model: AuralSAM2, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
-                 outs: OutputOptions, progress: bool = True) -> VideoOutcome:
+def prelabel_one(engine: LocalEngine, path: Path, writer: ResultsWriter,
+                 opts: PrelabelOptions, outs: OutputOptions, progress: bool = True
+                 ) -> VideoOutcome:
     """One video of :func:`prelabel_videos`, public so that batch runners (Ray workers) write
     exactly the same files. Holds the name's lock throughout; reuses up-to-date results;
     a failure is reported rather than raised."""
     try:
         with writer.lock():
-            return _prelabel_locked(model, path, writer, opts, outs, progress)
+            return _prelabel_locked(engine, path, writer, opts, outs, progress)
     except (MediaError, ValueError, RuntimeError, OSError) as e:  # incl. OutputBusy/Taken
         msg = _os_message(e) if isinstance(e, OSError) else str(e)
         print(f"auralsam2: {path}: {msg}", file=sys.stderr)
         return VideoOutcome(path, "failed", error=msg)
 
 
-def _prelabel_locked(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
+def _prelabel_locked(engine: LocalEngine, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
                      outs: OutputOptions, progress: bool) -> VideoOutcome:
     info = probe(path, audio_track=opts.audio_track)
     existing = writer.existing()
@@ -238,11 +241,11 @@ def _prelabel_locked(model, path: Path, writer: ResultsWriter, opts: PrelabelOpt
             raise OutputTaken(f"{writer.final} holds the results of {owner}; not "
                               "overwriting them")
         reason = "--overwrite" if outs.overwrite else why_stale(
-            existing, video, model_record(model.meta, opts))
+            existing, video, model_record(engine.meta, opts))
         if reason is None:
             return _reuse(path, existing, writer, outs)
         note = f"redone: {reason}"
-    doc = _run_one(model, path, writer, opts, outs, progress, info)
+    doc = _run_one(engine, path, writer, opts, outs, progress, info)
     try:
         _render(path, doc, writer, outs)
     except (MediaError, ValueError, RuntimeError, OSError) as e:  # results are kept
@@ -271,7 +274,7 @@ def _reuse(path: Path, doc: dict, writer: ResultsWriter, outs: OutputOptions) ->
     return VideoOutcome(path, status, writer.final, note="; ".join(notes))
 
 
-def _run_one(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
+def _run_one(engine: LocalEngine, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
              outs: OutputOptions, progress: bool, info: MediaInfo) -> dict:
     total = None
     if info.num_frames:
@@ -279,9 +282,8 @@ def _run_one(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
     bar = tqdm(total=total, unit="frame", desc=path.name, disable=not progress,
                dynamic_ncols=True, leave=True)
     with bar:
-        return prelabel_to_results(model, path, writer, opts, info=info,
-                                   on_frame=lambda _n: bar.update(1),
-                                   hysteresis=outs.hysteresis)
+        return engine.to_results(path, writer, opts, info=info,
+                                 on_frame=lambda _n: bar.update(1), hysteresis=outs.hysteresis)
 
 
 def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: ResultsWriter,

@@ -28,7 +28,7 @@ from .engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
 from .env import secret
 from .media import MediaError
 from .model import PointPrompt
-from .results import frame_records, frame_results
+from .results import frame_records, frame_results, intervals_stale, with_intervals
 from .wire import options_to_wire
 
 
@@ -201,14 +201,16 @@ class RemoteEngine:
     def to_results(self, video, writer, options: PrelabelOptions | None = None, *, info=None,
                    prompts: Mapping[int, PointPrompt] | None = None, on_frame=None,
                    on_record: Callable[[dict], None] | None = None, cache=None,
-                   deadline: float | None = None) -> dict | None:
+                   deadline: float | None = None, hysteresis=None) -> dict | None:
         """The service's results document stored through ``writer`` (None, and nothing
-        stored, when the monotonic ``deadline`` passes first). The frames arrive at once at
-        the end: ``on_record`` then gets each; ``on_frame`` is not called (no frame is
-        written here while the service runs)."""
+        stored, when the monotonic ``deadline`` passes first), its intervals recomputed for
+        another ``hysteresis``. The frames arrive at once at the end: ``on_record`` then gets
+        each; ``on_frame`` is not called (no frame is written here while the service runs)."""
         doc = self.document(video, options, prompts=prompts, deadline=deadline)
         if doc is None:
             return None
+        if hysteresis is not None and intervals_stale(doc, hysteresis):
+            doc = with_intervals(doc, hysteresis)
         writer.replace_final(doc)
         if on_record:
             for record in frame_records(doc):
@@ -266,7 +268,7 @@ class LocalEngine:
                    prompts: Mapping[int, PointPrompt] | None = None,
                    on_frame: Callable[[int], None] | None = None,
                    on_record: Callable[[dict], None] | None = None, cache=None,
-                   deadline: float | None = None) -> dict:
+                   deadline: float | None = None, hysteresis=None) -> dict:
         """The results loop (:func:`auralsam2_core.jobs.prelabel_to_results`) into
         ``writer``; the caller holds :attr:`turns` when the model is shared. ``deadline`` is
         the caller's to enforce (``on_frame`` may raise)."""
@@ -274,7 +276,7 @@ class LocalEngine:
 
         return prelabel_to_results(self.model, video, writer, options, info=info,
                                    prompts=prompts, on_frame=on_frame, on_record=on_record,
-                                   cache=cache)
+                                   cache=cache, hysteresis=hysteresis)
 
 
 def as_engine(model_or_engine) -> RemoteEngine | LocalEngine:
