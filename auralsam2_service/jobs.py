@@ -74,6 +74,11 @@ def own_state_dir(state_dir: Path):
     return fh
 
 
+def job_results(state_dir: Path, job_id: str) -> ResultsWriter:
+    """The results files of a job in a state directory."""
+    return ResultsWriter(state_dir / "results", job_id)
+
+
 @dataclass
 class Job:
     id: str
@@ -313,7 +318,7 @@ class Service:
         if job.status != "done":
             raise Refused(409, f"job {job_id} is {job.status}"
                                + (f": {job.error}" if job.error else ""))
-        return read_results(self.dir / "results" / f"{job.id}.json")
+        return read_results(job_results(self.dir, job.id).final)
 
     def health(self) -> dict:
         return {"status": "UP", "model_version": self.model_version(),
@@ -342,7 +347,7 @@ class Service:
         job.status, job.attempts, job.frames_done = "running", job.attempts + 1, 0
         self._save(job)
         started = time.perf_counter()
-        writer = ResultsWriter(self.dir / "results", job.id)
+        writer = job_results(self.dir, job.id)
         try:
             info = probe(job.video)
             opts, prompts = options_from_wire(

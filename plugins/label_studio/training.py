@@ -25,7 +25,7 @@ import numpy as np
 
 from auralsam2_core import rle
 from auralsam2_core.remote import RemoteEngine
-from auralsam2_core.results import targets_document, track
+from auralsam2_core.results import ResultsWriter, targets_document, track
 
 from . import brush
 from .errors import BadRequest, TaskError, is_id
@@ -268,7 +268,7 @@ class FineTuner:
                 frames = video_targets(result, times, shape, cfg.framerate, predicted)
             if not frames:
                 continue
-            path = out / f"{media.key}.json"
+            path = ResultsWriter(out, media.key).final
             path.write_text(json.dumps(targets_document(media.video, frames)))
             files.append(path)
         return files
