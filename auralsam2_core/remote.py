@@ -80,6 +80,25 @@ class ModelTurns:
         self.release()
 
 
+def start_worker(name: str, cv: threading.Condition, take: Callable[[], object | None],
+                 run: Callable[[object], None]) -> threading.Thread:
+    """The daemon thread that feeds queued work to an engine, one item at a time: under
+    ``cv`` it waits until ``take()`` gives an item (None: nothing queued; whoever queues
+    notifies ``cv``), then calls ``run(item)`` outside the lock. ``run`` reports its own
+    failures: the thread must outlive them."""
+
+    def loop() -> None:
+        while True:
+            with cv:
+                while (item := take()) is None:
+                    cv.wait()
+            run(item)
+
+    thread = threading.Thread(target=loop, daemon=True, name=name)
+    thread.start()
+    return thread
+
+
 class _NoTurns:
     """The remote engine's turns: the service queues the jobs, nothing to wait for here."""
 

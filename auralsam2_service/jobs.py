@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from auralsam2_core.engine import NoAudioError
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model_env import ServedModel, load_served_model
-from auralsam2_core.remote import LocalEngine
+from auralsam2_core.remote import LocalEngine, start_worker
 from auralsam2_core.results import ResultsWriter, read_results
 from auralsam2_core.wire import OptionsError, options_from_wire, options_record
 
@@ -126,7 +126,9 @@ class Service:
             self.start_worker()
 
     def start_worker(self) -> None:
-        threading.Thread(target=self._work, daemon=True, name="auralsam2-worker").start()
+        start_worker("auralsam2-worker", self.cv,
+                     lambda: self.jobs[self.queue.popleft()] if self.queue else None,
+                     self.run_job)
 
     def close(self) -> None:
         """Give up the state directory (the process exiting does the same)."""
@@ -334,14 +336,6 @@ class Service:
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ the worker
-
-    def _work(self) -> None:
-        while True:
-            with self.cv:
-                while not self.queue:
-                    self.cv.wait()
-                job = self.jobs[self.queue.popleft()]
-            self.run_job(job)
 
     def run_job(self, job: Job) -> None:
         job.status, job.attempts, job.frames_done = "running", job.attempts + 1, 0

@@ -14,7 +14,12 @@ pytest.importorskip("uvicorn")
 
 from auralsam2_core.engine import PrelabelOptions  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
-from auralsam2_core.remote import LocalEngine, ModelTurns, engine_from_env  # noqa: E402
+from auralsam2_core.remote import (  # noqa: E402
+    LocalEngine,
+    ModelTurns,
+    engine_from_env,
+    start_worker,
+)
 from auralsam2_core.results import (  # noqa: E402
     ResultsWriter,
     frame_records,
@@ -133,3 +138,23 @@ def test_the_service_through_the_same_calls(bundled_model, clip, tmp_path):
     other = local.document(clip, unaligned, prompts=box)
     assert any(not np.array_equal(a.mask, b.mask) or a.sounding_prob != b.sounding_prob
                for a, b in zip(frame_results(other), frame_results(mine), strict=True))
+
+
+def test_the_worker_thread_runs_queued_items_in_order_and_waits_for_more():
+    cv, queue, done = threading.Condition(), [], []
+    finished = threading.Event()
+
+    def run(item):
+        done.append((item, threading.current_thread().name))
+        if len(done) == 3:
+            finished.set()
+
+    with cv:
+        queue += ["a", "b"]
+    start_worker("test-worker", cv, lambda: queue.pop(0) if queue else None, run)
+    time.sleep(0.2)  # drains the queue, then waits on cv
+    with cv:
+        queue.append("c")
+        cv.notify()
+    assert finished.wait(5)
+    assert done == [("a", "test-worker"), ("b", "test-worker"), ("c", "test-worker")]

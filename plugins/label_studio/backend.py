@@ -28,7 +28,13 @@ from auralsam2_core.instances import connected_parts
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model import PointPrompt
 from auralsam2_core.model_env import ServedModel, load_served_model
-from auralsam2_core.remote import LocalEngine, RemoteEngine, RemoteError, remote_from_env
+from auralsam2_core.remote import (
+    LocalEngine,
+    RemoteEngine,
+    RemoteError,
+    remote_from_env,
+    start_worker,
+)
 from auralsam2_core.results import (
     Hysteresis,
     ResultsWriter,
@@ -78,8 +84,9 @@ class Backend:
         self.finetune = FineTuner(self)
         self._queue: dict[str, dict] = {}  # background pre-labelling, by media key
         self._queue_cv = threading.Condition()
-        threading.Thread(target=self._background, daemon=True,
-                         name="auralsam2-ls-background").start()
+        start_worker("auralsam2-ls-background", self._queue_cv,
+                     lambda: next(((k, q["media"]) for k, q in self._queue.items()), None),
+                     self._background)
 
     # ------------------------------------------------------------------ model
 
@@ -382,23 +389,19 @@ class Backend:
             self._queue.setdefault(media.key, {"media": media})
             self._queue_cv.notify()
 
-    def _background(self) -> None:
-        while True:
+    def _background(self, item: tuple[str, TaskMedia]) -> None:
+        """One queued video (it stays queued, so not queued twice, until done)."""
+        key, media = item
+        try:
+            if self.cached(key) is None:
+                self.compute(media)
+            self.stats["background_done"] += 1
+        except Exception as e:  # noqa: BLE001 - logged, the queue goes on
+            _log.warning("background pre-labelling of %s failed: %s", key, e)
+            self.stats["background_failed"] += 1
+        finally:
             with self._queue_cv:
-                while not self._queue:
-                    self._queue_cv.wait()
-                key = next(iter(self._queue))
-                media = self._queue[key]["media"]
-            try:
-                if self.cached(key) is None:
-                    self.compute(media)
-                self.stats["background_done"] += 1
-            except Exception as e:  # noqa: BLE001 - logged, the queue goes on
-                _log.warning("background pre-labelling of %s failed: %s", key, e)
-                self.stats["background_failed"] += 1
-            finally:
-                with self._queue_cv:
-                    self._queue.pop(key, None)
+                self._queue.pop(key, None)
 
 
 def _number(value, what: str) -> float:
