@@ -27,6 +27,7 @@ from .engine import PrelabelOptions, prelabel, probe_for
 from .feature_cache import FeatureCache
 from .media import MediaError, MediaInfo, file_problem, probe
 from .model import AuralSAM2, PointPrompt
+from .remote import LocalEngine
 from .results import (
     Hysteresis,
     OutputTaken,
@@ -164,7 +165,7 @@ def plan_outputs(out_dir: str | os.PathLike, videos: Sequence[Path],
     return plans
 
 
-def prelabel_videos(model: AuralSAM2 | Callable[[], AuralSAM2],
+def prelabel_videos(model: AuralSAM2 | LocalEngine | Callable[[], AuralSAM2],
                     videos: list[str | os.PathLike], out_dir: str | os.PathLike,
                     options: PrelabelOptions | None = None,
                     outputs: OutputOptions | None = None, *, progress: bool = True
@@ -173,8 +174,9 @@ def prelabel_videos(model: AuralSAM2 | Callable[[], AuralSAM2],
     per video, in order.
 
     A video that fails (missing, not a regular file, corrupt, no audio, its results name
-    busy...) is reported and the others still run. ``model`` may be a function that builds
-    it, called only when the first usable video comes up. :class:`OutputDirError` when
+    busy...) is reported and the others still run. ``model`` may be an engine
+    (:class:`~auralsam2_core.remote.LocalEngine`) or a function that builds the model, called
+    only when the first usable video comes up. :class:`OutputDirError` when
     ``out_dir`` cannot be written."""
     opts = options or PrelabelOptions()
     outs = outputs or OutputOptions()
@@ -190,7 +192,8 @@ def prelabel_videos(model: AuralSAM2 | Callable[[], AuralSAM2],
         else:
             usable.append(i)
     plans = plan_outputs(out, [paths[i] for i in usable])
-    built: list[AuralSAM2] = []
+    engine = model if isinstance(model, LocalEngine) else \
+        LocalEngine(model) if isinstance(model, AuralSAM2) else LocalEngine(load=model)
     for i, plan in zip(usable, plans, strict=True):
         if plan.error:
             print(f"auralsam2: {plan.video}: {plan.error}", file=sys.stderr)
@@ -200,9 +203,8 @@ def prelabel_videos(model: AuralSAM2 | Callable[[], AuralSAM2],
             outcomes[i] = VideoOutcome(plan.video, o.status, o.results, o.error,
                                        note="listed twice; labelled once")
         else:
-            if not built:
-                built.append(model if isinstance(model, AuralSAM2) else model())
-            outcomes[i] = prelabel_one(built[0], plan.video, ResultsWriter(out, plan.name),
+            _ = engine.model  # loaded here: a model that cannot load stops the run
+            outcomes[i] = prelabel_one(engine, plan.video, ResultsWriter(out, plan.name),
                                        opts, outs, progress)
     return outcomes
 
@@ -213,21 +215,22 @@ def outcome_line(o: VideoOutcome) -> str:
     return f"{o.status:8s} {o.video}  {detail}" + (f"  ({o.note})" if o.note else "")
 
 
-def prelabel_one(model: AuralSAM2, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
-                 outs: OutputOptions, progress: bool = True) -> VideoOutcome:
+def prelabel_one(engine: LocalEngine, path: Path, writer: ResultsWriter,
+                 opts: PrelabelOptions, outs: OutputOptions, progress: bool = True
+                 ) -> VideoOutcome:
     """One video of :func:`prelabel_videos`, public so that batch runners (Ray workers) write
     exactly the same files. Holds the name's lock throughout; reuses up-to-date results;
     a failure is reported rather than raised."""
     try:
         with writer.lock():
-            return _prelabel_locked(model, path, writer, opts, outs, progress)
+            return _prelabel_locked(engine, path, writer, opts, outs, progress)
     except (MediaError, ValueError, RuntimeError, OSError) as e:  # incl. OutputBusy/Taken
         msg = _os_message(e) if isinstance(e, OSError) else str(e)
         print(f"auralsam2: {path}: {msg}", file=sys.stderr)
         return VideoOutcome(path, "failed", error=msg)
 
 
-def _prelabel_locked(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
+def _prelabel_locked(engine: LocalEngine, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
                      outs: OutputOptions, progress: bool) -> VideoOutcome:
     info = probe(path, audio_track=opts.audio_track)
     existing = writer.existing()
@@ -239,11 +242,11 @@ def _prelabel_locked(model, path: Path, writer: ResultsWriter, opts: PrelabelOpt
             raise OutputTaken(f"{writer.final} holds the results of {owner}; not "
                               "overwriting them")
         reason = "--overwrite" if outs.overwrite else why_stale(
-            existing, video, model_record(model.meta, opts))
+            existing, video, model_record(engine.meta, opts))
         if reason is None:
             return _reuse(path, existing, writer, outs)
         note = f"redone: {reason}"
-    doc = _run_one(model, path, writer, opts, outs, progress, info)
+    doc = _run_one(engine, path, writer, opts, outs, progress, info)
     try:
         _render(path, doc, writer, outs)
     except (MediaError, ValueError, RuntimeError, OSError) as e:  # results are kept
@@ -272,7 +275,7 @@ def _reuse(path: Path, doc: dict, writer: ResultsWriter, outs: OutputOptions) ->
     return VideoOutcome(path, status, writer.final, note="; ".join(notes))
 
 
-def _run_one(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
+def _run_one(engine: LocalEngine, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
              outs: OutputOptions, progress: bool, info: MediaInfo) -> dict:
     total = None
     if info.num_frames:
@@ -280,9 +283,8 @@ def _run_one(model, path: Path, writer: ResultsWriter, opts: PrelabelOptions,
     bar = tqdm(total=total, unit="frame", desc=path.name, disable=not progress,
                dynamic_ncols=True, leave=True)
     with bar:
-        return prelabel_to_results(model, path, writer, opts, info=info,
-                                   on_frame=lambda _n: bar.update(1),
-                                   hysteresis=outs.hysteresis)
+        return engine.to_results(path, writer, opts, info=info,
+                                 on_frame=lambda _n: bar.update(1), hysteresis=outs.hysteresis)
 
 
 def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: ResultsWriter,
@@ -291,14 +293,16 @@ def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: Resu
                         prompts: Mapping[int, PointPrompt] | None = None,
                         on_frame: Callable[[int], None] | None = None,
                         hysteresis: Hysteresis | None = None,
-                        cache: FeatureCache | None = None) -> dict:
+                        cache: FeatureCache | None = None,
+                        on_record: Callable[[dict], None] | None = None) -> dict:
     """Run the engine on one video into ``writer`` and return the finished results document:
     the one loop behind ``auralsam2 prelabel``, the service's jobs and the adapters' caches.
 
     ``on_frame(n)`` is called after the n-th frame is written (with queries: all of its
-    objects); it may raise to give up (a
-    deadline). A run that fails or is given up leaves no partial file (a killed process
-    leaves one, which the next run replaces). ``cache``: see :func:`prelabel`."""
+    objects); it may raise to give up (a deadline). ``on_record(record)`` gets each frame
+    record as it is written, for adapters that stream results to waiting requests. A run that
+    fails or is given up leaves no partial file (a killed process leaves one, which the next
+    run replaces). ``cache``: see :func:`prelabel`."""
     opts = options or PrelabelOptions()
     info = probe_for(video, opts, info)
     video_block = video_record(info)  # the file as it was when the run started
@@ -308,7 +312,9 @@ def prelabel_to_results(model: AuralSAM2, video: str | os.PathLike, writer: Resu
                                                  prompts=prompts, cache=cache)) as frames:
             n = 0
             for result in frames:
-                writer.add(result)
+                record = writer.add(result)
+                if on_record:
+                    on_record(record)
                 if result.query == last:
                     n += 1
                     if on_frame:

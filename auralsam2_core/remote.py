@@ -1,160 +1,122 @@
-"""Client of the shared model service (``auralsam2 serve``), and the switch every adapter uses.
+"""One engine interface for every caller (adapters, the shared service, batch), local or remote.
 
 With ``AURALSAM2_SERVER_URL`` set (and ``AURALSAM2_SERVER_TOKEN`` or ``_TOKEN_FILE``),
 :func:`engine_from_env` gives a :class:`RemoteEngine`: videos are submitted to the service and
-the adapter never loads a model. Otherwise it gives a :class:`LocalEngine` around the model the
-adapter would have loaded. Both offer ``frames(video, options, ...)`` yielding
-:class:`~auralsam2_core.engine.FrameResult` and ``document(...)`` returning the results
-document; the remote one rebuilds frames from the service's results file, so its numbers are
-those of the results format (probabilities rounded to 5 decimals; masks identical).
+the adapter never loads a model. Otherwise it gives a :class:`LocalEngine`: the model in this
+process, loaded on first use (thread-safe) and shared in turns (:class:`ModelTurns`). Both
+offer ``frames(video, options, ...)`` yielding :class:`~auralsam2_core.engine.FrameResult`,
+``document(...)`` returning the results document and ``to_results(video, writer, ...)`` writing
+it through a :class:`~auralsam2_core.results.ResultsWriter`; the remote one rebuilds frames
+from the service's results file, so its numbers are those of the results format
+(probabilities rounded to 5 decimals; masks identical). The options travel in the wire format
+of :mod:`auralsam2_core.wire`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict
 from pathlib import Path
 
-from . import rle
-from .engine import FrameResult, NoAudioError, PrelabelOptions, check_queries, prelabel
+from .engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
 from .env import secret
 from .media import MediaError
 from .model import PointPrompt
-
-OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame", "audio_track",
-               "queries")
-MAX_CLIP_LEN = 64  # frames the fuser sees at once: memory grows with it (the authors' T = 5)
-#: Prompted frames per job: each becomes a SAM2 conditioning frame, kept for the whole video.
-MAX_PROMPTED_FRAMES = 64
-_FRAME_KEY = re.compile(r"0|[1-9][0-9]{0,11}")  # a decimal frame index, as JSON object keys
+from .results import frame_records, frame_results, intervals_stale, with_intervals
+from .wire import options_to_wire
 
 
-class OptionsError(ValueError):
-    """Job options the wire format does not allow; ``field`` names the bad one."""
+class ModelTurns:
+    """One model shared by every thread that runs it: a run holds it (between frames it may
+    :meth:`pass_turn`), and the caller waiting longest goes next (a plain lock may hand it
+    straight back to the same thread, starving a second caller, e.g. a second CVAT task)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: deque[object] = deque()
+        self._busy = False
 
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait for the model (up to ``timeout`` seconds; None: as long as it takes)."""
+        ticket = object()
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._waiting.append(ticket)
+            while self._busy or self._waiting[0] is not ticket:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    self._waiting.remove(ticket)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(left)
+            self._waiting.popleft()
+            self._busy = True
+            return True
 
-def _show(value) -> str:
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= 40 else text[:37] + "..."
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
+    def pass_turn(self) -> None:
+        """Between two frames: let a waiting caller have the model first."""
+        with self._cond:
+            if not self._waiting:
+                return
+        self.release()
+        self.acquire()
 
-def _count(raw: Mapping, key: str, default: int | None, minimum: int) -> int | None:
-    value = raw.get(key, default)
-    if value is None and default is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise OptionsError(f"options.{key}", f"must be an integer >= {minimum}, got "
-                                             f"{_show(value)}")
-    return value
+    def __enter__(self) -> ModelTurns:
+        self.acquire()
+        return self
 
-
-def options_from_wire(raw, *, num_frames: int | None = None,
-                      frame_size: tuple[int, int] | None = None
-                      ) -> tuple[PrelabelOptions, dict[int, PointPrompt]]:
-    """(engine options, prompts by frame) from a job's ``options`` object, checked strictly
-    (:class:`OptionsError` naming the field): integers are integers (not 1.5, not true),
-    ranges hold, prompts are bounded, and once the video is known (``num_frames``, display
-    ``frame_size`` = (width, height)) every frame index and point lies inside it. The one
-    check behind the service, its client and every job file read back."""
-    if not isinstance(raw, Mapping):
-        raise OptionsError("options", "must be an object")
-    unknown = set(raw) - set(OPTION_KEYS) - {"prompts"}
-    if unknown:
-        raise OptionsError(f"options.{sorted(map(str, unknown))[0]}",
-                           f"unknown option; known: {[*OPTION_KEYS, 'prompts']}")
-    queries = raw.get("queries", [])
-    if not isinstance(queries, list):
-        raise OptionsError("options.queries", f"must be a list of strings, got "
-                                              f"{_show(queries)}")
-    try:
-        queries = check_queries(queries)
-    except ValueError as e:
-        raise OptionsError("options.queries", str(e)) from None
-    clip_len = _count(raw, "clip_len", PrelabelOptions(queries=queries).clip_len, 1)
-    if clip_len > MAX_CLIP_LEN:
-        raise OptionsError("options.clip_len", f"must be at most {MAX_CLIP_LEN}, got {clip_len}")
-    stride = _count(raw, "stride", PrelabelOptions.stride, 1)
-    start = _count(raw, "start_frame", 0, 0)
-    stop = _count(raw, "stop_frame", None, start + 1)
-    no_audio = raw.get("no_audio", PrelabelOptions.no_audio)
-    if no_audio not in ("error", "silent") or not isinstance(no_audio, str):
-        raise OptionsError("options.no_audio", f'must be "error" or "silent", got '
-                                               f"{_show(no_audio)}")
-    audio_track = _count(raw, "audio_track", None, 0)
-    if num_frames:
-        if start >= num_frames:
-            raise OptionsError("options.start_frame", f"{start} is past the end of the video "
-                                                      f"({num_frames} frames)")
-        if stop is not None and stop > num_frames:
-            raise OptionsError("options.stop_frame", f"{stop} is past the end of the video "
-                                                     f"({num_frames} frames)")
-    prompts = _prompts_from_wire(raw.get("prompts"), start, stop, stride, num_frames,
-                                 frame_size)
-    if prompts and queries:
-        raise OptionsError("options.prompts", "prompts cannot be combined with queries (a "
-                                              "prompt marks one object; each query is a track)")
-    opts = PrelabelOptions(clip_len=clip_len, stride=stride, no_audio=no_audio,
-                           start_frame=start, stop_frame=stop, audio_track=audio_track,
-                           queries=queries)
-    return opts, prompts
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
-def _prompts_from_wire(raw, start: int, stop: int | None, stride: int,
-                       num_frames: int | None, frame_size: tuple[int, int] | None
-                       ) -> dict[int, PointPrompt]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise OptionsError("options.prompts", 'must be an object {"<frame>": {"coords": '
-                                              '[[x, y], ...], "labels": [...]}}')
-    if len(raw) > MAX_PROMPTED_FRAMES:
-        raise OptionsError("options.prompts", f"at most {MAX_PROMPTED_FRAMES} prompted "
-                                              f"frames per job, got {len(raw)}")
-    prompts = {}
-    for key, value in raw.items():
-        field = f"options.prompts.{str(key)[:20]}"
-        if not isinstance(key, str) or not _FRAME_KEY.fullmatch(key):
-            raise OptionsError(field, "prompt keys are frame indices (0-based decimals)")
-        frame = int(key)
-        ends = [n for n in (stop, num_frames) if n]
-        if frame < start or (ends and frame >= min(ends)) or (frame - start) % stride:
-            raise OptionsError(field, f"frame {frame} is not among the frames being labelled "
-                                      f"(start_frame {start}, stop_frame {stop}, stride "
-                                      f"{stride}" + (f", {num_frames} frames" if num_frames
-                                                     else "") + ")")
-        try:
-            prompt = PointPrompt.from_dict(value)
-        except ValueError as e:
-            raise OptionsError(field, str(e)) from None
-        if frame_size is not None:
-            w, h = frame_size
-            outside = next(((x, y) for x, y in prompt.coords
-                            if not (0 <= x <= w and 0 <= y <= h)), None)
-            if outside is not None:
-                raise OptionsError(field, f"point {outside} is outside the {w}x{h} frame")
-        prompts[frame] = prompt
-    return prompts
+def start_worker(name: str, cv: threading.Condition, take: Callable[[], object | None],
+                 run: Callable[[object], None]) -> threading.Thread:
+    """The daemon thread that feeds queued work to an engine, one item at a time: under
+    ``cv`` it waits until ``take()`` gives an item (None: nothing queued; whoever queues
+    notifies ``cv``), then calls ``run(item)`` outside the lock. ``run`` reports its own
+    failures: the thread must outlive them."""
+
+    def loop() -> None:
+        while True:
+            with cv:
+                while (item := take()) is None:
+                    cv.wait()
+            run(item)
+
+    thread = threading.Thread(target=loop, daemon=True, name=name)
+    thread.start()
+    return thread
 
 
-def options_to_wire(options: PrelabelOptions | None = None,
-                    prompts: Mapping[int, PointPrompt] | None = None) -> dict:
-    """The ``options`` object of a job request, checked as the service will check it."""
-    opts = options or PrelabelOptions()
-    wire = {**{k: list(v) if k == "queries" else v for k, v in asdict(opts).items()
-               if k in OPTION_KEYS},
-            "prompts": {str(k): p.as_dict() for k, p in (prompts or {}).items()}}
-    options_from_wire(wire)
-    return wire
+class _NoTurns:
+    """The remote engine's turns: the service queues the jobs, nothing to wait for here."""
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+    def pass_turn(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoTurns:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
 
 
 class RemoteError(RuntimeError):
@@ -163,20 +125,12 @@ class RemoteError(RuntimeError):
         self.status = status
 
 
-def frame_results(doc: dict) -> Iterator[FrameResult]:
-    """FrameResults rebuilt from a results document, in the engine's order (per frame, one
-    per object)."""
-    from .results import objects
-
-    objs = objects(doc)
-    for recs in zip(*(o["frames"] for o in objs), strict=True):
-        for o, f in zip(objs, recs, strict=True):
-            yield FrameResult(f["index"], f["time"], rle.decode(f["mask"]), f["sounding_prob"],
-                              f["predicted_iou"], f["mask_score"], f["review_priority"],
-                              o["query"])
-
-
 class RemoteEngine:
+    """The shared service (``auralsam2 serve``) as an engine."""
+
+    turns = _NoTurns()
+    loaded = False  # no model in this process
+
     def __init__(self, url: str, token: str, *, poll: float = 0.5, timeout: float = 30.0,
                  busy_retries: int = 60) -> None:
         self.url, self.poll, self.timeout = url.rstrip("/"), poll, timeout
@@ -263,12 +217,52 @@ class RemoteEngine:
         yield from frame_results(self.document(video, options, prompts=prompts,
                                                on_progress=on_progress))
 
+    def to_results(self, video, writer, options: PrelabelOptions | None = None, *, info=None,
+                   prompts: Mapping[int, PointPrompt] | None = None, on_frame=None,
+                   on_record: Callable[[dict], None] | None = None, cache=None,
+                   deadline: float | None = None, hysteresis=None) -> dict | None:
+        """The service's results document stored through ``writer`` (None, and nothing
+        stored, when the monotonic ``deadline`` passes first), its intervals recomputed for
+        another ``hysteresis``. The frames arrive at once at the end: ``on_record`` then gets
+        each; ``on_frame`` is not called (no frame is written here while the service runs)."""
+        doc = self.document(video, options, prompts=prompts, deadline=deadline)
+        if doc is None:
+            return None
+        if hysteresis is not None and intervals_stale(doc, hysteresis):
+            doc = with_intervals(doc, hysteresis)
+        writer.replace_final(doc)
+        if on_record:
+            for record in frame_records(doc):
+                on_record(record)
+        return doc
+
 
 class LocalEngine:
-    """The same interface around a model in this process."""
+    """The same interface around the model in this process: given, or built by ``load`` on
+    first use (once, under a lock: building a SAM2 with hydra is not thread-safe; ``on_load``
+    then sees it first, e.g. to apply fine-tuned weights). Runs take :attr:`turns`."""
 
-    def __init__(self, model) -> None:
-        self.model = model
+    def __init__(self, model=None, *, load: Callable[[], object] | None = None,
+                 on_load: Callable[[object], None] | None = None) -> None:
+        if model is None and load is None:
+            raise TypeError("LocalEngine needs a model or a function that loads one")
+        self._model, self._load, self._on_load = model, load, on_load
+        self._load_lock = threading.Lock()
+        self.turns = ModelTurns()  # one run at a time, in turns
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self):
+        with self._load_lock:
+            if self._model is None:
+                model = self._load()
+                if self._on_load:
+                    self._on_load(model)
+                self._model = model
+            return self._model
 
     @property
     def meta(self) -> dict:
@@ -283,12 +277,25 @@ class LocalEngine:
                  on_progress=None) -> dict:
         import tempfile
 
-        from .jobs import prelabel_to_results
         from .results import ResultsWriter
 
         with tempfile.TemporaryDirectory(prefix="auralsam2-") as tmp:
-            return prelabel_to_results(self.model, video, ResultsWriter(tmp, "doc"), options,
-                                       prompts=prompts, on_frame=on_progress)
+            return self.to_results(video, ResultsWriter(tmp, "doc"), options, prompts=prompts,
+                                   on_frame=on_progress)
+
+    def to_results(self, video, writer, options: PrelabelOptions | None = None, *, info=None,
+                   prompts: Mapping[int, PointPrompt] | None = None,
+                   on_frame: Callable[[int], None] | None = None,
+                   on_record: Callable[[dict], None] | None = None, cache=None,
+                   deadline: float | None = None, hysteresis=None) -> dict:
+        """The results loop (:func:`auralsam2_core.jobs.prelabel_to_results`) into
+        ``writer``; the caller holds :attr:`turns` when the model is shared. ``deadline`` is
+        the caller's to enforce (``on_frame`` may raise)."""
+        from .jobs import prelabel_to_results
+
+        return prelabel_to_results(self.model, video, writer, options, info=info,
+                                   prompts=prompts, on_frame=on_frame, on_record=on_record,
+                                   cache=cache, hysteresis=hysteresis)
 
 
 def as_engine(model_or_engine) -> RemoteEngine | LocalEngine:
@@ -309,9 +316,16 @@ def remote_from_env(env: Mapping[str, str] | None = None) -> RemoteEngine | None
     return RemoteEngine(url, token)
 
 
-def engine_from_env(load_model: Callable[[], object], env: Mapping[str, str] | None = None
+def engine_from_env(load_model: Callable[[], object], env: Mapping[str, str] | None = None,
+                    *, lazy: bool = False, on_load: Callable[[object], None] | None = None
                     ) -> RemoteEngine | LocalEngine:
     """The service when ``AURALSAM2_SERVER_URL`` is set, else ``load_model()`` in-process
-    (called only then, so adapters that use the service never load a model)."""
+    (called only then, so adapters that use the service never load a model; with ``lazy``
+    on first use rather than now)."""
     remote = remote_from_env(env)
-    return remote if remote is not None else LocalEngine(load_model())
+    if remote is not None:
+        return remote
+    engine = LocalEngine(load=load_model, on_load=on_load)
+    if not lazy:
+        _ = engine.model
+    return engine

@@ -40,7 +40,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,6 +99,7 @@ def sounding_intervals(frames: Sequence[dict], fps: float, rule: Hysteresis = Hy
 
 
 def frame_record(r: FrameResult) -> dict:
+    """One frame of one object as stored (the encoding; :func:`frame_results` decodes)."""
     return {"index": r.index, "time": round(r.time, 6),
             "sounding_prob": round(r.sounding_prob, 5),
             "predicted_iou": round(r.predicted_iou, 5), "mask_score": round(r.mask_score, 5),
@@ -218,8 +219,9 @@ class ResultsWriter:
     """Writes one video's results: partial JSONL while running, final JSON at the end."""
 
     def __init__(self, out_dir: str | os.PathLike, name: str) -> None:
+        """Names the files only (nothing is created until something is written), so that
+        ``ResultsWriter(dir, name).final`` is the one way to a results path."""
         self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.final = self.dir / f"{name}.json"
         self.partial = self.dir / f"{name}.partial.jsonl"
         self.lockfile = self.dir / f"{name}.lock"
@@ -250,6 +252,7 @@ class ResultsWriter:
         """Hold ``<name>.lock`` (an exclusive ``flock``) while this name is written; a second
         run refuses with :class:`OutputBusy` instead of clobbering the first one's files. The
         kernel drops the lock when a process dies, so a killed run never blocks the next."""
+        self.dir.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -276,10 +279,13 @@ class ResultsWriter:
             os.close(fd)
 
     def replace_final(self, doc: dict) -> None:
-        """Write ``doc`` as the final results, atomically."""
+        """Write ``doc`` as the final results, atomically (also how a document computed
+        elsewhere, e.g. by the shared service, is stored)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.final, doc, separators=(",", ":"))
 
     def __enter__(self) -> ResultsWriter:
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.partial, "w", encoding="utf-8")  # restart: drop any old partial
         self._started = time.perf_counter()
         return self
@@ -316,6 +322,34 @@ class ResultsWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._fh and not self._fh.closed:
             self._fh.close()
+
+
+def frame_results(doc: dict) -> Iterator[FrameResult]:
+    """FrameResults rebuilt from a results document (the decoding of :func:`frame_record`),
+    in the engine's order (per frame, one per object)."""
+    objs = objects(doc)
+    for recs in zip(*(o["frames"] for o in objs), strict=True):
+        for o, f in zip(objs, recs, strict=True):
+            yield FrameResult(f["index"], f["time"], rle.decode(f["mask"]), f["sounding_prob"],
+                              f["predicted_iou"], f["mask_score"], f["review_priority"],
+                              o["query"])
+
+
+def frame_records(doc: dict) -> Iterator[dict]:
+    """The stored frame records of a results document, in the engine's order (as the results
+    loop hands them to ``on_record`` while it writes)."""
+    objs = objects(doc)
+    for recs in zip(*(o["frames"] for o in objs), strict=True):
+        yield from recs
+
+
+def targets_document(video: Path, frames: list[dict]) -> dict:
+    """A results-format file of corrected targets (frames with ``index``, ``time``, ``mask``,
+    no model) for fine-tuning (:class:`~auralsam2_core.datasets.CorrectedResultsDataset`)."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
+            "video": {"path": str(video.resolve()), "name": video.name},
+            "objects": [{"label": SOUNDING_LABEL, "query": None, "frames": frames,
+                         "intervals": []}]}
 
 
 def read_results(path: str | os.PathLike) -> dict:

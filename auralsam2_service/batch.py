@@ -35,6 +35,7 @@ from auralsam2_core.jobs import (
 )
 from auralsam2_core.media import file_problem
 from auralsam2_core.model_spec import ModelSpec, load_model
+from auralsam2_core.remote import LocalEngine
 from auralsam2_core.results import ResultsWriter
 
 
@@ -179,8 +180,8 @@ def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os
         done, report.workers = _run_on_ray([it for _, it in todo], out_dir, opts, outs,
                                            served, num_workers, progress)
     elif todo:
-        model = load_model(served)
-        done = [_one(model, it, out_dir, opts, outs, progress) for _, it in todo]
+        engine = LocalEngine(load_model(served))
+        done = [_one(engine, it, out_dir, opts, outs, progress) for _, it in todo]
     else:
         done = []
     for (i, _), o in zip(todo, done, strict=True):
@@ -196,11 +197,12 @@ def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os
     return report
 
 
-def _one(model, item: BatchItem, out_dir, opts, outs, progress: bool) -> VideoOutcome:
+def _one(engine: LocalEngine, item: BatchItem, out_dir, opts, outs, progress: bool
+         ) -> VideoOutcome:
     """One video; any exception becomes a failed outcome (a worker must outlive bad input).
     No partial file is left: :func:`~auralsam2_core.jobs.prelabel_to_results` removes it."""
     try:
-        return prelabel_one(model, item.video, ResultsWriter(out_dir, item.name), opts, outs,
+        return prelabel_one(engine, item.video, ResultsWriter(out_dir, item.name), opts, outs,
                             progress)
     except Exception as e:  # noqa: BLE001 - reported per video, the batch goes on
         print(f"auralsam2: {item.video}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -216,14 +218,14 @@ class _Prelabeller:
 
         if not torch.cuda.is_available():
             torch.set_num_threads(1)  # one CPU per actor: more threads only oversubscribe
-        self.model = load_model(served)
+        self.engine = LocalEngine(load_model(served))
         self.out_dir, self.opts, self.outs = out_dir, opts, outs
 
     def __call__(self, batch: dict) -> dict:
         rows: dict[str, list] = {"video": [], "name": [], "status": [], "results": [],
                                  "error": [], "note": []}
         for video, name in zip(batch["video"], batch["name"], strict=True):
-            o = _one(self.model, BatchItem(Path(str(video)), str(name)), self.out_dir,
+            o = _one(self.engine, BatchItem(Path(str(video)), str(name)), self.out_dir,
                      self.opts, self.outs, progress=False)
             rows["video"].append(str(video))
             rows["name"].append(str(name))

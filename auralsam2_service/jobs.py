@@ -30,11 +30,11 @@ from urllib.parse import urlsplit
 
 from auralsam2_core.atomic import atomic_open, atomic_write_json
 from auralsam2_core.engine import NoAudioError
-from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model_spec import ModelSpec, load_model
-from auralsam2_core.remote import OPTION_KEYS, OptionsError, options_from_wire
+from auralsam2_core.remote import LocalEngine, start_worker
 from auralsam2_core.results import ResultsWriter, read_results
+from auralsam2_core.wire import OptionsError, options_from_wire, options_record
 
 from .config import ServiceSettings
 
@@ -75,6 +75,11 @@ def own_state_dir(state_dir: Path):
     return fh
 
 
+def job_results(state_dir: Path, job_id: str) -> ResultsWriter:
+    """The results files of a job in a state directory."""
+    return ResultsWriter(state_dir / "results", job_id)
+
+
 @dataclass
 class Job:
     id: str
@@ -104,7 +109,8 @@ class JobService:
                              "set: the service accepts only requests that carry it")
         self.settings = settings
         self.served = served or ModelSpec.from_env()
-        self._model = model
+        # The model, loaded on first use (the worker's first job, or ``auralsam2 serve``).
+        self.engine = LocalEngine(model, load=lambda: load_model(self.served))
         self.dir = Path(settings.state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._owner_lock = own_state_dir(self.dir)  # before reading or writing any job
@@ -116,13 +122,14 @@ class JobService:
         self.counters = {"submitted": 0, "done": 0, "failed": 0, "refused_full": 0,
                          "frames": 0, "retried": 0}
         self.seconds_running = 0.0
-        self._model_lock = threading.Lock()
         self._recover()
         if start_worker:
             self.start_worker()
 
     def start_worker(self) -> None:
-        threading.Thread(target=self._work, daemon=True, name="auralsam2-worker").start()
+        start_worker("auralsam2-worker", self.cv,
+                     lambda: self.jobs[self.queue.popleft()] if self.queue else None,
+                     self.run_job)
 
     def close(self) -> None:
         """Give up the state directory (the process exiting does the same)."""
@@ -132,10 +139,7 @@ class JobService:
 
     @property
     def model(self):
-        with self._model_lock:  # building a SAM2 (hydra) is not thread-safe
-            if self._model is None:
-                self._model = load_model(self.served)
-            return self._model
+        return self.engine.model
 
     def model_version(self) -> str:
         return f"auralsam2-{self.served.identity()}"
@@ -264,8 +268,7 @@ class JobService:
                     frame_size=info and (info.width, info.height))
             except OptionsError as e:
                 raise bad_options(e) from None
-            wire = {k: getattr(opts, k) for k in OPTION_KEYS}
-            job = Job(job_id, str(path), {**wire, "queries": list(opts.queries)},
+            job = Job(job_id, str(path), options_record(opts),
                       {str(k): p.as_dict() for k, p in prompts.items()})
             with self.cv:
                 self._refuse_when_full()  # filled while we downloaded
@@ -282,7 +285,7 @@ class JobService:
     @property
     def variant(self) -> str:
         """The served model's variant ("avs" or "refavs"), known without loading it."""
-        return self._model.variant if self._model is not None else self.served.variant
+        return self.engine.model.variant if self.engine.loaded else self.served.variant
 
     def _check_variant(self, opts) -> None:
         if opts.queries and self.variant != "refavs":
@@ -311,11 +314,11 @@ class JobService:
         if job.status != "done":
             raise Refused(409, f"job {job_id} is {job.status}"
                                + (f": {job.error}" if job.error else ""))
-        return read_results(self.dir / "results" / f"{job.id}.json")
+        return read_results(job_results(self.dir, job.id).final)
 
     def health(self) -> dict:
         return {"status": "UP", "model_version": self.model_version(),
-                "model_loaded": self._model is not None, "queued": len(self.queue),
+                "model_loaded": self.engine.loaded, "queued": len(self.queue),
                 "running": sum(j.status == "running" for j in self.jobs.values())}
 
     def metrics_text(self) -> str:
@@ -328,19 +331,11 @@ class JobService:
 
     # ------------------------------------------------------------------ the worker
 
-    def _work(self) -> None:
-        while True:
-            with self.cv:
-                while not self.queue:
-                    self.cv.wait()
-                job = self.jobs[self.queue.popleft()]
-            self.run_job(job)
-
     def run_job(self, job: Job) -> None:
         job.status, job.attempts, job.frames_done = "running", job.attempts + 1, 0
         self._save(job)
         started = time.perf_counter()
-        writer = ResultsWriter(self.dir / "results", job.id)
+        writer = job_results(self.dir, job.id)
         try:
             info = probe(job.video)
             opts, prompts = options_from_wire(
@@ -353,8 +348,8 @@ class JobService:
                 job.frames_done = n
                 self.counters["frames"] += 1
 
-            doc = prelabel_to_results(self.model, job.video, writer, opts, info=info,
-                                      prompts=prompts, on_frame=progress)
+            doc = self.engine.to_results(job.video, writer, opts, info=info, prompts=prompts,
+                                         on_frame=progress)
             if not doc["summary"]["frames"]:  # a container that did not tell its length
                 writer.final.unlink(missing_ok=True)
                 raise MediaError(f"no frame from start_frame {opts.start_frame} on: the "

@@ -29,7 +29,7 @@ from auralsam2_core.results import read_results
 
 from .app import create_app
 from .config import ServiceSettings
-from .jobs import Job, JobService, Refused
+from .jobs import Job, JobService, Refused, job_results
 
 _JOB_ID = re.compile(r"[0-9a-f]{1,64}")
 MODEL_ARGS = ("sam2_config", "sam2_checkpoint", "fuser_checkpoint", "fuser_config",
@@ -70,7 +70,7 @@ class SharedStateService(JobService):
         if job.status != "done":
             raise Refused(409, f"job {job_id} is {job.status}"
                                + (f": {job.error}" if job.error else ""))
-        return read_results(self._owner(job_id) / "results" / f"{job_id}.json")
+        return read_results(job_results(self._owner(job_id), job_id).final)
 
 
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=30)

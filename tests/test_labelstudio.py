@@ -34,6 +34,7 @@ from auralsam2_core import rle  # noqa: E402
 from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.model import PointPrompt  # noqa: E402
 from auralsam2_core.model_spec import ModelSpec  # noqa: E402
+from auralsam2_core.remote import RemoteEngine  # noqa: E402
 from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
 from auralsam2_core.results import track as sounding_track  # noqa: E402
 from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
@@ -546,7 +547,14 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
     work = tmp_path / "work"
     work.mkdir()
     task = ls_task(ls, project["task"])
-    local = make_backend(ls, tmp_path / "local", model).predict(predict_body([task]))
+    mine = make_backend(ls, tmp_path / "local", model)
+    local = mine.predict(predict_body([task]))
+    # A refinement from a box on frame 8: the service keeps the first pass's clips too
+    # (clip_origin travels in the wire options), so it answers as the local model does.
+    ctx = {"result": [{"type": "videorectangle", "from_name": "box", "to_name": "video",
+                       "value": {"sequence": [{"frame": 8, "x": 50, "y": 50, "width": 50,
+                                               "height": 50, "enabled": True}]}}]}
+    [refined] = mine.predict(predict_body([task], context=ctx))["results"]
     with se.ServiceThread(tmp_path / "service", [work], model=model) as srv:
         b = Backend(LabelStudioBackendSettings(url=ls.url, api_key=lss.TOKEN, work_dir=work),
                     ModelSpec(), remote=srv.engine())
@@ -555,7 +563,12 @@ def test_backend_through_the_shared_service(ls, project, tmp_path, model, engine
         assert out["model_version"] == local["model_version"] == srv.service.model_version()
         check_video_prediction(out["results"][0]["result"], engine,
                                b.settings.keyframe_tolerance)
-        assert b._model is None and srv.service.counters["done"] == 1
+        assert isinstance(b.engine, RemoteEngine) and not b.engine.loaded
+        assert srv.service.counters["done"] == 1
+        [r] = b.predict(predict_body([task], context=ctx))["results"]
+        assert r["result"] == refined["result"] and srv.service.counters["done"] == 2
+        assert srv.service.jobs[max(srv.service.jobs, key=lambda j: srv.service.jobs[j]
+                                    .created)].options["clip_origin"] == 0
         with pytest.raises(Exception, match="fine-tuning runs where the model is"):
             b.webhook({"action": "START_TRAINING", "project": {"id": project["id"]}})
 

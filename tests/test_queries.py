@@ -26,11 +26,11 @@ from auralsam2_core.engine import (
 from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import iter_frames, probe
 from auralsam2_core.model import PointPrompt, upsample_logits
-from auralsam2_core.remote import OptionsError, frame_results, options_from_wire, options_to_wire
 from auralsam2_core.results import (
     FORMAT,
     ResultsWriter,
     frame_masks,
+    frame_results,
     model_record,
     objects,
     read_results,
@@ -39,6 +39,7 @@ from auralsam2_core.results import (
     why_stale,
 )
 from auralsam2_core.text_encoder import tiny_word_text_encoder
+from auralsam2_core.wire import OptionsError, options_from_wire, options_to_wire
 
 from helpers import media_factory as mf
 

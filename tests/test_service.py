@@ -337,7 +337,7 @@ def test_prompts_are_bounded_everywhere(tmp_path, media, model):
     anything is built; prompted frames per job are bounded too; and no PointPrompt (the
     engine's and Label Studio's input) can hold more than the bound."""
     from auralsam2_core.model import MAX_PROMPT_POINTS
-    from auralsam2_core.remote import MAX_PROMPTED_FRAMES
+    from auralsam2_core.wire import MAX_PROMPTED_FRAMES
 
     service, client = client_for(tmp_path, media, model, max_body_bytes=1 << 20)
     many = {"coords": [[5, 5]] * 8000, "labels": [1] * 8000}

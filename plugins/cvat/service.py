@@ -30,7 +30,7 @@ from .detector import Call, active_calls, detect, header, parse_threshold
 from .errors import AdapterError, CvatBadRequest, Unauthorized, Unprocessable, Upstream
 from .frames import job_frames
 from .masks import BadImage
-from .session import ModelTurns, TaskSession, as_adapter_error
+from .session import TaskSession, as_adapter_error
 from .upload import JobFrames, build_polygon_runs, build_shapes, replace_own
 
 _pylog = logging.getLogger("auralsam2.cvat")
@@ -167,7 +167,6 @@ class CvatFunctionService:
         self.engine = as_engine(engine)
         self._api = api
         self._logger = logger
-        self.turns = ModelTurns()
         self.lock = threading.Lock()
         self.sessions: dict[int, TaskSession] = {}
         self.jobs: dict[int, TaskJob] = {}
@@ -205,7 +204,7 @@ class CvatFunctionService:
             if s is not None and s.failed and (retry_failed or isinstance(s.error, Upstream)):
                 s = None
             if s is None:
-                s = TaskSession(task_id, self.api, self.engine, self.settings, self.turns,
+                s = TaskSession(task_id, self.api, self.engine, self.settings,
                                 self.log).start()
                 self._forget_old_sessions()
             self.sessions.pop(task_id, None)

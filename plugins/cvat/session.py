@@ -2,10 +2,10 @@
 thumbnails for recognising CVAT's images, and the engine's results as they appear.
 
 Everything runs on background threads; request handlers only wait (with a deadline) for what
-they need. The engine runs through the core's one results loop
-(:func:`auralsam2_core.jobs.prelabel_to_results`) into the cache directory, so a finished task
-is never computed twice (and a new process picks it up from disk); each frame's record is
-published to waiting requests as the loop writes it.
+they need. The engine (local model or shared service, :mod:`auralsam2_core.remote`) writes its
+results into the cache directory through the core's one results loop, so a finished task is
+never computed twice (and a new process picks it up from disk); each frame's record is
+published to waiting requests as it is written.
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ import hashlib
 import json
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from auralsam2_core.engine import PrelabelOptions
-from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, iter_frames, probe
 from auralsam2_core.results import ResultsWriter, read_results, track
 
@@ -30,59 +27,6 @@ from .api import CvatApi, CvatError, extract_video, share_path
 from .config import CvatFunctionSettings
 from .errors import AdapterError, NotReady, Unprocessable, Upstream
 from .frames import FrameMap, choose_frame, expected_frame
-
-
-class ModelTurns:
-    """One model shared by every task being served: a task holds it for one frame, then the
-    task waiting longest goes next (a plain lock may hand it straight back to the same
-    thread, starving a second task that CVAT annotates at the same time)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._waiting: deque[object] = deque()
-        self._busy = False
-
-    def acquire(self) -> None:
-        ticket = object()
-        with self._cond:
-            self._waiting.append(ticket)
-            while self._busy or self._waiting[0] is not ticket:
-                self._cond.wait()
-            self._waiting.popleft()
-            self._busy = True
-
-    def release(self) -> None:
-        with self._cond:
-            self._busy = False
-            self._cond.notify_all()
-
-    def pass_turn(self) -> None:
-        """Between two frames: let a waiting task have the model first."""
-        with self._cond:
-            if not self._waiting:
-                return
-        self.release()
-        self.acquire()
-
-    def __enter__(self) -> ModelTurns:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-class PublishingWriter(ResultsWriter):
-    """The core results writer that also hands each frame record to ``publish``."""
-
-    def __init__(self, out_dir: Path, name: str, publish: Callable[[dict], None]) -> None:
-        super().__init__(out_dir, name)
-        self._publish = publish
-
-    def add(self, r) -> dict:
-        rec = super().add(r)
-        self._publish(rec)
-        return rec
 
 
 def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
@@ -97,9 +41,9 @@ def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
 
 class TaskSession:
     def __init__(self, task_id: int, api: CvatApi, engine, settings: CvatFunctionSettings,
-                 turns: ModelTurns, log) -> None:
+                 log) -> None:
         self.task_id, self.api, self.engine, self.settings = task_id, api, engine, settings
-        self.turns, self.log = turns, log
+        self.log = log
         self.cond = threading.Condition()
         self.fmap: FrameMap | None = None
         self.frame_size: tuple[int, int] | None = None  # CVAT's (width, height)
@@ -237,7 +181,7 @@ class TaskSession:
                 self.cond.notify_all()
 
     def _run_engine(self) -> None:
-        writer = PublishingWriter(self.dir / "results", self._results_key(), self._publish)
+        writer = ResultsWriter(self.dir / "results", self._results_key())
         if writer.is_complete():
             for rec in track(read_results(writer.final))["frames"]:
                 self._publish(rec)
@@ -254,17 +198,11 @@ class TaskSession:
         opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride,
                                audio_track=self.settings.audio_track,
                                start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1)
-        model = getattr(self.engine, "model", None)
-        if model is None:  # the shared model service runs the video; its results come at once
-            doc = self.engine.document(self.media, opts)
-            for rec in track(doc)["frames"]:
-                self._publish(rec)
-            writer.final.parent.mkdir(parents=True, exist_ok=True)
-            writer.replace_final(doc)
-            return
-        with self.turns:  # one frame at a time, taking turns with other tasks being served
-            prelabel_to_results(model, self.media, writer, opts, info=info,
-                                on_frame=lambda _n: self.turns.pass_turn())
+        turns = self.engine.turns  # one frame at a time, taking turns with other tasks
+        with turns:
+            self.engine.to_results(self.media, writer, opts, info=info,
+                                   on_frame=lambda _n: turns.pass_turn(),
+                                   on_record=self._publish)
 
     # ------------------------------------------------------------------ waiting
 

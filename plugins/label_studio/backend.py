@@ -26,11 +26,16 @@ from auralsam2_core.engine import NoAudioError, PrelabelOptions
 from auralsam2_core.errors import BadRequest
 from auralsam2_core.feature_cache import FeatureCache
 from auralsam2_core.instances import connected_parts
-from auralsam2_core.jobs import prelabel_to_results
 from auralsam2_core.media import MediaError, probe
 from auralsam2_core.model import PointPrompt
 from auralsam2_core.model_spec import ModelSpec, load_model
-from auralsam2_core.remote import RemoteEngine, RemoteError, remote_from_env
+from auralsam2_core.remote import (
+    LocalEngine,
+    RemoteEngine,
+    RemoteError,
+    remote_from_env,
+    start_worker,
+)
 from auralsam2_core.results import (
     Hysteresis,
     ResultsWriter,
@@ -64,13 +69,13 @@ class Backend:
         from .training import FineTuner
 
         self.settings = settings
-        # AURALSAM2_SERVER_URL set: the shared service runs the model; none is loaded here.
-        self.remote = remote if remote is not None else remote_from_env()
         self.served = served or ModelSpec.from_env()
-        self._model = model
+        # AURALSAM2_SERVER_URL set: the shared service runs the model; none is loaded here.
+        # Else the model loads on first use, with the current fine-tuned weights.
+        self.engine: LocalEngine | RemoteEngine = remote or remote_from_env() or LocalEngine(
+            model, load=lambda: load_model(self.served),
+            on_load=lambda m: self.finetune.apply_current(m))
         self._client = client
-        self._model_lock = threading.Lock()
-        self.run_lock = threading.Lock()  # one model run at a time
         self.stats: Counter = Counter()
         self.seconds_per_frame: float | None = None
         # The loaded model's per-clip features from first passes, for refinements (it empties
@@ -80,12 +85,14 @@ class Backend:
         self.work.mkdir(parents=True, exist_ok=True)
         self.finetune = FineTuner(
             self.work / "finetune", settings, self.served, model=lambda: self.model,
-            run_lock=self.run_lock, task_media=self.task_media, cached_results=self.cached,
-            model_version=self.model_version, shared_service=self.remote is not None)
+            run_lock=self.engine.turns, task_media=self.task_media,
+            cached_results=self.cached, model_version=self.model_version,
+            shared_service=isinstance(self.engine, RemoteEngine))
         self._queue: dict[str, dict] = {}  # background pre-labelling, by media key
         self._queue_cv = threading.Condition()
-        threading.Thread(target=self._background, daemon=True,
-                         name="auralsam2-ls-background").start()
+        start_worker("auralsam2-ls-background", self._queue_cv,
+                     lambda: next(((k, q["media"]) for k, q in self._queue.items()), None),
+                     self._background)
 
     # ------------------------------------------------------------------ model
 
@@ -96,21 +103,20 @@ class Backend:
         return self._client
 
     def model_version(self) -> str:
-        if self.remote is not None:
-            return self.remote.model_version
+        if isinstance(self.engine, RemoteEngine):
+            return self.engine.model_version
         gen = self.finetune.generation
         return f"auralsam2-{self.served.identity()}" + (f"-ft{gen}" if gen else "")
 
     @property
     def model(self):
-        with self._model_lock:
-            if self._model is None:
-                self._model = load_model(self.served)
-                self.finetune.apply_current(self._model)
-            return self._model
+        """The local model (loaded on first use); the shared service's has none here."""
+        return self.engine.model
 
     def warm_up(self) -> None:
         """Load the model now (in the background at start) so the first /predict is fast."""
+        if isinstance(self.engine, RemoteEngine):
+            return
         try:
             _ = self.model
         except Exception:  # noqa: BLE001 - reported by /health
@@ -120,7 +126,7 @@ class Backend:
 
     def health(self) -> dict:
         return {"status": "UP", "model_class": "AuralSAM2", "model_version":
-                self.model_version(), "model_loaded": self._model is not None}
+                self.model_version(), "model_loaded": self.engine.loaded}
 
     def setup(self, body: dict) -> dict:
         # Label Studio calls /setup before every predict and gives it 3 s: never load here.
@@ -218,8 +224,16 @@ class Backend:
             raise TaskError(str(e)) from None
 
     def cached(self, key: str) -> dict | None:
-        w = ResultsWriter(self._results_dir(), key)
+        w = self._writer(key, store=True)
         return read_results(w.final) if w.is_complete() else None
+
+    def _writer(self, key: str, store: bool) -> ResultsWriter:
+        """Where a run's results go: the cache (what :meth:`cached` reads), or a scratch name
+        of their own, removed after use (keyframes, refinements)."""
+        if store:
+            return ResultsWriter(self._results_dir(), key)
+        return ResultsWriter(self.work / "scratch" / self.model_version(),
+                             f"{key}-{time.time_ns()}")
 
     def _results_dir(self) -> Path:
         """Cached results per model version (and per audio track when one is chosen)."""
@@ -239,35 +253,23 @@ class Backend:
                 frames = (opts.stop_frame or info.num_frames) - opts.start_frame
                 if time.monotonic() + frames * self.seconds_per_frame > deadline:
                     return None
-            if self.remote is not None:
-                return self._run_remote(media, opts, prompts, deadline, store)
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self.run_lock.acquire(timeout=-1 if wait is None else wait):
+            if not self.engine.turns.acquire(timeout=wait):  # one model run at a time
                 return None
             try:
                 return self._run(media, info, opts, prompts, deadline, store)
             finally:
-                self.run_lock.release()
+                self.engine.turns.release()
         except NoAudioError:
             raise TaskError("the video has no audio track: AuralSAM2 segments what makes the "
                             "sound, so there is nothing to pre-label") from None
         except (MediaError, ValueError) as e:
             raise TaskError(str(e)) from None
 
-    def _run_remote(self, media, opts, prompts, deadline, store) -> dict | None:
-        """The same document, computed by the shared service (which must see
-        ``AURALSAM2_LS_WORK_DIR/media`` under the same path, e.g. a shared volume)."""
-        try:
-            doc = self.remote.document(media.video, opts, prompts=prompts, deadline=deadline)
-        except RemoteError as e:
-            raise TaskError(str(e)) from None
-        if doc is not None and store:
-            ResultsWriter(self._results_dir(), media.key).replace_final(doc)
-        return doc
-
     def _run(self, media, info, opts, prompts, deadline, store) -> dict | None:
-        folder = self.work / ("results" if store else "scratch") / self.model_version()
-        writer = ResultsWriter(folder, media.key if store else f"{media.key}-{time.time_ns()}")
+        """The engine's results document (the local model, or the shared service, which must
+        see ``AURALSAM2_LS_WORK_DIR/media`` under the same path, e.g. a shared volume)."""
+        writer = self._writer(media.key, store)
         started, done = time.perf_counter(), [0]
 
         def on_frame(n: int) -> None:
@@ -276,10 +278,13 @@ class Backend:
                 raise OutOfTime
 
         try:
-            doc = prelabel_to_results(self.model, media.video, writer, opts, info=info,
-                                      prompts=prompts, on_frame=on_frame, cache=self.features)
+            doc = self.engine.to_results(media.video, writer, opts, info=info, prompts=prompts,
+                                         on_frame=on_frame, cache=self.features,
+                                         deadline=deadline)
         except OutOfTime:
             return None
+        except RemoteError as e:
+            raise TaskError(str(e)) from None
         finally:
             if done[0] and not prompts:  # first passes (refinements reuse their features)
                 spf = (time.perf_counter() - started) / done[0]
@@ -390,23 +395,19 @@ class Backend:
             self._queue.setdefault(media.key, {"media": media})
             self._queue_cv.notify()
 
-    def _background(self) -> None:
-        while True:
+    def _background(self, item: tuple[str, TaskMedia]) -> None:
+        """One queued video (it stays queued, so not queued twice, until done)."""
+        key, media = item
+        try:
+            if self.cached(key) is None:
+                self.compute(media)
+            self.stats["background_done"] += 1
+        except Exception as e:  # noqa: BLE001 - logged, the queue goes on
+            _log.warning("background pre-labelling of %s failed: %s", key, e)
+            self.stats["background_failed"] += 1
+        finally:
             with self._queue_cv:
-                while not self._queue:
-                    self._queue_cv.wait()
-                key = next(iter(self._queue))
-                media = self._queue[key]["media"]
-            try:
-                if self.cached(key) is None:
-                    self.compute(media)
-                self.stats["background_done"] += 1
-            except Exception as e:  # noqa: BLE001 - logged, the queue goes on
-                _log.warning("background pre-labelling of %s failed: %s", key, e)
-                self.stats["background_failed"] += 1
-            finally:
-                with self._queue_cv:
-                    self._queue.pop(key, None)
+                self._queue.pop(key, None)
 
 
 def _number(value, what: str) -> float:

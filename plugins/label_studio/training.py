@@ -28,7 +28,7 @@ import numpy as np
 from auralsam2_core import rle
 from auralsam2_core.atomic import atomic_write_json
 from auralsam2_core.errors import BadRequest
-from auralsam2_core.results import FORMAT, FORMAT_VERSION, SOUNDING_LABEL, track
+from auralsam2_core.results import ResultsWriter, targets_document, track
 
 from . import brush
 from .errors import TaskError, is_id
@@ -126,7 +126,7 @@ class FineTuner:
     """
 
     def __init__(self, folder: Path, settings: LabelStudioBackendSettings,
-                 served: ModelSpec, *, model: Callable[[], Any], run_lock: threading.Lock,
+                 served: ModelSpec, *, model: Callable[[], Any], run_lock,
                  task_media: Callable[[dict, ProjectConfig], TaskMedia],
                  cached_results: Callable[[str], dict | None],
                  model_version: Callable[[], str], shared_service: bool) -> None:
@@ -292,12 +292,8 @@ class FineTuner:
                 frames = video_targets(result, times, shape, cfg.framerate, predicted)
             if not frames:
                 continue
-            doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
-                   "video": {"path": str(media.video.resolve()), "name": media.video.name},
-                   "objects": [{"label": SOUNDING_LABEL, "query": None, "frames": frames,
-                                "intervals": []}]}
-            path = out / f"{media.key}.json"
-            path.write_text(json.dumps(doc))
+            path = ResultsWriter(out, media.key).final
+            path.write_text(json.dumps(targets_document(media.video, frames)))
             files.append(path)
         return files
 

@@ -18,7 +18,7 @@ import fiftyone.operators.types as types
 from auralsam2_core.build import SAM2_CONFIGS
 from auralsam2_core.instances import DEFAULT_MIN_AREA
 from auralsam2_core.model_spec import DEFAULT_SAM2_CONFIG
-from auralsam2_core.remote import remote_from_env
+from auralsam2_core.remote import engine_from_env
 
 from .evaluate import evaluate_collection
 from .fields import conflicts, is_owned, prelabel_targets
@@ -252,8 +252,8 @@ class PrelabelSoundingObjects(foo.Operator):
         settings = _settings(params)
         spec = spec_from_params(params)
         # With AURALSAM2_SERVER_URL set, the shared service runs its model; none loads here.
-        model = remote_from_env(_service_env(ctx)) or \
-            resolve_model(spec, params.get("device") or "auto")
+        model = engine_from_env(lambda: resolve_model(spec, params.get("device") or "auto"),
+                                _service_env(ctx))
         last = [0.0]
 
         def progress(fraction, label):
