@@ -124,3 +124,12 @@ def test_batch_names_what_is_wrong_with_each_manifest_path(tmp_path):
     run = auralsam2("batch", manifest, "--out", tmp_path / "out", "--report", tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "--report" in run.stderr and not (tmp_path / "out").exists()  # before any work
+
+
+def test_a_missing_checkpoint_is_a_clear_error_not_a_traceback(tmp_path):
+    run = auralsam2("prelabel", tmp_path / "v.mp4", "--out", tmp_path / "out",
+                    "--fuser-checkpoint", tmp_path / "missing.pth")
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "auralsam2 prelabel: error: weight file not found" in run.stderr
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,8 @@ import torch
 
 from auralsam2_core.build import SAM2_CONFIGS, build_fuser, build_sam2_model
 from auralsam2_core.checkpoint import CheckpointError, save_state_dict
-from auralsam2_core.cli import _fuser_layout_report, main
+from auralsam2_core.cli import main
+from auralsam2_core.cli.check import _fuser_layout_report
 from auralsam2_core.fuser import AuralFuser
 from auralsam2_core.model import AuralSAM2, TrackState, choose_masks
 

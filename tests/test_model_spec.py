@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from auralsam2_core import cli
+from auralsam2_core.cli import model_args
 from auralsam2_core.model_spec import (
     BUNDLED,
     CLI_DEFAULTS,
@@ -53,7 +54,7 @@ def test_the_rule_with_the_command_line_defaults():
     parser = cli.build_parser()
 
     def spec(*argv, refavs=False):
-        return cli._model_spec(parser.parse_args(list(argv)), refavs)
+        return model_args.model_spec(parser.parse_args(list(argv)), refavs)
 
     assert spec("prelabel", "v.mp4", "--out", "o").bundled
     assert spec("prelabel", "v.mp4", "--out", "o").image_size is None

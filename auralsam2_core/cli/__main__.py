@@ -1,0 +1,7 @@
+"""``python -m auralsam2_core.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
