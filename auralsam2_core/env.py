@@ -43,8 +43,9 @@ def audio_track(env: Mapping[str, str]) -> int | None:
 def instances(env: Mapping[str, str]) -> float | None:
     """``AURALSAM2_INSTANCES`` (1/true/yes: on) and ``AURALSAM2_MIN_INSTANCE_AREA`` (fraction
     of the frame a part must cover, default 0.002): the minimum area when every adapter splits
-    a frame's mask into its connected parts (:mod:`auralsam2_core.instances`), None when off."""
-    from .instances import DEFAULT_MIN_AREA
+    a frame's mask into its connected parts (:mod:`auralsam2_core.inference.instances`), None when
+    off."""
+    from auralsam2_core.inference.instances import DEFAULT_MIN_AREA
 
     raw = (env.get("AURALSAM2_INSTANCES") or "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):

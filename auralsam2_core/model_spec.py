@@ -161,7 +161,7 @@ class ModelSpec:
         the deployment). The device does not count; the mask choice and ``fuser_init`` count
         only when given (so the names deployments already have stay the same)."""
         if self.bundled:
-            from .build import bundled_model_info, refer_model_dir
+            from auralsam2_core.modeling.build import bundled_model_info, refer_model_dir
 
             refer = self.variant == "refavs"
             info = bundled_model_info(verify=False, root=refer_model_dir() if refer else None)
@@ -219,12 +219,12 @@ class ModelSpec:
                              "to use other ones")
 
     def build(self, device: str | None = None, **build_kwargs):
-        """The :class:`~auralsam2_core.model.AuralSAM2` this spec names, in eval mode on
+        """The :class:`~auralsam2_core.modeling.model.AuralSAM2` this spec names, in eval mode on
         ``device`` (default: the spec's). Checkpoints may be registry names or URLs
-        (:func:`~auralsam2_core.weights.fetch`); ``build_kwargs`` go to
-        :func:`~auralsam2_core.build.build_auralsam2` (e.g. a ``text_encoder`` object)."""
-        from .build import build_auralsam2
-        from .weights import fetch
+        (:func:`~auralsam2_core.modeling.weights.fetch`); ``build_kwargs`` go to
+        :func:`~auralsam2_core.modeling.build.build_auralsam2` (e.g. a ``text_encoder`` object)."""
+        from auralsam2_core.modeling.build import build_auralsam2
+        from auralsam2_core.modeling.weights import fetch
 
         device = device or self.device
         mask_choice = self.mask_choice or "iou_select"
@@ -248,10 +248,10 @@ class ModelSpec:
         """The spec training starts from to fine-tune the weights this spec serves: the same
         SAM2 (its file; the bundled model's own for the demo), the fuser from
         ``fuser_checkpoint`` (e.g. the live, possibly already fine-tuned, one)."""
-        from .weights import fetch
+        from auralsam2_core.modeling.weights import fetch
 
         if self.bundled:
-            from .build import bundled_model_dir, bundled_model_info
+            from auralsam2_core.modeling.build import bundled_model_dir, bundled_model_info
 
             info = bundled_model_info(verify=False)
             return ModelSpec(DEMO, image_size=info["image_size"],

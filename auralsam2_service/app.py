@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from .jobs import JobService, Refused
+from .job_service import JobService, Refused
 
 
 def _no_constant(name: str):

@@ -1,7 +1,8 @@
 """Batch pre-labelling of a manifest of videos, on this machine or on a Ray cluster.
 
 Both ways write exactly the files of ``auralsam2 prelabel`` (``<name>.json`` per video, through
-:func:`auralsam2_core.jobs.prelabel_one`, named by :func:`auralsam2_core.jobs.plan_outputs`),
+:func:`auralsam2_core.inference.prelabel_videos.prelabel_one`, named by
+:func:`auralsam2_core.inference.prelabel_videos.plan_outputs`),
 reuse results only when they are up to date (same file, options and model; so a killed run
 resumes), and report a failing video without stopping the others.
 
@@ -24,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from auralsam2_core.engine import PrelabelOptions
-from auralsam2_core.jobs import (
+from auralsam2_core.inference.engine import PrelabelOptions
+from auralsam2_core.inference.prelabel_videos import (
     MAX_NAME_BYTES,
     OutputOptions,
     VideoOutcome,
@@ -33,10 +34,10 @@ from auralsam2_core.jobs import (
     prelabel_one,
     prepare_out_dir,
 )
-from auralsam2_core.media import file_problem
+from auralsam2_core.inference.results import ResultsWriter
+from auralsam2_core.media.video import file_problem
 from auralsam2_core.model_spec import ModelSpec, load_model
-from auralsam2_core.remote import LocalEngine
-from auralsam2_core.results import ResultsWriter
+from auralsam2_core.serving.engines import LocalEngine
 
 
 class ManifestError(ValueError):
@@ -200,7 +201,8 @@ def run_batch(videos: Sequence[BatchItem | str | os.PathLike], out_dir: str | os
 def _one(engine: LocalEngine, item: BatchItem, out_dir, opts, outs, progress: bool
          ) -> VideoOutcome:
     """One video; any exception becomes a failed outcome (a worker must outlive bad input).
-    No partial file is left: :func:`~auralsam2_core.jobs.prelabel_to_results` removes it."""
+    No partial file is left: :func:`~auralsam2_core.inference.prelabel_videos.prelabel_to_results`
+    removes it."""
     try:
         return prelabel_one(engine, item.video, ResultsWriter(out_dir, item.name), opts, outs,
                             progress)

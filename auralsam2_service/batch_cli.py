@@ -52,8 +52,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_batch(args) -> int:
-    from auralsam2_core.engine import PrelabelOptions
-    from auralsam2_core.jobs import OutputOptions, outcome_line
+    from auralsam2_core.inference.engine import PrelabelOptions
+    from auralsam2_core.inference.prelabel_videos import OutputOptions, outcome_line
 
     from .batch import read_manifest, run_batch
 

@@ -38,7 +38,7 @@ def cmd_serve(args) -> int:
 
     from .app import create_app
     from .config import ServiceSettings
-    from .jobs import JobService, StateDirBusy
+    from .job_service import JobService, StateDirBusy
 
     try:
         settings = ServiceSettings.from_env(

@@ -1,6 +1,6 @@
 """The HTTP service of ``auralsam2 serve`` as a Ray Serve deployment: one replica per GPU.
 
-Every replica runs the same :class:`~auralsam2_service.jobs.JobService` and Starlette app
+Every replica runs the same :class:`~auralsam2_service.job_service.JobService` and Starlette app
 (:func:`~auralsam2_service.app.create_app`) as ``auralsam2 serve``, with its own model, queue and
 worker. Serve's router spreads requests over the replicas, so a job is run by the replica that
 took it, and a status or results request may reach another one. Each replica therefore keeps
@@ -24,12 +24,12 @@ from pathlib import Path
 
 from ray import serve
 
+from auralsam2_core.inference.results import read_results
 from auralsam2_core.model_spec import ModelSpec
-from auralsam2_core.results import read_results
 
 from .app import create_app
 from .config import ServiceSettings
-from .jobs import Job, JobService, Refused, job_results
+from .job_service import Job, JobService, Refused, job_results
 
 _JOB_ID = re.compile(r"[0-9a-f]{1,64}")
 MODEL_ARGS = ("sam2_config", "sam2_checkpoint", "fuser_checkpoint", "fuser_config",

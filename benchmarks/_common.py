@@ -219,8 +219,8 @@ def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
 
 def decoded_clips(video, size: int, clip_len: int) -> Iterator[tuple[list, torch.Tensor]]:
     """(frames, normalised (T, 3, S, S) clip) as the engine makes them, without threading."""
-    from auralsam2_core.engine import IMAGENET_MEAN, IMAGENET_STD
-    from auralsam2_core.media import iter_frames
+    from auralsam2_core.inference.engine import IMAGENET_MEAN, IMAGENET_STD
+    from auralsam2_core.media.video import iter_frames
 
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
@@ -265,7 +265,7 @@ def plain_sam2_prelabel(model, video, clip_len: int, shape: tuple[int, int]) -> 
     """Plain SAM2 propagation from the video file to full-resolution masks, decoding on a
     background thread like the engine: the baseline the engine's overhead is measured against.
     Returns the number of frames."""
-    from auralsam2_core.model import upsample_logits
+    from auralsam2_core.modeling.model import upsample_logits
 
     state = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     n = 0

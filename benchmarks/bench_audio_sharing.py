@@ -36,10 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import StageTimer, add_output_args, apply_quick, finish, make_video  # noqa: E402
 
-from auralsam2_core import audio_track  # noqa: E402
-from auralsam2_core.build import build_auralsam2  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.media import iter_frames  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.media import audio_track  # noqa: E402
+from auralsam2_core.media.video import iter_frames  # noqa: E402
+from auralsam2_core.modeling.build import build_auralsam2  # noqa: E402
 
 GRID_MS = 100
 
@@ -172,9 +172,9 @@ def variants(model, video):
 
 def demo_j(n_clips: int, size: int, opts) -> dict[str, float]:
     """Mean J of the bundled demo model on held-out synthetic clips, per variant."""
-    from auralsam2_core.demo import heldout_clips
-    from auralsam2_core.metrics import video_j
-    from auralsam2_core.synthetic import write_clip
+    from auralsam2_core.evaluation.demo import heldout_clips
+    from auralsam2_core.evaluation.metrics import video_j
+    from auralsam2_core.training.synthetic import write_clip
 
     model = build_auralsam2("bundled", device="cpu")
     tmp = Path(tempfile.mkdtemp(prefix="auralsam2-audio-share-"))

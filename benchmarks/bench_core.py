@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_output_args, apply_quick, finish, plain_sam2_step  # noqa: E402
 
-from auralsam2_core.build import build_auralsam2  # noqa: E402
+from auralsam2_core.modeling.build import build_auralsam2  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_output_args, apply_quick, finish, plain_sam2_step  # noqa: E402
 
-from auralsam2_core.build import build_auralsam2  # noqa: E402
+from auralsam2_core.modeling.build import build_auralsam2  # noqa: E402
 
 #: ops that move or convert data without arithmetic
 LAYOUT_OPS = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::cat", "aten::to",

@@ -25,8 +25,8 @@ from _common import add_output_args, apply_quick, finish, make_video  # noqa: E4
 def _child(args) -> None:
     import torch
 
-    from auralsam2_core.build import build_auralsam2
-    from auralsam2_core.jobs import OutputOptions, prelabel_videos
+    from auralsam2_core.inference.prelabel_videos import OutputOptions, prelabel_videos
+    from auralsam2_core.modeling.build import build_auralsam2
 
     torch.manual_seed(0)
     if args.config == "bundled":  # the demo model carries its own size and fuser config

@@ -38,9 +38,9 @@ from _common import (  # noqa: E402
     sync,
 )
 
-from auralsam2_core.build import build_auralsam2  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.media import probe  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.media.video import probe  # noqa: E402
+from auralsam2_core.modeling.build import build_auralsam2  # noqa: E402
 
 
 def engine_run(model, video, opts) -> int:

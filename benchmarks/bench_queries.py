@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_output_args, apply_quick, finish, make_video  # noqa: E402
 
-from auralsam2_core.build import build_auralsam2  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.text_encoder import tiny_word_text_encoder  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.modeling.build import build_auralsam2  # noqa: E402
+from auralsam2_core.modeling.text_encoder import tiny_word_text_encoder  # noqa: E402
 
 WORDS = ["the red disc", "a blue square", "the green triangle", "the sounding object",
          "a yellow circle", "the white shape", "one black square", "the purple disc"]

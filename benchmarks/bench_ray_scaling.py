@@ -45,7 +45,7 @@ def main() -> None:
     import ray
 
     from auralsam2_core.model_spec import ModelSpec
-    from auralsam2_core.synthetic import make_clip, write_clip
+    from auralsam2_core.training.synthetic import make_clip, write_clip
 
     served = ModelSpec(device=args.device)
     with tempfile.TemporaryDirectory(prefix="auralsam2_ray_bench_") as tmp:

@@ -1,5 +1,6 @@
 """Refinement latency (issue #16, P4): an annotator's click on a pre-labelled video, with and
-without the first pass's kept features (auralsam2_core.feature_cache), vs a first-pass frame.
+without the first pass's kept features (auralsam2_core.inference.feature_cache), vs a first-pass
+frame.
 
 One run: the first pass over the video fills a FeatureCache (timed; its time per frame is the
 unit), then a box on a frame in the video's first third is re-propagated over ``--refine-frames``
@@ -30,11 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_output_args, apply_quick, finish, make_video, sync  # noqa: E402
 
-from auralsam2_core.build import build_auralsam2  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.feature_cache import FeatureCache  # noqa: E402
-from auralsam2_core.media import probe  # noqa: E402
-from auralsam2_core.model import PointPrompt  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.inference.feature_cache import FeatureCache  # noqa: E402
+from auralsam2_core.media.video import probe  # noqa: E402
+from auralsam2_core.modeling.build import build_auralsam2  # noqa: E402
+from auralsam2_core.modeling.model import PointPrompt  # noqa: E402
 
 
 def timed_run(model, video, opts, prompts=None, cache=None) -> tuple[float, list]:

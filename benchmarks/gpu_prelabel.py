@@ -33,9 +33,9 @@ from _common import (  # noqa: E402
 )
 from bench_prelabel import engine_run, flops_of_runs, stage_breakdown  # noqa: E402
 
-from auralsam2_core.build import build_auralsam2  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions  # noqa: E402
-from auralsam2_core.media import probe  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions  # noqa: E402
+from auralsam2_core.media.video import probe  # noqa: E402
+from auralsam2_core.modeling.build import build_auralsam2  # noqa: E402
 
 
 def _peak_gib(device) -> float:

@@ -21,7 +21,7 @@ $PIP install --upgrade pip setuptools wheel
 # torch: keep one that is already installed (e.g. a CUDA build you chose); otherwise
 # AURALSAM2_TORCH (default torch==2.13.0, which pip takes from the CPU wheel, ~190 MB, that
 # lies on this project's machines; elsewhere PyPI's Linux build, which carries CUDA, ~7 GB).
-# Nothing here needs torchvision or torchaudio (our resampler is auralsam2_core/resample.py).
+# Nothing here needs torchvision or torchaudio (our resampler is auralsam2_core/media/resample.py).
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   $PIP install --no-cache-dir "${AURALSAM2_TORCH:-torch==2.13.0}"
 fi

@@ -12,9 +12,9 @@ tests share ``emu`` (the CVAT emulator) and ``cvat_function_threads_joined``.
 import pytest
 import torch
 
-from auralsam2_core.build import build_auralsam2
 from auralsam2_core.model_spec import ModelSpec, load_model
-from auralsam2_core.text_encoder import tiny_random_text_encoder
+from auralsam2_core.modeling.build import build_auralsam2
+from auralsam2_core.modeling.text_encoder import tiny_random_text_encoder
 
 TINY_SIZE = 64  # SAM2 input size: 16x16 / 8x8 / 4x4 FPN maps
 TINY_FUSER = {"f_depths": [1, 1, 1]}  # one fusion block per stage

@@ -3,9 +3,9 @@
 
 import pytest
 
-from auralsam2_core.engine import PrelabelOptions
 from auralsam2_core.env import audio_track
-from auralsam2_core.wire import OptionsError, options_from_wire, options_to_wire
+from auralsam2_core.inference.engine import PrelabelOptions
+from auralsam2_core.serving.wire import OptionsError, options_from_wire, options_to_wire
 
 
 def test_env_audio_track_parses_indices_and_refuses_others():

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from auralsam2_core import weights
-from auralsam2_core.checkpoint import (
+from auralsam2_core.modeling import weights
+from auralsam2_core.modeling.checkpoint import (
     FILTERS,
     CheckpointError,
     CheckpointNotFoundError,

@@ -40,8 +40,8 @@ from cvat_sdk.masks import decode_mask, encode_mask  # noqa: E402
 from nuclio_sdk.test import Platform  # noqa: E402
 
 from auralsam2_core import model_spec  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.cvat import config, main  # noqa: E402
 from auralsam2_plugins.cvat.cli import register  # noqa: E402
 from auralsam2_plugins.cvat.frames import (  # noqa: E402
@@ -297,7 +297,7 @@ def test_settings_from_env_and_secrets(tmp_path):
 
 
 def test_shapes_per_sounding_frame_and_cvat_attribute_rules():
-    from auralsam2_core import rle
+    from auralsam2_core.inference import rle
     from auralsam2_plugins.cvat.detector import score_attributes
     from auralsam2_plugins.cvat.upload import attribute_value, build_shapes, is_own
 
@@ -410,7 +410,7 @@ def test_mask_outline_as_a_polygon():
 
 @pytest.mark.parametrize("name", ["function.yaml", "function-gpu.yaml"])
 def test_function_yaml(name):
-    from auralsam2_core.weights import REGISTRY
+    from auralsam2_core.modeling.weights import REGISTRY
 
     path = ROOT / "plugins" / "cvat" / name
     doc = yaml.safe_load(path.read_text())
@@ -682,7 +682,7 @@ def test_ground_truth_job_frames(emu, platform, clips, reference):
 
 
 def test_results_are_cached_per_task(emu, env, clips, reference, monkeypatch):
-    from auralsam2_core import jobs
+    from auralsam2_core.inference import prelabel_videos as jobs
 
     runs = []
     engine = jobs.prelabel
@@ -708,7 +708,7 @@ def test_a_late_frame_gets_no_mask_and_the_run_goes_on(emu, env, clips, referenc
                                                       monkeypatch):
     """CVAT ends the whole run on a non-2xx answer: a frame the model has not reached in time
     is answered [] (and logged), never 503."""
-    from auralsam2_core import jobs
+    from auralsam2_core.inference import prelabel_videos as jobs
 
     gate = threading.Event()
     engine = jobs.prelabel

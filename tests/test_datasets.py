@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from auralsam2_core import rle
-from auralsam2_core.datasets import (
+from auralsam2_core.inference import rle
+from auralsam2_core.training.datasets import (
     HELDOUT_SEED_BASE,
     AVSBenchMS3,
     AVSBenchS4,
@@ -168,7 +168,7 @@ def _results_doc(video: Path, masks: np.ndarray, fps: float) -> dict:
 @pytest.fixture(scope="module")
 def corrected(tmp_path_factory):
     """A synthetic video and a "corrected" results file whose masks are the ground truth."""
-    from auralsam2_core.synthetic import make_clip, write_clip
+    from auralsam2_core.training.synthetic import make_clip, write_clip
 
     root = tmp_path_factory.mktemp("corrected")
     clip = make_clip(5, size=(48, 64), fps=5, seconds=1.4, num_objects=2, schedule="one")
@@ -191,7 +191,7 @@ def test_corrected_results_dataset(corrected):
         mode="nearest")[:, 0]
     assert torch.equal(s.gt, want)
     # the engine's audio alignment: examples centred on each frame's time
-    from auralsam2_core.audio_track import AudioTrack
+    from auralsam2_core.media.audio_track import AudioTrack
 
     track = AudioTrack.from_file(root / "videos" / "clip.mp4")
     assert torch.equal(s.log_mel, track.examples_at([0.6, 0.8, 1.0]))

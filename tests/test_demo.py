@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auralsam2_core import build
-from auralsam2_core.build import build_auralsam2, build_demo_model, bundled_model_info
 from auralsam2_core.cli import main
-from auralsam2_core.datasets import HELDOUT_SEED_BASE
-from auralsam2_core.demo import PASS_MARKS, run_demo
-from auralsam2_core.weights import sha256_file
+from auralsam2_core.evaluation.demo import PASS_MARKS, run_demo
+from auralsam2_core.modeling import build
+from auralsam2_core.modeling.build import build_auralsam2, build_demo_model, bundled_model_info
+from auralsam2_core.modeling.weights import sha256_file
+from auralsam2_core.training.datasets import HELDOUT_SEED_BASE
 
 BUNDLE = Path(build.__file__).parent / "data" / "demo_model"
 # On the demo's own clips the shipped model meets demo.PASS_MARKS (0.85 / 0.8 / 95 %). On
@@ -150,7 +150,7 @@ def test_cli_check_and_prelabel_default_to_the_bundled_model(tmp_path, capsys):
     report = json.loads(out.out)
     assert report["sam2_config"].startswith("bundled:") and report["image_size"] == 96
     assert "check: OK" in out.err and "bundled demo model" in out.err
-    from auralsam2_core.synthetic import make_clip, write_clip
+    from auralsam2_core.training.synthetic import make_clip, write_clip
 
     video = write_clip(make_clip(HELDOUT_SEED_BASE + 7, size=(64, 64), fps=5, seconds=1.0),
                        tmp_path / "v.mp4")
@@ -175,7 +175,7 @@ REFER_SUMMARY_KEYS = {"j_referred", "f_referred", "j_other_query", "f_other_quer
 
 @pytest.fixture(scope="module")
 def refer_model():
-    from auralsam2_core.build import build_refer_demo_model
+    from auralsam2_core.modeling.build import build_refer_demo_model
 
     return build_refer_demo_model(device="cpu")
 
@@ -192,7 +192,7 @@ def test_refer_bundle_files_sha256_size_and_recipe():
     assert info["variant"] == "refavs" and info["text_encoder"]["folder"] == "text_encoder"
     assert info["training"]["command"].startswith("auralsam2 train --synthetic --variant refavs")
     assert info["training"]["started_from"]["name"] == bundled_model_info()["name"]
-    from auralsam2_core.refer_demo import CEILINGS, REFER_PASS_MARKS
+    from auralsam2_core.evaluation.refer_demo import CEILINGS, REFER_PASS_MARKS
 
     measured = info["measured"]
     for key, mark in REFER_PASS_MARKS.items():
@@ -201,7 +201,7 @@ def test_refer_bundle_files_sha256_size_and_recipe():
 
 @needs_refer_bundle
 def test_damaged_refer_bundle_is_refused(tmp_path):
-    from auralsam2_core.build import build_refer_demo_model
+    from auralsam2_core.modeling.build import build_refer_demo_model
 
     copy = tmp_path / "refer"
     shutil.copytree(REFER_BUNDLE, copy)
@@ -228,7 +228,7 @@ def test_bundled_refer_model_builds(refer_model):
 def test_cli_demo_refer_meets_the_marks(tmp_path, capsys):
     """`auralsam2 demo --refer --out DIR`: the demo's 6 held-out clips, each queried for shape
     A, shape B (the mask must move), a missing shape and a silent one."""
-    from auralsam2_core.refer_demo import CEILINGS, REFER_PASS_MARKS
+    from auralsam2_core.evaluation.refer_demo import CEILINGS, REFER_PASS_MARKS
 
     out = tmp_path / "refer"
     assert main(["demo", "--refer", "--out", str(out), "--quiet", "--device", "cpu",

@@ -25,13 +25,11 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2_core import rle
-from auralsam2_core.audio_track import SILENCE, AudioStream
 from auralsam2_core.cli import main
-from auralsam2_core.engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
-from auralsam2_core.jobs import OutputOptions, prelabel_videos
-from auralsam2_core.media import MediaError, probe
-from auralsam2_core.results import (
+from auralsam2_core.inference import rle
+from auralsam2_core.inference.engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
+from auralsam2_core.inference.prelabel_videos import OutputOptions, prelabel_videos
+from auralsam2_core.inference.results import (
     FORMAT,
     Hysteresis,
     ResultsWriter,
@@ -39,7 +37,9 @@ from auralsam2_core.results import (
     read_results,
     sounding_intervals,
 )
-from auralsam2_core.results import track as sounding_track
+from auralsam2_core.inference.results import track as sounding_track
+from auralsam2_core.media.audio_track import SILENCE, AudioStream
+from auralsam2_core.media.video import MediaError, probe
 
 from helpers import media_factory as mf
 
@@ -280,7 +280,7 @@ def test_frame_range_labels_only_those_frames(tmp_path, model, spy):
 
 
 def test_point_prompt_changes_that_frame_and_propagates(tmp_path, model):
-    from auralsam2_core.model import PointPrompt
+    from auralsam2_core.modeling.model import PointPrompt
 
     p = mf.make_video(tmp_path / "v.mp4", frames=8, fps=10)
     plain = run(model, p, clip_len=4)

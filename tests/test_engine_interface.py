@@ -1,4 +1,5 @@
-"""The one engine interface (auralsam2_core.remote): the local model loaded once on first use
+"""The one engine interface (auralsam2_core.serving.engines): the local model loaded once on first
+use
 and shared in turns, the one results loop with its streaming callback, and the shared service
 behind the same calls, refinements (``clip_origin``) included."""
 
@@ -12,22 +13,22 @@ import pytest
 
 pytest.importorskip("uvicorn")
 
-from auralsam2_core.engine import PrelabelOptions  # noqa: E402
-from auralsam2_core.model import PointPrompt  # noqa: E402
-from auralsam2_core.remote import (  # noqa: E402
-    LocalEngine,
-    ModelTurns,
-    engine_from_env,
-    start_worker,
-)
-from auralsam2_core.results import (  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions  # noqa: E402
+from auralsam2_core.inference.results import (  # noqa: E402
     ResultsWriter,
     frame_records,
     frame_results,
     read_results,
     track,
 )
-from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_core.modeling.model import PointPrompt  # noqa: E402
+from auralsam2_core.serving.engines import (  # noqa: E402
+    LocalEngine,
+    ModelTurns,
+    engine_from_env,
+    start_worker,
+)
+from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 
 from helpers import service_env as se  # noqa: E402
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2_core import engine
-from auralsam2_core.engine import PrelabelOptions, prelabel
-from auralsam2_core.feature_cache import FeatureCache, nbytes
-from auralsam2_core.model import PointPrompt
+from auralsam2_core.inference import engine
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel
+from auralsam2_core.inference.feature_cache import FeatureCache, nbytes
+from auralsam2_core.modeling.model import PointPrompt
 
 from helpers import media_factory as mf
 

@@ -43,7 +43,7 @@ from fiftyone.operators import execute_operator  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 
 from helpers.instances_media import write_two_sounding_shapes  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The FiftyOne plugin ``@auralsam2/auralsam2`` against real FiftyOne and its own database.
 
-A generated dataset of synthetic clips (``auralsam2_core.synthetic``: stereo, mono, one
+A generated dataset of synthetic clips (``auralsam2_core.training.synthetic``: stereo, mono, one
 without audio, plus a corrupt file) with a sparse ground-truth frame field is pre-labelled
 through FiftyOne's own operator executor, immediately and as a queued delegated run, and with
 ``dataset.apply_model``. The model is a tiny random-weight AuralSAM2: these tests check the
@@ -37,9 +37,9 @@ from fiftyone.operators import execute_operator  # noqa: E402
 from fiftyone.operators.delegated import DelegatedOperationService  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
 
-from auralsam2_core import metrics  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_core.evaluation import metrics  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 
 PLUGIN = "@auralsam2/auralsam2"
 PRELABEL = f"{PLUGIN}/prelabel_sounding_objects"
@@ -257,8 +257,8 @@ def test_intervals_and_summary(labelled, reference):
 def test_strided_intervals_from_stored_probabilities(media, monkeypatch):
     """Intervals and strided frame numbers, with a stand-in engine whose probabilities are
     known (the random model hovers around 0.5 and never opens an interval)."""
-    from auralsam2_core import remote
-    from auralsam2_core.engine import FrameResult
+    from auralsam2_core.inference.engine import FrameResult
+    from auralsam2_core.serving import engines as remote
 
     probs = {0: 0.9, 2: 0.8, 4: 0.1}  # frames 1, 3, 5 of 6 with stride 2
 

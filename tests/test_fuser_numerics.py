@@ -14,8 +14,8 @@ import copy
 import pytest
 import torch
 
-from auralsam2_core import fuser as fuser_module
-from auralsam2_core.fuser import OFFICIAL_AVS_CONFIG, AuralFuser, audio_position_vector
+from auralsam2_core.modeling import fuser as fuser_module
+from auralsam2_core.modeling.fuser import OFFICIAL_AVS_CONFIG, AuralFuser, audio_position_vector
 
 from helpers import numerics_oracle as oracle
 

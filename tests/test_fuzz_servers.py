@@ -22,13 +22,13 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from auralsam2_core.model_spec import ModelSpec, load_model  # noqa: E402
-from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app as backend_app  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
 from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402
 from auralsam2_service.app import create_app as service_app  # noqa: E402
 from auralsam2_service.config import ServiceSettings  # noqa: E402
-from auralsam2_service.jobs import JobService  # noqa: E402
+from auralsam2_service.job_service import JobService  # noqa: E402
 
 from helpers import service_env as se  # noqa: E402
 from helpers.label_studio_backend import CONFIG, GOOD, PASSWORD, USER, RecordingServer  # noqa: E402

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from auralsam2_core import env
-from auralsam2_core.instances import (
+from auralsam2_core.inference.instances import (
     DEFAULT_MIN_AREA,
     InstanceTracker,
     connected_parts,

@@ -17,8 +17,8 @@ from cvat_sdk.masks import decode_mask  # noqa: E402
 from nuclio_sdk.test import Platform  # noqa: E402
 
 from auralsam2_core import model_spec  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.instances import connected_parts  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.inference.instances import connected_parts  # noqa: E402
 from auralsam2_plugins.cvat.masks import from_detector_mask, mask_box  # noqa: E402
 
 from helpers import cvat_emulator as ce  # noqa: E402

@@ -23,7 +23,7 @@ from auralsam2_fiftyone.spec import ModelSpec, resolve_model  # noqa: E402
 from fiftyone.operators import execute_operator  # noqa: E402
 from fiftyone.operators.executor import ExecutionError  # noqa: E402
 
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
 
 PRELABEL = "@auralsam2/auralsam2/prelabel_sounding_objects"
 PARAMS = {"model": "bundled", "device": "cpu"}

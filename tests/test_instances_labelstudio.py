@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(not lss.available(), reason="needs .venv-labelst
 
 starlette_testclient = pytest.importorskip("starlette.testclient")
 
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.instances import DEFAULT_MIN_AREA, connected_parts  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.inference.instances import DEFAULT_MIN_AREA, connected_parts  # noqa: E402
 from auralsam2_core.model_spec import ModelSpec, load_model  # noqa: E402
 from auralsam2_plugins.label_studio import brush  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402

@@ -30,14 +30,14 @@ pytestmark = pytest.mark.skipif(not lss.available(), reason="needs .venv-labelst
 starlette_testclient = pytest.importorskip("starlette.testclient")
 uvicorn = pytest.importorskip("uvicorn")
 
-from auralsam2_core import rle  # noqa: E402
-from auralsam2_core.engine import PrelabelOptions, prelabel  # noqa: E402
-from auralsam2_core.model import PointPrompt  # noqa: E402
+from auralsam2_core.inference import rle  # noqa: E402
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
+from auralsam2_core.inference.results import Hysteresis, sounding_intervals  # noqa: E402
+from auralsam2_core.inference.results import track as sounding_track  # noqa: E402
 from auralsam2_core.model_spec import ModelSpec  # noqa: E402
-from auralsam2_core.remote import RemoteEngine  # noqa: E402
-from auralsam2_core.results import Hysteresis, sounding_intervals  # noqa: E402
-from auralsam2_core.results import track as sounding_track  # noqa: E402
-from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_core.modeling.model import PointPrompt  # noqa: E402
+from auralsam2_core.serving.engines import RemoteEngine  # noqa: E402
+from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import brush  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.app import create_app  # noqa: E402
@@ -360,7 +360,7 @@ def test_refinement_with_a_box_repropagates(ls, project, tmp_path, model, media,
     assert "needs a box" in r["error"]
     # Malformed or oversized contexts: the task gets the reason, never a 500 (they were
     # KeyErrors / TypeErrors, and any number of clicks reached SAM2's prompt encoder).
-    from auralsam2_core.model import MAX_PROMPT_POINTS
+    from auralsam2_core.modeling.model import MAX_PROMPT_POINTS
 
     click = {"type": "keypointlabels", "value": {"x": 10.0, "y": 10.0}}
     seq = {"frame": 6, "x": 50, "y": 50, "width": 50, "height": 50}
@@ -450,7 +450,7 @@ def test_end_to_end_with_label_studio(ls, media, tmp_path, model, engine):
               "type": "timelinelabels", "origin": "manual",
               "value": {"ranges": [{"start": 2, "end": 9}], "timelinelabels": [RANGE_LABEL]}}]
     ann = ls.api("POST", f"/api/tasks/{tid}/annotations/", json={"result": human})
-    from auralsam2_core.build import build_auralsam2
+    from auralsam2_core.modeling.build import build_auralsam2
 
     own = build_auralsam2("bundled", device="cpu")  # fine-tuning changes it: not shared
     b = make_backend(ls, tmp_path, own, train_steps=3, basic_auth_user=BASIC[0],

@@ -32,11 +32,11 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not lss.available(), reason="needs .venv-labelstudio and ffmpeg"),
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")]
 
-from auralsam2_core import rle  # noqa: E402
-from auralsam2_core.instances import DEFAULT_MIN_AREA, connected_parts  # noqa: E402
+from auralsam2_core.inference import rle  # noqa: E402
+from auralsam2_core.inference.instances import DEFAULT_MIN_AREA, connected_parts  # noqa: E402
+from auralsam2_core.inference.results import track as sounding_track  # noqa: E402
 from auralsam2_core.model_spec import ModelSpec, load_model  # noqa: E402
-from auralsam2_core.results import track as sounding_track  # noqa: E402
-from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.label_studio import predictions as P  # noqa: E402
 from auralsam2_plugins.label_studio.backend import Backend  # noqa: E402
 from auralsam2_plugins.label_studio.config import LabelStudioBackendSettings  # noqa: E402

@@ -1,4 +1,4 @@
-"""Parity and behaviour tests for the VGGish log-mel front end (``auralsam2_core.log_mel``).
+"""Parity and behaviour tests for the VGGish log-mel front end (``auralsam2_core.media.log_mel``).
 
 The reference is ``torchvggish.vggish_input.waveform_to_examples`` (numpy, float64, resampy
 ``kaiser_best``); only its front end is used, never its model (that downloads weights).
@@ -7,7 +7,8 @@ Run with ``-s`` to see the measured differences.
 Tolerances, from measurements on these signals:
 * native 16 kHz: float64 input agrees to ~2.4e-7, float32 input to ~6e-4 (float32 FFT
   leakage in near-empty bands, where ``log(mel + 0.01)`` magnifies small absolute errors).
-* resampled input: our Kaiser sinc (auralsam2_core.resample) with resampy's ``kaiser_best`` has
+* resampled input: our Kaiser sinc (auralsam2_core.media.resample) with resampy's ``kaiser_best``
+has
   the same passband (gain within ~5e-5) but is cleaner than resampy, whose table
   interpolation leaves spurs ~-105 dB at non-integer ratios (44.1k, 22.05k). Those spurs are
   only visible in near-silent bands (values near ``log(0.01)``), so the max difference is up
@@ -27,8 +28,8 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2_core import log_mel as lm
-from auralsam2_core.log_mel import (
+from auralsam2_core.media import log_mel as lm
+from auralsam2_core.media.log_mel import (
     VGGISH_SAMPLE_RATE,
     frames_to_examples,
     log_mel_examples,

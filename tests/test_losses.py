@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from auralsam2_core.losses import (
+from auralsam2_core.modeling.model import ClipOutput
+from auralsam2_core.training.losses import (
     LossWeights,
     contrastive_loss,
     dice_loss,
@@ -18,7 +19,6 @@ from auralsam2_core.losses import (
     sigmoid_focal_loss,
     total_loss,
 )
-from auralsam2_core.model import ClipOutput
 
 BIG = 30.0  # a logit that is "certain"
 

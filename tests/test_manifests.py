@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from auralsam2_core.cli import build_parser
-from auralsam2_core.weights import REGISTRY
+from auralsam2_core.modeling.weights import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]

@@ -1,4 +1,5 @@
-"""Reading real media (auralsam2_core/media.py) and the audio track (audio_track.py): every bad
+"""Reading real media (auralsam2_core/media/video.py) and the audio track (audio_track.py): every
+bad
 input gives a clear MediaError or a documented behaviour, and odd-but-valid inputs (VFR,
 rotation, odd sizes, 8-96 kHz, mono / 5.1, short audio) come out right.
 
@@ -29,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2_core.audio_track import _CENTRE_OFFSET, HOP_SECONDS, SILENCE, AudioTrack
-from auralsam2_core.log_mel import EXAMPLE_FRAMES, resample_to_16k
-from auralsam2_core.media import (
+from auralsam2_core.media.audio_track import _CENTRE_OFFSET, HOP_SECONDS, SILENCE, AudioTrack
+from auralsam2_core.media.log_mel import EXAMPLE_FRAMES, resample_to_16k
+from auralsam2_core.media.video import (
     MediaError,
     downmix_weights,
     iter_audio_16k,
@@ -447,7 +448,7 @@ def test_audio_track_from_chunks_matches_one_block():
 def test_audio_stream_equals_whole_track_and_keeps_a_window():
     """The engine's streaming audio gives the same examples as the whole track while holding
     only a few seconds of log-mel frames; going back in time is refused."""
-    from auralsam2_core.audio_track import AudioStream
+    from auralsam2_core.media.audio_track import AudioStream
 
     rng = np.random.default_rng(3)
     x = (0.1 * rng.standard_normal((2, 16000 * 20))).astype(np.float32)

@@ -1,4 +1,4 @@
-"""AVSBench J / F (auralsam2_core.metrics) on hand-computed tiny masks, a brute-force
+"""AVSBench J / F (auralsam2_core.evaluation.metrics) on hand-computed tiny masks, a brute-force
 threshold loop, input validation and PNG folders.
 
 Shorthand used in the comments (beta^2 = 0.3):  F(P, R) = 1.3 P R / (0.3 P + R)
@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from auralsam2_core import metrics
-from auralsam2_core.metrics import (
+from auralsam2_core.evaluation import metrics
+from auralsam2_core.evaluation.metrics import (
     MetricsAccumulator,
     avsbench_j_f,
     dataset_level_j_f,

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from auralsam2_core.build import SAM2_CONFIGS, build_fuser, build_sam2_model
-from auralsam2_core.checkpoint import CheckpointError, save_state_dict
 from auralsam2_core.cli import main
 from auralsam2_core.cli.check import _fuser_layout_report
-from auralsam2_core.fuser import AuralFuser
-from auralsam2_core.model import AuralSAM2, TrackState, choose_masks
+from auralsam2_core.modeling.build import SAM2_CONFIGS, build_fuser, build_sam2_model
+from auralsam2_core.modeling.checkpoint import CheckpointError, save_state_dict
+from auralsam2_core.modeling.fuser import AuralFuser
+from auralsam2_core.modeling.model import AuralSAM2, TrackState, choose_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = json.loads((ROOT / "tests/data/authors_release.json").read_text())

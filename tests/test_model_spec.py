@@ -22,7 +22,7 @@ from auralsam2_core.model_spec import (
     load_model,
     spec_from_args,
 )
-from auralsam2_core.train import DEMO_FUSER_CONFIG, demo_spec, official_spec, spec_record
+from auralsam2_core.training.train import DEMO_FUSER_CONFIG, demo_spec, official_spec, spec_record
 
 CKPT = {"AURALSAM2_FUSER_CHECKPOINT": "auralsam2_avs_v1m"}
 
@@ -197,6 +197,6 @@ def test_demo_architecture_with_the_bundled_weights_is_the_bundled_model():
 
 
 def _bundled_fuser_file():
-    from auralsam2_core.build import bundled_model_dir, bundled_model_info
+    from auralsam2_core.modeling.build import bundled_model_dir, bundled_model_info
 
     return bundled_model_dir() / bundled_model_info(verify=False)["weights"]["fuser"]

@@ -10,7 +10,7 @@ from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.transformer import TwoWayTransformer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from auralsam2_core.prompting import (
+from auralsam2_core.modeling.prompting import (
     FramePrompts,
     PromptedTwoWayTransformer,
     install_prompted_transformer,

@@ -13,20 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2_core.audio_track import AudioStream
-from auralsam2_core.build import build_auralsam2
 from auralsam2_core.cli import main
-from auralsam2_core.engine import (
+from auralsam2_core.inference.engine import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_QUERIES,
     PrelabelOptions,
     prelabel,
 )
-from auralsam2_core.jobs import prelabel_to_results
-from auralsam2_core.media import iter_frames, probe
-from auralsam2_core.model import PointPrompt, upsample_logits
-from auralsam2_core.results import (
+from auralsam2_core.inference.prelabel_videos import prelabel_to_results
+from auralsam2_core.inference.results import (
     FORMAT,
     ResultsWriter,
     frame_masks,
@@ -38,8 +34,12 @@ from auralsam2_core.results import (
     video_record,
     why_stale,
 )
-from auralsam2_core.text_encoder import tiny_word_text_encoder
-from auralsam2_core.wire import OptionsError, options_from_wire, options_to_wire
+from auralsam2_core.media.audio_track import AudioStream
+from auralsam2_core.media.video import iter_frames, probe
+from auralsam2_core.modeling.build import build_auralsam2
+from auralsam2_core.modeling.model import PointPrompt, upsample_logits
+from auralsam2_core.modeling.text_encoder import tiny_word_text_encoder
+from auralsam2_core.serving.wire import OptionsError, options_from_wire, options_to_wire
 
 from helpers import media_factory as mf
 
@@ -200,7 +200,7 @@ def test_results_v2_objects_and_cache_keys(refavs, video, tmp_path):
 def test_version_1_files_stay_readable(avs, video, tmp_path):
     """A version-1 file (one object's frames and intervals at the top level) reads as one
     "sounding" object with the same frames, for every reader (accessors, renders, reuse)."""
-    from auralsam2_core.review import write_png_masks, write_timeline
+    from auralsam2_core.inference.review import write_png_masks, write_timeline
 
     doc = prelabel_to_results(avs, video, ResultsWriter(tmp_path, "new"), PrelabelOptions())
     obj = track(doc)
@@ -223,7 +223,7 @@ def test_version_1_files_stay_readable(avs, video, tmp_path):
 
 
 def test_renders_of_several_objects(refavs, video, tmp_path):
-    from auralsam2_core.review import write_overlay, write_png_masks
+    from auralsam2_core.inference.review import write_overlay, write_png_masks
 
     opts = PrelabelOptions(queries=QUERIES[:2], stop_frame=4)
     doc = prelabel_to_results(refavs, video, ResultsWriter(tmp_path, "r"), opts)
@@ -258,7 +258,7 @@ def test_service_takes_queries_and_refuses_what_its_model_cannot_read(refavs, av
                                                                       tmp_path):
     from auralsam2_core.model_spec import ModelSpec
     from auralsam2_service.config import ServiceSettings
-    from auralsam2_service.jobs import JobService, Refused
+    from auralsam2_service.job_service import JobService, Refused
 
     settings = ServiceSettings(token="t" * 32, media_roots=(video.parent.resolve(),),
                                state_dir=tmp_path / "s1")
@@ -298,7 +298,7 @@ def test_batch_refuses_queries_for_an_avs_model(video, tmp_path):
 
 def test_command_without_a_refavs_model_says_what_to_give(video, tmp_path, monkeypatch,
                                                           capsys):
-    import auralsam2_core.build as build
+    import auralsam2_core.modeling.build as build
 
     monkeypatch.setattr(build, "refer_model_dir", lambda: tmp_path / "not-installed")
     rc = main(["prelabel", str(video), "--out", str(tmp_path / "out"), "--query", "dog"])

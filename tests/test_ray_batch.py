@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from auralsam2_core.cli import main
+from auralsam2_core.inference.results import read_results
+from auralsam2_core.inference.results import track as sounding_track
 from auralsam2_core.model_spec import ModelSpec, load_model
-from auralsam2_core.results import read_results
-from auralsam2_core.results import track as sounding_track
-from auralsam2_core.synthetic import make_clip, write_clip
+from auralsam2_core.training.synthetic import make_clip, write_clip
 from auralsam2_service.batch import BatchItem, ManifestError, read_manifest, run_batch
 
 from helpers import media_factory as mf
@@ -129,7 +129,7 @@ def test_local_batch_reuses_only_up_to_date_results_and_keeps_other_videos(media
     out = tmp_path / "out"
 
     def batch(*videos, **options):
-        from auralsam2_core.engine import PrelabelOptions
+        from auralsam2_core.inference.engine import PrelabelOptions
 
         report = run_batch([tmp_path / v for v in videos], out, PrelabelOptions(**options),
                            served=ModelSpec(), progress=False)
@@ -260,7 +260,7 @@ def test_batch_command_on_ray(cluster, local_run, media, capsys):
 def test_shared_state_replicas_answer_for_each_other(media, tmp_path):
     """Two replicas' services on one state volume: either answers for a job the other ran."""
     from auralsam2_service.config import ServiceSettings
-    from auralsam2_service.jobs import Refused
+    from auralsam2_service.job_service import Refused
     from auralsam2_service.ray_serve import SharedStateService
 
     model = load_model(ModelSpec())

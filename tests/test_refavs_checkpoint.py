@@ -8,14 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from auralsam2_core.build import build_fuser
-from auralsam2_core.checkpoint import (
+from auralsam2_core.modeling.build import build_fuser
+from auralsam2_core.modeling.checkpoint import (
     CheckpointError,
     load_into,
     read_state_dict,
     refavs_fuser_checkpoint_filter,
 )
-from auralsam2_core.fuser import AuralFuser
+from auralsam2_core.modeling.fuser import AuralFuser
 
 SMALL = {"f_depths": [1, 1, 1]}
 # The remap tool's `training_layers.<i>` order (docs/numerics.md), written out by level.

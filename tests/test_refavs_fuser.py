@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from auralsam2_core.fuser import (
+from auralsam2_core.modeling.fuser import (
     OFFICIAL_AVS_CONFIG,
     REFAVS_AUDIO_PROJ_ROWS,
     AuralFuser,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2_core.metrics import (
+from auralsam2_core.evaluation.metrics import (
     NullSAccumulator,
     avsbench_j_f,
     null_s_pooled,

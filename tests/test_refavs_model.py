@@ -10,10 +10,10 @@ import json
 import pytest
 import torch
 
-from auralsam2_core.build import build_auralsam2, refer_model_dir
-from auralsam2_core.model import AuralSAM2, upsample_logits
-from auralsam2_core.prompting import PromptedTwoWayTransformer
-from auralsam2_core.text_encoder import tiny_random_text_encoder
+from auralsam2_core.modeling.build import build_auralsam2, refer_model_dir
+from auralsam2_core.modeling.model import AuralSAM2, upsample_logits
+from auralsam2_core.modeling.prompting import PromptedTwoWayTransformer
+from auralsam2_core.modeling.text_encoder import tiny_random_text_encoder
 
 from helpers.text_model_factory import make_hf_cache
 

@@ -9,14 +9,14 @@ import json
 import pytest
 import torch
 
-from auralsam2_core import weights
-from auralsam2_core.text_encoder import (
+from auralsam2_core.modeling import weights
+from auralsam2_core.modeling.text_encoder import (
     MAX_TOKENS,
     TextEncoder,
     load_text_encoder,
     tiny_random_text_encoder,
 )
-from auralsam2_core.weights import REGISTRY, fetch, hf_snapshot
+from auralsam2_core.modeling.weights import REGISTRY, fetch, hf_snapshot
 
 from helpers.text_model_factory import make_hf_cache
 

@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2_core.checkpoint import read_state_dict
-from auralsam2_core.datasets import ReferringClipDataset, collate, referred_target
-from auralsam2_core.refer_demo import REFER_PASS_MARKS, refer_clips, score_refer
-from auralsam2_core.synthetic import COLOUR_NAMES, SHAPES
-from auralsam2_core.text_encoder import (
+from auralsam2_core.evaluation.refer_demo import REFER_PASS_MARKS, refer_clips, score_refer
+from auralsam2_core.modeling.checkpoint import read_state_dict
+from auralsam2_core.modeling.text_encoder import (
     DEMO_WORDS,
     MAX_TOKENS,
     TextEncoder,
     save_text_encoder,
     tiny_word_text_encoder,
 )
-from auralsam2_core.train import (
+from auralsam2_core.training.datasets import ReferringClipDataset, collate, referred_target
+from auralsam2_core.training.synthetic import COLOUR_NAMES, SHAPES
+from auralsam2_core.training.train import (
     DEMO_FUSER_CONFIG,
     TrainConfig,
     build_model,
@@ -154,7 +154,7 @@ def test_refavs_fuser_starts_from_the_avs_fuser():
     assert "text_proj.0.weight" in own and "text_proj.0.weight" not in avs
     assert model.variant == "refavs" and model.meta["text_encoder"] == "demo-words"
     other = dict(DEMO_FUSER_CONFIG, f_depths=[1, 1, 2])
-    from auralsam2_core.build import build_fuser
+    from auralsam2_core.modeling.build import build_fuser
 
     with pytest.raises(ValueError, match="not an AVS fuser of this configuration"):
         init_refavs_fuser_from_avs(build_fuser(None, other, variant="refavs"),
@@ -185,7 +185,7 @@ def test_forward_batch_with_text_equals_forward_clip():
 
 
 def _refer_cfg(out: Path, **kw) -> TrainConfig:
-    from auralsam2_core.losses import LossWeights
+    from auralsam2_core.training.losses import LossWeights
 
     base = {"steps": 2, "batch_size": 2, "lr": 5e-4, "warmup_steps": 1, "seed": 3,
             "checkpoint_every": 1, "progress": False, "device": "cpu",
@@ -218,8 +218,8 @@ def test_refer_recipe_script_writes_a_verified_bundle(tmp_path):
     stops after 1 step of a 3-step schedule, stage 2 runs 2 steps with SAM2 unfrozen): the
     bundle loads through build_refer_demo_model (sha256 of every file) and records the
     recipe; stage 2 starts from stage 1's fuser."""
-    from auralsam2_core.build import build_refer_demo_model
-    from auralsam2_core.weights import sha256_file
+    from auralsam2_core.modeling.build import build_refer_demo_model
+    from auralsam2_core.modeling.weights import sha256_file
 
     env = {**os.environ, "AURALSAM2_REFER_STEPS": "3", "AURALSAM2_REFER_STOP": "1",
            "AURALSAM2_REFER_STEPS2": "2", "AURALSAM2_REFER_EVAL_EVERY": "0"}
@@ -251,9 +251,9 @@ def test_refer_recipe_script_writes_a_verified_bundle(tmp_path):
 def test_refer_demo_runs_through_the_engine_and_scores_its_results_files(tmp_path):
     """`demo --refer` pre-labels each clip's mp4 with its queries as `prelabel --query` does:
     the summary is computed from the version-2 results files it leaves behind."""
-    from auralsam2_core.build import build_auralsam2
-    from auralsam2_core.refer_demo import run_refer_demo
-    from auralsam2_core.results import frame_masks, objects, read_results
+    from auralsam2_core.evaluation.refer_demo import run_refer_demo
+    from auralsam2_core.inference.results import frame_masks, objects, read_results
+    from auralsam2_core.modeling.build import build_auralsam2
 
     torch.manual_seed(0)
     model = build_auralsam2("sam2_hiera_t", image_size=64, fuser_config={"f_depths": [1, 1, 1]},

@@ -1,5 +1,6 @@
 """Re-running ``auralsam2 prelabel`` into a results folder that already holds results
-(auralsam2_core/jobs.py, results.py): nothing is lost, overwritten by mistake or wrongly
+(auralsam2_core/inference/prelabel_videos.py, results.py): nothing is lost, overwritten by mistake
+or wrongly
 reused.
 
 Documented behaviours chosen here:
@@ -29,11 +30,11 @@ import time
 
 import pytest
 
-from auralsam2_core.build import build_auralsam2
-from auralsam2_core.engine import PrelabelOptions
-from auralsam2_core.jobs import OutputOptions, prelabel_videos
-from auralsam2_core.results import Hysteresis, ResultsWriter, read_results
-from auralsam2_core.results import track as sounding_track
+from auralsam2_core.inference.engine import PrelabelOptions
+from auralsam2_core.inference.prelabel_videos import OutputOptions, prelabel_videos
+from auralsam2_core.inference.results import Hysteresis, ResultsWriter, read_results
+from auralsam2_core.inference.results import track as sounding_track
+from auralsam2_core.modeling.build import build_auralsam2
 
 from helpers import media_factory as mf
 

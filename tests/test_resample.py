@@ -1,4 +1,4 @@
-"""auralsam2_core.resample: the polyphase conv equals the textbook per-sample sum, keeps the
+"""auralsam2_core.media.resample: the polyphase conv equals the textbook per-sample sum, keeps the
 passband and removes what would alias (resampy parity is in test_log_mel.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from auralsam2_core.resample import kaiser_sinc_resample
+from auralsam2_core.media.resample import kaiser_sinc_resample
 
 ZEROS, ROLLOFF, BETA = 16.0, 0.9, 8.0
 

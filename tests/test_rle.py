@@ -1,4 +1,5 @@
-"""COCO RLE (auralsam2_core.rle): round trips, and byte-for-byte parity with pycocotools."""
+"""COCO RLE (auralsam2_core.inference.rle): round trips, and byte-for-byte parity with
+pycocotools."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from auralsam2_core import rle
+from auralsam2_core.inference import rle
 
 try:
     from pycocotools import mask as coco

@@ -1,4 +1,4 @@
-"""The shared model service (``auralsam2 serve``) and its client (auralsam2_core.remote).
+"""The shared model service (``auralsam2 serve``) and its client (auralsam2_core.serving.engines).
 
 Loopback only: the app under Starlette's test client and under uvicorn, and the real
 ``auralsam2 serve`` command in a subprocess for the fault tests (killed with SIGKILL mid-job,
@@ -20,15 +20,15 @@ import pytest
 starlette_testclient = pytest.importorskip("starlette.testclient")
 pytest.importorskip("uvicorn")
 
-from auralsam2_core.engine import NoAudioError, PrelabelOptions  # noqa: E402
-from auralsam2_core.model import PointPrompt  # noqa: E402
+from auralsam2_core.inference.engine import NoAudioError, PrelabelOptions  # noqa: E402
+from auralsam2_core.inference.results import track as sounding_track  # noqa: E402
 from auralsam2_core.model_spec import ModelSpec  # noqa: E402
-from auralsam2_core.remote import LocalEngine, RemoteEngine, RemoteError  # noqa: E402
-from auralsam2_core.results import track as sounding_track  # noqa: E402
-from auralsam2_core.synthetic import make_clip, write_clip  # noqa: E402
+from auralsam2_core.modeling.model import PointPrompt  # noqa: E402
+from auralsam2_core.serving.engines import LocalEngine, RemoteEngine, RemoteError  # noqa: E402
+from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_service.app import create_app  # noqa: E402
 from auralsam2_service.config import ServiceSettings  # noqa: E402
-from auralsam2_service.jobs import JobService  # noqa: E402
+from auralsam2_service.job_service import JobService  # noqa: E402
 
 from helpers import service_env as se  # noqa: E402
 
@@ -336,8 +336,8 @@ def test_prompts_are_bounded_everywhere(tmp_path, media, model):
     """8,000 points in one prompt took the service from 346 MB to 4.9 GB: now 400 before
     anything is built; prompted frames per job are bounded too; and no PointPrompt (the
     engine's and Label Studio's input) can hold more than the bound."""
-    from auralsam2_core.model import MAX_PROMPT_POINTS
-    from auralsam2_core.wire import MAX_PROMPTED_FRAMES
+    from auralsam2_core.modeling.model import MAX_PROMPT_POINTS
+    from auralsam2_core.serving.wire import MAX_PROMPTED_FRAMES
 
     service, client = client_for(tmp_path, media, model, max_body_bytes=1 << 20)
     many = {"coords": [[5, 5]] * 8000, "labels": [1] * 8000}
@@ -480,7 +480,7 @@ def test_a_second_serve_on_the_same_state_dir_refuses_and_touches_nothing(tmp_pa
 
 
 def test_state_dir_lock_in_process(tmp_path, model):
-    from auralsam2_service.jobs import StateDirBusy
+    from auralsam2_service.job_service import StateDirBusy
 
     settings = ServiceSettings(token=se.TOKEN, state_dir=tmp_path)
     first = JobService(settings, ModelSpec(), model=model, start_worker=False)

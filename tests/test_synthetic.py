@@ -1,4 +1,4 @@
-"""Tests for the synthetic sounding-object clips (``auralsam2_core.synthetic``).
+"""Tests for the synthetic sounding-object clips (``auralsam2_core.training.synthetic``).
 
 Every other part of the project trusts these clips as ground truth, so the tests check the
 ground truth itself: determinism, mask semantics (visible pixels, top object wins), schedules,
@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from auralsam2_core.synthetic import (
+from auralsam2_core.training.synthetic import (
     COLOUR_NAMES,
     SHAPES,
     SIGNATURE_HZ,
@@ -366,7 +366,7 @@ def test_named_colours_are_distinct_and_drawn_in_their_colour():
 
 
 def clip_meta_of(clip):
-    from auralsam2_core.synthetic import clip_meta
+    from auralsam2_core.training.synthetic import clip_meta
 
     return clip_meta(clip)
 
@@ -385,7 +385,7 @@ def test_all_schedule_sounds_every_object_every_frame():
 
 
 def test_referring_expressions_name_the_shape_and_colour_in_demo_words():
-    from auralsam2_core.text_encoder import DEMO_WORDS
+    from auralsam2_core.modeling.text_encoder import DEMO_WORDS
 
     rng = np.random.default_rng(0)
     for shape in SHAPES:

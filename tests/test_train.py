@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from auralsam2_core.build import build_fuser
-from auralsam2_core.checkpoint import read_state_dict
-from auralsam2_core.datasets import SyntheticClipDataset, collate
-from auralsam2_core.fuser import AuralFuser
-from auralsam2_core.train import (
+from auralsam2_core.modeling.build import build_fuser
+from auralsam2_core.modeling.checkpoint import read_state_dict
+from auralsam2_core.modeling.fuser import AuralFuser
+from auralsam2_core.training.datasets import SyntheticClipDataset, collate
+from auralsam2_core.training.train import (
     DEMO_FUSER_CONFIG,
     TrainConfig,
     build_model,
@@ -161,7 +161,7 @@ def test_frozen_sam2_does_not_change(tmp_path, tiny_data):
 
 
 def test_audio_batchnorm_calibration(tiny_data):
-    from auralsam2_core.train import calibrate_audio_batchnorm
+    from auralsam2_core.training.train import calibrate_audio_batchnorm
 
     fuser = build_fuser(None, DEMO_FUSER_CONFIG).eval()
     mels = [torch.cat([tiny_data[i].log_mel for i in range(4)])]
@@ -198,8 +198,8 @@ def test_fine_tuning_keeps_a_trained_audio_encoders_statistics(tmp_path, tiny_da
 def test_demo_bundle_export_records_the_whole_recipe(tmp_path, tiny_data, reference_run):
     """export_demo_bundle: plain float32 files with their sha256, the command, and for a run
     that continued a bundle, that bundle's training record under ``started_from``."""
-    from auralsam2_core.train import export_demo_bundle
-    from auralsam2_core.weights import sha256_file
+    from auralsam2_core.modeling.weights import sha256_file
+    from auralsam2_core.training.train import export_demo_bundle
 
     first = export_demo_bundle(reference_run, tmp_path / "stage1", demo_clips=1, demo_size=64)
     for name, rec in first["files"].items():
@@ -236,6 +236,6 @@ def test_demo_model_recipe_script_runs_both_stages(tmp_path):
     assert f"--sam2-checkpoint {tmp_path}/stage1/bundle/sam2.safetensors" in \
         info["training"]["command"]
     assert info["training"]["train_config"]["lr"] == 3e-4
-    from auralsam2_core.weights import sha256_file
+    from auralsam2_core.modeling.weights import sha256_file
     for name, rec in info["files"].items():
         assert sha256_file(tmp_path / "bundle" / name) == rec["sha256"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from auralsam2_core import weights
-from auralsam2_core.weights import (
+from auralsam2_core.modeling import weights
+from auralsam2_core.modeling.weights import (
     REGISTRY,
     DownloadError,
     WeightFile,

@@ -1,13 +1,13 @@
-"""The job options wire format (auralsam2_core.wire): what the client sends and the service
+"""The job options wire format (auralsam2_core.serving.wire): what the client sends and the service
 checks, including the optional ``clip_origin`` of refinements."""
 
 from __future__ import annotations
 
 import pytest
 
-from auralsam2_core.engine import PrelabelOptions
-from auralsam2_core.model import PointPrompt
-from auralsam2_core.wire import (
+from auralsam2_core.inference.engine import PrelabelOptions
+from auralsam2_core.modeling.model import PointPrompt
+from auralsam2_core.serving.wire import (
     OPTION_KEYS,
     OptionsError,
     options_from_wire,

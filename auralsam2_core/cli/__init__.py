@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__
+from auralsam2_core import __version__
+
 from . import check, demo, evaluate, prelabel, train, weights
 
 DESCRIPTION = "AuralSAM2: pre-label the sounding objects of videos (SAM2 that hears)."
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "sam2_checkpoint", None) or getattr(args, "fuser_checkpoint", None):
-            from ..weights import fetch
+            from auralsam2_core.modeling.weights import fetch
 
             args.sam2_checkpoint = args.sam2_checkpoint and str(fetch(args.sam2_checkpoint))
             args.fuser_checkpoint = args.fuser_checkpoint and str(fetch(args.fuser_checkpoint))

@@ -9,7 +9,8 @@ import time
 
 import torch
 
-from .. import __version__
+from auralsam2_core import __version__
+
 from .model_args import (
     add_model_options,
     build_model,
@@ -21,7 +22,7 @@ from .model_args import (
 
 def _synthetic_clip(frames: int, size: int, seconds_per_frame: float = 1.0):
     """A disc moving across the frame and a stereo tone: enough to exercise every layer."""
-    from ..log_mel import VGGISH_SAMPLE_RATE, log_mel_examples
+    from auralsam2_core.media.log_mel import VGGISH_SAMPLE_RATE, log_mel_examples
 
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     video = torch.zeros(frames, 3, size, size)
@@ -29,7 +30,7 @@ def _synthetic_clip(frames: int, size: int, seconds_per_frame: float = 1.0):
         cx = size * (0.25 + 0.5 * t / max(frames - 1, 1))
         disc = ((xx - cx) ** 2 + (yy - size / 2) ** 2) < (size / 6) ** 2
         video[t, 0][disc] = 1.0
-    from ..engine import IMAGENET_MEAN, IMAGENET_STD
+    from auralsam2_core.inference.engine import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -65,9 +66,13 @@ def _fuser_layout_report(fuser) -> dict:
 def _build_refavs_check_model(args):
     """``check --variant refavs``: the Ref-AVS model with distilroberta-base from the Hugging
     Face cache, or a tiny random text encoder when it is not cached (said on stderr)."""
-    from ..model_spec import BUNDLED
-    from ..text_encoder import TEXT_ENCODER_NAME, load_text_encoder, tiny_random_text_encoder
-    from ..weights import REGISTRY
+    from auralsam2_core.model_spec import BUNDLED
+    from auralsam2_core.modeling.text_encoder import (
+        TEXT_ENCODER_NAME,
+        load_text_encoder,
+        tiny_random_text_encoder,
+    )
+    from auralsam2_core.modeling.weights import REGISTRY
 
     if args.sam2_config in (None, BUNDLED):
         raise ValueError("--variant refavs needs --sam2-config (the bundled demo model is an "

@@ -11,8 +11,8 @@ from .model_args import add_model_options, build_model
 
 def cmd_refer_demo(args) -> int:
     """``demo --refer``: the bundled Ref-AVS demo model queried with referring expressions."""
-    from ..build import build_refer_demo_model
-    from ..refer_demo import REFER_PASS_MARKS, run_refer_demo
+    from auralsam2_core.evaluation.refer_demo import REFER_PASS_MARKS, run_refer_demo
+    from auralsam2_core.modeling.build import build_refer_demo_model
 
     if args.sam2_config or args.fuser_checkpoint or args.sam2_checkpoint:
         raise ValueError("demo --refer runs the bundled Ref-AVS demo model; drop --sam2-config "
@@ -30,14 +30,14 @@ def cmd_refer_demo(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..demo import PASS_MARKS, run_demo
+    from auralsam2_core.evaluation.demo import PASS_MARKS, run_demo
 
     if args.refer:
         return cmd_refer_demo(args)
     if args.sam2_config or args.fuser_checkpoint or args.sam2_checkpoint:
         model = build_model(args)
     else:
-        from ..build import build_demo_model
+        from auralsam2_core.modeling.build import build_demo_model
 
         model = build_demo_model(device=args.device)
     s = run_demo(args.out, n_clips=args.clips, size=args.size, model=model,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cmd_eval(args) -> int:
-    from ..datasets import evaluate_predictions
+    from auralsam2_core.training.datasets import evaluate_predictions
 
     report = evaluate_predictions(args.pred, args.gt)
     d = report.to_dict()

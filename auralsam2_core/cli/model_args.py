@@ -8,9 +8,9 @@ import sys
 
 
 def add_model_options(c: argparse.ArgumentParser, image_size: int) -> None:
-    from ..build import SAM2_CONFIGS
-    from ..model import MASK_CHOICES
-    from ..model_spec import CLI_DEFAULTS, DEFAULT_SAM2_CONFIG
+    from auralsam2_core.model_spec import CLI_DEFAULTS, DEFAULT_SAM2_CONFIG
+    from auralsam2_core.modeling.build import SAM2_CONFIGS
+    from auralsam2_core.modeling.model import MASK_CHOICES
 
     c.add_argument("--sam2-config", default=None,
                    help=f"one of {', '.join(SAM2_CONFIGS)}, a yaml path, or 'bundled' "
@@ -35,7 +35,7 @@ def model_spec(args, refavs: bool = False):
     command's input size)."""
     from dataclasses import replace
 
-    from ..model_spec import CLI_DEFAULTS, CLI_REFAVS_DEFAULTS, ModelSpec
+    from auralsam2_core.model_spec import CLI_DEFAULTS, CLI_REFAVS_DEFAULTS, ModelSpec
 
     defaults = replace(CLI_REFAVS_DEFAULTS if refavs else CLI_DEFAULTS,
                        image_size=args.default_image_size)
@@ -62,7 +62,7 @@ def weights_label(model, part: str, given: str | None) -> str:
 
 
 def _check_bundled_refavs(spec) -> None:
-    from ..build import refer_model_dir
+    from auralsam2_core.modeling.build import refer_model_dir
 
     if spec.image_size is not None or spec.sam2_checkpoint or spec.fuser_checkpoint \
             or spec.text_encoder:

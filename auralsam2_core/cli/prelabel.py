@@ -8,9 +8,14 @@ from .model_args import add_model_options, build_model
 def cmd_prelabel(args) -> int:
     """Exit 0: every video done or up to date; 1: some video failed (each is reported and
     the others still run); 2: the command itself is wrong (options, --out unusable)."""
-    from ..engine import PrelabelOptions
-    from ..jobs import OutputOptions, outcome_line, prelabel_videos, prepare_out_dir
-    from ..results import Hysteresis
+    from auralsam2_core.inference.engine import PrelabelOptions
+    from auralsam2_core.inference.prelabel_videos import (
+        OutputOptions,
+        outcome_line,
+        prelabel_videos,
+        prepare_out_dir,
+    )
+    from auralsam2_core.inference.results import Hysteresis
 
     opts = PrelabelOptions(clip_len=args.clip_len, stride=args.stride, no_audio=args.no_audio,
                            audio_track=args.audio_track, queries=args.query or ())

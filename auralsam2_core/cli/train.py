@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _dataset_from_args(args, image_size: int):
-    from ..datasets import (
+    from auralsam2_core.training.datasets import (
         AVSBenchMS3,
         AVSBenchS4,
         AVSBenchV2,
@@ -36,8 +36,14 @@ def _dataset_from_args(args, image_size: int):
 
 
 def cmd_train(args) -> int:
-    from ..losses import LossWeights
-    from ..train import TrainConfig, command_line, demo_spec, official_spec, train
+    from auralsam2_core.training.losses import LossWeights
+    from auralsam2_core.training.train import (
+        TrainConfig,
+        command_line,
+        demo_spec,
+        official_spec,
+        train,
+    )
 
     demo = args.model == "demo" if args.model else args.synthetic
     refer = args.variant == "refavs"
@@ -73,7 +79,7 @@ def cmd_train(args) -> int:
                       threads=args.threads, train_candidate=candidate)
     evaluate = None
     if args.synthetic and args.eval_every and refer:
-        from ..refer_demo import quick_refer_checks
+        from auralsam2_core.evaluation.refer_demo import quick_refer_checks
 
         def evaluate(model, step):
             r = quick_refer_checks(model, n=args.eval_clips)
@@ -82,7 +88,7 @@ def cmd_train(args) -> int:
                   f"{r['silent_low_confidence_fraction']:.1%} of frames", file=sys.stderr)
             return r
     elif args.synthetic and args.eval_every:
-        from ..demo import quick_audio_checks
+        from auralsam2_core.evaluation.demo import quick_audio_checks
 
         def evaluate(model, step):
             r = quick_audio_checks(model, n=args.eval_clips)
@@ -99,7 +105,7 @@ def cmd_train(args) -> int:
                       "steps": result.steps, "seconds": round(result.seconds, 1),
                       "last_losses": result.last_losses}, indent=1))
     if args.bundle:
-        from ..train import export_demo_bundle, export_refer_demo_bundle
+        from auralsam2_core.training.train import export_demo_bundle, export_refer_demo_bundle
 
         bundle = (export_refer_demo_bundle if refer else export_demo_bundle)(args.out,
                                                                              args.bundle)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def cmd_weights(args) -> int:
-    from ..weights import REGISTRY, cache_dir
+    from auralsam2_core.modeling.weights import REGISTRY, cache_dir
 
     print(f"cache: {cache_dir()}  (set AURALSAM2_HOME to move it)")
     for name, w in REGISTRY.items():
@@ -14,7 +14,7 @@ def cmd_weights(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from ..weights import fetch
+    from auralsam2_core.modeling.weights import fetch
 
     for name in args.names:
         print(fetch(name))

@@ -1,7 +1,8 @@
 """Prototype rewrites of the fuser's slow parts, timed against the faithful modules on the
 same inputs, with the largest output difference (issue #16 point 2; see ../PROFILE.md).
 
-Nothing here is used by the package: each variant is a candidate for ``auralsam2_core/fuser.py``
+Nothing here is used by the package: each variant is a candidate for
+``auralsam2_core/modeling/fuser.py``
 and shows what it would save and that it computes the same thing (differences at float32
 rounding level, from a different summation order).
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import add_output_args, apply_quick, finish  # noqa: E402
 
-from auralsam2_core.fuser import AudioVisualFusion, Block  # noqa: E402
+from auralsam2_core.modeling.fuser import AudioVisualFusion, Block  # noqa: E402
 
 
 def dwconv_channels_last(mod, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -120,7 +121,7 @@ def main() -> None:
         _compare("attention_contiguous_heads", lambda: block.attn(tokens, hw),
                  lambda: attention_contiguous(block.attn, tokens, hw), args.repeats, results)
         if args.compile:
-            from auralsam2_core.fuser import AuralFuser
+            from auralsam2_core.modeling.fuser import AuralFuser
 
             fuser = AuralFuser().eval()
             fpn = [torch.randn(n, c, args.size // k, args.size // k) for k in (4, 8, 16)]

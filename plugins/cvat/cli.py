@@ -57,7 +57,7 @@ def cmd_prelabel(args) -> int:
     from pathlib import Path
 
     from auralsam2_core.model_spec import load_model
-    from auralsam2_core.remote import engine_from_env
+    from auralsam2_core.serving.engines import engine_from_env
 
     from .api import CvatError
     from .config import CvatFunctionSettings

@@ -24,8 +24,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from auralsam2_core import rle
-from auralsam2_core.instances import connected_parts
+from auralsam2_core.inference import rle
+from auralsam2_core.inference.instances import connected_parts
 
 from . import masks
 from .errors import AdapterError, CvatBadRequest, NotIdentified, NotReady

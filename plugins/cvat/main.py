@@ -11,7 +11,7 @@ import json
 import os
 
 from auralsam2_core.model_spec import ModelSpec, load_model
-from auralsam2_core.remote import engine_from_env
+from auralsam2_core.serving.engines import engine_from_env
 from auralsam2_plugins.cvat.config import CvatFunctionSettings
 from auralsam2_plugins.cvat.service import CvatFunctionService, connect
 

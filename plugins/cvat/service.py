@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 
-from auralsam2_core.remote import as_engine
+from auralsam2_core.serving.engines import as_engine
 
 from .api import CvatApi, CvatError
 from .config import CvatFunctionSettings
@@ -161,7 +161,8 @@ class CvatFunctionService:
 
     def __init__(self, settings: CvatFunctionSettings, engine, *, api: CvatApi | None = None,
                  logger=None) -> None:
-        """``engine``: a model, or an engine from :func:`auralsam2_core.remote.engine_from_env`
+        """``engine``: a model, or an engine from
+        :func:`auralsam2_core.serving.engines.engine_from_env`
         (the shared service when ``AURALSAM2_SERVER_URL`` is set)."""
         self.settings = settings
         self.engine = as_engine(engine)

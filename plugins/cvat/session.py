@@ -2,7 +2,8 @@
 thumbnails for recognising CVAT's images, and the engine's results as they appear.
 
 Everything runs on background threads; request handlers only wait (with a deadline) for what
-they need. The engine (local model or shared service, :mod:`auralsam2_core.remote`) writes its
+they need. The engine (local model or shared service, :mod:`auralsam2_core.serving.engines`) writes
+its
 results into the cache directory through the core's one results loop, so a finished task is
 never computed twice (and a new process picks it up from disk); each frame's record is
 published to waiting requests as it is written.
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from auralsam2_core.engine import PrelabelOptions
-from auralsam2_core.media import MediaError, iter_frames, probe
-from auralsam2_core.results import ResultsWriter, read_results, track
+from auralsam2_core.inference.engine import PrelabelOptions
+from auralsam2_core.inference.results import ResultsWriter, read_results, track
+from auralsam2_core.media.video import MediaError, iter_frames, probe
 
 from . import masks
 from .api import CvatApi, CvatError, extract_video, share_path

@@ -20,7 +20,7 @@ no interpolation is needed to cut it).
 
 Instances (``AURALSAM2_INSTANCES=1``): each connected part of a frame's mask is its own mask
 shape; with polygon tracks, each instance (parts tracked across frames, see
-:mod:`auralsam2_core.instances`) gets its own tracks, one per stretch of frames it is on.
+:mod:`auralsam2_core.inference.instances`) gets its own tracks, one per stretch of frames it is on.
 
 Own annotations: the adapter's label, ``source == "auto"``, and type ``mask`` (shapes) or
 ``polygon`` (tracks); both are replaced on every upload, whichever form it writes. Annotators'
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auralsam2_core import rle
-from auralsam2_core.instances import connected_parts, instance_tracks
+from auralsam2_core.inference import rle
+from auralsam2_core.inference.instances import connected_parts, instance_tracks
 
 from .api import CvatApi, CvatError
 from .masks import resize_mask, to_cvat_points

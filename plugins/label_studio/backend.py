@@ -22,26 +22,26 @@ from pathlib import Path
 
 import numpy as np
 
-from auralsam2_core.engine import NoAudioError, PrelabelOptions
 from auralsam2_core.errors import BadRequest
-from auralsam2_core.feature_cache import FeatureCache
-from auralsam2_core.instances import connected_parts
-from auralsam2_core.media import MediaError, probe
-from auralsam2_core.model import PointPrompt
-from auralsam2_core.model_spec import ModelSpec, load_model
-from auralsam2_core.remote import (
-    LocalEngine,
-    RemoteEngine,
-    RemoteError,
-    remote_from_env,
-    start_worker,
-)
-from auralsam2_core.results import (
+from auralsam2_core.inference.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.inference.feature_cache import FeatureCache
+from auralsam2_core.inference.instances import connected_parts
+from auralsam2_core.inference.results import (
     Hysteresis,
     ResultsWriter,
     make_object,
     read_results,
     track,
+)
+from auralsam2_core.media.video import MediaError, probe
+from auralsam2_core.model_spec import ModelSpec, load_model
+from auralsam2_core.modeling.model import PointPrompt
+from auralsam2_core.serving.engines import (
+    LocalEngine,
+    RemoteEngine,
+    RemoteError,
+    remote_from_env,
+    start_worker,
 )
 
 from . import predictions as P
@@ -339,7 +339,7 @@ class Backend:
                          ) -> tuple[list[dict], float]:
         from PIL import Image
 
-        from auralsam2_core import rle
+        from auralsam2_core.inference import rle
 
         frame = next((f for f in track(doc)["frames"] if f["index"] == media.frame), None)
         if frame is None:

@@ -10,7 +10,8 @@ becomes a keyframe when interpolation would miss its box by more than ``toleranc
 and ``enabled: false`` on the last frame of each stretch hides the box after it. Keyframe
 images get a ``BrushLabels`` mask. With instances on (``AURALSAM2_INSTANCES``), each connected
 part of the mask is its own ``VideoRectangle`` track (ids stable across frames, see
-:mod:`auralsam2_core.instances`), hidden on the frames where that part is absent; a keyframe
+:mod:`auralsam2_core.inference.instances`), hidden on the frames where that part is absent; a
+keyframe
 image gets one brush mask per part.
 
 Scores are the model's own confidence (see :func:`frame_confidence`); the review priority
@@ -26,10 +27,10 @@ import math
 
 import numpy as np
 
-from auralsam2_core import rle
-from auralsam2_core.instances import instance_tracks
-from auralsam2_core.results import frame_masks
-from auralsam2_core.results import track as sounding_track
+from auralsam2_core.inference import rle
+from auralsam2_core.inference.instances import instance_tracks
+from auralsam2_core.inference.results import frame_masks
+from auralsam2_core.inference.results import track as sounding_track
 
 from . import brush
 from .labelconfig import Control

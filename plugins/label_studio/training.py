@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from auralsam2_core import rle
 from auralsam2_core.atomic import atomic_write_json
 from auralsam2_core.errors import BadRequest
-from auralsam2_core.results import ResultsWriter, targets_document, track
+from auralsam2_core.inference import rle
+from auralsam2_core.inference.results import ResultsWriter, targets_document, track
 
 from . import brush
 from .errors import TaskError, is_id
@@ -159,7 +159,7 @@ class FineTuner:
 
     def apply_current(self, model) -> None:
         if self.state.get("fuser"):
-            from auralsam2_core.checkpoint import load_into, read_state_dict
+            from auralsam2_core.modeling.checkpoint import load_into, read_state_dict
 
             p = Path(self.state["fuser"])
             load_into(model.fuser, read_state_dict(p), what="AuralFuser", source=p)
@@ -249,7 +249,7 @@ class FineTuner:
 
     def training_data(self, pid: int, label_config: str | None, out: Path) -> list[Path]:
         """Write one results-format target file per annotated task; returns their paths."""
-        from auralsam2_core.media import iter_frames, probe
+        from auralsam2_core.media.video import iter_frames, probe
 
         files = []
         folder = self.dir / "annotations" / f"project-{pid}"
@@ -298,9 +298,9 @@ class FineTuner:
         return files
 
     def run(self, pid: int, label_config: str | None) -> None:
-        from auralsam2_core.checkpoint import load_into, read_state_dict
-        from auralsam2_core.datasets import CorrectedResultsDataset
-        from auralsam2_core.train import TrainConfig, train
+        from auralsam2_core.modeling.checkpoint import load_into, read_state_dict
+        from auralsam2_core.training.datasets import CorrectedResultsDataset
+        from auralsam2_core.training.train import TrainConfig, train
 
         s = self.settings
         gen = self.generation + 1
@@ -334,7 +334,7 @@ class FineTuner:
     def train_spec(self, model):
         """The trainer's ModelSpec for the weights being served (starting from the current,
         possibly already fine-tuned, fuser)."""
-        from auralsam2_core.checkpoint import save_state_dict
+        from auralsam2_core.modeling.checkpoint import save_state_dict
 
         current = self.dir / "current_fuser.safetensors"
         save_state_dict(model.fuser.state_dict(), current)

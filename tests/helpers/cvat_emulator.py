@@ -65,7 +65,7 @@ from cvat_sdk.api_client.api_client import ApiClient
 from cvat_sdk.api_client.model_utils import deserialize_model
 from PIL import Image
 
-from auralsam2_core.media import iter_frames
+from auralsam2_core.media.video import iter_frames
 
 NOW = "2026-11-27T00:00:00Z"
 VERSION = "2.58.1"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auralsam2_core.synthetic import SyntheticClip, make_clip, write_clip
+from auralsam2_core.training.synthetic import SyntheticClip, make_clip, write_clip
 
 #: seed 1 at this size keeps the two shapes at least 34 px apart in every frame
 SEED, SIZE, FPS, SECONDS = 1, (96, 128), 5.0, 1.6  # 8 frames

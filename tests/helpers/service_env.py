@@ -13,10 +13,10 @@ from pathlib import Path
 import uvicorn
 
 from auralsam2_core.model_spec import ModelSpec
-from auralsam2_core.remote import RemoteEngine
+from auralsam2_core.serving.engines import RemoteEngine
 from auralsam2_service.app import create_app
 from auralsam2_service.config import ServiceSettings
-from auralsam2_service.jobs import JobService
+from auralsam2_service.job_service import JobService
 
 TOKEN = "service-test-token-abcdef"
 

@@ -16,13 +16,14 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from auralsam2_core.results import Hysteresis, sounding_intervals
+from auralsam2_core.inference.results import Hysteresis, sounding_intervals
 
 from .timeline import interval_terms
 
 LABEL = "sounding"
 TRACK_INDEX = 1  # one sounding-object track per video (AVS ground truth is one union mask),
-# unless instances are on: then each connected part is its own track (auralsam2_core.instances)
+# unless instances are on: then each connected part is its own track
+# (auralsam2_core.inference.instances)
 
 
 def frame_number(index: int) -> int:
@@ -60,7 +61,8 @@ def frame_dict(result, instances: list[tuple[int, np.ndarray]] | None = None) ->
     """What one frame stores: frame-level scores (kept even when the mask is empty, so
     intervals and review order can be recomputed from the dataset) and at most one
     detection; with ``instances`` (``(instance id, part mask)`` from
-    :mod:`auralsam2_core.instances`), one detection per instance, its ``index`` the instance
+    :mod:`auralsam2_core.inference.instances`), one detection per instance, its ``index`` the
+    instance
     id. ``result`` is an engine ``FrameResult``."""
     parts = [(TRACK_INDEX, result.mask)] if instances is None else instances
     scores = {"confidence": result.sounding_prob, "predicted_iou": result.predicted_iou,

@@ -1,6 +1,7 @@
 """AVSBench J and F of a prediction frame field against a ground-truth frame field.
 
-Scores come from :mod:`auralsam2_core.metrics` (the official per-video protocol); this module
+Scores come from :mod:`auralsam2_core.evaluation.metrics` (the official per-video protocol); this
+module
 only turns FiftyOne labels into ``(T, H, W)`` arrays. Only frames whose ground truth is set
 are scored (AVSBench annotates some frames only); a missing prediction on such a frame is an
 empty mask. Videos without any ground-truth frame, or without any prediction, are skipped
@@ -12,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 import fiftyone as fo
-from auralsam2_core.media import probe
-from auralsam2_core.metrics import MetricsAccumulator
+from auralsam2_core.evaluation.metrics import MetricsAccumulator
+from auralsam2_core.media.video import probe
 
 from . import convert, fields
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import fiftyone as fo
 import fiftyone.core.models as fom
-from auralsam2_core.engine import PrelabelOptions, prelabel
-from auralsam2_core.instances import DEFAULT_MIN_AREA, InstanceTracker
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel
+from auralsam2_core.inference.instances import DEFAULT_MIN_AREA, InstanceTracker
 
 from . import convert, labels
 from .spec import ModelSpec, resolve_model
@@ -22,7 +22,7 @@ class AuralSAM2VideoModel(fom.Model, fom.SamplesMixin):
     """``AuralSAM2VideoModel()`` runs the bundled model; pass ``spec=ModelSpec(...)`` for
     released weights, or ``model=`` an already built ``AuralSAM2``. ``instances=True``: one
     detection per connected part of at least ``min_instance_area`` of the frame, its ``index``
-    stable across frames (:mod:`auralsam2_core.instances`)."""
+    stable across frames (:mod:`auralsam2_core.inference.instances`)."""
 
     def __init__(self, model=None, *, spec: ModelSpec | None = None, device: str = "auto",
                  stride: int = 1, clip_len: int = 5, no_audio: str = "error",

@@ -15,10 +15,10 @@ import time
 import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
-from auralsam2_core.build import SAM2_CONFIGS
-from auralsam2_core.instances import DEFAULT_MIN_AREA
+from auralsam2_core.inference.instances import DEFAULT_MIN_AREA
 from auralsam2_core.model_spec import DEFAULT_SAM2_CONFIG
-from auralsam2_core.remote import engine_from_env
+from auralsam2_core.modeling.build import SAM2_CONFIGS
+from auralsam2_core.serving.engines import engine_from_env
 
 from .evaluate import evaluate_collection
 from .fields import conflicts, is_owned, prelabel_targets

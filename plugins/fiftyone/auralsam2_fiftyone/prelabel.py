@@ -1,6 +1,7 @@
-"""Pre-label the videos of a FiftyOne collection: the I/O around ``auralsam2_core.engine``.
+"""Pre-label the videos of a FiftyOne collection: the I/O around
+``auralsam2_core.inference.engine``.
 
-Per video: ``probe`` the file, stream :class:`~auralsam2_core.engine.FrameResult` from the
+Per video: ``probe`` the file, stream :class:`~auralsam2_core.inference.engine.FrameResult` from the
 engine, write ``frames.<label_field>`` in chunks through a view that selects only that field
 (no other field is read or written), then recompute the sample's intervals and summary from
 what is stored. Frame numbers come from decoding the media (engine index + 1), never from the
@@ -15,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import fiftyone as fo
-from auralsam2_core.engine import PrelabelOptions
-from auralsam2_core.instances import InstanceTracker
-from auralsam2_core.media import MediaError, probe
-from auralsam2_core.remote import as_engine
+from auralsam2_core.inference.engine import PrelabelOptions
+from auralsam2_core.inference.instances import InstanceTracker
+from auralsam2_core.media.video import MediaError, probe
+from auralsam2_core.serving.engines import as_engine
 from fiftyone.core.clips import ClipsView
 
 from . import convert, fields, labels
@@ -90,7 +91,8 @@ def prelabel_collection(collection, model, settings: PrelabelSettings | None = N
                         model_description: str = "", on_progress: ProgressFn | None = None
                         ) -> list[Outcome]:
     """Pre-label every video of ``collection`` (dataset, view or clips view) with ``model`` (an
-    AuralSAM2, or an engine from :mod:`auralsam2_core.remote`: the shared service); returns one
+    AuralSAM2, or an engine from :mod:`auralsam2_core.serving.engines`: the shared service); returns
+    one
     :class:`Outcome` per source video. A failing video is recorded (``<field>_summary.status
     == "failed"`` with the error) and the others still run. Raises
     :class:`~auralsam2_fiftyone.fields.FieldConflict` before writing anything when a target

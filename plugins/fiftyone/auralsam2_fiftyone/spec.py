@@ -3,7 +3,7 @@ every entry point uses) and back, and the model it names.
 
 ``ModelSpec()`` is the bundled demo model that ships inside ``auralsam2_core``; released
 weights are ``ModelSpec("sam2_hiera_l", sam2_checkpoint=..., fuser_checkpoint=...)`` (paths,
-or names that ``auralsam2_core.weights.fetch`` knows). Built models are cached per process
+or names that ``auralsam2_core.modeling.weights.fetch`` knows). Built models are cached per process
 (:func:`~auralsam2_core.model_spec.load_model`), so repeated operator runs in the App or a
 delegated worker do not rebuild them.
 """
@@ -54,5 +54,5 @@ def spec_to_params(spec: ModelSpec) -> dict[str, Any]:
 
 
 def resolve_model(spec: ModelSpec | None = None, device: str = "auto"):
-    """The :class:`~auralsam2_core.model.AuralSAM2` for ``spec`` on ``device`` (cached)."""
+    """The :class:`~auralsam2_core.modeling.model.AuralSAM2` for ``spec`` on ``device`` (cached)."""
     return load_model((spec or ModelSpec()).replace(device=device))

@@ -294,7 +294,7 @@ def contrastive_loss(pixel_embeddings: Sequence[torch.Tensor],
 def total_loss(out, gt: torch.Tensor, valid: torch.Tensor | None = None,
                weights: LossWeights = LossWeights(), *, generator: torch.Generator | None = None,
                candidate: str = "best") -> dict[str, torch.Tensor]:
-    """All of AuralSAM2's losses for one clip's :class:`~auralsam2_core.model.ClipOutput`
+    """All of AuralSAM2's losses for one clip's :class:`~auralsam2_core.modeling.model.ClipOutput`
     (contrastive term only when the output carries projections and its weight is > 0)."""
     terms = sam2_mask_losses(out.raw_multimask_logits, out.ious, out.object_score_logits, gt,
                              valid, weights, candidate)

@@ -3,7 +3,8 @@ queried with referring expressions, scored four ways that only a model which *re
 shape), *looks* (is it there) and *listens* (does it sound) can pass.
 
 Each held-out clip (seeds from :data:`REFER_SEED_BASE`, never trained on) shows two moving
-shapes in named colours, each with its own sound (:mod:`auralsam2_core.synthetic`). Two videos
+shapes in named colours, each with its own sound (:mod:`auralsam2_core.training.synthetic`). Two
+videos
 are made of it, with the same frames:
 
 * ``both``: both shapes sound throughout. Queried for shape A ("the red disc"), for shape B,
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import HELDOUT_SEED_BASE
+from auralsam2_core.training.datasets import HELDOUT_SEED_BASE
 
 __all__ = ["REFER_DEMO_CLIP", "REFER_PASS_MARKS", "REFER_SEED_BASE", "ReferQuery",
            "ReferVideo", "predict_in_memory", "predict_with_engine", "quick_refer_checks",
@@ -70,8 +71,8 @@ class ReferVideo:
 def refer_clips(n: int, size: int = 128, seed_base: int = REFER_SEED_BASE) -> list[ReferVideo]:
     """``n`` held-out clips x 2 videos (``both``, ``one``) with their queries (module
     docstring). Expressions name the shape, with its colour for every other clip."""
-    from .datasets import referred_target
-    from .synthetic import SHAPES, make_clip, referring_expression
+    from auralsam2_core.training.datasets import referred_target
+    from auralsam2_core.training.synthetic import SHAPES, make_clip, referring_expression
 
     if seed_base < HELDOUT_SEED_BASE:
         raise ValueError(f"held-out seeds start at {HELDOUT_SEED_BASE}")
@@ -106,7 +107,7 @@ def score_refer(preds: dict[tuple[str, int], np.ndarray],
                 probs: dict[tuple[str, int], list[float]], videos: list[ReferVideo]) -> dict:
     """Summary numbers from predicted masks ``(T, H, W)`` and per-frame sounding
     probabilities, keyed by ``(video name, query index)``."""
-    from .metrics import NullSAccumulator, evaluate
+    from auralsam2_core.evaluation.metrics import NullSAccumulator, evaluate
 
     groups: dict[str, list[tuple[str, int, ReferQuery]]] = {}
     for v in videos:
@@ -157,8 +158,8 @@ def predict_in_memory(model, videos: list[ReferVideo], size: int
     """Masks at ``size`` and sounding probabilities per ``(video, query)``, straight from the
     model (frames scaled and audio examples taken as the engine does; one model clip per
     video, its image features shared by the queries)."""
-    from .datasets import clip_sample
-    from .model import upsample_logits
+    from auralsam2_core.modeling.model import upsample_logits
+    from auralsam2_core.training.datasets import clip_sample
 
     preds, probs = {}, {}
     was_training = model.training
@@ -184,9 +185,9 @@ def predict_with_engine(model, videos: list[ReferVideo], clips_dir: Path, result
     """What a user gets: each video's mp4 pre-labelled by the engine with its queries
     (``prelabel --query ...``), masks and probabilities read back from the results files
     (``results_dir/<video>.json``, version 2, one object per query)."""
-    from .engine import PrelabelOptions
-    from .jobs import OutputOptions, prelabel_videos
-    from .results import frame_masks, read_results, track
+    from auralsam2_core.inference.engine import PrelabelOptions
+    from auralsam2_core.inference.prelabel_videos import OutputOptions, prelabel_videos
+    from auralsam2_core.inference.results import frame_masks, read_results, track
 
     preds, probs = {}, {}
     for v in videos:
@@ -221,7 +222,7 @@ def run_refer_demo(out_dir: str | os.PathLike, *, n_clips: int = 6, size: int = 
     ``out/summary.json``; returns the summary."""
     from PIL import Image
 
-    from .synthetic import clip_meta, write_clip
+    from auralsam2_core.training.synthetic import clip_meta, write_clip
 
     if size % 2:
         raise ValueError("size must be even (H.264 4:2:0)")
@@ -229,7 +230,7 @@ def run_refer_demo(out_dir: str | os.PathLike, *, n_clips: int = 6, size: int = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if model is None:
-        from .build import build_refer_demo_model
+        from auralsam2_core.modeling.build import build_refer_demo_model
 
         model = build_refer_demo_model(device=device)
     videos = refer_clips(n_clips, size, seed_base)

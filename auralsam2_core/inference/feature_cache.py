@@ -2,7 +2,8 @@
 
 A click (or box) changes only SAM2's tracking: the image encoder's features and the fuser's
 prompts of the frames it re-propagates are those the first pass computed
-(:class:`~auralsam2_core.model.ClipFeatures`). :func:`~auralsam2_core.engine.prelabel` given a
+(:class:`~auralsam2_core.modeling.model.ClipFeatures`).
+:func:`~auralsam2_core.inference.engine.prelabel` given a
 :class:`FeatureCache` stores them per clip and reuses them; a refinement then runs only SAM2's
 memory attention, prompted mask decoder and memory encoder on the frames it touches, and
 needs no decoding either. Results are the same as without the cache (tests/test_feature_cache).
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import AuralSAM2, ClipFeatures
+from auralsam2_core.modeling.model import AuralSAM2, ClipFeatures
 
 #: AURALSAM2_REFINE_CACHE_MB default: at 1024 px one frame takes ~29 MB (fp32), at 256 px ~2 MB.
 DEFAULT_MB = 1024.0

@@ -1,7 +1,7 @@
 """Pre-label many videos into a results directory: resume, progress, per-video isolation.
 
 This is what ``auralsam2 prelabel`` runs; adapters that want files rather than a stream of
-:class:`~auralsam2_core.engine.FrameResult` call it too.
+:class:`~auralsam2_core.inference.engine.FrameResult` call it too.
 
 Re-runs are safe: each video's results name is locked while it is written (a second run
 refuses it), results are reused only when made from the same file with the same options and
@@ -23,12 +23,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .engine import PrelabelOptions, prelabel, probe_for
-from .feature_cache import FeatureCache
-from .media import MediaError, MediaInfo, file_problem, probe
-from .model import AuralSAM2, PointPrompt
-from .remote import LocalEngine
-from .results import (
+from auralsam2_core.inference.engine import PrelabelOptions, prelabel, probe_for
+from auralsam2_core.inference.feature_cache import FeatureCache
+from auralsam2_core.inference.results import (
     Hysteresis,
     OutputTaken,
     ResultsWriter,
@@ -39,6 +36,9 @@ from .results import (
     why_stale,
     with_intervals,
 )
+from auralsam2_core.media.video import MediaError, MediaInfo, file_problem, probe
+from auralsam2_core.modeling.model import AuralSAM2, PointPrompt
+from auralsam2_core.serving.engines import LocalEngine
 
 # A results name, so that its longest sibling file (the overlay being written,
 # .<name>_overlay.mp4.<8 hex>.tmp.mp4: 30 more bytes)
@@ -175,7 +175,8 @@ def prelabel_videos(model: AuralSAM2 | LocalEngine | Callable[[], AuralSAM2],
 
     A video that fails (missing, not a regular file, corrupt, no audio, its results name
     busy...) is reported and the others still run. ``model`` may be an engine
-    (:class:`~auralsam2_core.remote.LocalEngine`) or a function that builds the model, called
+    (:class:`~auralsam2_core.serving.engines.LocalEngine`) or a function that builds the model,
+    called
     only when the first usable video comes up. :class:`OutputDirError` when
     ``out_dir`` cannot be written."""
     opts = options or PrelabelOptions()
@@ -330,7 +331,7 @@ def _render(path: Path, doc: dict, writer: ResultsWriter, outs: OutputOptions,
             only_missing: bool = False) -> list[str]:
     """The review renders asked for (all of them, or only those not there yet); returns
     what was written."""
-    from .review import write_overlay, write_png_masks, write_timeline
+    from auralsam2_core.inference.review import write_overlay, write_png_masks, write_timeline
 
     stem = writer.final.with_suffix("")
     wanted = [(outs.png_masks, Path(f"{stem}_masks"), write_png_masks),

@@ -28,7 +28,7 @@ import av
 import numpy as np
 import torch
 
-from .log_mel import VGGISH_SAMPLE_RATE, resample_to_16k
+from auralsam2_core.media.log_mel import VGGISH_SAMPLE_RATE, resample_to_16k
 
 
 class MediaError(ValueError):

@@ -7,7 +7,7 @@ output is ``last_hidden_state`` at **all 25 positions**, pads included (the atte
 only inside RoBERTa), shape ``(1, 25, 768)`` per expression. CLS and the pooler are unused.
 
 Loading is local only: from a folder or from the Hugging Face hub cache
-(:func:`auralsam2_core.weights.hf_snapshot`), with ``local_files_only=True``, never
+(:func:`auralsam2_core.modeling.weights.hf_snapshot`), with ``local_files_only=True``, never
 ``trust_remote_code``, safetensors preferred. ``auralsam2 download distilroberta-base`` fills
 the cache. :func:`tiny_random_text_encoder` builds a small random one offline (checks, tests).
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .fuser import TEXT_DIM
+from auralsam2_core.modeling.fuser import TEXT_DIM
 
-TEXT_ENCODER_NAME = "distilroberta-base"  # registry name (auralsam2_core.weights)
+TEXT_ENCODER_NAME = "distilroberta-base"  # registry name (auralsam2_core.modeling.weights)
 MAX_TOKENS = 25  # the authors' (and GeWu-Lab's) text_max_len
 
 Expressions = str | Sequence[str]
@@ -132,14 +132,14 @@ def load_text_encoder(source: str | os.PathLike | TextEncoder = TEXT_ENCODER_NAM
     never downloaded here), a local folder, or an instance (returned as is)."""
     if isinstance(source, TextEncoder):
         return source
-    from .weights import REGISTRY
+    from auralsam2_core.modeling.weights import REGISTRY
 
     entry = REGISTRY.get(os.fspath(source))
     if entry is None:
         return TextEncoder.from_pretrained(source)
     if not entry.hf_repo:
         raise ValueError(f"{entry.name} is a {entry.kind} checkpoint, not a text encoder")
-    from .weights import hf_hub_cache, hf_snapshot
+    from auralsam2_core.modeling.weights import hf_hub_cache, hf_snapshot
 
     folder = hf_snapshot(entry.hf_repo)
     if folder is None:
@@ -187,7 +187,7 @@ def tiny_random_text_encoder(seed: int = 0, layers: int = 1) -> TextEncoder:
 
 
 #: The words of the bundled Ref-AVS demo's expressions (synthetic shapes, their colours and
-#: the phrasing of :func:`auralsam2_core.synthetic.referring_expression`). Anything else is
+#: the phrasing of :func:`auralsam2_core.training.synthetic.referring_expression`). Anything else is
 #: ``<unk>``.
 DEMO_WORDS: tuple[str, ...] = (
     "the", "a", "an", "one", "shape", "object", "that", "which", "is", "sounding", "making",

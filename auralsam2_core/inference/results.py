@@ -46,10 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, rle
-from .atomic import atomic_write_json
-from .engine import FrameResult, PrelabelOptions
-from .media import MediaInfo
+from auralsam2_core import __version__
+from auralsam2_core.atomic import atomic_write_json
+from auralsam2_core.inference import rle
+from auralsam2_core.inference.engine import FrameResult, PrelabelOptions
+from auralsam2_core.media.video import MediaInfo
 
 FORMAT = "auralsam2-prelabel"
 FORMAT_VERSION = 2
@@ -345,7 +346,8 @@ def frame_records(doc: dict) -> Iterator[dict]:
 
 def targets_document(video: Path, frames: list[dict]) -> dict:
     """A results-format file of corrected targets (frames with ``index``, ``time``, ``mask``,
-    no model) for fine-tuning (:class:`~auralsam2_core.datasets.CorrectedResultsDataset`)."""
+    no model) for fine-tuning
+    (:class:`~auralsam2_core.training.datasets.CorrectedResultsDataset`)."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
             "video": {"path": str(video.resolve()), "name": video.name},
             "objects": [{"label": SOUNDING_LABEL, "query": None, "frames": frames,

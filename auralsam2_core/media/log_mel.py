@@ -21,7 +21,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .resample import kaiser_sinc_resample
+from auralsam2_core.media.resample import kaiser_sinc_resample
 
 __all__ = [
     "VGGISH_SAMPLE_RATE",
@@ -97,7 +97,7 @@ def resample_to_16k(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Resample ``(..., S)`` audio to 16 kHz, approximating resampy's ``kaiser_best``.
 
     The reference front end resamples with resampy; a Kaiser-windowed sinc with resampy's
-    filter parameters (auralsam2_core.resample) gets close (see the parity tests for the
+    filter parameters (auralsam2_core.media.resample) gets close (see the parity tests for the
     residual). The output length is truncated to resampy's ``int(S * 16000 / sample_rate)``
     so frame and example counts match the reference.
     """

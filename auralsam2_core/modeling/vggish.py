@@ -2,7 +2,7 @@
 
 AuralSAM2 keeps a frozen VGGish (the torchvggish port, no PCA) inside its fuser under
 ``vgg.``; the released checkpoints carry its weights. Input is a batch of 0.96 s log-mel
-examples ``(N, 1, 96, 64)`` (see :mod:`auralsam2_core.log_mel`); output is ``(N, 128)`` after
+examples ``(N, 1, 96, 64)`` (see :mod:`auralsam2_core.media.log_mel`); output is ``(N, 128)`` after
 a final ReLU.
 """
 

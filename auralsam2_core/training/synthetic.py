@@ -481,7 +481,7 @@ _SHAPE_WORDS = {"disc": ("disc", "disc", "circle"), "square": ("square",),
 def referring_expression(shape: str, colour: str | None, rng: np.random.Generator) -> str:
     """A referring expression naming ``shape`` (and ``colour`` when given), phrased at random
     ("the disc", "the red triangle", "the sounding circle", ...). Its words are those of
-    :data:`auralsam2_core.text_encoder.DEMO_WORDS`."""
+    :data:`auralsam2_core.modeling.text_encoder.DEMO_WORDS`."""
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     words = _SHAPE_WORDS[shape]

@@ -1,11 +1,13 @@
 """The options wire format of a pre-labelling job: the ``options`` object the shared service's
 ``POST /v1/jobs`` takes (and its job files keep), and the one strict check of it. The service's
-client (:mod:`auralsam2_core.remote`) and the service (:mod:`auralsam2_service.jobs`) both
+client (:mod:`auralsam2_core.serving.engines`) and the service
+(:mod:`auralsam2_service.job_service`) both
 import it from here.
 
 Fields (all optional): ``clip_len``, ``stride``, ``no_audio``, ``start_frame``, ``stop_frame``,
 ``audio_track``, ``queries``, ``clip_origin`` (a refinement's clip alignment, see
-:class:`~auralsam2_core.engine.PrelabelOptions`; sent only when set, so requests without it
+:class:`~auralsam2_core.inference.engine.PrelabelOptions`; sent only when set, so requests without
+it
 are those of older clients) and ``prompts`` (``{"<frame>": {"coords", "labels"}}``).
 """
 
@@ -16,8 +18,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict
 
-from .engine import PrelabelOptions, check_queries
-from .model import PointPrompt
+from auralsam2_core.inference.engine import PrelabelOptions, check_queries
+from auralsam2_core.modeling.model import PointPrompt
 
 OPTION_KEYS = ("clip_len", "stride", "no_audio", "start_frame", "stop_frame", "audio_track",
                "queries")

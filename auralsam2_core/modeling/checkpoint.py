@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_path
+from auralsam2_core.atomic import atomic_path
 
 __all__ = [
     "FILTERS",
@@ -291,8 +291,8 @@ FILTERS: dict[str, Callable[[Mapping[str, Any]], StateDict]] = {
     "sam2": sam2_checkpoint_filter,
     "vggish": vggish_checkpoint_filter,
 }
-"""Filter per :attr:`auralsam2_core.weights.WeightFile.kind` (``hf_model`` repos are loaded by
-``transformers`` from the hub cache, not through a state-dict filter)."""
+"""Filter per :attr:`auralsam2_core.modeling.weights.WeightFile.kind` (``hf_model`` repos are
+loaded by ``transformers`` from the hub cache, not through a state-dict filter)."""
 
 
 # --------------------------------------------------------------------------- loading

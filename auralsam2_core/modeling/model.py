@@ -26,9 +26,9 @@ import torch
 from sam2.modeling.sam2_base import SAM2Base
 from torch import nn
 
-from .fuser import AuralFuser
-from .prompting import FramePrompts, install_prompted_transformer
-from .text_encoder import Expressions, TextEncoder
+from auralsam2_core.modeling.fuser import AuralFuser
+from auralsam2_core.modeling.prompting import FramePrompts, install_prompted_transformer
+from auralsam2_core.modeling.text_encoder import Expressions, TextEncoder
 
 MaskChoice = Literal["first", "iou_select", "iou_occ_select"]
 MASK_CHOICES: tuple[str, ...] = ("first", "iou_select", "iou_occ_select")
@@ -357,7 +357,7 @@ class AuralSAM2(nn.Module):
         """The prompt-free part of :meth:`forward_features`: the fuser's prompts and SAM2's
         tracking features of one clip (and the fuser's projections, see the fuser). An
         annotator's click changes nothing here, so a refinement can reuse them
-        (:class:`~auralsam2_core.feature_cache.FeatureCache`). Inputs as checked there."""
+        (:class:`~auralsam2_core.inference.feature_cache.FeatureCache`). Inputs as checked there."""
         with self._autocast():
             visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, text,
                                              projections=projections)

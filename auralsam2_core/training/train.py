@@ -15,7 +15,8 @@ What a run does (``train(TrainConfig(...), dataset)`` or ``auralsam2 train``):
   and SAM2's tracking runs batched over clips (SAM2 trains the same way), while the fuser
   runs per clip (its outputs depend on every frame it sees, so batching clips would change
   them). :func:`forward_batch` gives the same outputs as ``AuralSAM2.forward_clip`` per clip.
-* **Loss.** :func:`auralsam2_core.losses.total_loss` per clip (summed over frames), averaged
+* **Loss.** :func:`auralsam2_core.training.losses.total_loss` per clip (summed over frames),
+averaged
   over the batch.
 * **Optimiser.** AdamW (weight decay 0.05, none on norms, biases and other 1-d parameters),
   linear warm-up then poly decay (power 0.9) to 0, gradient clipping, bf16 autocast on CUDA.
@@ -46,13 +47,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .atomic import atomic_open
-from .checkpoint import load_into, read_state_dict, save_state_dict
-from .datasets import collate
-from .losses import LossWeights, total_loss
-from .model import AuralSAM2, ClipOutput, choose_masks
-from .model_spec import DEFAULT_SAM2_CONFIG, DEMO, DEMO_SAM2_YAML, ModelSpec
+from auralsam2_core import __version__
+from auralsam2_core.atomic import atomic_open
+from auralsam2_core.model_spec import DEFAULT_SAM2_CONFIG, DEMO, DEMO_SAM2_YAML, ModelSpec
+from auralsam2_core.modeling.checkpoint import load_into, read_state_dict, save_state_dict
+from auralsam2_core.modeling.model import AuralSAM2, ClipOutput, choose_masks
+from auralsam2_core.training.datasets import collate
+from auralsam2_core.training.losses import LossWeights, total_loss
 
 __all__ = [
     "DEMO_FUSER_CONFIG",
@@ -114,7 +115,7 @@ def spec_record(spec: ModelSpec) -> dict:
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> AuralSAM2:
-    from .build import build_fuser, build_sam2_model, resolve_device
+    from auralsam2_core.modeling.build import build_fuser, build_sam2_model, resolve_device
 
     if (spec.text_encoder or spec.fuser_init) and spec.variant != "refavs":
         raise ValueError("text_encoder and fuser_init are for variant 'refavs'")
@@ -138,7 +139,7 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> AuralSAM
 
 
 def _text_encoder(name: str | None):
-    from .text_encoder import (
+    from auralsam2_core.modeling.text_encoder import (
         DEMO_TEXT_ENCODER,
         TEXT_ENCODER_NAME,
         load_text_encoder,
@@ -159,7 +160,7 @@ def init_refavs_fuser_from_avs(fuser: nn.Module, avs_checkpoint: str | os.PathLi
     shape: the audio encoder, visual/audio blocks, fusion modules); ``text_proj`` and the
     projection heads keep their fresh initialisation. Anything else missing is an error (a
     fuser of another configuration). Returns the number of tensors loaded."""
-    from .checkpoint import fuser_checkpoint_filter
+    from auralsam2_core.modeling.checkpoint import fuser_checkpoint_filter
 
     sd = fuser_checkpoint_filter(read_state_dict(avs_checkpoint))
     own = fuser.state_dict()
@@ -372,14 +373,14 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
           eval_every: int = 0, stop_after: int | None = None) -> TrainResult:
     """Train and write the outputs described in the module docstring.
 
-    ``dataset`` yields :class:`~auralsam2_core.datasets.ClipSample` s of equal length.
+    ``dataset`` yields :class:`~auralsam2_core.training.datasets.ClipSample` s of equal length.
     ``evaluate(model, step)`` (optional, every ``eval_every`` steps and at the end) returns
     numbers to log. ``stop_after``: stop (after checkpointing) once this step is reached,
     as if interrupted (for tests of resuming).
     """
     from tqdm import tqdm
 
-    from .build import resolve_device
+    from auralsam2_core.modeling.build import resolve_device
 
     spec = spec or demo_spec()
     out = Path(cfg.out)
@@ -549,11 +550,11 @@ def load_trained(out: str | os.PathLike, device: str | torch.device = "cpu") -> 
     load_into(model.fuser, read_state_dict(out / info["outputs"]["fuser"]), what="AuralFuser",
               source=out / info["outputs"]["fuser"])
     if info["outputs"].get("sam2"):
-        from .checkpoint import sam2_checkpoint_filter
+        from auralsam2_core.modeling.checkpoint import sam2_checkpoint_filter
 
         p = out / info["outputs"]["sam2"]
         load_into(model.sam2, sam2_checkpoint_filter(read_state_dict(p)), what="SAM2", source=p)
-    from .build import resolve_device
+    from auralsam2_core.modeling.build import resolve_device
 
     return model.to(resolve_device(device)).eval()
 
@@ -581,7 +582,7 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
     import shutil
     import tempfile
 
-    from .weights import sha256_file
+    from auralsam2_core.modeling.weights import sha256_file
 
     train_out, dest = Path(train_out), Path(dest)
     info = json.loads((train_out / "train.json").read_text())
@@ -624,13 +625,13 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
                      **({"started_from": started_from} if started_from else {})},
     }
     (dest / "model.json").write_text(json.dumps(bundle, indent=1))
-    from .build import build_demo_model, bundled_model_dir
+    from auralsam2_core.modeling.build import build_demo_model, bundled_model_dir
 
     if dest.resolve() == bundled_model_dir().resolve():
         packaged = build_demo_model(device="cpu")
     else:  # measure the files just written, loaded the way the bundled loader does
         packaged = load_trained(train_out)
-    from .demo import run_demo
+    from auralsam2_core.evaluation.demo import run_demo
 
     tmp = Path(tempfile.mkdtemp(prefix="auralsam2_demo_"))
     try:
@@ -660,8 +661,8 @@ def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLi
     import shutil
     import tempfile
 
-    from .text_encoder import save_text_encoder
-    from .weights import sha256_file
+    from auralsam2_core.modeling.text_encoder import save_text_encoder
+    from auralsam2_core.modeling.weights import sha256_file
 
     train_out, dest = Path(train_out), Path(dest)
     info = json.loads((train_out / "train.json").read_text())
@@ -721,13 +722,13 @@ def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLi
                         if started_from else {})},
     }
     (dest / "model.json").write_text(json.dumps(bundle, indent=1))
-    from .build import build_refer_demo_model, refer_model_dir
+    from auralsam2_core.modeling.build import build_refer_demo_model, refer_model_dir
 
     if dest.resolve() == refer_model_dir().resolve():
         packaged = build_refer_demo_model(device="cpu")
     else:
         packaged = build_refer_demo_model(device="cpu", root=dest)
-    from .refer_demo import run_refer_demo
+    from auralsam2_core.evaluation.refer_demo import run_refer_demo
 
     tmp = Path(tempfile.mkdtemp(prefix="auralsam2_refer_demo_"))
     try:

@@ -1,7 +1,8 @@
 """The service's state: one model, a bounded queue of video jobs and one worker thread.
 
 Every job is a JSON file under ``state_dir/jobs`` written at each change, and its results go
-through :class:`~auralsam2_core.results.ResultsWriter` (partial, then final, atomically). One
+through :class:`~auralsam2_core.inference.results.ResultsWriter` (partial, then final, atomically).
+One
 process owns a state directory (an OS lock held for its lifetime; a second service on it
 refuses to start and touches nothing). When the owner dies mid-job, the next owner finds the
 job "running" and queues it again (up to ``max_attempts`` runs, then it is marked failed with
@@ -29,12 +30,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from auralsam2_core.atomic import atomic_open, atomic_write_json
-from auralsam2_core.engine import NoAudioError
-from auralsam2_core.media import MediaError, probe
+from auralsam2_core.inference.engine import NoAudioError
+from auralsam2_core.inference.results import ResultsWriter, read_results
+from auralsam2_core.media.video import MediaError, probe
 from auralsam2_core.model_spec import ModelSpec, load_model
-from auralsam2_core.remote import LocalEngine, start_worker
-from auralsam2_core.results import ResultsWriter, read_results
-from auralsam2_core.wire import OptionsError, options_from_wire, options_record
+from auralsam2_core.serving.engines import LocalEngine, start_worker
+from auralsam2_core.serving.wire import OptionsError, options_from_wire, options_record
 
 from .config import ServiceSettings
 

@@ -1,17 +1,19 @@
 """``auralsam2 demo``: held-out synthetic clips, pre-labelled by the bundled model through the
 engine, scored three ways that only a model which *listens* can pass.
 
-Each held-out clip (seeds from :data:`~auralsam2_core.datasets.HELDOUT_SEED_BASE`, never used
+Each held-out clip (seeds from :data:`~auralsam2_core.training.datasets.HELDOUT_SEED_BASE`, never
+used
 in training; colours, sizes, motion and pitch random, so the sound can only be tied to the
 *shape*) shows two moving shapes while one of them sounds throughout. Three videos per clip:
 
 * ``sounding``: the clip as generated. Ground truth: the sounding object's visible mask.
   Reported: ``j_sounding`` / ``f_sounding`` (AVSBench J and F, mean over clips).
 * ``swapped``: same frames, the audio replaced by the *other* object's sound
-  (:func:`~auralsam2_core.synthetic.swap_audio`). Ground truth: the other object. Reported:
+  (:func:`~auralsam2_core.training.synthetic.swap_audio`). Ground truth: the other object. Reported:
   ``j_swapped_audio`` / ``f_swapped_audio``. A model that ignores audio scores low on one of
   ``sounding`` / ``swapped``.
-* ``silent``: same frames, no sound (:func:`~auralsam2_core.synthetic.silence`). Ground truth
+* ``silent``: same frames, no sound (:func:`~auralsam2_core.training.synthetic.silence`). Ground
+truth
   empty. Reported: ``silent_low_confidence_fraction``, the fraction of frames whose sounding
   probability is below 0.5 (also ``j_silent``, the background IoU).
 
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import HELDOUT_SEED_BASE
+from auralsam2_core.training.datasets import HELDOUT_SEED_BASE
 
 __all__ = ["DEMO_CLIP", "PASS_MARKS", "DemoClip", "heldout_clips", "quick_audio_checks",
            "run_demo", "score"]
@@ -56,7 +58,7 @@ class DemoClip:
 def heldout_clips(n: int, size: int = 128, seed_base: int = HELDOUT_SEED_BASE
                   ) -> list[DemoClip]:
     """``n`` held-out clips x 3 variants (sounding, swapped, silent)."""
-    from .synthetic import make_clip, silence, swap_audio
+    from auralsam2_core.training.synthetic import make_clip, silence, swap_audio
 
     if seed_base < HELDOUT_SEED_BASE:
         raise ValueError(f"held-out seeds start at {HELDOUT_SEED_BASE}")
@@ -76,7 +78,7 @@ def score(preds: dict[str, np.ndarray], probs: dict[str, list[float]],
           clips: list[DemoClip]) -> dict:
     """Summary numbers from predicted masks ``(T, H, W)`` and per-frame sounding
     probabilities, keyed by clip name."""
-    from .metrics import evaluate
+    from auralsam2_core.evaluation.metrics import evaluate
 
     summary: dict = {}
     per_clip = []
@@ -114,8 +116,8 @@ def quick_audio_checks(model, n: int = 8, size: int = 96, seed_base: int = HELDO
                        + 500_000, clip_len: int = 5) -> dict:
     """The demo's three numbers computed in memory (no files, no engine): frames are scaled
     and audio examples taken like the engine does. Used to watch training."""
-    from .datasets import clip_sample
-    from .model import upsample_logits
+    from auralsam2_core.modeling.model import upsample_logits
+    from auralsam2_core.training.datasets import clip_sample
 
     clips = heldout_clips(n, size, seed_base)
     preds, probs = {}, {}
@@ -145,13 +147,13 @@ def run_demo(out_dir: str | os.PathLike, *, n_clips: int = 6, size: int = 128, m
              device: str = "cpu", seed_base: int = HELDOUT_SEED_BASE, overlay: bool = True,
              timeline: bool = True, progress: bool = False) -> dict:
     """Generate held-out clips, pre-label them with ``model`` (default: the bundled demo
-    model) through :func:`auralsam2_core.jobs.prelabel_videos`, score, write
+    model) through :func:`auralsam2_core.inference.prelabel_videos.prelabel_videos`, score, write
     ``summary.json``; returns the summary."""
-    from .build import build_demo_model
-    from .engine import PrelabelOptions
-    from .jobs import OutputOptions, prelabel_videos
-    from .results import frame_masks, read_results, track
-    from .synthetic import write_clip
+    from auralsam2_core.inference.engine import PrelabelOptions
+    from auralsam2_core.inference.prelabel_videos import OutputOptions, prelabel_videos
+    from auralsam2_core.inference.results import frame_masks, read_results, track
+    from auralsam2_core.modeling.build import build_demo_model
+    from auralsam2_core.training.synthetic import write_clip
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from sam2.modeling.position_encoding import PositionEmbeddingSine
 from torch import nn
 
-from .tiny_audio import TinyAudioEncoder
-from .vggish import VGGish
+from auralsam2_core.modeling.tiny_audio import TinyAudioEncoder
+from auralsam2_core.modeling.vggish import VGGish
 
 #: The released AVS configuration, under the authors' names (official_arch.json).
 OFFICIAL_AVS_CONFIG: dict[str, Any] = {

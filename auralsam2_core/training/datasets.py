@@ -6,7 +6,7 @@ with ImageNet mean/std, one stereo log-mel example per frame, ground-truth masks
 model's size and a per-frame ``valid`` flag (frames without annotation get no loss).
 
 Audio alignment. Synthetic clips and corrected results use the **engine's** alignment
-(:meth:`~auralsam2_core.audio_track.AudioTrack.examples_at`: the 0.96 s example centred on
+(:meth:`~auralsam2_core.media.audio_track.AudioTrack.examples_at`: the 0.96 s example centred on
 each frame's time), so what the model learns is what ``auralsam2 prelabel`` shows it.
 AVSBench uses the authors' alignment: its 1 fps frame ``i`` gets the ``i``-th non-overlapping
 0.96 s example of the clip's wav (``log_mel_examples(..., min_examples=T)``).
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine import IMAGENET_MEAN, IMAGENET_STD
+from auralsam2_core.inference.engine import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "ClipSample",
@@ -126,7 +126,7 @@ def read_wav(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
 
 def _read_audio_av(path) -> tuple[torch.Tensor, int]:
     """Non-PCM audio: the engine's reader (stereo, 16 kHz)."""
-    from .media import iter_audio_16k
+    from auralsam2_core.media.video import iter_audio_16k
 
     chunks = list(iter_audio_16k(path))
     data = np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), np.float32)
@@ -143,7 +143,7 @@ def _to_stereo(wav: torch.Tensor) -> torch.Tensor:
 
 def _avs_log_mel(wav_path: Path, t_len: int) -> torch.Tensor:
     """The authors' AVSBench audio: one non-overlapping 0.96 s example per 1 fps frame."""
-    from .log_mel import log_mel_examples
+    from auralsam2_core.media.log_mel import log_mel_examples
 
     wav, rate = read_wav(wav_path)
     return log_mel_examples(_to_stereo(wav), rate, min_examples=t_len)[:t_len]
@@ -175,7 +175,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 class SyntheticClipDataset(torch.utils.data.Dataset):
-    """Clips generated on the fly by :func:`auralsam2_core.synthetic.make_clip`.
+    """Clips generated on the fly by :func:`auralsam2_core.training.synthetic.make_clip`.
 
     Item ``i`` uses seed ``seed_base + i`` (``seed_base`` below :data:`HELDOUT_SEED_BASE`
     for training). The seed also picks the clip's schedule (``schedules`` with
@@ -219,9 +219,10 @@ class SyntheticClipDataset(torch.utils.data.Dataset):
                 "schedule_weights": self.schedule_p.tolist(), "render_size": self.render_size}
 
     def clip(self, index: int):
-        """The :class:`~auralsam2_core.synthetic.SyntheticClip` behind item ``index`` and the
+        """The :class:`~auralsam2_core.training.synthetic.SyntheticClip` behind item ``index`` and
+        the
         first frame of its training window."""
-        from .synthetic import make_clip
+        from auralsam2_core.training.synthetic import make_clip
 
         seed = self.seed_base + int(index)
         rng = np.random.default_rng([seed, 7])
@@ -243,11 +244,11 @@ class SyntheticClipDataset(torch.utils.data.Dataset):
 def clip_sample(clip, image_size: int, start: int = 0, clip_len: int | None = None,
                 name: str = "", target: np.ndarray | None = None,
                 expression: str | None = None) -> ClipSample:
-    """A :class:`~auralsam2_core.synthetic.SyntheticClip` window as a training sample, with
+    """A :class:`~auralsam2_core.training.synthetic.SyntheticClip` window as a training sample, with
     the audio examples the engine would compute for those frames. ``target`` ``(T, H, W)``
     replaces the clip's sounding mask as ground truth (Ref-AVS: the referred object's)."""
-    from .audio_track import AudioTrack
-    from .log_mel import resample_to_16k
+    from auralsam2_core.media.audio_track import AudioTrack
+    from auralsam2_core.media.log_mel import resample_to_16k
 
     stop = clip.num_frames if clip_len is None else start + clip_len
     audio = resample_to_16k(torch.from_numpy(clip.audio), clip.sample_rate)
@@ -271,7 +272,8 @@ def referred_target(clip, obj: int | None) -> np.ndarray:
 
 class ReferringClipDataset(torch.utils.data.Dataset):
     """Synthetic Ref-AVS clips: 2-3 shapes in named colours, each with its own sound, and a
-    referring expression naming one shape (:func:`~auralsam2_core.synthetic.referring_expression`,
+    referring expression naming one shape
+    (:func:`~auralsam2_core.training.synthetic.referring_expression`,
     with its colour half of the time).
 
     Ground truth (:func:`referred_target`): the named shape's visible mask while it sounds;
@@ -317,7 +319,7 @@ class ReferringClipDataset(torch.utils.data.Dataset):
 
     def item(self, index: int):
         """``(clip, referred object index or None for a null expression, expression)``."""
-        from .synthetic import SHAPES, make_clip, referring_expression
+        from auralsam2_core.training.synthetic import SHAPES, make_clip, referring_expression
 
         seed = self.seed_base + int(index)
         rng = np.random.default_rng([seed, 11])
@@ -329,7 +331,7 @@ class ReferringClipDataset(torch.utils.data.Dataset):
         null = bool(absent) and rng.random() < self.null_fraction
         with_colour = rng.random() < self.colour_fraction
         if null:
-            from .synthetic import COLOUR_NAMES
+            from auralsam2_core.training.synthetic import COLOUR_NAMES
 
             obj, shape = None, absent[int(rng.integers(len(absent)))]
             colour = list(COLOUR_NAMES)[int(rng.integers(len(COLOUR_NAMES)))]
@@ -491,7 +493,7 @@ class AVSBenchV2(_AVSBase):
                 self.items.append({"uid": r["uid"], "label": r["label"], "split": split})
 
     def __getitem__(self, index: int) -> ClipSample:
-        from .metrics import _natural_key
+        from auralsam2_core.evaluation.metrics import _natural_key
 
         it = self.items[index]
         base = self.root / it["label"] / it["uid"]
@@ -507,7 +509,7 @@ class AVSBenchV2(_AVSBase):
 
 class CorrectedResultsDataset(torch.utils.data.Dataset):
     """Train on pre-labels corrected on a platform and exported back in the engine's results
-    format (``<name>.json``, see :mod:`auralsam2_core.results`) next to their videos.
+    format (``<name>.json``, see :mod:`auralsam2_core.inference.results`) next to their videos.
 
     Each results file's frames (in order; every ``stride``-th video frame when the run used a
     stride) are cut into clips of ``clip_len`` frames (a shorter last clip is kept when the
@@ -520,7 +522,7 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
     def __init__(self, results: str | os.PathLike | Sequence[str | os.PathLike], *,
                  image_size: int = 1024, clip_len: int = 5,
                  video_dir: str | os.PathLike | None = None) -> None:
-        from .results import read_results, track
+        from auralsam2_core.inference.results import read_results, track
 
         paths = [Path(results)] if isinstance(results, str | os.PathLike) else \
             [Path(p) for p in results]
@@ -564,10 +566,10 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> ClipSample:
-        from .audio_track import AudioTrack
-        from .media import iter_frames
-        from .results import track
-        from .rle import decode
+        from auralsam2_core.inference.results import track
+        from auralsam2_core.inference.rle import decode
+        from auralsam2_core.media.audio_track import AudioTrack
+        from auralsam2_core.media.video import iter_frames
 
         json_path, video, rows = self.items[index]
         doc = self._docs[json_path]
@@ -598,7 +600,7 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
 
 def results_masks(path: str | os.PathLike) -> tuple[list[int], np.ndarray, list[float]]:
     """A results JSON's frame indices, masks ``(T, H, W)`` bool and sounding probabilities."""
-    from .results import frame_masks, read_results, track
+    from auralsam2_core.inference.results import frame_masks, read_results, track
 
     doc = read_results(path)
     pairs = list(frame_masks(doc))
@@ -609,7 +611,7 @@ def results_masks(path: str | os.PathLike) -> tuple[list[int], np.ndarray, list[
 
 
 def _gt_for_results(name: str, indices: list[int], gt_dir: Path) -> torch.Tensor:
-    from .metrics import _png_files, load_mask_dir
+    from auralsam2_core.evaluation.metrics import _png_files, load_mask_dir
 
     files = _png_files(gt_dir)
     if len(files) == len(indices):
@@ -621,7 +623,7 @@ def _gt_for_results(name: str, indices: list[int], gt_dir: Path) -> torch.Tensor
             by_number.setdefault(int(digits), f)
     for offset in (0, 1):  # frame index 0-based, or 1-based file numbers (AVSBench)
         if all(i + offset in by_number for i in indices):
-            from .metrics import _read_png
+            from auralsam2_core.evaluation.metrics import _read_png
 
             arrays = [_read_png(by_number[i + offset]) for i in indices]
             return torch.from_numpy(np.stack([a > 0 for a, _ in arrays]).astype(np.float32))
@@ -631,17 +633,18 @@ def _gt_for_results(name: str, indices: list[int], gt_dir: Path) -> torch.Tensor
 
 
 def evaluate_predictions(pred: str | os.PathLike, gt: str | os.PathLike):
-    """AVSBench J and F (:class:`~auralsam2_core.metrics.MetricsReport`) of predictions
+    """AVSBench J and F (:class:`~auralsam2_core.evaluation.metrics.MetricsReport`) of predictions
     against a ground-truth PNG tree (``<video>/<frame>.png``).
 
     ``pred`` is either a results folder of the engine's ``<video>.json`` files (matched to
     ``gt/<video>/`` by name, or by the folder's own name anywhere under ``gt``), or a PNG tree
-    scored by :func:`~auralsam2_core.metrics.evaluate_dirs`. Results frames are paired with
+    scored by :func:`~auralsam2_core.evaluation.metrics.evaluate_dirs`. Results frames are paired
+    with
     the ground-truth PNGs in order when the counts agree, else by the number in the PNG's
     name (= frame index, or index + 1). Predicted masks at another size than the ground
     truth are resized to it (nearest).
     """
-    from .metrics import MetricsAccumulator, _video_dirs, evaluate_dirs
+    from auralsam2_core.evaluation.metrics import MetricsAccumulator, _video_dirs, evaluate_dirs
 
     pred, gt = Path(pred), Path(gt)
     if not gt.is_dir():

@@ -11,10 +11,10 @@ import av
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_path
-from .media import iter_frames, video_stream
-from .results import objects
-from .rle import decode
+from auralsam2_core.atomic import atomic_path
+from auralsam2_core.inference.results import objects
+from auralsam2_core.inference.rle import decode
+from auralsam2_core.media.video import iter_frames, video_stream
 
 TINT = np.array([255, 40, 40], np.float32)  # red: the one object of AVS results
 #: One tint per Ref-AVS query, in the queries' order (cycled beyond six).

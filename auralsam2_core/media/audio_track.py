@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from .log_mel import EXAMPLE_FRAMES, NUM_BANDS, log_mel_frames
+from auralsam2_core.media.log_mel import EXAMPLE_FRAMES, NUM_BANDS, log_mel_frames
 
 HOP_SECONDS = 0.01
 WINDOW_SAMPLES = 400
@@ -81,7 +81,7 @@ class AudioTrack:
     @classmethod
     def from_file(cls, path: str | os.PathLike, track: int | None = None) -> AudioTrack:
         """Audio track ``track`` of the file (default: :func:`~.media.audio_stream`)."""
-        from .media import iter_audio_16k
+        from auralsam2_core.media.video import iter_audio_16k
 
         return cls.from_chunks(iter_audio_16k(path, track))
 
@@ -116,7 +116,7 @@ class AudioStream:
     @classmethod
     def from_file(cls, path: str | os.PathLike, track: int | None = None) -> AudioStream:
         """Audio track ``track`` of the file (default: :func:`~.media.audio_stream`)."""
-        from .media import iter_audio_16k
+        from auralsam2_core.media.video import iter_audio_16k
 
         return cls(iter_audio_16k(path, track))
 

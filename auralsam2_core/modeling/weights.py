@@ -1,6 +1,6 @@
 """Released weight files: where they live, where they are cached, and how they are fetched.
 
-Nothing here unpickles anything; reading files is :mod:`auralsam2_core.checkpoint`'s job.
+Nothing here unpickles anything; reading files is :mod:`auralsam2_core.modeling.checkpoint`'s job.
 Why a small downloader of our own (``urllib``): the single files come from three hosts
 (Hugging Face, Meta's download server, GitHub releases) and each must resume after an
 interruption and pass its checksum before it is moved into place, with no extra dependency in

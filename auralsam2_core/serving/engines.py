@@ -4,12 +4,14 @@ With ``AURALSAM2_SERVER_URL`` set (and ``AURALSAM2_SERVER_TOKEN`` or ``_TOKEN_FI
 :func:`engine_from_env` gives a :class:`RemoteEngine`: videos are submitted to the service and
 the adapter never loads a model. Otherwise it gives a :class:`LocalEngine`: the model in this
 process, loaded on first use (thread-safe) and shared in turns (:class:`ModelTurns`). Both
-offer ``frames(video, options, ...)`` yielding :class:`~auralsam2_core.engine.FrameResult`,
+offer ``frames(video, options, ...)`` yielding
+:class:`~auralsam2_core.inference.engine.FrameResult`,
 ``document(...)`` returning the results document and ``to_results(video, writer, ...)`` writing
-it through a :class:`~auralsam2_core.results.ResultsWriter`; the remote one rebuilds frames
+it through a :class:`~auralsam2_core.inference.results.ResultsWriter`; the remote one rebuilds
+frames
 from the service's results file, so its numbers are those of the results format
 (probabilities rounded to 5 decimals; masks identical). The options travel in the wire format
-of :mod:`auralsam2_core.wire`.
+of :mod:`auralsam2_core.serving.wire`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from .engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
-from .env import secret
-from .media import MediaError
-from .model import PointPrompt
-from .results import frame_records, frame_results, intervals_stale, with_intervals
-from .wire import options_to_wire
+from auralsam2_core.env import secret
+from auralsam2_core.inference.engine import FrameResult, NoAudioError, PrelabelOptions, prelabel
+from auralsam2_core.inference.results import (
+    frame_records,
+    frame_results,
+    intervals_stale,
+    with_intervals,
+)
+from auralsam2_core.media.video import MediaError
+from auralsam2_core.modeling.model import PointPrompt
+from auralsam2_core.serving.wire import options_to_wire
 
 
 class ModelTurns:
@@ -277,7 +284,7 @@ class LocalEngine:
                  on_progress=None) -> dict:
         import tempfile
 
-        from .results import ResultsWriter
+        from auralsam2_core.inference.results import ResultsWriter
 
         with tempfile.TemporaryDirectory(prefix="auralsam2-") as tmp:
             return self.to_results(video, ResultsWriter(tmp, "doc"), options, prompts=prompts,
@@ -288,10 +295,11 @@ class LocalEngine:
                    on_frame: Callable[[int], None] | None = None,
                    on_record: Callable[[dict], None] | None = None, cache=None,
                    deadline: float | None = None, hysteresis=None) -> dict:
-        """The results loop (:func:`auralsam2_core.jobs.prelabel_to_results`) into
+        """The results loop (:func:`auralsam2_core.inference.prelabel_videos.prelabel_to_results`)
+        into
         ``writer``; the caller holds :attr:`turns` when the model is shared. ``deadline`` is
         the caller's to enforce (``on_frame`` may raise)."""
-        from .jobs import prelabel_to_results
+        from auralsam2_core.inference.prelabel_videos import prelabel_to_results
 
         return prelabel_to_results(self.model, video, writer, options, info=info,
                                    prompts=prompts, on_frame=on_frame, on_record=on_record,

@@ -1,0 +1,1 @@
+"""Scoring predictions: AVSBench J / F, Ref-AVS S, and the demo protocols."""

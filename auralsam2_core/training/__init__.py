@@ -1,0 +1,1 @@
+"""Fine-tuning and training: data, losses, the training loop, synthetic clips."""
