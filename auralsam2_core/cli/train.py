@@ -78,22 +78,18 @@ def cmd_train(args) -> int:
                       device=args.device, progress=not args.quiet, resume=args.resume,
                       threads=args.threads, train_candidate=candidate)
     evaluate = None
-    if args.synthetic and args.eval_every and refer:
+    if args.synthetic and args.eval_every:
+        from auralsam2_core.evaluation.demo import quick_audio_checks
         from auralsam2_core.evaluation.refer_demo import quick_refer_checks
 
-        def evaluate(model, step):
-            r = quick_refer_checks(model, n=args.eval_clips)
-            print(f"[step {step}] held-out: J referred {r['j_referred']:.3f}, J other query "
-                  f"{r['j_other_query']:.3f}, null S {r['null_s']:.4f}, silent < 0.5 on "
-                  f"{r['silent_low_confidence_fraction']:.1%} of frames", file=sys.stderr)
-            return r
-    elif args.synthetic and args.eval_every:
-        from auralsam2_core.evaluation.demo import quick_audio_checks
+        checks, heard = (quick_refer_checks, lambda r: (
+            f"J referred {r['j_referred']:.3f}, J other query {r['j_other_query']:.3f}, "
+            f"null S {r['null_s']:.4f}")) if refer else (quick_audio_checks, lambda r: (
+                f"J sounding {r['j_sounding']:.3f}, J swapped {r['j_swapped_audio']:.3f}"))
 
         def evaluate(model, step):
-            r = quick_audio_checks(model, n=args.eval_clips)
-            print(f"[step {step}] held-out: J sounding {r['j_sounding']:.3f}, J swapped "
-                  f"{r['j_swapped_audio']:.3f}, silent < 0.5 on "
+            r = checks(model, n=args.eval_clips)
+            print(f"[step {step}] held-out: {heard(r)}, silent < 0.5 on "
                   f"{r['silent_low_confidence_fraction']:.1%} of frames", file=sys.stderr)
             return r
     if args.stop_after is not None and args.bundle:
