@@ -309,3 +309,17 @@ def test_command_without_a_refavs_model_says_what_to_give(video, tmp_path, monke
     assert rc == 2 and "needs at least one --query" in capsys.readouterr().err
     rc = main(["prelabel", str(video), "--out", str(tmp_path / "out"), "--query", ""])
     assert rc == 2 and "query 0 is empty" in capsys.readouterr().err
+
+
+def test_class_queries_map_each_class_to_what_the_model_reads():
+    from auralsam2_core.inference.engine import class_queries
+
+    got = class_queries(["dog", ("guitar", "the man playing  the guitar"), ("piano", "")])
+    assert got == {"dog": "dog", "the man playing the guitar": "guitar", "piano": "piano"}
+    assert list(got) == ["dog", "the man playing the guitar", "piano"]
+    with pytest.raises(ValueError, match="given twice"):
+        class_queries(["dog", ("puppy", "dog")])
+    with pytest.raises(ValueError, match="class 1 has no name"):
+        class_queries(["dog", ("  ", "a cat")])
+    with pytest.raises(ValueError, match="at most 16"):
+        class_queries([f"c{i}" for i in range(17)])

@@ -72,6 +72,23 @@ def check_queries(queries) -> tuple[str, ...]:
     return tuple(out)
 
 
+
+def class_queries(classes) -> dict[str, str]:
+    """A project's classes as the engine's queries: ``{query: class name}``, in order.
+    ``classes`` holds class names, or ``(name, hint)`` pairs where a hint (e.g. a label
+    attribute "the man playing the guitar") is the expression the model reads for that class;
+    without one, the name is read. Results objects carry the query; adapters label them with
+    the class. ValueError for what :func:`check_queries` refuses (two classes reading the same
+    text included) or a class without a name."""
+    pairs = []
+    for i, c in enumerate(classes):
+        name, hint = (c, None) if isinstance(c, str) else tuple(c)
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"class {i} has no name")
+        pairs.append((name, hint if isinstance(hint, str) and hint.strip() else name))
+    queries = check_queries([q for _, q in pairs])
+    return dict(zip(queries, (n for n, _ in pairs), strict=True))
+
 @dataclass(frozen=True)
 class PrelabelOptions:
     # Frames per fuser clip (the authors' T); None: 5, or 10 with queries (Ref-AVS).
