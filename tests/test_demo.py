@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from auralsam2_core.modeling.build import build_auralsam2, build_demo_model, bun
 from auralsam2_core.modeling.weights import sha256_file
 from auralsam2_core.training.datasets import HELDOUT_SEED_BASE
 
-BUNDLE = Path(build.__file__).parent / "data" / "demo_model"
+BUNDLE = build.bundled_model_dir()
 # On the demo's own clips the shipped model meets demo.PASS_MARKS (0.85 / 0.8 / 95 %). On
 # other held-out clips J varies by about +-0.02 between sets of 5-30 clips (measured 0.85-0.89
 # sounding, 0.86-0.92 swapped, 100 % silent; pooled over 57 clips 0.872 / 0.871; README):
@@ -50,7 +51,7 @@ def test_bundle_files_sha256_and_size():
     measured = info["measured"]
     assert all(measured["passed"].values()), measured
     assert all(measured[k] >= v for k, v in PASS_MARKS.items()), measured
-    yaml = Path(build.__file__).parent / "configs" / info["sam2_config"]
+    yaml = Path(str(files("auralsam2_core").joinpath("configs", info["sam2_config"])))
     assert sha256_file(yaml) == info["sam2_config_sha256"]
 
 
@@ -164,7 +165,7 @@ def test_cli_check_and_prelabel_default_to_the_bundled_model(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- Ref-AVS demo
 
-REFER_BUNDLE = Path(build.__file__).parent / "data" / "refer_demo_model"
+REFER_BUNDLE = build.refer_model_dir()
 needs_refer_bundle = pytest.mark.skipif(
     not (REFER_BUNDLE / "model.json").is_file(),
     reason="the Ref-AVS demo model is not shipped yet (its recipe has not met the marks, #14)")
