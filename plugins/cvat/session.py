@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core.inference.engine import PrelabelOptions
-from auralsam2_core.inference.results import ResultsWriter, read_results, track
+from auralsam2_core.inference.results import ResultsWriter, frame_records, read_results
 from auralsam2_core.media.video import MediaError, iter_frames, probe
 
 from . import masks
 from .api import CvatApi, CvatError, extract_video, share_path
+from .classes import NO_CLASSES, Classes
 from .config import CvatFunctionSettings
 from .errors import AdapterError, NotReady, Unprocessable, Upstream
 from .frames import FrameMap, choose_frame, expected_frame
@@ -42,8 +43,11 @@ def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
 
 class TaskSession:
     def __init__(self, task_id: int, api: CvatApi, engine, settings: CvatFunctionSettings,
-                 log) -> None:
+                 log, classes: Classes = NO_CLASSES) -> None:
+        """``classes``: the queries to pre-label (a Ref-AVS model), none for the AVS model's
+        one sounding object."""
         self.task_id, self.api, self.engine, self.settings = task_id, api, engine, settings
+        self.classes = classes
         self.log = log
         self.cond = threading.Condition()
         self.fmap: FrameMap | None = None
@@ -54,7 +58,9 @@ class TaskSession:
         self.thumbs: np.ndarray | None = None  # (size, T, T, 3) uint8, by task frame
         self.have_thumb: np.ndarray | None = None
         self.thumbs_done = False
-        self.records: dict[int, dict] = {}  # task frame -> results frame record
+        # task frame -> its results frame records, one per query (one without queries)
+        self.records: dict[int, list[dict]] = {}
+        self._arriving: dict[int, list[dict]] = {}  # media frame -> its records so far
         self.engine_done = False
         self.cursor: dict[tuple, int] = {}  # CVAT run (see detector.run_key) -> last frame
         self.started = time.monotonic()
@@ -170,21 +176,29 @@ class TaskSession:
         ident = {"model": self.engine.meta, "clip_len": self.settings.clip_len,
                  "stride": fm.engine_stride, "start": fm.start, "step": fm.step,
                  "size": fm.size, "media": [self.media.name, st.st_size, st.st_mtime_ns],
-                 "audio_track": self.settings.audio_track}
+                 "audio_track": self.settings.audio_track,
+                 "queries": list(self.classes.queries)}
         digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode())
         return f"results-{digest.hexdigest()[:16]}"
 
     def _publish(self, rec: dict) -> None:
+        """One frame record as the results loop writes it: per frame, one per query in the
+        queries' order (results.frame_records); a frame is published with its last."""
+        recs = self._arriving.setdefault(rec["index"], [])
+        recs.append(rec)
+        if len(recs) < max(1, len(self.classes.queries)):
+            return
+        del self._arriving[rec["index"]]
         tf = self.fmap.task_frame(rec["index"])
         if tf is not None:
             with self.cond:
-                self.records[tf] = rec
+                self.records[tf] = recs
                 self.cond.notify_all()
 
     def _run_engine(self) -> None:
         writer = ResultsWriter(self.dir / "results", self._results_key())
         if writer.is_complete():
-            for rec in track(read_results(writer.final))["frames"]:
+            for rec in frame_records(read_results(writer.final)):
                 self._publish(rec)
             self.log("info", f"task {self.task_id}: results from the cache ({writer.final})")
             return
@@ -198,7 +212,8 @@ class TaskSession:
         # Decode and remember from the task's first frame: SAM2's memory starts there.
         opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride,
                                audio_track=self.settings.audio_track,
-                               start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1)
+                               start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1,
+                               queries=self.classes.queries)
         turns = self.engine.turns  # one frame at a time, taking turns with other tasks
         with turns:
             self.engine.to_results(self.media, writer, opts, info=info,
@@ -227,7 +242,8 @@ class TaskSession:
             raise self.error
         return self.fmap
 
-    def wait_record(self, frame: int, deadline: float | None) -> dict:
+    def wait_record(self, frame: int, deadline: float | None) -> list[dict]:
+        """The frame's records, one per query (one without queries)."""
         ok = self._wait(lambda: frame in self.records or self.engine_done or self.error,
                         deadline)
         if frame in self.records:
@@ -243,7 +259,7 @@ class TaskSession:
         raise Unprocessable(f"task {self.task_id}: frame {frame} is not in the original video "
                             f"(the video decodes to fewer frames than CVAT counts)")
 
-    def wait_engine(self, deadline: float | None = None) -> dict[int, dict]:
+    def wait_engine(self, deadline: float | None = None) -> dict[int, list[dict]]:
         if not self._wait(lambda: self.engine_done or self.error, deadline):
             raise NotReady(f"task {self.task_id}: {len(self.records)} frames pre-labelled so "
                            "far")
