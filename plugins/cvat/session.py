@@ -215,10 +215,20 @@ class TaskSession:
                                start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1,
                                queries=self.classes.queries)
         turns = self.engine.turns  # one frame at a time, taking turns with other tasks
-        with turns:
-            self.engine.to_results(self.media, writer, opts, info=info,
-                                   on_frame=lambda _n: turns.pass_turn(),
-                                   on_record=self._publish)
+        try:
+            with turns:
+                self.engine.to_results(self.media, writer, opts, info=info,
+                                       on_frame=lambda _n: turns.pass_turn(),
+                                       on_record=self._publish)
+        except ValueError as e:  # the model refuses the queries (too long, wrong variant)
+            if not self.classes:
+                raise
+            names = ", ".join(f"{n!r}" + (f" as {q!r}" if q != n else "")
+                              for q, n in zip(self.classes.queries, self.classes.names,
+                                              strict=True))
+            raise Unprocessable(f"task {self.task_id}: the model cannot read the classes "
+                                f"({names}): {e}; shorten the label (or its 'query' "
+                                "attribute)") from None
 
     # ------------------------------------------------------------------ waiting
 
