@@ -368,7 +368,7 @@ def test_without_the_setting_the_avs_model_labels_one_sounding_object(emu, avs_e
     status, report = invoke({"task_id": task.id, "wait": 60}, {})
     assert status == 200 and "labels" not in report, report
     ref = {r.index: r for r in prelabel(model, clip, PrelabelOptions())}
-    check_saved(task, {10: ref}, 0.5)
+    assert check_saved(task, {10: ref}, 0.5)[10]
     run = emu.run_auto_annotation(invoke, FUNCTION, SPEC, task, cleanup=True)
     assert run.status == "finished"
     assert {item["label"] for fc in run.calls for item in fc.body} <= {"sounding"}
