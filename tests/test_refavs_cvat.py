@@ -344,6 +344,31 @@ def test_automatic_annotation_of_a_task_without_mask_labels_fails_at_once(emu, r
     assert not task.shapes
 
 
+def test_through_the_shared_service_the_labels_are_the_same(emu, clip, engine, refavs_model,
+                                                            monkeypatch, tmp_path):
+    """AURALSAM2_SERVER_URL: the function loads no model and sends the task's classes to the
+    shared service as job queries; each object still lands on its own label, with the
+    engine's masks."""
+    from helpers import service_env as se
+
+    def no_load(spec):
+        raise AssertionError("the function must not load a model with a service set")
+    monkeypatch.setattr(main, "load_model", no_load)
+    (tmp_path / "cache").mkdir()  # the function's cache, where the service reads the video
+    with se.ServiceThread(tmp_path / "state", [tmp_path / "cache"], model=refavs_model) as srv:
+        function_env(monkeypatch, emu.url, tmp_path / "cache", AURALSAM2_VARIANT="refavs",
+                     **srv.env())
+        task = emu.add_task(ce.EmuTask(16, clip, labels=[label(10, "dog"),
+                                                         label(20, "guitar", query=GUITAR)]))
+        status, report = invoker()({"task_id": task.id, "wait": 60, "threshold": 0.01}, {})
+        assert status == 200 and report["state"] == "done", report
+        assert [j.options["queries"] for j in srv.service.jobs.values()] == [["dog", GUITAR]]
+    ref = engine("dog", GUITAR)
+    got = check_saved(task, {10: ref["dog"], 20: ref[GUITAR]}, 0.01)
+    assert got[10] and got[20]
+    emu.check_ui_and_export()
+
+
 # ----------------------------------------------------------------------------- AVS default
 
 
