@@ -334,6 +334,23 @@ def test_automatic_annotation_with_the_label_mapping_dialog(emu, refavs_env, cli
     emu.check_ui_and_export()
 
 
+def test_both_paths_at_once_fetch_the_video_once_and_keep_their_own_classes(emu, refavs_env,
+                                                                          clip, engine):
+    """A task call and an Automatic annotation run of the same task at the same time ask
+    different classes (the task's labels; the spec classes, here all of them since 'flute'
+    is none): two runs of the model, one download of the task's video."""
+    task = emu.add_task(ce.EmuTask(17, clip, labels=[label(10, "dog"), label(20, "flute")]))
+    invoke = invoker()
+    status, report = invoke({"task_id": task.id, "threshold": 0.01}, {})  # in the background
+    assert status == 202, report
+    run = emu.run_auto_annotation(invoke, FUNCTION, SPEC, task, threshold=0.01,
+                                  mapping={"dog": {"name": "dog"}})
+    check_answers(run, task, engine(*cls.SPEC_CLASSES), set(cls.SPEC_CLASSES), 0.01)
+    status, report = invoke({"task_id": task.id, "action": "status", "wait": 60}, {})
+    assert status == 200 and set(report["labels"]) == {"dog", "flute"}, report
+    assert len(emu.calls("POST", "/backup/export")) == 1
+
+
 def test_automatic_annotation_of_a_task_without_mask_labels_fails_at_once(emu, refavs_env,
                                                                           clip):
     task = emu.add_task(ce.EmuTask(13, clip, labels=[label(30, "box", "rectangle")]))

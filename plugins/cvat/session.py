@@ -41,6 +41,18 @@ def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
     return AdapterError(f"task {task_id}: {type(e).__name__}: {e}")
 
 
+_fetch_locks: dict[Path, threading.Lock] = {}
+_fetch_locks_guard = threading.Lock()
+
+
+def _fetch_lock(task_dir: Path) -> threading.Lock:
+    """One media fetch per task folder at a time: with a Ref-AVS model a task can have two
+    sessions (Automatic annotation and the task-level path ask different classes); the second
+    then finds the first's copy."""
+    with _fetch_locks_guard:
+        return _fetch_locks.setdefault(task_dir, threading.Lock())
+
+
 class TaskSession:
     def __init__(self, task_id: int, api: CvatApi, engine, settings: CvatFunctionSettings,
                  log, classes: Classes = NO_CLASSES) -> None:
@@ -92,7 +104,8 @@ class TaskSession:
             frames = getattr(meta, "frames", None) or []
             size = (int(frames[0].width), int(frames[0].height)) if frames else None
             self.dir = self.settings.cache_dir / f"task-{self.task_id}-data-{task.data}"
-            media = self._fetch_media(meta)
+            with _fetch_lock(self.dir):  # another session of the task may be fetching it
+                media = self._fetch_media(meta)
         except BaseException as e:  # noqa: BLE001 - reported to every waiting request
             self._fail("error", e)
             return
