@@ -258,6 +258,26 @@ def test_task_call_prelabels_each_task_label_under_its_own_label(emu, refavs_env
     emu.check_ui_and_export()
 
 
+def test_a_label_added_later_is_a_query_in_the_next_run(emu, refavs_env, clip, engine):
+    """Each run reads the task's labels: a label added since is pre-labelled next time, by
+    the task call and by Automatic annotation (the function keeps its process between)."""
+    task = emu.add_task(ce.EmuTask(18, clip, labels=[label(10, "dog")]))
+    invoke = invoker()
+    status, report = invoke({"task_id": task.id, "wait": 60, "threshold": 0.01}, {})
+    assert status == 200 and set(report["labels"]) == {"dog"}, report
+    run = emu.run_auto_annotation(invoke, FUNCTION, SPEC, task, threshold=0.01)
+    assert {item["label"] for fc in run.calls for item in fc.body} == {"dog"}
+    task.labels.append(label(20, "guitar", query=GUITAR))
+    status, report = invoke({"task_id": task.id, "wait": 60, "threshold": 0.01}, {})
+    assert status == 200 and set(report["labels"]) == {"dog", "guitar"}, report
+    ref = engine("dog", GUITAR)
+    check_saved(task, {10: ref["dog"], 20: ref[GUITAR]}, 0.01)
+    run = emu.run_auto_annotation(invoke, FUNCTION, SPEC, task, threshold=0.01)
+    check_answers(run, task, {"dog": ref["dog"], "guitar": ref[GUITAR]}, {"dog", "guitar"},
+                  0.01)
+    emu.check_ui_and_export()
+
+
 def test_task_call_polygon_tracks_go_on_each_label(emu, refavs_env, clip, monkeypatch):
     monkeypatch.setenv("AURALSAM2_CVAT_UPLOAD", "polygon-tracks")
     task = emu.add_task(ce.EmuTask(8, clip, labels=[label(10, "dog"),

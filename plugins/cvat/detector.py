@@ -140,8 +140,10 @@ def detect(service, body: dict, headers=None) -> list[dict]:
         return service.skip_or_fail(None, err, "no running request is visible")
 
     try:
-        # all start fetching now
-        sessions = [service.session(call.task, detector=True) for call in calls]
+        # all start fetching now; a run's first frame reads the task's labels again
+        sessions = [service.session(call.task, detector=True,
+                                    new_run=service.first_frame_of(call.run))
+                    for call in calls]
     except AdapterError as e:
         return service.skip_or_fail(calls[0], e, "CVAT could not be asked about the task")
     best_miss, failures, found, waiting = math.inf, [], [], []

@@ -116,7 +116,7 @@ class TaskJob:
                                        f"{svc.settings.data_wait:.0f} s")
                 time.sleep(svc.settings.poll_period)
         self.state = "running"
-        self.session = svc.session(tid, retry_failed=True)
+        self.session = svc.session(tid, retry_failed=True, new_run=True)
         records = self.session.wait_engine()
         self.state = "uploading"
         classes = self.session.classes
@@ -190,6 +190,7 @@ class CvatFunctionService:
         self._job_ranges: dict[int, tuple] = {}
         self._label_attrs: dict[tuple, dict | None] = {}
         self._masked_runs: dict[tuple, float] = {}  # CVAT run -> when it last got a mask
+        self._seen_runs: dict[tuple, None] = {}  # CVAT runs asked about, oldest first
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -214,19 +215,25 @@ class CvatFunctionService:
         return self._api
 
     def session(self, task_id: int, retry_failed: bool = False,
-                detector: bool = False) -> TaskSession:
+                detector: bool = False, new_run: bool = False) -> TaskSession:
         """The task's session, started on first use; a failed one is started afresh when
         its failure may pass (CVAT unreachable) or when asked to. With a Ref-AVS model the
         Automatic annotation path (``detector``) and the task-level paths ask different
-        classes (plugins/cvat/classes.py), so each has its own session."""
-        key = (task_id, detector and self.settings.variant == "refavs")
+        classes (plugins/cvat/classes.py), so each has its own session; a ``new_run`` reads
+        the task's labels again, and a session of other classes is replaced."""
+        refavs = self.settings.variant == "refavs"
+        key = (task_id, detector and refavs)
+        classes = self.classes(task_id, detector) if refavs and new_run else None
         with self.lock:
             s = self.sessions.get(key)
             if s is not None and s.failed and (retry_failed or isinstance(s.error, Upstream)):
                 s = None
+            if s is not None and classes is not None and s.classes != classes:
+                s = None  # the task's labels changed since
             if s is None:
                 s = TaskSession(task_id, self.api, self.engine, self.settings, self.log,
-                                self.classes(task_id, detector)).start()
+                                classes if classes is not None
+                                else self.classes(task_id, detector)).start()
                 self._forget_old_sessions()
             self.sessions.pop(key, None)
             self.sessions[key] = s  # most recently used last
@@ -317,6 +324,16 @@ class CvatFunctionService:
             else:
                 self._label_attrs[key] = {a.name: a for a in (label.attributes or [])}
         return self._label_attrs[key]
+
+    def first_frame_of(self, run: tuple) -> bool:
+        """True the first time a CVAT run asks (then the task's labels are read again)."""
+        with self.lock:
+            if run in self._seen_runs:
+                return False
+            self._seen_runs[run] = None
+            while len(self._seen_runs) > 256:
+                self._seen_runs.pop(next(iter(self._seen_runs)))
+            return True
 
     # ------------------------------------------------------------------ never abort a run
 
