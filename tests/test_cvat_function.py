@@ -43,6 +43,7 @@ from auralsam2_core import model_spec  # noqa: E402
 from auralsam2_core.inference.engine import PrelabelOptions, prelabel  # noqa: E402
 from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 from auralsam2_plugins.cvat import config, main  # noqa: E402
+from auralsam2_plugins.cvat.classes import SPEC_CLASSES  # noqa: E402
 from auralsam2_plugins.cvat.cli import register  # noqa: E402
 from auralsam2_plugins.cvat.frames import (  # noqa: E402
     FrameMap,
@@ -419,11 +420,14 @@ def test_function_yaml(name):
     ann = meta["annotations"]
     assert ann["type"] == "detector" and ann["framework"] == "pytorch" and ann["name"]
     labels = json.loads(ann["spec"])
-    assert [(lb["name"], lb["type"]) for lb in labels] == [("sounding", "mask")]
-    attrs = {a["name"]: a for a in labels[0]["attributes"]}
-    assert set(attrs) == {"confidence", "review_priority"}
-    assert all(a["input_type"] == "number" and a["values"] == ["0", "100", "1"]
-               for a in attrs.values())
+    # 'sounding' (the AVS model's) and the Ref-AVS classes (tests/test_refavs_cvat.py)
+    assert [(lb["name"], lb["type"]) for lb in labels] == [
+        (name, "mask") for name in ("sounding", *SPEC_CLASSES)]
+    for lb in labels:
+        attrs = {a["name"]: a for a in lb["attributes"]}
+        assert set(attrs) == {"confidence", "review_priority"}
+        assert all(a["input_type"] == "number" and a["values"] == ["0", "100", "1"]
+                   for a in attrs.values())
     # python runtime matching the package, and main:handler importable from the function dir
     assert spec["runtime"] == "python:3.11" and spec["handler"] == "main:handler"
     module, fn = spec["handler"].split(":")

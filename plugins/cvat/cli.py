@@ -26,8 +26,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Fetch the task's original video (with its audio), run AuralSAM2 and "
                     "upload one mask shape per sounding frame, job by job. Re-running replaces "
                     "only the masks this tool made (its label, source 'auto', type mask); "
-                    "annotators' work is kept. Credentials: CVAT_ACCESS_TOKEN (or _FILE), or "
-                    "CVAT_USERNAME and CVAT_PASSWORD; CVAT_ORG for an organisation's tasks.")
+                    "annotators' work is kept. With --variant refavs (a Ref-AVS model) each of "
+                    "the task's mask labels is pre-labelled as a query (its name, or its "
+                    "'query' attribute), on its own label. Credentials: CVAT_ACCESS_TOKEN (or "
+                    "_FILE), or CVAT_USERNAME and CVAT_PASSWORD; CVAT_ORG for an "
+                    "organisation's tasks.")
     c.add_argument("--url", default=None, help="CVAT server URL (default: $CVAT_URL)")
     c.add_argument("--org", default=None,
                    help="organisation slug of the task (default: $CVAT_ORG; none: the "
@@ -47,7 +50,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "--share-root has it, else the task backup)")
     c.add_argument("--share-root", default=None, help="local path of CVAT's share")
     add_model_arguments(c)
-    c.add_argument("--clip-len", type=int, default=None, help="frames per fuser clip (5)")
+    c.add_argument("--clip-len", type=int, default=None,
+                   help="frames per fuser clip (5; 10 with --variant refavs)")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
     c.set_defaults(func=cmd_prelabel)
     return p
@@ -67,7 +71,9 @@ def cmd_prelabel(args) -> int:
         print(f"auralsam2 cvat: {message}", file=sys.stderr)
 
     try:
+        spec = spec_from_args(args)  # --variant refavs: the task's labels are the queries
         settings = CvatFunctionSettings.from_env(
+            variant=spec.variant,
             url=args.url, org=args.org, label=args.label, threshold=args.threshold,
             upload=args.upload,
             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
@@ -80,7 +86,6 @@ def cmd_prelabel(args) -> int:
         return 2
     if api is None:
         return 2
-    spec = spec_from_args(args)
     service = CvatFunctionService(settings, engine_from_env(lambda: load_model(spec)),
                                   api=api)
     failed = False

@@ -47,7 +47,10 @@ class CvatFunctionSettings:
     retries: int = 4
     retry_delay: float = 1.0
     poll_period: float = 2.0  # backup export status checks (s)
-    clip_len: int = 5
+    clip_len: int | None = None  # AURALSAM2_CLIP_LEN; None: the engine's (5 AVS, 10 Ref-AVS)
+    #: AURALSAM2_VARIANT (as the model's): "refavs" pre-labels the task's classes as queries
+    #: (plugins/cvat/classes.py), "avs" one "sounding" object
+    variant: str = "avs"
     audio_track: int | None = None  # AURALSAM2_AUDIO_TRACK (default: the default track)
     verify_ssl: bool = True
     #: AURALSAM2_INSTANCES / AURALSAM2_MIN_INSTANCE_AREA: one mask (or polygon track) per
@@ -58,6 +61,8 @@ class CvatFunctionSettings:
         if self.upload not in ("shapes", "polygon-tracks"):
             raise ValueError(f"AURALSAM2_CVAT_UPLOAD must be shapes or polygon-tracks, got "
                              f"{self.upload!r}")
+        if self.variant not in ("avs", "refavs"):
+            raise ValueError(f"AURALSAM2_VARIANT must be avs or refavs, got {self.variant!r}")
         if self.media_source not in ("auto", "backup", "share"):
             raise ValueError(f"media source must be auto, backup or share, got "
                              f"{self.media_source!r}")
@@ -92,7 +97,8 @@ class CvatFunctionSettings:
             retries=int(number(env, "AURALSAM2_CVAT_RETRIES", cls.retries)),
             retry_delay=number(env, "AURALSAM2_CVAT_RETRY_DELAY", cls.retry_delay),
             poll_period=number(env, "AURALSAM2_CVAT_POLL", cls.poll_period),
-            clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
+            clip_len=int(number(env, "AURALSAM2_CLIP_LEN", 0)) or None,
+            variant=(env.get("AURALSAM2_VARIANT") or "avs").strip().lower(),
             audio_track=audio_track(env),
             verify_ssl=env.get("CVAT_VERIFY_SSL", "true").lower() not in ("0", "false", "no"),
             instance_min_area=instances(env),

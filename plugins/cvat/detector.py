@@ -96,10 +96,11 @@ def score_attributes(rec: dict, label_attrs: dict | None) -> list[dict]:
 
 
 def answer(rec: dict, threshold: float, frame_size: tuple[int, int] | None,
-           label_attrs: dict | None = None, instance_min_area: float | None = None
-           ) -> list[dict]:
-    """A frame's pre-label as CVAT detector results (empty when nothing sounds): one mask, or
-    with ``instance_min_area`` one per connected part of at least that fraction of the frame."""
+           label_attrs: dict | None = None, instance_min_area: float | None = None,
+           label: str = SPEC_LABEL) -> list[dict]:
+    """One object's pre-label on a frame as CVAT detector results (empty when nothing
+    sounds), under ``label`` (a label of function.yaml's spec): one mask, or with
+    ``instance_min_area`` one per connected part of at least that fraction of the frame."""
     prob = float(rec["sounding_prob"])
     if prob < threshold:
         return []
@@ -108,7 +109,7 @@ def answer(rec: dict, threshold: float, frame_size: tuple[int, int] | None,
         mask = masks.resize_mask(mask, *frame_size)
     parts = [mask] if instance_min_area is None else connected_parts(mask, instance_min_area)
     flats = [flat for part in parts if (flat := masks.to_detector_mask(part)) is not None]
-    return [{"label": SPEC_LABEL, "type": "mask", "confidence": f"{prob:.4f}", "mask": flat,
+    return [{"label": label, "type": "mask", "confidence": f"{prob:.4f}", "mask": flat,
              "attributes": score_attributes(rec, label_attrs)} for flat in flats]
 
 
@@ -139,7 +140,10 @@ def detect(service, body: dict, headers=None) -> list[dict]:
         return service.skip_or_fail(None, err, "no running request is visible")
 
     try:
-        sessions = [service.session(call.task) for call in calls]  # all start fetching now
+        # all start fetching now; a run's first frame reads the task's labels again
+        sessions = [service.session(call.task, detector=True,
+                                    new_run=service.first_frame_of(call.run))
+                    for call in calls]
     except AdapterError as e:
         return service.skip_or_fail(calls[0], e, "CVAT could not be asked about the task")
     best_miss, failures, found, waiting = math.inf, [], [], []
@@ -176,18 +180,25 @@ def detect(service, body: dict, headers=None) -> list[dict]:
     dist, session, call, frame = min(found, key=lambda x: x[0])
     session.cursor[call.run] = frame
     try:
-        rec = session.wait_record(frame, deadline)
+        recs = session.wait_record(frame, deadline)
     except NotReady as e:
         return service.skip(call, str(e))
     except AdapterError as e:
         if session.error or session.engine_error:  # the whole task, not just this frame
             return service.skip_or_fail(call, e, f"frame {frame} cannot be pre-labelled")
         return service.skip(call, str(e))
-    result = answer(rec, threshold, session.frame_size, service.label_attrs(session.task_id),
-                    service.settings.instance_min_area)
+    # the AVS model's one object ("sounding", scored as the task's AURALSAM2_CVAT_LABEL), or
+    # one per spec class (scored as the task label of that name, CVAT's default mapping)
+    names = session.classes.names or (None,)
+    result = []
+    for rec, name in zip(recs, names, strict=True):
+        result += answer(rec, threshold, session.frame_size,
+                         service.label_attrs(session.task_id, name),
+                         service.settings.instance_min_area, label=name or SPEC_LABEL)
     service.answered(call, bool(result))
-    service.log("info", f"task {session.task_id} frame {frame} (match {dist:.1f}): "
-                        f"p={rec['sounding_prob']:.2f}")
+    probs = ", ".join(f"{name or SPEC_LABEL} p={rec['sounding_prob']:.2f}"
+                      for rec, name in zip(recs, names, strict=True))
+    service.log("info", f"task {session.task_id} frame {frame} (match {dist:.1f}): {probs}")
     return result
 
 

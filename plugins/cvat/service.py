@@ -25,6 +25,7 @@ import time
 from auralsam2_core.serving.engines import as_engine
 
 from .api import CvatApi, CvatError
+from .classes import NO_CLASSES, Classes, detector_classes, task_classes
 from .config import CvatFunctionSettings
 from .detector import Call, active_calls, detect, header, parse_threshold
 from .errors import AdapterError, CvatBadRequest, Unauthorized, Unprocessable, Upstream
@@ -115,28 +116,43 @@ class TaskJob:
                                        f"{svc.settings.data_wait:.0f} s")
                 time.sleep(svc.settings.poll_period)
         self.state = "running"
-        self.session = svc.session(tid, retry_failed=True)
+        self.session = svc.session(tid, retry_failed=True, new_run=True)
         records = self.session.wait_engine()
         self.state = "uploading"
-        label = svc.task_label(tid)
+        classes = self.session.classes
+        if classes:  # Ref-AVS: each object on the task label it was asked for
+            by_name = {lb.name: lb for lb in svc.labels(tid)}
+            labels = [by_name[name] for name in classes.names]
+        else:
+            labels = [svc.task_label(tid)]
         fmap, size = self.session.fmap, self.session.frame_size
         if size is None:
             raise AdapterError(f"task {tid}: CVAT reports no frame size")
         jobs = svc.annotation_jobs(tid, fmap)
         frames = fmap.task_frames()
-        form = {}
-        if svc.settings.upload == "polygon-tracks":
-            form["runs"] = build_polygon_runs(frames, records, label, self.threshold, *size,
-                                              svc.settings.instance_min_area)
-            sounding = len({s.frame for r in form["runs"] for s in r.shapes})
-        else:
-            form["shapes"] = build_shapes(frames, records, label, self.threshold, *size,
+        form: dict = {"runs": []} if svc.settings.upload == "polygon-tracks" else {"shapes": {}}
+        per_label = {}
+        for k, label in enumerate(labels):
+            recs = {f: r[k] for f, r in records.items()}
+            if "runs" in form:
+                runs = build_polygon_runs(frames, recs, label, self.threshold, *size,
                                           svc.settings.instance_min_area)
-            sounding = len(form["shapes"])
-        report = replace_own(api, label.id, jobs, **form, attempts=svc.settings.retries,
-                             delay=svc.settings.retry_delay, log=svc.log)
+                form["runs"] += runs
+                n = len({s.frame for r in runs for s in r.shapes})
+            else:
+                shapes = build_shapes(frames, recs, label, self.threshold, *size,
+                                      svc.settings.instance_min_area)
+                for f, made in shapes.items():
+                    form["shapes"].setdefault(f, []).extend(made)
+                n = len(shapes)
+            per_label[label.name] = n
+        report = replace_own(api, [lb.id for lb in labels], jobs, **form,
+                             attempts=svc.settings.retries, delay=svc.settings.retry_delay,
+                             log=svc.log)
         self.result = {**report, "upload": svc.settings.upload, "frames": len(frames),
-                       "sounding_frames": sounding}
+                       "sounding_frames": sum(per_label.values())}
+        if classes:
+            self.result["labels"] = per_label  # sounding frames per label
         self.state = "done"
         svc.uploaded_marker(tid).write_text(json.dumps(self.result))
         svc.log("info", f"task {tid}: uploaded {report['shapes_created']} mask shape(s) and "
@@ -172,8 +188,9 @@ class CvatFunctionService:
         self.sessions: dict[int, TaskSession] = {}
         self.jobs: dict[int, TaskJob] = {}
         self._job_ranges: dict[int, tuple] = {}
-        self._label_attrs: dict[int, dict | None] = {}
+        self._label_attrs: dict[tuple, dict | None] = {}
         self._masked_runs: dict[tuple, float] = {}  # CVAT run -> when it last got a mask
+        self._seen_runs: dict[tuple, None] = {}  # CVAT runs asked about, oldest first
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -197,20 +214,41 @@ class CvatFunctionService:
             raise Upstream(str(e)) from None
         return self._api
 
-    def session(self, task_id: int, retry_failed: bool = False) -> TaskSession:
+    def session(self, task_id: int, retry_failed: bool = False,
+                detector: bool = False, new_run: bool = False) -> TaskSession:
         """The task's session, started on first use; a failed one is started afresh when
-        its failure may pass (CVAT unreachable) or when asked to."""
+        its failure may pass (CVAT unreachable) or when asked to. With a Ref-AVS model the
+        Automatic annotation path (``detector``) and the task-level paths ask different
+        classes (plugins/cvat/classes.py), so each has its own session; a ``new_run`` reads
+        the task's labels again, and a session of other classes is replaced."""
+        refavs = self.settings.variant == "refavs"
+        key = (task_id, detector and refavs)
+        classes = self.classes(task_id, detector) if refavs and new_run else None
         with self.lock:
-            s = self.sessions.get(task_id)
+            s = self.sessions.get(key)
             if s is not None and s.failed and (retry_failed or isinstance(s.error, Upstream)):
                 s = None
+            if s is not None and classes is not None and s.classes != classes:
+                s = None  # the task's labels changed since
             if s is None:
-                s = TaskSession(task_id, self.api, self.engine, self.settings,
-                                self.log).start()
+                s = TaskSession(task_id, self.api, self.engine, self.settings, self.log,
+                                classes if classes is not None
+                                else self.classes(task_id, detector)).start()
                 self._forget_old_sessions()
-            self.sessions.pop(task_id, None)
-            self.sessions[task_id] = s  # most recently used last
+            self.sessions.pop(key, None)
+            self.sessions[key] = s  # most recently used last
             return s
+
+    def classes(self, task_id: int, detector: bool) -> Classes:
+        """The queries of a run on the task: none for the AVS model; with a Ref-AVS model the
+        task's labels (task-level paths) or the spec classes it maps (Automatic annotation)."""
+        if self.settings.variant != "refavs":
+            return NO_CLASSES
+        labels = self.labels(task_id)
+        return detector_classes(task_id, labels) if detector else task_classes(task_id, labels)
+
+    def labels(self, task_id: int) -> list:
+        return list(self._cvat(lambda: self.api.labels(task_id)))
 
     def _forget_old_sessions(self) -> None:
         """Keep memory bounded: finished sessions beyond ``MAX_SESSIONS`` are dropped (their
@@ -267,18 +305,35 @@ class CvatFunctionService:
             "attributes 'confidence' and 'review_priority' (0..100), or set "
             "AURALSAM2_CVAT_LABEL")
 
-    def label_attrs(self, task_id: int) -> dict | None:
-        """The score attributes of the task's label, by name (None when unknown)."""
-        if task_id not in self._label_attrs:
+    def label_attrs(self, task_id: int, name: str | None = None) -> dict | None:
+        """The attributes of the task's label ``name`` (default: the AVS model's label), by
+        name (None when unknown): the label CVAT maps the answer to by default."""
+        key = (task_id, name)
+        if key not in self._label_attrs:
             try:
-                label = self.task_label(task_id)
-            except Unprocessable:  # no such label: CVAT maps "sounding" elsewhere
-                self._label_attrs[task_id] = None
+                if name is None:
+                    label = self.task_label(task_id)
+                else:
+                    label = next((lb for lb in self.labels(task_id) if lb.name == name), None)
+                    if label is None:
+                        raise Unprocessable(f"no label {name!r}")
+            except Unprocessable:  # no such label: CVAT maps the answer elsewhere
+                self._label_attrs[key] = None
             except AdapterError:  # CVAT did not answer: ask again next time
                 return None
             else:
-                self._label_attrs[task_id] = {a.name: a for a in (label.attributes or [])}
-        return self._label_attrs[task_id]
+                self._label_attrs[key] = {a.name: a for a in (label.attributes or [])}
+        return self._label_attrs[key]
+
+    def first_frame_of(self, run: tuple) -> bool:
+        """True the first time a CVAT run asks (then the task's labels are read again)."""
+        with self.lock:
+            if run in self._seen_runs:
+                return False
+            self._seen_runs[run] = None
+            while len(self._seen_runs) > 256:
+                self._seen_runs.pop(next(iter(self._seen_runs)))
+            return True
 
     # ------------------------------------------------------------------ never abort a run
 

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core.inference.engine import PrelabelOptions
-from auralsam2_core.inference.results import ResultsWriter, read_results, track
+from auralsam2_core.inference.results import ResultsWriter, frame_records, read_results
 from auralsam2_core.media.video import MediaError, iter_frames, probe
 
 from . import masks
 from .api import CvatApi, CvatError, extract_video, share_path
+from .classes import NO_CLASSES, Classes
 from .config import CvatFunctionSettings
 from .errors import AdapterError, NotReady, Unprocessable, Upstream
 from .frames import FrameMap, choose_frame, expected_frame
@@ -40,10 +41,25 @@ def as_adapter_error(e: BaseException, task_id: int) -> AdapterError:
     return AdapterError(f"task {task_id}: {type(e).__name__}: {e}")
 
 
+_fetch_locks: dict[Path, threading.Lock] = {}
+_fetch_locks_guard = threading.Lock()
+
+
+def _fetch_lock(task_dir: Path) -> threading.Lock:
+    """One media fetch per task folder at a time: with a Ref-AVS model a task can have two
+    sessions (Automatic annotation and the task-level path ask different classes); the second
+    then finds the first's copy."""
+    with _fetch_locks_guard:
+        return _fetch_locks.setdefault(task_dir, threading.Lock())
+
+
 class TaskSession:
     def __init__(self, task_id: int, api: CvatApi, engine, settings: CvatFunctionSettings,
-                 log) -> None:
+                 log, classes: Classes = NO_CLASSES) -> None:
+        """``classes``: the queries to pre-label (a Ref-AVS model), none for the AVS model's
+        one sounding object."""
         self.task_id, self.api, self.engine, self.settings = task_id, api, engine, settings
+        self.classes = classes
         self.log = log
         self.cond = threading.Condition()
         self.fmap: FrameMap | None = None
@@ -54,7 +70,9 @@ class TaskSession:
         self.thumbs: np.ndarray | None = None  # (size, T, T, 3) uint8, by task frame
         self.have_thumb: np.ndarray | None = None
         self.thumbs_done = False
-        self.records: dict[int, dict] = {}  # task frame -> results frame record
+        # task frame -> its results frame records, one per query (one without queries)
+        self.records: dict[int, list[dict]] = {}
+        self._arriving: dict[int, list[dict]] = {}  # media frame -> its records so far
         self.engine_done = False
         self.cursor: dict[tuple, int] = {}  # CVAT run (see detector.run_key) -> last frame
         self.started = time.monotonic()
@@ -86,7 +104,8 @@ class TaskSession:
             frames = getattr(meta, "frames", None) or []
             size = (int(frames[0].width), int(frames[0].height)) if frames else None
             self.dir = self.settings.cache_dir / f"task-{self.task_id}-data-{task.data}"
-            media = self._fetch_media(meta)
+            with _fetch_lock(self.dir):  # another session of the task may be fetching it
+                media = self._fetch_media(meta)
         except BaseException as e:  # noqa: BLE001 - reported to every waiting request
             self._fail("error", e)
             return
@@ -170,21 +189,29 @@ class TaskSession:
         ident = {"model": self.engine.meta, "clip_len": self.settings.clip_len,
                  "stride": fm.engine_stride, "start": fm.start, "step": fm.step,
                  "size": fm.size, "media": [self.media.name, st.st_size, st.st_mtime_ns],
-                 "audio_track": self.settings.audio_track}
+                 "audio_track": self.settings.audio_track,
+                 "queries": list(self.classes.queries)}
         digest = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode())
         return f"results-{digest.hexdigest()[:16]}"
 
     def _publish(self, rec: dict) -> None:
+        """One frame record as the results loop writes it: per frame, one per query in the
+        queries' order (results.frame_records); a frame is published with its last."""
+        recs = self._arriving.setdefault(rec["index"], [])
+        recs.append(rec)
+        if len(recs) < max(1, len(self.classes.queries)):
+            return
+        del self._arriving[rec["index"]]
         tf = self.fmap.task_frame(rec["index"])
         if tf is not None:
             with self.cond:
-                self.records[tf] = rec
+                self.records[tf] = recs
                 self.cond.notify_all()
 
     def _run_engine(self) -> None:
         writer = ResultsWriter(self.dir / "results", self._results_key())
         if writer.is_complete():
-            for rec in track(read_results(writer.final))["frames"]:
+            for rec in frame_records(read_results(writer.final)):
                 self._publish(rec)
             self.log("info", f"task {self.task_id}: results from the cache ({writer.final})")
             return
@@ -198,12 +225,23 @@ class TaskSession:
         # Decode and remember from the task's first frame: SAM2's memory starts there.
         opts = PrelabelOptions(clip_len=self.settings.clip_len, stride=fmap.engine_stride,
                                audio_track=self.settings.audio_track,
-                               start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1)
+                               start_frame=fmap.start, stop_frame=fmap.last_media_frame + 1,
+                               queries=self.classes.queries)
         turns = self.engine.turns  # one frame at a time, taking turns with other tasks
-        with turns:
-            self.engine.to_results(self.media, writer, opts, info=info,
-                                   on_frame=lambda _n: turns.pass_turn(),
-                                   on_record=self._publish)
+        try:
+            with turns:
+                self.engine.to_results(self.media, writer, opts, info=info,
+                                       on_frame=lambda _n: turns.pass_turn(),
+                                       on_record=self._publish)
+        except ValueError as e:  # the model refuses the queries (too long, wrong variant)
+            if not self.classes:
+                raise
+            names = ", ".join(f"{n!r}" + (f" as {q!r}" if q != n else "")
+                              for q, n in zip(self.classes.queries, self.classes.names,
+                                              strict=True))
+            raise Unprocessable(f"task {self.task_id}: the model cannot read the classes "
+                                f"({names}): {e}; shorten the label (or its 'query' "
+                                "attribute)") from None
 
     # ------------------------------------------------------------------ waiting
 
@@ -227,7 +265,8 @@ class TaskSession:
             raise self.error
         return self.fmap
 
-    def wait_record(self, frame: int, deadline: float | None) -> dict:
+    def wait_record(self, frame: int, deadline: float | None) -> list[dict]:
+        """The frame's records, one per query (one without queries)."""
         ok = self._wait(lambda: frame in self.records or self.engine_done or self.error,
                         deadline)
         if frame in self.records:
@@ -243,7 +282,7 @@ class TaskSession:
         raise Unprocessable(f"task {self.task_id}: frame {frame} is not in the original video "
                             f"(the video decodes to fewer frames than CVAT counts)")
 
-    def wait_engine(self, deadline: float | None = None) -> dict[int, dict]:
+    def wait_engine(self, deadline: float | None = None) -> dict[int, list[dict]]:
         if not self._wait(lambda: self.engine_done or self.error, deadline):
             raise NotReady(f"task {self.task_id}: {len(self.records)} frames pre-labelled so "
                            "far")

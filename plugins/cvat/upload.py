@@ -34,7 +34,7 @@ once per track (mean confidence, highest priority).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,6 +130,7 @@ class PolygonRun:
     shapes: tuple  # TrackedShapeRequest, by frame
     end: int | None
     attributes: tuple  # AttributeValRequest of the track
+    label_id: int | None = None  # the task label it goes on
 
 
 def sounding_runs(frames: Sequence[int], sounding: Callable[[int], bool]) -> list[list[int]]:
@@ -197,12 +198,14 @@ def _polygon_runs(frames: Sequence[int], polygons: dict[int, list[float]],
                        for name, a in attrs.items() if not a.mutable
                        and (v := attribute_value(a, summary[SCORES[name]])) is not None]
         runs.append(PolygonRun(tuple(shapes), frames[nxt] if nxt < len(frames) else None,
-                               tuple(track_attrs)))
+                               tuple(track_attrs), label.id))
     return runs
 
 
-def job_tracks(runs: Sequence[PolygonRun], job: JobFrames, label_id: int) -> list:
-    """The parts of the polygon tracks on a job's frames, as ``LabeledTrackRequest``s."""
+def job_tracks(runs: Sequence[PolygonRun], job: JobFrames, label_id: int | None = None
+               ) -> list:
+    """The parts of the polygon tracks on a job's frames, as ``LabeledTrackRequest``s (on
+    each run's label, else ``label_id``)."""
     from cvat_sdk import models
 
     frames = set(job.frames)
@@ -217,7 +220,8 @@ def job_tracks(runs: Sequence[PolygonRun], job: JobFrames, label_id: int) -> lis
                 type=models.ShapeType("polygon"), frame=run.end, points=last.points,
                 outside=True, occluded=False, z_order=0, rotation=0.0, attributes=[]))
         out.append(models.LabeledTrackRequest(
-            label_id=label_id, frame=shapes[0].frame, shapes=shapes, group=0, source="auto",
+            label_id=run.label_id if run.label_id is not None else label_id,
+            frame=shapes[0].frame, shapes=shapes, group=0, source="auto",
             attributes=list(run.attributes), elements=[]))
     return out
 
@@ -226,15 +230,19 @@ def _kind(obj) -> str:
     return str(getattr(obj.type, "value", obj.type))
 
 
-def is_own(shape, label_id: int) -> bool:
-    """A mask shape this adapter made (or CVAT's Automatic annotation, on its label)."""
-    return (shape.label_id == label_id and str(getattr(shape, "source", "")) == "auto"
+def _ids(label_ids: int | Collection[int]) -> Collection[int]:
+    return (label_ids,) if isinstance(label_ids, int) else label_ids
+
+
+def is_own(shape, label_ids: int | Collection[int]) -> bool:
+    """A mask shape this adapter made (or CVAT's Automatic annotation, on its labels)."""
+    return (shape.label_id in _ids(label_ids) and str(getattr(shape, "source", "")) == "auto"
             and _kind(shape) == "mask")
 
 
-def is_own_track(track, label_id: int) -> bool:
+def is_own_track(track, label_ids: int | Collection[int]) -> bool:
     """A polygon track this adapter made."""
-    return (track.label_id == label_id and str(getattr(track, "source", "")) == "auto"
+    return (track.label_id in _ids(label_ids) and str(getattr(track, "source", "")) == "auto"
             and bool(track.shapes) and all(_kind(s) == "polygon" for s in track.shapes))
 
 
@@ -253,11 +261,12 @@ def _track_chunks(tracks: list) -> list[list]:
     return out + ([cur] if cur else [])
 
 
-def replace_own(api: CvatApi, label_id: int, jobs: Sequence[JobFrames], *,
+def replace_own(api: CvatApi, label_ids: int | Collection[int], jobs: Sequence[JobFrames], *,
                 shapes: dict[int, list] | None = None,
                 runs: Sequence[PolygonRun] | None = None, attempts: int = 4,
                 delay: float = 1.0, log=None) -> dict:
-    """In each job: delete this adapter's earlier masks and polygon tracks, then create the
+    """In each job: delete this adapter's earlier masks and polygon tracks (on ``label_ids``,
+    the labels it writes), then create the
     mask ``shapes`` of its frames, or the parts of the polygon tracks ``runs`` on them.
 
     Each job's read-delete-create is retried as a whole on transient failures, so an answer
@@ -268,8 +277,8 @@ def replace_own(api: CvatApi, label_id: int, jobs: Sequence[JobFrames], *,
               "tracks_deleted": 0, "tracks_created": 0}
     for job in jobs:
         new_shapes = [s for f in job.frames for s in shapes.get(f, ())] if shapes else []
-        new_tracks = job_tracks(runs, job, label_id) if runs else []
-        done = _replace_in_job(api, label_id, job, new_shapes, new_tracks, attempts, delay, log)
+        new_tracks = job_tracks(runs, job) if runs else []
+        done = _replace_in_job(api, label_ids, job, new_shapes, new_tracks, attempts, delay, log)
         for key, n in zip(("shapes_deleted", "tracks_deleted"), done, strict=True):
             report[key] += n
         report["shapes_created"] += len(new_shapes)
@@ -277,15 +286,16 @@ def replace_own(api: CvatApi, label_id: int, jobs: Sequence[JobFrames], *,
     return report
 
 
-def _replace_in_job(api: CvatApi, label_id: int, job: JobFrames, new_shapes: list,
-                    new_tracks: list, attempts: int, delay: float, log) -> tuple[int, int]:
+def _replace_in_job(api: CvatApi, label_ids: int | Collection[int], job: JobFrames,
+                    new_shapes: list, new_tracks: list, attempts: int, delay: float,
+                    log) -> tuple[int, int]:
     from cvat_sdk import models
 
     for attempt in range(1, max(1, attempts) + 1):
         try:
             current = api.job_annotations(job.job_id)
-            old = [s for s in (current.shapes or []) if is_own(s, label_id)]
-            old_tracks = [t for t in (current.tracks or []) if is_own_track(t, label_id)]
+            old = [s for s in (current.shapes or []) if is_own(s, label_ids)]
+            old_tracks = [t for t in (current.tracks or []) if is_own_track(t, label_ids)]
             for chunk in _chunks(old):
                 api.patch_job(job.job_id, "delete",
                               shapes=[models.LabeledShapeRequest(**s.to_dict()) for s in chunk])

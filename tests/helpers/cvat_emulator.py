@@ -844,7 +844,8 @@ class CvatEmulator:
                         function: str, spec: list[dict], task: EmuTask, *,
                         job: EmuJob | None = None, threshold: float | None = None,
                         cleanup: bool = False, timeout: int = 120,
-                        save_every: int | None = None) -> Iterator[FrameCall]:
+                        save_every: int | None = None,
+                        mapping: dict | None = None) -> Iterator[FrameCall]:
         """CVAT's Automatic annotation of ``task`` (or ``job``) with a detector, frame by frame
         (lambda_manager/views.py ``LambdaJob.__call__`` / ``_call_detector``); yields each
         function call as it happens (two runs can be interleaved); the run's outcome is
@@ -852,7 +853,11 @@ class CvatEmulator:
 
         ``invoke(payload, headers) -> (status, body)`` calls the function as the nuclio
         dashboard does. ``save_every`` is CVAT's 100 unless a test needs partial saves sooner.
+        ``mapping`` is what CVAT's label-mapping dialog sends (``{model label: {"name": task
+        label, "attributes"?: {model attr: task attr}}}``); without it, CVAT's default mapping.
+        The function's spec and the mapping are checked first, as CVAT does (a 400).
         """
+        mapping = self.label_mapping(spec, task, mapping)
         rq = self.start_lambda(function, task.id, job.id if job else None)
         run = AutoAnnotationRun(rq)
         self.last_run = run
@@ -887,7 +892,7 @@ class CvatEmulator:
                 if status >= 400:  # reply.raise_for_status()
                     raise HttpError(status, f"{status} Error for url: "
                                             "http://nuclio:8070/api/function_invocations")
-                shapes = self._convert(task, spec, body, frame)
+                shapes = self._convert(task, mapping, body, frame)
                 rq["progress"] = int((frame + 1) / task.size * 100)
                 collected.extend(shapes)
                 if frame and frame % save_every == 0:
@@ -906,18 +911,74 @@ class CvatEmulator:
             pass
         return self.last_run
 
-    def _convert(self, task: EmuTask, spec: list[dict], response, frame: int) -> list[dict]:
-        """``LambdaFunction.invoke`` (default mapping, ``transform_attributes``) and
-        ``DetectionResultConverter._parse_anno`` of one frame's answer."""
+    @staticmethod
+    def check_spec(spec: list[dict]) -> list[dict]:
+        """The function's ``metadata.annotations.spec`` as CVAT parses it
+        (lambda_manager/views.py ``LambdaFunction.__init__`` / ``parse_labels``): every label
+        needs a ``name`` (type defaults to "unknown"), every attribute ``name``,
+        ``input_type`` and ``values`` (a KeyError otherwise); label names unique and
+        attribute names unique per label (``InvalidFunctionMetadataError``)."""
+        labels = []
+        for lb in spec:
+            attrs = [{"name": a["name"], "input_type": a["input_type"], "values": a["values"]}
+                     for a in lb.get("attributes", [])]
+            if len(attrs) != len({a["name"] for a in attrs}):
+                raise HttpError(500, "lambda function has non-unique attributes")
+            labels.append({"name": lb["name"], "type": lb.get("type", "unknown"),
+                           "attributes": attrs})
+        if len(labels) != len({lb["name"] for lb in labels}):
+            raise HttpError(500, "lambda function has non-unique labels")
+        return labels
+
+    @staticmethod
+    def labels_compatible(model_label: dict, task_label: dict) -> bool:
+        """lambda_manager/views.py ``labels_compatible``: the same type, a task label of type
+        any (not for skeletons), a model label of unknown type (onto a non-skeleton), or mask
+        and polygon either way."""
+        mt, dt = model_label["type"], task_label.get("type", "any")
+        return (mt == dt or (dt == "any" and mt != "skeleton")
+                or (mt == "unknown" and dt != "skeleton") or {mt, dt} <= {"mask", "polygon"})
+
+    def label_mapping(self, spec: list[dict], task: EmuTask, mapping: dict | None) -> dict:
+        """Model label -> (task label, {model attr: task attr}), as LambdaFunction.invoke
+        builds it (lambda_manager/views.py): without a mapping ``make_default_mapping`` (same
+        name, compatible types, attributes of the same name); a given mapping is checked by
+        ``validate_labels_mapping`` (unknown model label, unknown task label, incompatible
+        types, unknown attributes: a ValidationError, 400) and keeps only the attributes it
+        names (``update_mapping``)."""
+        model = {lb["name"]: lb for lb in self.check_spec(spec)}
         task_labels = {lb["name"]: lb for lb in task.labels}
-        mapping = {}
-        for ml in spec:  # make_default_mapping: same name, compatible types
-            tl = task_labels.get(ml["name"])
-            mt, dt = ml.get("type", "any"), (tl or {}).get("type", "any")
-            if tl and (mt == dt or "any" in (mt, dt) or {mt, dt} <= {"mask", "polygon"}):
-                names = {a["name"] for a in tl.get("attributes", [])}
-                mapping[ml["name"]] = (tl, {a["name"]: a["name"] for a in
-                                            ml.get("attributes", []) if a["name"] in names})
+        out = {}
+        if not mapping:
+            for name, ml in model.items():
+                tl = task_labels.get(name)
+                if tl and self.labels_compatible(ml, tl):
+                    names = {a["name"] for a in tl.get("attributes", [])}
+                    out[name] = (tl, {a["name"]: a["name"] for a in ml["attributes"]
+                                      if a["name"] in names})
+            return out
+        for name, item in mapping.items():
+            if name not in model:
+                raise HttpError(400, f'Invalid mapping. Unknown model label "{name}"')
+            tl = task_labels.get(item["name"])
+            if tl is None:
+                raise HttpError(400, f'Invalid mapping. Unknown db label "{item["name"]}"')
+            if not self.labels_compatible(model[name], tl):
+                raise HttpError(400, f'Invalid mapping. Model label "{name}" and database '
+                                     f'label "{item["name"]}" are not compatible')
+            attrs = item.get("attributes", {})
+            for ma, ta in attrs.items():
+                if ma not in {a["name"] for a in model[name]["attributes"]}:
+                    raise HttpError(400, f'Invalid mapping. Unknown model attribute "{ma}"')
+                if ta not in {a["name"] for a in tl.get("attributes", [])}:
+                    raise HttpError(400, f'Invalid mapping. Unknown db attribute "{ta}"')
+            out[name] = (tl, dict(attrs))
+        return out
+
+    def _convert(self, task: EmuTask, mapping: dict, response, frame: int) -> list[dict]:
+        """``LambdaFunction.invoke`` (answers whose label is not mapped are dropped, the rest
+        get the mapped task label and ``transform_attributes``) and
+        ``DetectionResultConverter._parse_anno`` of one frame's answer."""
         shapes = []
         for item in response:  # a non-list answer fails the run, as in CVAT
             if item["label"] not in mapping:

@@ -22,7 +22,8 @@ SPEC = json.loads(yaml.safe_load((ROOT / "plugins/cvat/function.yaml").read_text
 _CLEARED = ("NUCLIO_FUNCTION_NAME", "AURALSAM2_CVAT_FUNCTION", "CVAT_USERNAME",
             "CVAT_PASSWORD", "AURALSAM2_CVAT_LABEL", "CVAT_ORG", "CVAT_ACCESS_TOKEN_FILE",
             "AURALSAM2_CVAT_WEBHOOK_SECRET", "AURALSAM2_SAM2_CONFIG", "AURALSAM2_IMAGE_SIZE",
-            "AURALSAM2_FUSER_CONFIG", "AURALSAM2_SERVER_URL", "AURALSAM2_CVAT_UPLOAD")
+            "AURALSAM2_FUSER_CONFIG", "AURALSAM2_SERVER_URL", "AURALSAM2_CVAT_UPLOAD",
+            "AURALSAM2_VARIANT", "AURALSAM2_CLIP_LEN")
 
 
 def function_env(monkeypatch, cvat_url: str, cache: Path, **extra: str) -> dict[str, str]:
