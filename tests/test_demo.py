@@ -249,3 +249,22 @@ def test_cli_demo_refer_meets_the_marks(tmp_path, capsys):
     for i in range(6):
         assert by[(f"clip{i:02d}_both", "referred")]["iou"] > 0.5
         assert by[(f"clip{i:02d}_both", "other")]["iou"] > 0.5
+
+
+def test_held_out_checks_leave_a_training_model_as_it_was(bundled_model):
+    """The checks that watch a training run score in eval mode without gradients and hand
+    the model back in training mode (so the run goes on training)."""
+    import torch
+
+    from auralsam2_core.evaluation.demo import held_out, quick_audio_checks
+
+    bundled_model.train()
+    try:
+        with held_out(bundled_model) as m:
+            assert not m.training and not torch.is_grad_enabled()
+        assert bundled_model.training and torch.is_grad_enabled()
+        r = quick_audio_checks(bundled_model, n=2)
+        assert bundled_model.training
+        assert r["j_sounding"] > 0.6 and r["silent_low_confidence_fraction"] == 1.0
+    finally:
+        bundled_model.eval()

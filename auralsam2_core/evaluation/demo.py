@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,18 @@ def score(preds: dict[str, np.ndarray], probs: dict[str, list[float]],
     return summary
 
 
+@contextmanager
+def held_out(model):
+    """The model in eval mode without gradients, put back as it was (checks during training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
 def quick_audio_checks(model, n: int = 8, size: int = 96, seed_base: int = HELDOUT_SEED_BASE
                        + 500_000, clip_len: int = 5) -> dict:
     """The demo's three numbers computed in memory (no files, no engine): frames are scaled
@@ -121,23 +134,18 @@ def quick_audio_checks(model, n: int = 8, size: int = 96, seed_base: int = HELDO
 
     clips = heldout_clips(n, size, seed_base)
     preds, probs = {}, {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for c in clips:
-                s = clip_sample(c.clip, model.image_size, name=c.name)
-                state = model.new_state(num_frames=s.frames.shape[0])
-                masks, pr = [], []
-                for a in range(0, s.frames.shape[0], clip_len):
-                    out = model.forward_clip(s.frames[a:a + clip_len].to(model.device),
-                                             s.log_mel[a:a + clip_len].to(model.device), state)
-                    masks.append(upsample_logits(out.mask_logits, (size, size))[:, 0] > 0)
-                    pr += out.object_score_logits.sigmoid().flatten().tolist()
-                preds[c.name] = torch.cat(masks).cpu().numpy()
-                probs[c.name] = pr
-    finally:
-        model.train(was_training)
+    with held_out(model):
+        for c in clips:
+            s = clip_sample(c.clip, model.image_size, name=c.name)
+            state = model.new_state(num_frames=s.frames.shape[0])
+            masks, pr = [], []
+            for a in range(0, s.frames.shape[0], clip_len):
+                out = model.forward_clip(s.frames[a:a + clip_len].to(model.device),
+                                         s.log_mel[a:a + clip_len].to(model.device), state)
+                masks.append(upsample_logits(out.mask_logits, (size, size))[:, 0] > 0)
+                pr += out.object_score_logits.sigmoid().flatten().tolist()
+            preds[c.name] = torch.cat(masks).cpu().numpy()
+            probs[c.name] = pr
     res = score(preds, probs, clips)
     res.pop("per_clip")
     return res

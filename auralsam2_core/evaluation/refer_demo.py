@@ -158,25 +158,20 @@ def predict_in_memory(model, videos: list[ReferVideo], size: int
     """Masks at ``size`` and sounding probabilities per ``(video, query)``, straight from the
     model (frames scaled and audio examples taken as the engine does; one model clip per
     video, its image features shared by the queries)."""
+    from auralsam2_core.evaluation.demo import held_out
     from auralsam2_core.modeling.model import upsample_logits
     from auralsam2_core.training.datasets import clip_sample
 
     preds, probs = {}, {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for v in videos:
-                s = clip_sample(v.clip, model.image_size, name=v.name)
-                outs = model.forward_queries(s.frames.to(model.device),
-                                             s.log_mel.to(model.device),
-                                             [q.expression for q in v.queries])
-                for k, out in enumerate(outs):
-                    m = upsample_logits(out.mask_logits, (size, size))[:, 0] > 0
-                    preds[(v.name, k)] = m.cpu().numpy()
-                    probs[(v.name, k)] = out.object_score_logits.sigmoid().flatten().tolist()
-    finally:
-        model.train(was_training)
+    with held_out(model):
+        for v in videos:
+            s = clip_sample(v.clip, model.image_size, name=v.name)
+            outs = model.forward_queries(s.frames.to(model.device), s.log_mel.to(model.device),
+                                         [q.expression for q in v.queries])
+            for k, out in enumerate(outs):
+                m = upsample_logits(out.mask_logits, (size, size))[:, 0] > 0
+                preds[(v.name, k)] = m.cpu().numpy()
+                probs[(v.name, k)] = out.object_score_logits.sigmoid().flatten().tolist()
     return preds, probs
 
 
