@@ -28,6 +28,7 @@ import numpy as np
 from auralsam2_core.atomic import atomic_write_json
 from auralsam2_core.errors import BadRequest
 from auralsam2_core.inference import rle
+from auralsam2_core.inference.engine import AVS_CLIP_LEN
 from auralsam2_core.inference.results import ResultsWriter, targets_document, track
 
 from . import brush
@@ -313,7 +314,7 @@ class FineTuner:
             raise ValueError(f"project {pid} has no usable annotations to train on")
         model = self._model()
         dataset = CorrectedResultsDataset(files, image_size=model.image_size,
-                                          clip_len=s.clip_len)
+                                          clip_len=s.clip_len or AVS_CLIP_LEN)
         self.job.update(state="training", tasks=len(files), clips=len(dataset),
                         steps=s.train_steps, step=0)
         cfg = TrainConfig(out=str(out / "run"), steps=s.train_steps, batch_size=1, lr=1e-4,
