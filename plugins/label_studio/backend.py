@@ -34,6 +34,7 @@ from auralsam2_core.inference.results import (
     Hysteresis,
     ResultsWriter,
     make_object,
+    objects,
     read_results,
     track,
 )
@@ -387,8 +388,10 @@ class Backend:
         except LabelConfigError as e:
             raise TaskError(str(e)) from None
 
-    def keyframe_results(self, doc: dict, media: TaskMedia, cfg: ProjectConfig
-                         ) -> tuple[list[dict], float]:
+    def keyframe_results(self, doc: dict, media: TaskMedia, cfg: ProjectConfig,
+                         classes: dict[str, str] | None = None) -> tuple[list[dict], float]:
+        """The keyframe's brush masks: the AVS model's one, or one per class (``classes``:
+        those to give, by default all the project's)."""
         from PIL import Image
 
         from auralsam2_core.inference import rle
@@ -396,7 +399,7 @@ class Backend:
         with Image.open(media.image) as im:
             size = im.size
         s = self.settings
-        classes = self.classes(cfg, keyframe=True) or {None: s.label}
+        classes = classes or self.classes(cfg, keyframe=True) or {None: s.label}
         result, scores = [], []
         for query, label in classes.items():
             frame = next((f for f in track(doc, query)["frames"] if f["index"] == media.frame),
@@ -424,11 +427,9 @@ class Backend:
         """Re-run from the annotator's box or click (plus the audio) and re-propagate. Video
         tasks keep the first pass's fuser clips (from frame 0), so the features it kept
         (``self.features``) serve the frames re-propagated: only SAM2's tracking runs."""
-        if self.refer:
-            raise TaskError("refinement from a box or click needs the AVS model: the Ref-AVS "
-                            "model's tracks follow the project's classes, and the engine does "
-                            "not take a prompt for one class yet; correct the region by hand")
         media = self.task_media(task, cfg)
+        classes = self.classes(cfg, keyframe=media.image is not None)
+        refined = _refined_class(context, classes) if classes else {}
         try:
             info = probe(media.video)
         except MediaError as e:
@@ -436,17 +437,19 @@ class Backend:
         frame, prompt = _context_prompt(context, media, cfg, info)
         stop = frame + 1 if media.image is not None else \
             min(frame + self.settings.refine_frames, info.num_frames or frame + 1)
-        opts = self.options(start_frame=frame, stop_frame=max(stop, frame + 1),
-                            clip_origin=None if media.image is not None else 0)
+        # Ref-AVS: the one class refined (its query's clips start at the prompt's frame).
+        opts = self.options(tuple(refined), start_frame=frame, stop_frame=max(stop, frame + 1),
+                            clip_origin=None if media.image is not None or refined else 0)
         part = self.compute(media, deadline=deadline, options=opts, prompts={frame: prompt},
                             store=False)
         if part is None:
             raise TaskError("no time left in this request to refine")
         if media.image is not None:
-            return self.keyframe_results(part, media, cfg)
-        base = self.cached(media.key)
-        doc = _merge(base, part) if base else part
-        return self.video_results(doc, cfg), self.score(doc)
+            return self.keyframe_results(part, media, cfg, refined or None)
+        base = self.cached(media.key, tuple(classes))
+        query = next(iter(refined), None)
+        doc = _merge(base, part, query) if base else part
+        return self.video_results(doc, cfg, classes if base else refined), self.score(doc)
 
     # ------------------------------------------------------------------ background
 
@@ -554,10 +557,28 @@ def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
         raise TaskError(f"cannot refine with this context: {e}") from None
 
 
-def _merge(base: dict, part: dict) -> dict:
-    """``base`` with the frames of ``part`` replaced and the intervals recomputed."""
-    new = {f["index"]: f for f in track(part)["frames"]}
-    frames = [new.get(f["index"], f) for f in track(base)["frames"]]
+def _refined_class(context: dict, classes: dict[str, str]) -> dict[str, str]:
+    """``{query: label}`` of the class an annotator's box or click refines: the label on it
+    (the only class when it has none); TaskError when it names none of the classes."""
+    labels = {lab for r in context.get("result", []) if isinstance(r, dict)
+              for k, v in (r.get("value") or {}).items()
+              if k.endswith("labels") and isinstance(v, list) for lab in v}
+    by_label = {lab: q for q, lab in classes.items()}
+    chosen = [lab for lab in by_label if lab in labels]
+    if not chosen and len(classes) == 1:
+        return dict(classes)
+    if len(chosen) != 1:
+        raise TaskError(f"refining needs the class of the region: label the box or click "
+                        f"with one of {list(by_label)} (got {sorted(labels) or 'no label'})")
+    return {by_label[chosen[0]]: chosen[0]}
+
+
+def _merge(base: dict, part: dict, query: str | None = None) -> dict:
+    """``base`` with the frames of ``part`` replaced in the object of ``query`` (the AVS
+    model's one object: None) and its intervals recomputed; other objects kept."""
+    new = {f["index"]: f for f in track(part, query)["frames"]}
     rule = Hysteresis(**base.get("hysteresis", {}))
-    return {**base, "objects": [make_object(None, frames, base["video"].get("fps") or 0.0,
-                                            rule)]}
+    fps = base["video"].get("fps") or 0.0
+    objs = [make_object(o["query"], [new.get(f["index"], f) for f in o["frames"]], fps, rule)
+            if o["query"] == query else o for o in objects(base)]
+    return {**base, "objects": objs}
