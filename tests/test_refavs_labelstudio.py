@@ -274,8 +274,8 @@ def test_refinement_keeps_the_label_of_the_region_refined(ls, clip, classes, que
     expected = [P.mask_box(r.mask) for r in engine[query][:2]] + \
         [P.mask_box(r.mask) for r in again]
     seq = tracks[name]["value"]["sequence"]
-    assert [(s["x"], s["y"], s["width"], s["height"]) for s in seq] == pytest.approx(
-        expected, abs=1e-3)
+    assert [v for s in seq for v in (s["x"], s["y"], s["width"], s["height"])] == \
+        pytest.approx([v for box in expected for v in box], abs=1e-3)
     assert seq != before[name]["value"]["sequence"]  # the box changed the class's track
     unlabelled = {**drawn, "value": {"sequence": drawn["value"]["sequence"]}}
     [err] = b.predict(predict_body([task], config, {"result": [unlabelled]}))["results"]
