@@ -178,6 +178,17 @@ def test_project_labels_are_the_queries_and_bad_label_sets_are_named(tmp_path, m
                        ).status_code == 200
 
 
+def test_clips_default_to_the_variants_published_length(tmp_path, model):
+    from_env = LabelStudioBackendSettings.from_env
+    assert from_env({}).clip_len is None and from_env({"AURALSAM2_CLIP_LEN": "8"}).clip_len == 8
+    with pytest.raises(ValueError, match="AURALSAM2_CLIP_LEN"):
+        from_env({"AURALSAM2_CLIP_LEN": "2.5"})
+    settings = LabelStudioBackendSettings(url="http://127.0.0.1:9", work_dir=tmp_path)
+    refer = Backend(settings, TINY_SPEC, model=model)
+    assert refer.options(("the dog",)).clip_len == 10
+    assert Backend(settings, ModelSpec(), model=model).options().clip_len == 5
+
+
 # --------------------------------------------------------------------------- video tasks
 
 

@@ -135,7 +135,8 @@ class Backend:
             raise LabelConfigError(f"the project's labels cannot be the Ref-AVS model's "
                                    f"queries: {e}") from None
 
-    def _check_classes(self, cfg: ProjectConfig) -> None:
+    def check_classes(self, cfg: ProjectConfig) -> None:
+        """LabelConfigError when the project's labels cannot be the Ref-AVS model's queries."""
         if cfg.video_box or cfg.timeline:
             self.classes(cfg)
         if cfg.brush:
@@ -165,7 +166,7 @@ class Backend:
         # Label Studio calls /setup before every predict and gives it 3 s: never load here.
         if body.get("schema") is not None:
             try:
-                self._check_classes(parse(body["schema"]))
+                self.check_classes(parse(body["schema"]))
             except LabelConfigError as e:
                 raise BadRequest(str(e)) from None
         return {"model_version": self.model_version()}
@@ -204,7 +205,7 @@ class Backend:
                 raise BadRequest(f"tasks[{i}].id must be a task id (an integer >= 0)")
         try:
             cfg = parse(body.get("label_config") or "")
-            self._check_classes(cfg)
+            self.check_classes(cfg)
         except LabelConfigError as e:
             raise BadRequest(str(e)) from None
         params = body.get("params") or {}
