@@ -248,10 +248,13 @@ def test_wire_options_carry_queries_strictly():
                        ({"queries": ["a"] * 2}, "options.queries"),
                        ({"queries": [f"q{i}" for i in range(17)]}, "options.queries"),
                        ({"queries": ["x" * 500]}, "options.queries"),
-                       ({"queries": ["dog"], "prompts": {"0": box}}, "options.prompts")):
+                       ({"queries": ["dog", "cat"], "prompts": {"0": box}}, "options.prompts")):
         with pytest.raises(OptionsError) as e:
             options_from_wire(raw)
         assert e.value.field == field
+    # one query with a prompt: a refinement of that query's track (Label Studio's classes)
+    opts, prompts = options_from_wire({"queries": ["dog"], "prompts": {"0": box}})
+    assert opts.queries == ("dog",) and list(prompts) == [0]
 
 
 def test_service_takes_queries_and_refuses_what_its_model_cannot_read(refavs, avs, video,
