@@ -351,8 +351,8 @@ class Backend:
         if media.image is None:
             doc = self.video_doc(media, deadline, tuple(classes))
             return self.video_results(doc, cfg, classes), self.score(doc)
-        # Ref-AVS: the conditioning frame is the middle of the first clip, so the keyframe's
-        # clip starts a whole clip before it (as the first pass over the video would).
+        # Ref-AVS conditions a run on the middle of its first clip: the run starts two clips
+        # before the keyframe, so that the keyframe is tracked with memory, as in a whole pass.
         back = 8 if not classes else 2 * (self.settings.clip_len or 10)
         doc = self.cached(media.key, tuple(classes)) or self.compute(
             media, deadline=deadline, store=False, options=self.options(
