@@ -210,7 +210,7 @@ def test_two_classes_prelabelled_under_their_own_labels(ls, clip, classes, queri
     assert [t["value"]["labels"] for t in tracks] == [[name] for name, _ in classes]
     assert [r["value"]["timelinelabels"] for r in ranges] == [[name] for name, _ in classes]
     assert len({r["id"] for r in pred["result"]}) == len(pred["result"]) == 4
-    for (_, query), t, rng in zip(classes, tracks, ranges, strict=True):
+    for (name, query), t, rng in zip(classes, tracks, ranges, strict=True):
         frames = engine[query]
         seq = t["value"]["sequence"]
         assert [s["frame"] for s in seq] == [r.index + 1 for r in frames]
@@ -218,6 +218,8 @@ def test_two_classes_prelabelled_under_their_own_labels(ls, clip, classes, queri
             assert (s["x"], s["y"], s["width"], s["height"]) == pytest.approx(
                 P.mask_box(r.mask), abs=1e-3)
         assert rng["value"]["ranges"] == [{"start": 1, "end": len(frames)}]  # all sounding
+        for region in (t, rng):  # the region's details name the class and its query
+            assert f"of {name!r} (query {query!r})" in region["meta"]["text"][0]
     # the results kept for the task are the engine's, mask for mask
     media = b.task_media(task, parse(config))
     doc = b.cached(media.key, queries)

@@ -121,6 +121,11 @@ def _meta(text: str) -> dict:
     return {"text": [text]}  # a region's meta text, shown in Label Studio's region details
 
 
+def _of_class(kind: str, label: str | None, query: str | None) -> str:
+    """``kind`` naming the class and the text the model read for it (Ref-AVS)."""
+    return kind if query is None else f"{kind} of {label!r} (query {query!r})"
+
+
 def _region_note(kind: str, frames: list[dict], warning: str | None) -> str:
     p = np.mean([f["sounding_prob"] for f in frames])
     iou = np.mean([f["predicted_iou"] for f in frames])
@@ -222,7 +227,8 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
                         "from_name": box.name, "to_name": box.to_name,
                         "type": "videorectangle", "origin": "prediction", "value": value,
                         "score": region_confidence(used),
-                        "meta": _meta(_region_note("box track", used, warning))})
+                        "meta": _meta(_region_note(_of_class("box track", lab, query), used,
+                                                     warning))})
     if timeline is not None:
         lab = timeline.label(label)
         for a, b, ls in stretches:
@@ -234,7 +240,8 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
                         "value": {"ranges": [{"start": ls[0], "end": ls[-1]}],
                                   "timelinelabels": [lab] if lab else []},
                         "score": region_confidence(part),
-                        "meta": _meta(_region_note("sounding stretch", part, warning))})
+                        "meta": _meta(_region_note(_of_class("sounding stretch", lab, query),
+                                                     part, warning))})
     return out
 
 
@@ -283,7 +290,8 @@ def instance_box_tracks(doc: dict, box: Control, stretches: list, shown: list[in
                     "from_name": box.name, "to_name": box.to_name,
                     "type": "videorectangle", "origin": "prediction", "value": value,
                     "score": region_confidence(used),
-                    "meta": _meta(_region_note(f"box track of instance {iid}", used, warning))})
+                    "meta": _meta(_region_note(
+                        _of_class(f"box track of instance {iid}", lab, query), used, warning))})
     return out
 
 
@@ -311,4 +319,4 @@ def brush_results(mask: np.ndarray, frame: dict, control: Control, *,
              "value": {"format": "rle", "rle": brush.encode(mask),
                        "brushlabels": [lab] if lab else []},
              "score": region_confidence([frame]),
-             "meta": _meta(_region_note("mask", [frame], None))}]
+             "meta": _meta(_region_note(_of_class("mask", lab, query), [frame], None))}]
