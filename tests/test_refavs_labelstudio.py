@@ -326,6 +326,22 @@ def test_keyframe_task_gets_one_brush_mask_per_class(ls, clip, classes, queries,
     for m, q in zip(masks, queries, strict=True):
         got = brush.decode(m["value"]["rle"], 192, 256)
         assert np.array_equal(got, want[q].repeat(2, 0).repeat(2, 1))
+    # a rectangle drawn with the second class's label refines that class on the keyframe:
+    # one mask, under that label, the engine's for that query with the rectangle as a prompt
+    (name, query), (w, h) = classes[1], (128, 96)
+    drawn = {"type": "rectanglelabels", "from_name": "rect", "to_name": "image",
+             "value": {"x": 5.0, "y": 10.0, "width": 50.0, "height": 60.0,
+                       "rectanglelabels": [name]}}
+    [refined] = b.predict(predict_body([task], config, {"result": [drawn]}))["results"]
+    [m] = refined["result"]
+    assert m["value"]["brushlabels"] == [name]
+    prompt = PointPrompt(((5.0 * w / 100, 10.0 * h / 100), (55.0 * w / 100, 70.0 * h / 100)),
+                         (2, 3))
+    [r] = prelabel(model, video, PrelabelOptions(queries=(query,), start_frame=k,
+                                                 stop_frame=k + 1), prompts={k: prompt})
+    assert np.array_equal(brush.decode(m["value"]["rle"], 192, 256),
+                          r.mask.repeat(2, 0).repeat(2, 1))
+    assert not np.array_equal(r.mask, want[query])  # the prompt changed the mask
 
 
 # --------------------------------------------------------------------------- bundled model
