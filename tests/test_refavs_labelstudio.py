@@ -296,12 +296,66 @@ def test_refinement_keeps_the_label_of_the_region_refined(ls, clip, classes, que
     assert "Disc" in err["error"] and "Triangle" in err["error"]
 
 
-def test_fine_tuning_the_refavs_fuser_is_refused_with_the_reason(tmp_path, model):
-    b = Backend(LabelStudioBackendSettings(url="http://127.0.0.1:9", work_dir=tmp_path),
-                TINY_SPEC, model=model)
-    r = starlette_testclient.TestClient(create_app(b)).post(
-        "/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
-    assert r.status_code == 400 and "Ref-AVS" in r.json()["message"]
+def test_fine_tuning_trains_the_refavs_fuser_on_each_class(ls, clip, classes, queries, model,
+                                                           tmp_path):
+    """Start training on a Ref-AVS project: each class's annotated regions become that class's
+    targets (its box clipped to the pre-label on the frames marked sounding; a class with no
+    region: silent), trained with the class's query; the live fuser changes and the version
+    becomes -ft1. (The trainer builds the model from the served spec, so the test's model uses
+    the demo's word-level text encoder, which a spec can name.)"""
+    import copy
+    import dataclasses
+    import json
+    import time
+
+    from auralsam2_core.inference import rle
+    from auralsam2_core.inference.results import read_results, track
+    from auralsam2_core.modeling.text_encoder import DEMO_TEXT_ENCODER, tiny_word_text_encoder
+    from auralsam2_core.training.datasets import CorrectedResultsDataset
+
+    video, _ = clip
+    config = classes_config(lss.CLASSES_CONFIG, classes)
+    p = ls.create_project("fine-tune classes", config)
+    [tid] = ls.upload(p["id"], video)
+    task = ls.api("GET", f"/api/tasks/{tid}")
+    own = copy.deepcopy(model)
+    own.text_encoder = tiny_word_text_encoder()
+    spec = dataclasses.replace(TINY_SPEC, fuser_config=json.dumps(TINY_FUSER),
+                               text_encoder=DEMO_TEXT_ENCODER)
+    b = make_backend(ls, tmp_path, own, spec=spec, train_steps=2)
+    client = starlette_testclient.TestClient(create_app(b))
+    assert client.post("/predict", json=predict_body([task], config)).status_code == 200
+    (name, query), (_, other) = classes[1], classes[0]
+    box = {"x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0}
+    result = [{"type": "videorectangle", "from_name": "box", "to_name": "video",
+               "value": {"labels": [name], "sequence": [
+                   {"frame": 1, **box, "enabled": True},
+                   {"frame": 10, **box, "enabled": False}]}},
+              {"type": "timelinelabels", "from_name": "sounding", "to_name": "video",
+               "value": {"timelinelabels": [name], "ranges": [{"start": 1, "end": 10}]}}]
+    project = {"id": p["id"], "label_config": config}
+    r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "task": task,
+                                      "annotation": {"id": 1, "result": result},
+                                      "project": project})
+    assert r.status_code in (200, 201) and r.json()["status"] == "stored", r.text
+    before = b.model_version()
+    fuser_before = {k: v.clone() for k, v in own.fuser.state_dict().items()}
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": project})
+    assert r.status_code in (200, 201), r.text
+    deadline = time.monotonic() + 600
+    while (b.finetune.snapshot() or {}).get("state") not in ("done", "failed") and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert b.finetune.snapshot()["state"] == "done", b.finetune.snapshot()
+    assert b.model_version() == before + "-ft1"
+    assert any((v != fuser_before[k]).any() for k, v in own.fuser.state_dict().items())
+    targets = sorted((b.work / "finetune" / "gen-1" / "targets").glob("*.json"))
+    objs = {track(d)["query"]: track(d) for d in map(read_results, targets)}
+    assert set(objs) == set(queries)
+    assert all(rle.decode(f["mask"]).any() for f in objs[query]["frames"])  # annotated
+    assert not any(rle.decode(f["mask"]).any() for f in objs[other]["frames"])  # silent
+    data = CorrectedResultsDataset(targets, image_size=TINY_SIZE, clip_len=10)
+    assert sorted(data[i].expression for i in range(len(data))) == sorted(queries)
 
 
 # --------------------------------------------------------------------------- keyframes

@@ -92,7 +92,7 @@ class Backend:
             self.work / "finetune", settings, self.served, model=lambda: self.model,
             run_lock=self.engine.turns, task_media=self.task_media,
             cached_results=self.cached, model_version=self.model_version,
-            shared_service=isinstance(self.engine, RemoteEngine))
+            shared_service=isinstance(self.engine, RemoteEngine), classes=self.classes)
         self._queue: dict[str, dict] = {}  # background pre-labelling, by media key
         self._queue_cv = threading.Condition()
         start_worker("auralsam2-ls-background", self._queue_cv,
@@ -186,11 +186,10 @@ class Backend:
         if action == "ANNOTATIONS_DELETED":
             return self.finetune.forget(body)
         if action == "START_TRAINING":
-            if self.refer:
-                raise BadRequest("fine-tuning from Label Studio trains the AVS fuser; this "
-                                 "backend serves the Ref-AVS model (AURALSAM2_VARIANT=refavs), "
-                                 "whose fuser it cannot fine-tune yet: train it with `auralsam2 "
-                                 "train --variant refavs`")
+            if self.refer and self.served.bundled:
+                raise BadRequest("the bundled Ref-AVS demo model cannot be fine-tuned from "
+                                 "Label Studio (its trainer spec is the AVS demo's); serve the "
+                                 "published Ref-AVS model to fine-tune its fuser here")
             return self.finetune.start(body.get("project") or {})
         return {"status": "ignored", "action": action}
 
