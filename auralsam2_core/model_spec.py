@@ -264,7 +264,8 @@ class ModelSpec:
                          sam2_checkpoint=str(fetch(self.sam2_checkpoint))
                          if self.sam2_checkpoint else None,
                          fuser_checkpoint=str(fuser_checkpoint),
-                         mask_choice=mask_choice or self.mask_choice or "iou_select")
+                         mask_choice=mask_choice or self.mask_choice or "iou_select",
+                         variant=self.variant, text_encoder=self.text_encoder)
 
 
 def add_model_arguments(parser) -> None:

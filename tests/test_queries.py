@@ -155,8 +155,8 @@ def test_model_and_query_mismatches_are_clear_errors(refavs, avs, video):
         next(prelabel(avs, video, PrelabelOptions(queries=["dog"])))
     with pytest.raises(ValueError, match="give at least one query"):
         next(prelabel(refavs, video, PrelabelOptions()))
-    with pytest.raises(ValueError, match="cannot be combined with queries"):
-        next(prelabel(refavs, video, PrelabelOptions(queries=["dog"]),
+    with pytest.raises(ValueError, match="prompts .* need a single query"):
+        next(prelabel(refavs, video, PrelabelOptions(queries=["dog", "cat"]),
                       prompts={0: PointPrompt(((5.0, 5.0),), (1,))}))
     long = " ".join(["red"] * 30)  # 30 words: more than the 25 tokens the encoder reads
     with pytest.raises(ValueError, match="query 0 .* tokens long; the text encoder reads 25"):
@@ -248,10 +248,13 @@ def test_wire_options_carry_queries_strictly():
                        ({"queries": ["a"] * 2}, "options.queries"),
                        ({"queries": [f"q{i}" for i in range(17)]}, "options.queries"),
                        ({"queries": ["x" * 500]}, "options.queries"),
-                       ({"queries": ["dog"], "prompts": {"0": box}}, "options.prompts")):
+                       ({"queries": ["dog", "cat"], "prompts": {"0": box}}, "options.prompts")):
         with pytest.raises(OptionsError) as e:
             options_from_wire(raw)
         assert e.value.field == field
+    # one query with a prompt: a refinement of that query's track (Label Studio's classes)
+    opts, prompts = options_from_wire({"queries": ["dog"], "prompts": {"0": box}})
+    assert opts.queries == ("dog",) and list(prompts) == [0]
 
 
 def test_service_takes_queries_and_refuses_what_its_model_cannot_read(refavs, avs, video,
@@ -323,3 +326,16 @@ def test_class_queries_map_each_class_to_what_the_model_reads():
         class_queries(["dog", ("  ", "a cat")])
     with pytest.raises(ValueError, match="at most 16"):
         class_queries([f"c{i}" for i in range(17)])
+
+
+def test_a_prompt_refines_a_single_query(refavs, video):
+    """A box on one query's track (an annotator refining one class) joins that query's text
+    and audio prompts on its frame: the frame's mask changes, the query is kept."""
+    opts = PrelabelOptions(queries=["the dog"], stop_frame=4)
+    plain = list(prelabel(refavs, video, opts))
+    box = PointPrompt(((2.0, 2.0), (20.0, 20.0)), (2, 3))
+    refined = list(prelabel(refavs, video, opts, prompts={1: box}))
+    assert [r.query for r in refined] == ["the dog"] * 4
+    assert (plain[0].mask == refined[0].mask).all()  # before the prompt: as without it
+    assert (plain[1].sounding_prob, plain[1].predicted_iou, plain[1].mask.sum()) != \
+        (refined[1].sounding_prob, refined[1].predicted_iou, refined[1].mask.sum())

@@ -249,7 +249,8 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
     With ``options.queries`` (a Ref-AVS model), each frame yields one result per query, in
     the queries' order, with ``query`` set. ValueError for queries the model cannot take
     (an AVS model, or a query longer than its text encoder reads), for a Ref-AVS model
-    without queries, and for prompts with queries (a click names one object, not each).
+    without queries, and for prompts with several queries (a click names one object; with one
+    query, it refines that query's track).
 
     ``cache`` (AVS): keep each clip's image features and fuser prompts there, and take them
     from there when a clip is already in it (same results, see :mod:`.feature_cache`).
@@ -282,7 +283,7 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
         clips = _Producer(video, model.image_size, opts, info.fps).clips()
         try:
             yield from _label_queries(model, clips, track, info.num_frames, shape,
-                                      on_progress, opts.queries)
+                                      on_progress, opts.queries, prompts)
         finally:
             clips.close()  # stops the decoding thread even if the caller gives up early
         return
@@ -304,9 +305,9 @@ def check_model_options(model: AuralSAM2, opts: PrelabelOptions,
     if not opts.queries and model.variant == "refavs":
         raise ValueError("the Ref-AVS model segments the objects you name: give at least "
                          "one query (e.g. --query \"the dog\")")
-    if opts.queries and prompts:
-        raise ValueError("prompts (clicks, boxes) cannot be combined with queries: a prompt "
-                         "marks one object, and each query is its own track")
+    if len(opts.queries) > 1 and prompts:
+        raise ValueError("prompts (clicks, boxes) need a single query: a prompt marks one "
+                         "object, and each query is its own track")
     if opts.queries and model.text_encoder is not None:
         reads = model.text_encoder.max_length
         for i, q in enumerate(opts.queries):
@@ -428,10 +429,11 @@ def _frame_results(out, j: int, index: int, time: float, shape, prev: torch.Tens
                        query=query), low_mask
 
 
-def _label_queries(model, clips, track, num_frames, shape, on_progress, queries
-                   ) -> Iterator[FrameResult]:
+def _label_queries(model, clips, track, num_frames, shape, on_progress, queries,
+                   prompts: Mapping | None = None) -> Iterator[FrameResult]:
     """Ref-AVS: per clip, one image-encoder pass, then fuser + tracking per query (each query
-    its own SAM2 memory); per frame, one result per query in the queries' order."""
+    its own SAM2 memory); per frame, one result per query in the queries' order. ``prompts``
+    (model pixels, by frame; one query only) join that query's text and audio prompts."""
     with torch.inference_mode():
         texts = [model.encode_text(q) for q in queries]  # as forward_clip(text=q) encodes it
     states = [model.new_state(num_frames) for _ in queries]
@@ -441,7 +443,9 @@ def _label_queries(model, clips, track, num_frames, shape, on_progress, queries
         with torch.inference_mode():
             log_mel = track.examples_at(times).to(model.device)
             enc = model.encode_images(clip.to(model.device))
-            outs = [model.forward_features(enc, log_mel, states[k], text=texts[k])
+            points = {j: prompts[i] for j, i in enumerate(indices) if i in (prompts or {})}
+            outs = [model.forward_features(enc, log_mel, states[k], text=texts[k],
+                                           points=points or None)
                     for k in range(len(queries))]
         stats = [(o.object_score_logits.sigmoid().flatten().tolist(),
                   o.ious.gather(1, o.chosen[:, None]).flatten().tolist()) for o in outs]

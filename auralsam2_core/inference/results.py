@@ -344,14 +344,15 @@ def frame_records(doc: dict) -> Iterator[dict]:
         yield from recs
 
 
-def targets_document(video: Path, frames: list[dict]) -> dict:
+def targets_document(video: Path, frames: list[dict], query: str | None = None) -> dict:
     """A results-format file of corrected targets (frames with ``index``, ``time``, ``mask``,
     no model) for fine-tuning
-    (:class:`~auralsam2_core.training.datasets.CorrectedResultsDataset`)."""
+    (:class:`~auralsam2_core.training.datasets.CorrectedResultsDataset`); ``query``: the
+    Ref-AVS expression the masks belong to."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
             "video": {"path": str(video.resolve()), "name": video.name},
-            "objects": [{"label": SOUNDING_LABEL, "query": None, "frames": frames,
-                         "intervals": []}]}
+            "objects": [{"label": SOUNDING_LABEL if query is None else query, "query": query,
+                         "frames": frames, "intervals": []}]}
 
 
 def read_results(path: str | os.PathLike) -> dict:

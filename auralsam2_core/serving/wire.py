@@ -100,9 +100,9 @@ def options_from_wire(raw, *, num_frames: int | None = None,
                                                      f"({num_frames} frames)")
     prompts = _prompts_from_wire(raw.get("prompts"), start, stop, stride, num_frames,
                                  frame_size)
-    if prompts and queries:
-        raise OptionsError("options.prompts", "prompts cannot be combined with queries (a "
-                                              "prompt marks one object; each query is a track)")
+    if prompts and len(queries) > 1:
+        raise OptionsError("options.prompts", "prompts need a single query (a prompt marks "
+                                              "one object; each query is a track)")
     opts = PrelabelOptions(clip_len=clip_len, stride=stride, no_audio=no_audio,
                            start_frame=start, stop_frame=stop, audio_track=audio_track,
                            queries=queries, clip_origin=clip_origin)

@@ -573,7 +573,8 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
 
         json_path, video, rows = self.items[index]
         doc = self._docs[json_path]
-        recs = [track(doc)["frames"][r] for r in rows]
+        obj = track(doc)
+        recs = [obj["frames"][r] for r in rows]
         wanted = {rec["index"]: k for k, rec in enumerate(recs)}
         rgb: list[np.ndarray | None] = [None] * len(recs)
         last = max(wanted)
@@ -592,7 +593,8 @@ class CorrectedResultsDataset(torch.utils.data.Dataset):
                           log_mel=track.examples_at(times),
                           gt=resize_masks(masks, self.image_size),
                           valid=torch.ones(len(recs), dtype=torch.bool),
-                          name=f"{json_path.stem}@{recs[0]['index']}")
+                          name=f"{json_path.stem}@{recs[0]['index']}",
+                          expression=obj.get("query"))  # Ref-AVS targets: their query
 
 
 # --------------------------------------------------------------------------- evaluation

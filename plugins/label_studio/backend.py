@@ -7,6 +7,10 @@ already computed (by ``auralsam2 labelstudio prelabel`` or earlier calls), compu
 ``predict_budget`` seconds, and queues the rest in the background. A task that cannot be
 predicted (no media, no audio, Label Studio unreachable) gets no prediction and a clear log
 line; the other tasks of the request are still answered.
+
+With a Ref-AVS model (``AURALSAM2_VARIANT=refavs``) the project's labels are its classes: each
+is a query (its ``hint`` attribute, else the label), and each class that sounds gets its own
+box track, timeline ranges and keyframe masks under its own label (:meth:`Backend.classes`).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from auralsam2_core.errors import BadRequest
-from auralsam2_core.inference.engine import NoAudioError, PrelabelOptions
+from auralsam2_core.inference.engine import NoAudioError, PrelabelOptions, class_queries
 from auralsam2_core.inference.feature_cache import FeatureCache
 from auralsam2_core.inference.instances import connected_parts
 from auralsam2_core.inference.results import (
     Hysteresis,
     ResultsWriter,
     make_object,
+    objects,
     read_results,
     track,
 )
@@ -87,12 +92,11 @@ class Backend:
             self.work / "finetune", settings, self.served, model=lambda: self.model,
             run_lock=self.engine.turns, task_media=self.task_media,
             cached_results=self.cached, model_version=self.model_version,
-            shared_service=isinstance(self.engine, RemoteEngine))
+            shared_service=isinstance(self.engine, RemoteEngine), classes=self.classes)
         self._queue: dict[str, dict] = {}  # background pre-labelling, by media key
         self._queue_cv = threading.Condition()
         start_worker("auralsam2-ls-background", self._queue_cv,
-                     lambda: next(((k, q["media"]) for k, q in self._queue.items()), None),
-                     self._background)
+                     lambda: next(iter(self._queue.items()), None), self._background)
 
     # ------------------------------------------------------------------ model
 
@@ -113,6 +117,36 @@ class Backend:
         """The local model (loaded on first use); the shared service's has none here."""
         return self.engine.model
 
+    @property
+    def refer(self) -> bool:
+        """Ref-AVS: the project's classes are the queries (AVS: one sounding object)."""
+        return self.served.variant == "refavs"
+
+    def classes(self, cfg: ProjectConfig, keyframe: bool = False) -> dict[str, str]:
+        """``{query: label}`` of the project's classes for the Ref-AVS model (empty for the
+        AVS model); LabelConfigError naming what is wrong with the labels."""
+        if not self.refer:
+            return {}
+        try:
+            return class_queries(cfg.classes(keyframe))
+        except LabelConfigError:
+            raise
+        except ValueError as e:
+            raise LabelConfigError(f"the project's labels cannot be the Ref-AVS model's "
+                                   f"queries: {e}") from None
+
+    def check_classes(self, cfg: ProjectConfig) -> None:
+        """LabelConfigError when the project's labels cannot be the Ref-AVS model's queries."""
+        if cfg.video_box or cfg.timeline:
+            self.classes(cfg)
+        if cfg.brush:
+            self.classes(cfg, keyframe=True)
+
+    def options(self, queries=(), **kw) -> PrelabelOptions:
+        return PrelabelOptions(clip_len=self.settings.clip_len,
+                               audio_track=self.settings.audio_track, queries=tuple(queries),
+                               **kw)
+
     def warm_up(self) -> None:
         """Load the model now (in the background at start) so the first /predict is fast."""
         if isinstance(self.engine, RemoteEngine):
@@ -132,7 +166,7 @@ class Backend:
         # Label Studio calls /setup before every predict and gives it 3 s: never load here.
         if body.get("schema") is not None:
             try:
-                parse(body["schema"])
+                self.check_classes(parse(body["schema"]))
             except LabelConfigError as e:
                 raise BadRequest(str(e)) from None
         return {"model_version": self.model_version()}
@@ -152,6 +186,10 @@ class Backend:
         if action == "ANNOTATIONS_DELETED":
             return self.finetune.forget(body)
         if action == "START_TRAINING":
+            if self.refer and self.served.bundled:
+                raise BadRequest("the bundled Ref-AVS demo model cannot be fine-tuned from "
+                                 "Label Studio (its trainer spec is the AVS demo's); serve the "
+                                 "published Ref-AVS model to fine-tune its fuser here")
             return self.finetune.start(body.get("project") or {})
         return {"status": "ignored", "action": action}
 
@@ -166,6 +204,7 @@ class Backend:
                 raise BadRequest(f"tasks[{i}].id must be a task id (an integer >= 0)")
         try:
             cfg = parse(body.get("label_config") or "")
+            self.check_classes(cfg)
         except LabelConfigError as e:
             raise BadRequest(str(e)) from None
         params = body.get("params") or {}
@@ -223,8 +262,8 @@ class Backend:
         except (MediaRefused, LabelStudioError, ValueError) as e:
             raise TaskError(str(e)) from None
 
-    def cached(self, key: str) -> dict | None:
-        w = self._writer(key, store=True)
+    def cached(self, key: str, queries=()) -> dict | None:
+        w = self._writer(_doc_key(key, queries), store=True)
         return read_results(w.final) if w.is_complete() else None
 
     def _writer(self, key: str, store: bool) -> ResultsWriter:
@@ -245,8 +284,7 @@ class Backend:
                 options: PrelabelOptions | None = None, prompts=None,
                 store: bool = True) -> dict | None:
         """Run the engine on ``media.video``; None when ``deadline`` passes first."""
-        opts = options or PrelabelOptions(clip_len=self.settings.clip_len,
-                                          audio_track=self.settings.audio_track)
+        opts = options or self.options()
         try:
             info = probe(media.video)
             if deadline is not None and self.seconds_per_frame and info.num_frames:
@@ -269,7 +307,7 @@ class Backend:
     def _run(self, media, info, opts, prompts, deadline, store) -> dict | None:
         """The engine's results document (the local model, or the shared service, which must
         see ``AURALSAM2_LS_WORK_DIR/media`` under the same path, e.g. a shared volume)."""
-        writer = self._writer(media.key, store)
+        writer = self._writer(_doc_key(media.key, opts.queries), store)
         started, done = time.perf_counter(), [0]
 
         def on_frame(n: int) -> None:
@@ -294,12 +332,12 @@ class Backend:
             writer.final.unlink(missing_ok=True)
         return doc
 
-    def video_doc(self, media: TaskMedia, deadline: float | None) -> dict:
-        doc = self.cached(media.key)
+    def video_doc(self, media: TaskMedia, deadline: float | None, queries=()) -> dict:
+        doc = self.cached(media.key, queries)
         if doc is None:
-            doc = self.compute(media, deadline=deadline)
+            doc = self.compute(media, deadline=deadline, options=self.options(queries))
         if doc is None:
-            self.enqueue(media)
+            self.enqueue(media, queries)
             raise TaskError("the video does not fit Label Studio's 100 s request; it is being "
                             "pre-labelled in the background: retrieve predictions again later, "
                             "or run `auralsam2 labelstudio prelabel --project N`")
@@ -308,13 +346,17 @@ class Backend:
     def predict_task(self, task: dict, cfg: ProjectConfig, deadline: float | None
                      ) -> tuple[list[dict], float]:
         media = self.task_media(task, cfg)
+        classes = self.classes(cfg, keyframe=media.image is not None)
         if media.image is None:
-            doc = self.video_doc(media, deadline)
-            return self.video_results(doc, cfg), self.score(doc)
-        doc = self.cached(media.key) or self.compute(
-            media, deadline=deadline, store=False, options=PrelabelOptions(
-                clip_len=self.settings.clip_len, audio_track=self.settings.audio_track,
-                start_frame=max(0, media.frame - 8), stop_frame=media.frame + 1))
+            doc = self.video_doc(media, deadline, tuple(classes))
+            return self.video_results(doc, cfg, classes), self.score(doc)
+        # Ref-AVS conditions a run on the middle of its first clip: the run starts two clips
+        # before the keyframe, so that the keyframe is tracked with memory, as in a whole pass.
+        back = 8 if not classes else 2 * (self.settings.clip_len or 10)
+        doc = self.cached(media.key, tuple(classes)) or self.compute(
+            media, deadline=deadline, store=False, options=self.options(
+                tuple(classes), start_frame=max(0, media.frame - back),
+                stop_frame=media.frame + 1))
         if doc is None:
             raise TaskError("no time left in this request for this keyframe")
         return self.keyframe_results(doc, media, cfg)
@@ -322,42 +364,61 @@ class Backend:
     def score(self, doc: dict) -> float:
         return P.prediction_score(doc, self.settings.threshold)
 
-    def video_results(self, doc: dict, cfg: ProjectConfig) -> list[dict]:
+    def video_results(self, doc: dict, cfg: ProjectConfig,
+                      classes: dict[str, str] | None = None) -> list[dict]:
+        """The AVS model's one sounding object (the label AURALSAM2_LS_LABEL or the first),
+        or each class's object under its label, on the controls that have that label."""
         s = self.settings
         warning = P.framerate_warning(doc["video"], cfg.framerate)
         if warning:
             _log.warning("%s", warning)
+        kw = dict(framerate=cfg.framerate, threshold=s.threshold,
+                  tolerance=s.keyframe_tolerance, instance_min_area=s.instance_min_area)
         try:
-            return P.video_results(doc, cfg.video_box, cfg.timeline, framerate=cfg.framerate,
-                                   label=s.label, threshold=s.threshold,
-                                   tolerance=s.keyframe_tolerance,
-                                   instance_min_area=s.instance_min_area)
+            if not classes:
+                return P.video_results(doc, cfg.video_box, cfg.timeline, label=s.label, **kw)
+
+            def having(c, lab):
+                return c if c is not None and lab in c.labels else None
+
+            return [r for q, lab in classes.items()
+                    for r in P.video_results(doc, having(cfg.video_box, lab),
+                                             having(cfg.timeline, lab), label=lab, query=q,
+                                             **kw)]
         except LabelConfigError as e:
             raise TaskError(str(e)) from None
 
-    def keyframe_results(self, doc: dict, media: TaskMedia, cfg: ProjectConfig
-                         ) -> tuple[list[dict], float]:
+    def keyframe_results(self, doc: dict, media: TaskMedia, cfg: ProjectConfig,
+                         classes: dict[str, str] | None = None) -> tuple[list[dict], float]:
+        """The keyframe's brush masks: the AVS model's one, or one per class (``classes``:
+        those to give, by default all the project's)."""
         from PIL import Image
 
         from auralsam2_core.inference import rle
 
-        frame = next((f for f in track(doc)["frames"] if f["index"] == media.frame), None)
-        if frame is None:
-            raise TaskError(f"frame {media.frame + 1} is past the end of the video")
-        mask = rle.decode(frame["mask"])
         with Image.open(media.image) as im:
             size = im.size
-        if (mask.shape[1], mask.shape[0]) != size:
-            mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
         s = self.settings
-        if s.instance_min_area is None:
-            result = P.brush_results(mask, frame, cfg.brush, label=s.label,
-                                     threshold=s.threshold)
-        else:  # one brush mask per instance
-            result = [r for i, part in enumerate(connected_parts(mask, s.instance_min_area), 1)
-                      for r in P.brush_results(part, frame, cfg.brush, label=s.label,
-                                               threshold=s.threshold, part=i)]
-        return result, round(P.frame_confidence(frame, self.settings.threshold), 4)
+        classes = classes or self.classes(cfg, keyframe=True) or {None: s.label}
+        result, scores = [], []
+        for query, label in classes.items():
+            frame = next((f for f in track(doc, query)["frames"] if f["index"] == media.frame),
+                         None)
+            if frame is None:
+                raise TaskError(f"frame {media.frame + 1} is past the end of the video")
+            mask = rle.decode(frame["mask"])
+            if (mask.shape[1], mask.shape[0]) != size:
+                mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+            if s.instance_min_area is None:
+                result += P.brush_results(mask, frame, cfg.brush, label=label,
+                                          threshold=s.threshold, query=query)
+            else:  # one brush mask per instance
+                result += [r for i, part in enumerate(
+                    connected_parts(mask, s.instance_min_area), 1)
+                    for r in P.brush_results(part, frame, cfg.brush, label=label,
+                                             threshold=s.threshold, part=i, query=query)]
+            scores.append(P.frame_confidence(frame, s.threshold))
+        return result, round(float(np.mean(scores)), 4)
 
     # ------------------------------------------------------------------ refinement
 
@@ -367,6 +428,8 @@ class Backend:
         tasks keep the first pass's fuser clips (from frame 0), so the features it kept
         (``self.features``) serve the frames re-propagated: only SAM2's tracking runs."""
         media = self.task_media(task, cfg)
+        classes = self.classes(cfg, keyframe=media.image is not None)
+        refined = _refined_class(context, classes) if classes else {}
         try:
             info = probe(media.video)
         except MediaError as e:
@@ -374,33 +437,35 @@ class Backend:
         frame, prompt = _context_prompt(context, media, cfg, info)
         stop = frame + 1 if media.image is not None else \
             min(frame + self.settings.refine_frames, info.num_frames or frame + 1)
-        opts = PrelabelOptions(clip_len=self.settings.clip_len,
-                               audio_track=self.settings.audio_track, start_frame=frame,
-                               stop_frame=max(stop, frame + 1),
-                               clip_origin=None if media.image is not None else 0)
+        # Ref-AVS: the one class refined (its query's clips start at the prompt's frame).
+        opts = self.options(tuple(refined), start_frame=frame, stop_frame=max(stop, frame + 1),
+                            clip_origin=None if media.image is not None or refined else 0)
         part = self.compute(media, deadline=deadline, options=opts, prompts={frame: prompt},
                             store=False)
         if part is None:
             raise TaskError("no time left in this request to refine")
         if media.image is not None:
-            return self.keyframe_results(part, media, cfg)
-        base = self.cached(media.key)
-        doc = _merge(base, part) if base else part
-        return self.video_results(doc, cfg), self.score(doc)
+            return self.keyframe_results(part, media, cfg, refined or None)
+        base = self.cached(media.key, tuple(classes))
+        query = next(iter(refined), None)
+        doc = _merge(base, part, query) if base else part
+        return self.video_results(doc, cfg, classes if base else refined), self.score(doc)
 
     # ------------------------------------------------------------------ background
 
-    def enqueue(self, media: TaskMedia) -> None:
+    def enqueue(self, media: TaskMedia, queries=()) -> None:
         with self._queue_cv:
-            self._queue.setdefault(media.key, {"media": media})
+            self._queue.setdefault(_doc_key(media.key, queries),
+                                   {"media": media, "queries": tuple(queries)})
             self._queue_cv.notify()
 
-    def _background(self, item: tuple[str, TaskMedia]) -> None:
+    def _background(self, item: tuple[str, dict]) -> None:
         """One queued video (it stays queued, so not queued twice, until done)."""
-        key, media = item
+        key, job = item
+        media, queries = job["media"], job["queries"]
         try:
-            if self.cached(key) is None:
-                self.compute(media)
+            if self.cached(media.key, queries) is None:
+                self.compute(media, options=self.options(queries))
             self.stats["background_done"] += 1
         except Exception as e:  # noqa: BLE001 - logged, the queue goes on
             _log.warning("background pre-labelling of %s failed: %s", key, e)
@@ -422,6 +487,14 @@ def _key(task_id, url: str, version: str = "") -> str:
     one (results computed from an older file behind the same link are not reused)."""
     key = f"task-{task_id}-{hashlib.sha1(str(url).encode()).hexdigest()[:8]}"
     return key + (f"-{hashlib.sha1(version.encode()).hexdigest()[:8]}" if version else "")
+
+
+def _doc_key(key: str, queries=()) -> str:
+    """Name of a task's results: its media key, and the queries asked (Ref-AVS), which decide
+    what the results hold (a project whose classes change is labelled anew)."""
+    if not queries:
+        return key
+    return f"{key}-q{hashlib.sha1(chr(0).join(queries).encode()).hexdigest()[:8]}"
 
 
 def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
@@ -484,10 +557,28 @@ def _context_prompt(context: dict, media: TaskMedia, cfg: ProjectConfig, info
         raise TaskError(f"cannot refine with this context: {e}") from None
 
 
-def _merge(base: dict, part: dict) -> dict:
-    """``base`` with the frames of ``part`` replaced and the intervals recomputed."""
-    new = {f["index"]: f for f in track(part)["frames"]}
-    frames = [new.get(f["index"], f) for f in track(base)["frames"]]
+def _refined_class(context: dict, classes: dict[str, str]) -> dict[str, str]:
+    """``{query: label}`` of the class an annotator's box or click refines: the label on it
+    (the only class when it has none); TaskError when it names none of the classes."""
+    labels = {lab for r in context.get("result", []) if isinstance(r, dict)
+              for k, v in (r.get("value") or {}).items()
+              if k.endswith("labels") and isinstance(v, list) for lab in v}
+    by_label = {lab: q for q, lab in classes.items()}
+    chosen = [lab for lab in by_label if lab in labels]
+    if not chosen and len(classes) == 1:
+        return dict(classes)
+    if len(chosen) != 1:
+        raise TaskError(f"refining needs the class of the region: label the box or click "
+                        f"with one of {list(by_label)} (got {sorted(labels) or 'no label'})")
+    return {by_label[chosen[0]]: chosen[0]}
+
+
+def _merge(base: dict, part: dict, query: str | None = None) -> dict:
+    """``base`` with the frames of ``part`` replaced in the object of ``query`` (the AVS
+    model's one object: None) and its intervals recomputed; other objects kept."""
+    new = {f["index"]: f for f in track(part, query)["frames"]}
     rule = Hysteresis(**base.get("hysteresis", {}))
-    return {**base, "objects": [make_object(None, frames, base["video"].get("fps") or 0.0,
-                                            rule)]}
+    fps = base["video"].get("fps") or 0.0
+    objs = [make_object(o["query"], [new.get(f["index"], f) for f in o["frames"]], fps, rule)
+            if o["query"] == query else o for o in objects(base)]
+    return {**base, "objects": objs}

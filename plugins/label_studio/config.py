@@ -38,7 +38,7 @@ class LabelStudioBackendSettings:
     refine_cache_mb: float = 1024.0
     train_steps: int = 60  # fine-tuning steps per START_TRAINING
     max_download_bytes: int = 4 << 30
-    clip_len: int = 5
+    clip_len: int | None = None  # AURALSAM2_CLIP_LEN; None: 5 (AVS), 10 (Ref-AVS)
     audio_track: int | None = None  # AURALSAM2_AUDIO_TRACK (default: the default track)
     label: str | None = None  # label to predict (default: the first in the label config)
     #: AURALSAM2_INSTANCES / AURALSAM2_MIN_INSTANCE_AREA: one box track (and brush mask) per
@@ -83,7 +83,7 @@ class LabelStudioBackendSettings:
             train_steps=int(number(env, "AURALSAM2_LS_TRAIN_STEPS", cls.train_steps)),
             max_download_bytes=int(number(env, "AURALSAM2_LS_MAX_DOWNLOAD_BYTES",
                                            cls.max_download_bytes)),
-            clip_len=int(number(env, "AURALSAM2_CLIP_LEN", cls.clip_len)),
+            clip_len=_clip_len(env),
             audio_track=audio_track(env),
             label=env.get("AURALSAM2_LS_LABEL") or None,
             instance_min_area=instances(env),
@@ -99,3 +99,10 @@ class LabelStudioBackendSettings:
         if self.basic_auth_user and self.basic_auth_pass:
             return self.basic_auth_user, self.basic_auth_pass
         return None
+
+
+def _clip_len(env: Mapping[str, str]) -> int | None:
+    raw = number(env, "AURALSAM2_CLIP_LEN", 0)
+    if raw != int(raw) or raw < 0:
+        raise ValueError(f"AURALSAM2_CLIP_LEN must be a whole number of frames, got {raw:g}")
+    return int(raw) or None

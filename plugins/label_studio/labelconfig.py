@@ -4,6 +4,11 @@ The backend fills, when present, a ``VideoRectangle`` (the sounding object's box
 ``TimelineLabels`` (when it sounds) on a ``Video``, and a ``BrushLabels`` on an ``Image``
 (keyframe masks). Task-data keys come from the object tags' ``value``: its first ``$key``
 (Label Studio fills in every ``$key`` of a value, e.g. ``$video#t=$time``).
+
+With a Ref-AVS model the labels of those controls are the project's classes
+(:meth:`ProjectConfig.classes`): each becomes a query, the label's ``hint`` attribute
+(``<Label value="Guitarist" hint="the man playing the guitar"/>``) the text the model reads
+for it when given, else the label itself.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Control:
     to_name: str  # the object tag's name
     data_key: str  # task.data key of the object tag's media
     labels: tuple[str, ...]
+    hints: tuple[str | None, ...] = ()  # each label's ``hint`` attribute (Ref-AVS queries)
 
     def label(self, wanted: str | None) -> str | None:
         if wanted is not None:
@@ -57,6 +63,38 @@ class ProjectConfig:
     def video_key(self) -> str | None:
         c = self.video_box or self.timeline
         return c.data_key if c else None
+
+    def classes(self, keyframe: bool = False) -> list[tuple[str, str | None]]:
+        """The project's classes for Ref-AVS: ``(label, hint)`` of the video controls' labels
+        (box labels first, then timeline labels not among them), or of the ``BrushLabels`` for
+        keyframe tasks. LabelConfigError when there are none, or when one label is given two
+        different hints."""
+        controls = [self.brush] if keyframe else [self.video_box, self.timeline]
+        out: dict[str, str | None] = {}
+        for c in controls:
+            if c is None:
+                continue
+            for lab, hint in zip(c.labels, c.hints or (None,) * len(c.labels), strict=True):
+                if lab in out and hint and out[lab] and hint != out[lab]:
+                    raise LabelConfigError(
+                        f"label {lab!r} has two different hints ({out[lab]!r} and {hint!r}); "
+                        "give it one, the text the Ref-AVS model reads for it")
+                out[lab] = out.get(lab) or hint
+        if not out:
+            where = "<BrushLabels>" if keyframe else "<Labels> (for the VideoRectangle) or " \
+                "<TimelineLabels>"
+            raise LabelConfigError(
+                f"the Ref-AVS model labels the project's classes, but its {where} has no "
+                "<Label value=...>: add one per class (see plugins/label_studio/templates/"
+                "video_classes.xml)")
+        return list(out.items())
+
+
+def _labels(control: ET.Element) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """A control's ``<Label>`` values and their ``hint`` attributes (None where absent)."""
+    labels = [lab for lab in control.iter() if lab.tag.lower() == "label" and lab.get("value")]
+    return (tuple(lab.get("value") for lab in labels),
+            tuple((lab.get("hint") or "").strip() or None for lab in labels))
 
 
 def parse(label_config: str) -> ProjectConfig:
@@ -85,12 +123,10 @@ def parse(label_config: str) -> ProjectConfig:
                 raise LabelConfigError(f"<Video framerate={raw!r}> is not a positive number")
         if tag == "audio" and key:
             audio_key = key
-    box_labels: dict[str, tuple[str, ...]] = {}  # a <Labels toName=video> names the boxes
+    box_labels: dict[str, tuple] = {}  # a <Labels toName=video> names the boxes
     for el in root.iter():
         if el.tag.lower() == "labels" and el.get("toName"):
-            box_labels.setdefault(el.get("toName"), tuple(
-                lab.get("value") for lab in el.iter()
-                if lab.tag.lower() == "label" and lab.get("value")))
+            box_labels.setdefault(el.get("toName"), _labels(el))
     found: dict[str, Control] = {}
     for el in root.iter():
         tag = el.tag.lower()
@@ -101,11 +137,9 @@ def parse(label_config: str) -> ProjectConfig:
         want = "image" if tag == "brushlabels" else "video"
         if obj is None or obj[0] != want:
             continue
-        labels = tuple(lab.get("value") for lab in el.iter()
-                       if lab.tag.lower() == "label" and lab.get("value"))
-        if tag == "videorectangle":
-            labels = box_labels.get(to_name, ())
-        found[tag] = Control(tag, el.get("name", tag), to_name, obj[1], labels)
+        labels, hints = box_labels.get(to_name, ((), ())) if tag == "videorectangle" \
+            else _labels(el)
+        found[tag] = Control(tag, el.get("name", tag), to_name, obj[1], labels, hints)
     cfg = ProjectConfig(found.get("videorectangle"), found.get("timelinelabels"),
                         found.get("brushlabels"), framerate, audio_key)
     if not (cfg.video_box or cfg.timeline or cfg.brush):

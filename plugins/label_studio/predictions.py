@@ -12,7 +12,8 @@ images get a ``BrushLabels`` mask. With instances on (``AURALSAM2_INSTANCES``), 
 part of the mask is its own ``VideoRectangle`` track (ids stable across frames, see
 :mod:`auralsam2_core.inference.instances`), hidden on the frames where that part is absent; a
 keyframe
-image gets one brush mask per part.
+image gets one brush mask per part. With a Ref-AVS model each of the project's classes is a
+query and gets all of the above under its own label (``query``: the results object read).
 
 Scores are the model's own confidence (see :func:`frame_confidence`); the review priority
 (what to look at first) is a separate number, in each region's meta text and
@@ -29,7 +30,7 @@ import numpy as np
 
 from auralsam2_core.inference import rle
 from auralsam2_core.inference.instances import instance_tracks
-from auralsam2_core.inference.results import frame_masks
+from auralsam2_core.inference.results import frame_masks, objects
 from auralsam2_core.inference.results import track as sounding_track
 
 from . import brush
@@ -101,8 +102,9 @@ def region_confidence(frames: list[dict]) -> float:
 
 
 def prediction_score(doc: dict, threshold: float = 0.5) -> float:
-    """The task's prediction score: the mean :func:`frame_confidence` of its frames."""
-    frames = sounding_track(doc)["frames"]
+    """The task's prediction score: the mean :func:`frame_confidence` of its frames (of every
+    object's frames, with several queries)."""
+    frames = [f for obj in objects(doc) for f in obj["frames"]]
     if not frames:
         return 0.0
     return round(float(np.mean([frame_confidence(f, threshold) for f in frames])), 4)
@@ -117,6 +119,11 @@ def review_priority(frames: list[dict]) -> float:
 
 def _meta(text: str) -> dict:
     return {"text": [text]}  # a region's meta text, shown in Label Studio's region details
+
+
+def _of_class(kind: str, label: str | None, query: str | None) -> str:
+    """``kind`` naming the class and the text the model read for it (Ref-AVS)."""
+    return kind if query is None else f"{kind} of {label!r} (query {query!r})"
 
 
 def _region_note(kind: str, frames: list[dict], warning: str | None) -> str:
@@ -163,12 +170,15 @@ def framerate_warning(video: dict, framerate: float) -> str | None:
 
 def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
                   framerate: float, label: str | None, threshold: float = 0.5,
-                  tolerance: float = 0.5, instance_min_area: float | None = None
-                  ) -> list[dict]:
+                  tolerance: float = 0.5, instance_min_area: float | None = None,
+                  query: str | None = None) -> list[dict]:
     """Label Studio results for a video task from one results document (with
-    ``instance_min_area``: one box track per instance, see :func:`instance_box_tracks`)."""
+    ``instance_min_area``: one box track per instance, see :func:`instance_box_tracks`):
+    the AVS model's one sounding object, or the object of ``query`` (Ref-AVS), labelled
+    ``label``."""
     video = doc["video"]
-    obj = sounding_track(doc)  # the AVS model's one sounding object
+    obj = sounding_track(doc, query)
+    cls = () if query is None else (label,)  # keeps the classes' region ids apart
     frames = obj["frames"]
     fps = video.get("fps") or framerate
     n = video.get("num_frames") or (frames[-1]["index"] + 1 if frames else 0)
@@ -187,7 +197,7 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
         out += instance_box_tracks(doc, box, stretches, shown, n_ls=n_ls, duration=duration,
                                    framerate=framerate, label=label, threshold=threshold,
                                    tolerance=tolerance, min_area=instance_min_area,
-                                   warning=warning)
+                                   warning=warning, query=query)
     elif box is not None:
         boxes: dict[int, Box | None] = {}
 
@@ -213,37 +223,39 @@ def video_results(doc: dict, box: Control | None, timeline: Control | None, *,
             lab = box.label(label)
             if lab:
                 value["labels"] = [lab]
-            out.append({"id": _region_id("box", video.get("name"), len(sequence)),
+            out.append({"id": _region_id("box", video.get("name"), *cls, len(sequence)),
                         "from_name": box.name, "to_name": box.to_name,
                         "type": "videorectangle", "origin": "prediction", "value": value,
                         "score": region_confidence(used),
-                        "meta": _meta(_region_note("box track", used, warning))})
+                        "meta": _meta(_region_note(_of_class("box track", lab, query), used,
+                                                     warning))})
     if timeline is not None:
         lab = timeline.label(label)
         for a, b, ls in stretches:
             part = frames[a:b + 1]
-            out.append({"id": _region_id("sounding", video.get("name"), frames[a]["index"],
-                                         frames[b]["index"]),
+            out.append({"id": _region_id("sounding", video.get("name"), *cls,
+                                         frames[a]["index"], frames[b]["index"]),
                         "from_name": timeline.name, "to_name": timeline.to_name,
                         "type": "timelinelabels", "origin": "prediction",
                         "value": {"ranges": [{"start": ls[0], "end": ls[-1]}],
                                   "timelinelabels": [lab] if lab else []},
                         "score": region_confidence(part),
-                        "meta": _meta(_region_note("sounding stretch", part, warning))})
+                        "meta": _meta(_region_note(_of_class("sounding stretch", lab, query),
+                                                     part, warning))})
     return out
 
 
 def instance_box_tracks(doc: dict, box: Control, stretches: list, shown: list[int], *,
                         n_ls: int, duration: float, framerate: float, label: str | None,
                         threshold: float, tolerance: float, min_area: float,
-                        warning: str | None) -> list[dict]:
+                        warning: str | None, query: str | None = None) -> list[dict]:
     """One ``VideoRectangle`` per instance: the sounding frames' masks split into connected
     parts tracked across frames. Within each sounding stretch, each run of Label Studio frames
     on which the instance is present gets its keyframes, the last one ``enabled: false`` (so
     the box is hidden where the instance is not, instead of interpolated across the gap)."""
-    frames = sounding_track(doc)["frames"]
+    frames = sounding_track(doc, query)["frames"]
     masks = ((k, mask if frames[k]["sounding_prob"] >= threshold else np.zeros_like(mask))
-             for k, (_, mask) in enumerate(frame_masks(doc)))
+             for k, (_, mask) in enumerate(frame_masks(doc, query)))
     tracks = instance_tracks(masks, min_area=min_area, keep=mask_box)
     lab = box.label(label)
     out = []
@@ -272,12 +284,14 @@ def instance_box_tracks(doc: dict, box: Control, stretches: list, shown: list[in
         value = {"sequence": sequence, "framesCount": n_ls, "duration": round(duration, 6)}
         if lab:
             value["labels"] = [lab]
-        out.append({"id": _region_id("box", doc["video"].get("name"), "instance", iid,
+        cls = () if query is None else (lab,)
+        out.append({"id": _region_id("box", doc["video"].get("name"), *cls, "instance", iid,
                                      len(sequence)),
                     "from_name": box.name, "to_name": box.to_name,
                     "type": "videorectangle", "origin": "prediction", "value": value,
                     "score": region_confidence(used),
-                    "meta": _meta(_region_note(f"box track of instance {iid}", used, warning))})
+                    "meta": _meta(_region_note(
+                        _of_class(f"box track of instance {iid}", lab, query), used, warning))})
     return out
 
 
@@ -289,19 +303,20 @@ def _seq_item(frame: int, b: Box, framerate: float, enabled: bool) -> dict:
 
 
 def brush_results(mask: np.ndarray, frame: dict, control: Control, *,
-                  label: str | None, threshold: float = 0.5, part: int | None = None
-                  ) -> list[dict]:
+                  label: str | None, threshold: float = 0.5, part: int | None = None,
+                  query: str | None = None) -> list[dict]:
     """A keyframe image's mask as one ``BrushLabels`` region (none when not sounding);
     ``part``: which instance of the frame it is (keeps region ids apart)."""
     if frame["sounding_prob"] < threshold or not mask.any():
         return []
     h, w = mask.shape
     lab = control.label(label)
-    ident = ("mask", h, w, int(mask.sum())) + (() if part is None else (part,))
+    ident = ("mask", h, w, int(mask.sum())) + (() if part is None else (part,)) + \
+        (() if query is None else (lab,))
     return [{"id": _region_id(*ident), "from_name": control.name,
              "to_name": control.to_name, "type": "brushlabels", "origin": "prediction",
              "original_width": w, "original_height": h, "image_rotation": 0,
              "value": {"format": "rle", "rle": brush.encode(mask),
                        "brushlabels": [lab] if lab else []},
              "score": region_confidence([frame]),
-             "meta": _meta(_region_note("mask", [frame], None))}]
+             "meta": _meta(_region_note(_of_class("mask", lab, query), [frame], None))}]

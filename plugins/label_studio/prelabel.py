@@ -27,6 +27,7 @@ def prelabel_project(backend: Backend, project_id: int, *, task_ids: list[int] |
     project = client.project(project_id)
     try:
         cfg = parse(project.get("label_config") or "")
+        backend.check_classes(cfg)
     except LabelConfigError as e:
         raise SystemExit(f"auralsam2 labelstudio: project {project_id}: {e}") from None
     version = backend.model_version()

@@ -14,6 +14,7 @@ frames get an empty mask (not sounding). Keyframe images give exact brush masks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -28,6 +29,7 @@ import numpy as np
 from auralsam2_core.atomic import atomic_write_json
 from auralsam2_core.errors import BadRequest
 from auralsam2_core.inference import rle
+from auralsam2_core.inference.engine import AVS_CLIP_LEN, REFAVS_CLIP_LEN
 from auralsam2_core.inference.results import ResultsWriter, targets_document, track
 
 from . import brush
@@ -120,7 +122,9 @@ class FineTuner:
     What it needs of the backend comes in explicitly: the settings and weights being served,
     ``model`` (the live model, loaded on first call), ``run_lock`` (held while training, so the
     live model keeps serving until the swap), ``task_media`` (a task's local media) and
-    ``cached_results`` (the pre-labels of a media key, or None), ``model_version`` (the
+    ``cached_results`` (the pre-labels of a media key and queries, or None), ``classes``
+    (Ref-AVS: the project's ``{query: label}``; each class its own targets, trained with its
+    query; empty for the AVS model), ``model_version`` (the
     version the backend reports, for the job's record). ``shared_service``: the model runs
     in the shared service, so there is nothing here to fine-tune.
     """
@@ -128,9 +132,12 @@ class FineTuner:
     def __init__(self, folder: Path, settings: LabelStudioBackendSettings,
                  served: ModelSpec, *, model: Callable[[], Any], run_lock,
                  task_media: Callable[[dict, ProjectConfig], TaskMedia],
-                 cached_results: Callable[[str], dict | None],
-                 model_version: Callable[[], str], shared_service: bool) -> None:
+                 cached_results: Callable[..., dict | None],
+                 model_version: Callable[[], str], shared_service: bool,
+                 classes: Callable[..., dict[str, str]] = lambda cfg, keyframe=False: {}
+                 ) -> None:
         self.settings, self.served = settings, served
+        self._classes = classes
         self._model, self._run_lock = model, run_lock
         self._task_media, self._cached_results = task_media, cached_results
         self._model_version, self._shared_service = model_version, shared_service
@@ -248,8 +255,9 @@ class FineTuner:
             _log.warning("fine-tuning for project %s failed: %s", pid, e)
 
     def training_data(self, pid: int, label_config: str | None, out: Path) -> list[Path]:
-        """Write one results-format target file per annotated task; returns their paths."""
-        from auralsam2_core.media.video import iter_frames, probe
+        """Write one results-format target file per annotated task (Ref-AVS: per task and
+        class); returns their paths."""
+        from auralsam2_core.media.video import probe
 
         files = []
         folder = self.dir / "annotations" / f"project-{pid}"
@@ -262,40 +270,62 @@ class FineTuner:
             except (LabelConfigError, TaskError, ValueError) as e:
                 _log.warning("task %s skipped for training: %s", rec["task"]["id"], e)
                 continue
-            shape = (info.height, info.width)
-            result = rec["annotation"]["result"]
-            cached = self._cached_results(media.key)
-            if cached:
-                cached_frames = track(cached)["frames"]
-                times = [fr["time"] for fr in cached_frames]
-                predicted = {fr["index"]: rle.decode(fr["mask"]) for fr in cached_frames}
-            else:
-                times = [fr.time for fr in iter_frames(media.video, size=16)]
-                predicted = {}
-            if media.image is not None:
-                brushes = [r for r in result if r.get("type") == "brushlabels"]
-                mask = np.zeros(shape, bool)
-                for r in brushes:
-                    m = brush.decode(r["value"]["rle"], r["original_height"],
-                                     r["original_width"])
-                    if m.shape != shape:
-                        from PIL import Image
-
-                        m = np.asarray(Image.fromarray(m).resize(
-                            (shape[1], shape[0]), Image.NEAREST))
-                    mask |= m
-                if media.frame >= len(times):
-                    continue
-                frames = [{"index": media.frame, "time": times[media.frame],
-                           "mask": rle.encode(mask)}]
-            else:
-                frames = video_targets(result, times, shape, cfg.framerate, predicted)
-            if not frames:
+            try:
+                classes = self._classes(cfg, media.image is not None) or {None: None}
+            except LabelConfigError as e:
+                _log.warning("task %s skipped for training: %s", rec["task"]["id"], e)
                 continue
-            path = ResultsWriter(out, media.key).final
-            path.write_text(json.dumps(targets_document(media.video, frames)))
-            files.append(path)
+            cached = self._cached_results(media.key, tuple(q for q in classes if q))
+            for query, label in classes.items():
+                path = self._targets(media, cfg, info, rec["annotation"]["result"], cached,
+                                     query, label, out)
+                if path is not None:
+                    files.append(path)
         return files
+
+    def _targets(self, media, cfg, info, result: list[dict], cached: dict | None,
+                 query: str | None, label: str | None, out: Path) -> Path | None:
+        """One task's targets file: the AVS model's sounding object, or (Ref-AVS) the class
+        ``label``, from the annotation's regions under that label, trained with ``query``."""
+        from auralsam2_core.media.video import iter_frames
+
+        shape = (info.height, info.width)
+        if label is not None:
+            result = [r for r in result if any(
+                isinstance(v, list) and label in v for k, v in (r.get("value") or {}).items()
+                if k.endswith("labels"))]
+        if cached:
+            cached_frames = track(cached, query)["frames"]
+            times = [fr["time"] for fr in cached_frames]
+            predicted = {fr["index"]: rle.decode(fr["mask"]) for fr in cached_frames}
+        else:
+            times = [fr.time for fr in iter_frames(media.video, size=16)]
+            predicted = {}
+        if media.image is not None:
+            brushes = [r for r in result if r.get("type") == "brushlabels"]
+            mask = np.zeros(shape, bool)
+            for r in brushes:
+                m = brush.decode(r["value"]["rle"], r["original_height"],
+                                 r["original_width"])
+                if m.shape != shape:
+                    from PIL import Image
+
+                    m = np.asarray(Image.fromarray(m).resize(
+                        (shape[1], shape[0]), Image.NEAREST))
+                mask |= m
+            if media.frame >= len(times):
+                return None
+            frames = [{"index": media.frame, "time": times[media.frame],
+                       "mask": rle.encode(mask)}]
+        else:
+            frames = video_targets(result, times, shape, cfg.framerate, predicted)
+        if not frames:
+            return None
+        name = media.key if label is None else \
+            f"{media.key}-{hashlib.sha1(label.encode()).hexdigest()[:8]}"
+        path = ResultsWriter(out, name).final
+        path.write_text(json.dumps(targets_document(media.video, frames, query)))
+        return path
 
     def run(self, pid: int, label_config: str | None) -> None:
         from auralsam2_core.modeling.checkpoint import load_into, read_state_dict
@@ -313,7 +343,9 @@ class FineTuner:
             raise ValueError(f"project {pid} has no usable annotations to train on")
         model = self._model()
         dataset = CorrectedResultsDataset(files, image_size=model.image_size,
-                                          clip_len=s.clip_len)
+                                          clip_len=s.clip_len or (
+                                              REFAVS_CLIP_LEN if self.served.variant == "refavs"
+                                              else AVS_CLIP_LEN))
         self.job.update(state="training", tasks=len(files), clips=len(dataset),
                         steps=s.train_steps, step=0)
         cfg = TrainConfig(out=str(out / "run"), steps=s.train_steps, batch_size=1, lr=1e-4,

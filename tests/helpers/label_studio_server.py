@@ -26,6 +26,8 @@ PASSWORD = "auralsam2-test-pw"
 TEMPLATES = ROOT / "plugins" / "label_studio" / "templates"
 VIDEO_CONFIG = (TEMPLATES / "video_sounding.xml").read_text()
 KEYFRAME_CONFIG = (TEMPLATES / "keyframe_brush.xml").read_text()
+CLASSES_CONFIG = (TEMPLATES / "video_classes.xml").read_text()  # Ref-AVS: a class per label
+KEYFRAME_CLASSES_CONFIG = (TEMPLATES / "keyframe_classes.xml").read_text()
 
 
 class LabelStudioServer:
@@ -101,7 +103,8 @@ class LabelStudioServer:
         return body["task_ids"]
 
     def keyframe_task(self, title: str, video: Path, frame: int, png: Path,
-                      size: tuple[int, int], **data) -> tuple[int, int]:
+                      size: tuple[int, int], config: str = KEYFRAME_CONFIG,
+                      **data) -> tuple[int, int]:
         """A keyframe-template project holding one task: file frame ``frame`` (0-based) of
         ``video``, written to ``png`` at ``size`` (width, height), next to the video. Both
         are uploaded to a files project first, so the task links them as Label Studio's own
@@ -113,7 +116,7 @@ class LabelStudioServer:
         [vid] = self.upload(files["id"], video)
         [img] = self.upload(files["id"], png)
         url = {t: self.api("GET", f"/api/tasks/{t}")["data"]["video"] for t in (vid, img)}
-        project = self.create_project(title, KEYFRAME_CONFIG)
+        project = self.create_project(title, config)
         [tid] = self.import_tasks(project["id"], [{"data": {
             "image": url[img], "video": url[vid], "frame": frame + 1, **data}}])
         return project["id"], tid
