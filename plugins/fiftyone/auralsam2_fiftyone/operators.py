@@ -175,6 +175,13 @@ def what_happens(ctx, plan: RunPlan, lf: str) -> list[tuple[str, types.View]]:
     return out
 
 
+def _has_classes(dataset, pred_field: str) -> bool:
+    """Whether ``pred_field`` was pre-labelled with classes (its run summary lists them)."""
+    if dataset is None or dataset.get_field(f"{pred_field}_summary") is None:
+        return False
+    return any(dataset.values(f"{pred_field}_summary.classes"))
+
+
 class PrelabelSoundingObjects(foo.Operator):
     @property
     def config(self):
@@ -369,19 +376,28 @@ class EvaluateSoundingObjects(foo.Operator):
         pred = ctx.params.get("pred_field") or "auralsam2"
         inputs.str("eval_key", default=f"{pred}_avs", label="Evaluation key",
                    description="per-video J and F are stored in this sample field")
+        inputs.bool("per_class", default=_has_classes(ctx.dataset, pred), label="Per class",
+                    description="score each class the predictions hold on its own (against "
+                                "ground truth of the same label); J and F are then the "
+                                "means over the classes")
         inputs.bool("overwrite", default=False, label="Overwrite")
         return types.Property(inputs, view=types.View(label="AuralSAM2 evaluation"))
 
     def execute(self, ctx):
         p = ctx.params
         pred = p.get("pred_field") or "auralsam2"
+        per_class = p.get("per_class")
+        if per_class is None:
+            per_class = _has_classes(ctx.dataset, pred)
         report = evaluate_collection(ctx.target_view(), pred, p["gt_field"],
                                      eval_key=p.get("eval_key") or f"{pred}_avs",
-                                     overwrite=bool(p.get("overwrite", False)))
+                                     overwrite=bool(p.get("overwrite", False)),
+                                     classes=p.get("classes") or bool(per_class))
         ctx.ops.reload_dataset()
         return {"J": report["J"], "F": report["F"], "J&F": report["J&F"],
                 "num_videos": report["num_videos"], "num_frames": report["num_frames"],
-                "eval_key": report["eval_key"], "skipped": len(report["skipped"])}
+                "eval_key": report["eval_key"], "skipped": len(report["skipped"]),
+                "per_class": report.get("per_class", [])}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -391,6 +407,10 @@ class EvaluateSoundingObjects(foo.Operator):
         outputs.int("num_videos", label="videos scored")
         outputs.int("skipped", label="videos skipped (no ground truth or no prediction)")
         outputs.str("eval_key", label="per-video results in")
+        table = types.TableView()
+        for key in ("class", "J", "F", "J&F"):
+            table.add_column(key, label=key)
+        outputs.list("per_class", types.Object(), label="Per class", view=table)
         return types.Property(outputs, view=types.View(label="AVSBench J and F"))
 
 
