@@ -16,6 +16,9 @@ Skipped as a whole when ``fiftyone`` is not importable.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -409,3 +412,63 @@ def test_bundled_refer_model_labels_two_classes(clip):
         own = np.mean([(got[n] & c.object_masks[k, n - 1]).sum() / max(got[n].sum(), 1)
                        for n in got])
         assert own >= 0.5, (name, own)
+
+
+# ------------------------------------------------------------------------------ the App
+
+
+@pytest.fixture(params=["tiny", pytest.param("bundled", marks=needs_refer_bundle)])
+def app_labelled(request, clip, tmp_path_factory):
+    """The two-shape clip pre-labelled by the operator with its two classes: by the tiny
+    Ref-AVS model (its output checked above: masks on every frame for both classes), or by
+    the bundled Ref-AVS demo model once it ships."""
+    path, c = clip
+    names = [f"the {s}" for s in c.shapes]
+    if request.param == "tiny":
+        spec = request.getfixturevalue("op_spec")
+        request.getfixturevalue("op_model")  # the sounding instance in the plugin's cache
+        params = {**spec_to_params(spec), "device": "cpu"}
+    else:
+        params = {"device": "cpu", "variant": "refavs"}
+    ds = dataset(path)
+    r = execute_operator(PRELABEL, dataset=ds, params={**params, "classes": names})
+    assert r.error is None, r.error
+    yield request.param, ds, names
+    ds.delete()
+
+
+@pytest.mark.slow
+def test_app_shows_each_class_under_its_own_label(app_labelled):
+    """In the App's modal, the pre-label field and the intervals list both classes by their
+    labels; the screenshots keep the modal with its sidebar expanded."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not "
+                                     "installed (scripts/setup.d/20-fiftyone.sh)")
+    from helpers import fiftyone_browser as fb
+
+    if fb.CHROMIUM is None:
+        pytest.skip("needs Debian's chromium")
+    which, ds, names = app_labelled
+    old_env = os.environ.get("FIFTYONE_PLUGINS_DIR")
+    os.environ["FIFTYONE_PLUGINS_DIR"] = fo.config.plugins_dir
+    out = fb.artifacts_dir()
+    url, session = fb.launch(fo, ds)
+    try:
+        with fb.page(height=1000) as pg:
+            fb.open_grid(pg, url)
+            fb.open_modal(pg, 0)
+            for field in ("frames.auralsam2", "auralsam2_intervals"):
+                with contextlib.suppress(playwright.Error):
+                    pg.locator(f"#modal [data-cy=sidebar-field-arrow-enabled-{field}]"
+                               ).click(timeout=10_000)
+                pg.wait_for_timeout(2000)
+            pg.screenshot(path=out / f"fiftyone_refavs_classes_{which}.png")
+            sidebar = pg.locator("#modal [data-cy=sidebar]").inner_text()
+            (out / f"fiftyone_refavs_classes_{which}.txt").write_text(sidebar)
+    finally:
+        session.close() if hasattr(session, "close") else None
+        if old_env is None:
+            os.environ.pop("FIFTYONE_PLUGINS_DIR", None)
+        else:
+            os.environ["FIFTYONE_PLUGINS_DIR"] = old_env
+    for name in names:
+        assert name in sidebar, sidebar

@@ -59,9 +59,10 @@ def spec_from_params(params: dict[str, Any]) -> ModelSpec:
 
 def spec_to_params(spec: ModelSpec) -> dict[str, Any]:
     """The operator params that select ``spec`` (its device is the operator's own param)."""
+    variant = {"variant": spec.variant} if spec.variant != "avs" else {}
     if spec.bundled:
-        return {"model": BUNDLED, "variant": spec.variant}
-    params = {"model": "checkpoints", "variant": spec.variant, **{k: getattr(spec, k) for k in (
+        return {"model": BUNDLED, **variant}
+    params = {"model": "checkpoints", **variant, **{k: getattr(spec, k) for k in (
         "sam2_config", "sam2_checkpoint", "fuser_checkpoint", "image_size", "text_encoder")
         if getattr(spec, k) is not None}}
     if spec.fuser_config:
