@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import numpy as np
 import pytest
@@ -441,8 +442,8 @@ def app_labelled(request, clip, tmp_path_factory):
 def test_app_shows_each_class_under_its_own_label(app_labelled):
     """In the App's modal, the pre-label field and the intervals list both classes by their
     labels; the screenshots keep the modal with its sidebar expanded."""
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not "
-                                     "installed (scripts/setup.d/20-fiftyone.sh)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
+                        "(scripts/setup.d/20-fiftyone.sh)")
     from helpers import fiftyone_browser as fb
 
     if fb.CHROMIUM is None:
@@ -453,22 +454,37 @@ def test_app_shows_each_class_under_its_own_label(app_labelled):
     out = fb.artifacts_dir()
     url, session = fb.launch(fo, ds)
     try:
-        with fb.page(height=1000) as pg:
+        with fb.page(height=1200) as pg:
             fb.open_grid(pg, url)
             fb.open_modal(pg, 0)
+            shots, sidebars = {}, {}
             for field in ("frames.auralsam2", "auralsam2_intervals"):
-                with contextlib.suppress(playwright.Error):
-                    pg.locator(f"#modal [data-cy=sidebar-field-arrow-enabled-{field}]"
-                               ).click(timeout=10_000)
-                pg.wait_for_timeout(2000)
-            pg.screenshot(path=out / f"fiftyone_refavs_classes_{which}.png")
-            sidebar = pg.locator("#modal [data-cy=sidebar]").inner_text()
-            (out / f"fiftyone_refavs_classes_{which}.txt").write_text(sidebar)
+                arrow = pg.locator(f'#modal [data-cy="sidebar-field-arrow-enabled-{field}"]')
+                arrow.scroll_into_view_if_needed(timeout=10_000)
+                arrow.click(timeout=10_000)
+                pg.wait_for_timeout(2500)
+                key = field.replace("frames.", "frames_")
+                shots[field] = out / f"fiftyone_refavs_{which}_{key}.png"
+                side = pg.locator("#modal [data-cy=sidebar]")
+                with contextlib.suppress(Exception):  # show the class values, if listed
+                    side.get_by_text(names[-1], exact=True).last.scroll_into_view_if_needed(
+                        timeout=5_000)
+                pg.screenshot(path=shots[field])
+                text = side.inner_text()
+                sidebars[field] = text[text.index(field):]
+                arrow.click(timeout=10_000)  # fold it again
+                pg.wait_for_timeout(1000)
     finally:
         session.close() if hasattr(session, "close") else None
         if old_env is None:
             os.environ.pop("FIFTYONE_PLUGINS_DIR", None)
         else:
             os.environ["FIFTYONE_PLUGINS_DIR"] = old_env
+    # frames: two detections on each of the 6 frames, 6 per class; intervals: one per class
+    frames_side, intervals_side = sidebars["frames.auralsam2"], sidebars["auralsam2_intervals"]
+    assert re.search(r"frames\.auralsam2\s+12\b", frames_side), frames_side
+    assert re.search(r"auralsam2_intervals\s+2\b", intervals_side), intervals_side
     for name in names:
-        assert name in sidebar, sidebar
+        assert re.search(rf"\n{name}\s+6\b", frames_side), frames_side
+        assert re.search(rf"\n{name}\s+1\b", intervals_side), intervals_side
+    assert "\nsounding\n" not in frames_side + intervals_side  # no AVS label anywhere

@@ -60,12 +60,31 @@ def open_grid(pg, url: str) -> None:
             time.sleep(1)
     with contextlib.suppress(Error):  # "Explore Enterprise" covers the grid
         pg.get_by_text("Dismiss").click(timeout=15_000)
-    pg.locator("canvas[canvas-loaded=true]").first.wait_for(timeout=60_000)
+    try:
+        pg.locator("canvas[canvas-loaded=true]").first.wait_for(timeout=60_000)
+    except Error:
+        pg.screenshot(path=artifacts_dir() / "fiftyone_grid_not_loaded.png")
+        raise
 
 
-def open_modal(pg, index: int = 0) -> None:
-    """Open the grid's ``index``-th sample in the modal."""
-    pg.wait_for_timeout(1500)
-    pg.locator("canvas[canvas-loaded=true]").nth(index).click()
-    pg.locator("#modal [data-cy=modal-looker-container]").wait_for(timeout=60_000)
+def open_modal(pg, index: int = 0, tries: int = 4) -> None:
+    """Open the grid's ``index``-th sample in the modal, once the App has loaded the plugins'
+    operators (the modal lays out its panel tabs from them); a click the busy grid missed is
+    repeated."""
+    from playwright.sync_api import Error
+
+    pg.wait_for_function(
+        "() => !!localStorage.getItem('fo-sample-modal-plugins') || "
+        "performance.getEntriesByType('resource').some(e => e.name.includes('/operators'))",
+        timeout=60_000)
+    for attempt in range(tries):
+        pg.wait_for_timeout(1500)
+        pg.locator("canvas[canvas-loaded=true]").nth(index).click()
+        try:
+            pg.locator("#modal [data-cy=modal-looker-container]").wait_for(timeout=20_000)
+            break
+        except Error:
+            if attempt == tries - 1:
+                pg.screenshot(path=artifacts_dir() / "fiftyone_modal_not_opened.png")
+                raise
     pg.wait_for_timeout(1500)
