@@ -379,6 +379,48 @@ def test_clear_errors(refer, op_spec, clip):
         AuralSAM2VideoModel(model=refer)  # a Ref-AVS model without classes
 
 
+def _form(ds, **params) -> dict:
+    """The pre-label form as the App receives it: its properties by name."""
+    import asyncio
+
+    from fiftyone.operators.executor import resolve_type
+    from fiftyone.operators.registry import OperatorRegistry
+
+    form = asyncio.run(resolve_type(OperatorRegistry(), PRELABEL, {
+        "dataset_name": ds.name, "view": ds.view()._serialize(), "params": params}))
+    return form.to_json()["type"]["properties"]
+
+
+def test_form_offers_the_classes_switch_and_fills_the_classes(clip):
+    """The form: "Labels" (variant) defaults to the AVS model; choosing the dataset's classes
+    names the classes the run will use (default_classes, a chosen label field's, or a list
+    typed in) and drops Instances; without classes it says where to give them."""
+    path, c = clip
+    ds = dataset(path, default_classes=["dog", "piano"])
+    avs = _form(ds)
+    assert avs["variant"]["default"] == "avs" and "classes" not in avs
+    assert "instances" in avs
+    refer = _form(ds, variant="refavs")
+    assert "classes" in refer and "instances" not in refer
+    assert refer["classes_note"]["view"]["label"] == "Labels: dog, piano"
+    sample = ds.first()
+    sample.frames[2]["gt"] = fo.Detections(detections=[
+        fo.Detection(label="violin", bounding_box=[0, 0, 0.5, 0.5])])
+    sample.save()
+    assert "classes_field" not in refer  # no label field yet
+    assert "frames.gt" in str(_form(ds, variant="refavs")["classes_field"])
+    picked = _form(ds, variant="refavs", classes_field="frames.gt")
+    assert picked["classes_note"]["view"]["label"] == "Labels: violin"
+    assert _form(ds, variant="refavs", classes=["cello", "drum"])["classes_note"]["view"][
+        "label"] == "Labels: cello, drum"
+    bare = dataset(path)
+    none = _form(bare, variant="refavs")
+    assert none["summary"]["view"]["name"] == "Error"
+    assert "default_classes" in none["summary"]["view"]["label"]
+    if not (refer_model_dir() / "model.json").is_file():  # the bundled choice says so
+        assert "not installed" in refer["model_missing"]["view"]["label"]
+
+
 @pytest.mark.skipif((refer_model_dir() / "model.json").is_file(),
                     reason="the bundled Ref-AVS demo model is installed")
 def test_bundled_refer_model_missing_is_said_plainly(clip):

@@ -294,21 +294,20 @@ class PrelabelSoundingObjects(foo.Operator):
 
     @staticmethod
     def _class_inputs(ctx, inputs) -> None:
-        """The classes of a Ref-AVS run: a label field to take them from (optional), and the
-        list itself, filled with the field's classes or the dataset's ``default_classes``."""
+        """The classes of a Ref-AVS run: a label field to take them from (optional), and a
+        list that, when filled, replaces them. (The list has no default: the App keeps a
+        value once set, so a default from one field would outlive choosing another; the
+        notice below the form names the classes the run will use.)"""
         fields_ = label_fields(ctx.dataset)
         if fields_:
             inputs.enum("classes_field", fields_, label="Classes from label field",
                         description="use this field's classes (dataset.classes, else the "
                                     "labels it holds); empty: the dataset's default_classes",
                         view=types.Dropdown())
-        try:
-            found = run_classes(ctx.dataset, {"classes_field": ctx.params.get("classes_field")})
-        except ValueError:
-            found = []
-        inputs.list("classes", types.String(), default=found or None, label="Classes",
-                    description="one label per class; the Ref-AVS model reads each name as "
-                                "its expression (e.g. 'the dog', 'the man playing the guitar')")
+        inputs.list("classes", types.String(), label="Classes (optional)",
+                    description="your own list instead: one label per class; the Ref-AVS "
+                                "model reads each name as its expression (e.g. 'the dog', "
+                                "'the man playing the guitar')")
 
     def execute(self, ctx):
         params = ctx.params
