@@ -12,7 +12,7 @@ person reads (an interval's ``frame_range`` / ``time_range``) is in the App's ti
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -73,6 +73,17 @@ def frame_dict(result, instances: list[tuple[int, np.ndarray]] | None = None) ->
             "sounding_prob": round(float(result.sounding_prob), 6),
             "review_priority": round(float(result.review_priority), 6),
             "detections": [d for d in dets if d]}
+
+
+def by_frame(results: Iterable, queries: int) -> Iterator[list]:
+    """The engine's results grouped by frame (it yields a frame's results together): lists
+    of one result (AVS) or of one per query, in the queries' order."""
+    frame: list = []
+    for r in results:
+        frame.append(r)
+        if len(frame) == max(queries, 1):
+            yield frame
+            frame = []
 
 
 def class_frame_dict(results: Sequence, classes: Mapping[str, str]) -> dict:

@@ -89,13 +89,7 @@ class AuralSAM2VideoModel(fom.Model, fom.SamplesMixin):
         results = prelabel(self.model, path, self.options)
         tracker = None if self.instance_min_area is None else \
             InstanceTracker(min_area=self.instance_min_area)
-        per_frame = max(len(self.classes), 1)  # one result per class and frame
-        pending: list = []
-        for r in results:
-            pending.append(r)
-            if len(pending) < per_frame:
-                continue
-            frame, pending = pending, []
+        for frame in convert.by_frame(results, len(self.classes)):
             n = convert.frame_number(frame[0].index)
             if last is not None and n > last:
                 results.close()

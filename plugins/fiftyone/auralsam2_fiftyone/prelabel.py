@@ -226,16 +226,6 @@ def _finished(dataset, unit: _Unit, status: str | None, lf: str, stride: int) ->
     return need <= have
 
 
-def _per_frame(results, queries: int):
-    """The engine's results grouped by frame: lists of one result (AVS) or one per query."""
-    frame: list = []
-    for r in results:
-        frame.append(r)
-        if len(frame) == max(queries, 1):
-            yield frame
-            frame = []
-
-
 def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
              settings: PrelabelSettings, model_description: str, progress,
              stale: bool = False) -> Outcome:
@@ -254,7 +244,7 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
         tracker = None if settings.instance_min_area is None else \
             InstanceTracker(min_area=settings.instance_min_area)
         instance_ids: set[int] = set()
-        for frame in _per_frame(results, len(opts.queries)):
+        for frame in convert.by_frame(results, len(opts.queries)):
             n = convert.frame_number(frame[0].index)
             if last is not None and n > last:
                 results.close()
