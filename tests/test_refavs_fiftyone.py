@@ -476,7 +476,7 @@ def app_labelled(request, clip):
         params = {**spec_to_params(spec), "device": "cpu"}
     else:
         params = {"device": "cpu", "variant": "refavs"}
-    ds = dataset(path)
+    ds = dataset(path, default_classes=names)  # what the form fills in (form test below)
     r = execute_operator(PRELABEL, dataset=ds, params={**params, "classes": names})
     assert r.error is None, r.error
     yield request.param, ds, names
@@ -486,7 +486,8 @@ def app_labelled(request, clip):
 @pytest.mark.slow
 def test_app_shows_each_class_under_its_own_label(app_labelled):
     """In the App's modal, the pre-label field and the intervals list both classes by their
-    labels; the screenshots keep the modal with its sidebar expanded."""
+    labels (screenshots: the modal with each field expanded); the pre-label form switches to
+    the dataset's classes with one choice and names them."""
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
                         "(scripts/setup.d/20-fiftyone.sh)")
     from helpers import fiftyone_browser as fb
@@ -519,6 +520,24 @@ def test_app_shows_each_class_under_its_own_label(app_labelled):
                 sidebars[field] = text[text.index(field):]
                 arrow.click(timeout=10_000)  # fold it again
                 pg.wait_for_timeout(1000)
+            # the form: one setting switches to the classes, which it names
+            pg.mouse.click(5, 5)  # close the modal
+            pg.locator("#modal canvas").first.wait_for(state="detached", timeout=15_000)
+            pg.keyboard.press("`")
+            pg.locator("[data-cy=operators-browser-search]").wait_for(timeout=30_000)
+            pg.keyboard.type("pre-label sounding")
+            pg.get_by_text("AuralSAM2: pre-label sounding objects").click()
+            pg.get_by_text("AuralSAM2 pre-label").wait_for(timeout=30_000)
+            pg.get_by_text("The dataset's classes: one label per class (Ref-AVS model)").click()
+            note = f"Labels: {', '.join(names)}"
+            pg.get_by_text(note).wait_for(timeout=30_000)
+            pg.wait_for_timeout(1000)
+            form = out / f"fiftyone_refavs_{which}_form.png"
+            pg.screenshot(path=form)
+            pg.get_by_text(note).scroll_into_view_if_needed(timeout=10_000)
+            pg.wait_for_timeout(500)
+            pg.screenshot(path=out / f"fiftyone_refavs_{which}_form_classes.png")
+            form_text = pg.locator("body").inner_text()
     finally:
         session.close()
         if old_env is None:
@@ -540,4 +559,6 @@ def test_app_shows_each_class_under_its_own_label(app_labelled):
         if spans.count(name):
             assert re.search(rf"\n{name}\s+{spans.count(name)}\b", intervals_side), \
                 intervals_side
+    assert note in form_text and "Classes from label field" in form_text
+    assert "Bundled demo model (Ref-AVS)" in form_text and "Instances" not in form_text
     assert "\nsounding\n" not in frames_side + intervals_side  # no AVS label anywhere
