@@ -245,6 +245,33 @@ def test_operator_with_classes(op_spec, op_model, clip):
     assert {t.label for t in sample.auralsam2_intervals.detections} <= labels
 
 
+def test_operator_with_classes_through_the_shared_service(refer, clip, monkeypatch, tmp_path):
+    """AURALSAM2_SERVER_URL set: the classes travel as the service's queries, the operator
+    loads no model, and the stored per-class masks are the engine's."""
+    from auralsam2_fiftyone import operators
+
+    from helpers import service_env as se
+
+    path, c = clip
+    with se.ServiceThread(tmp_path / "service", [path.parent], model=refer) as srv:
+        for k, v in srv.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(operators, "resolve_model",
+                            lambda *a: pytest.fail("a model was loaded"))
+        ds = dataset(path)
+        out = execute_operator(PRELABEL, dataset=ds, params={
+            "device": "cpu", "classes": classes_of(c)}).result
+        assert out["complete"] == 1 and srv.service.counters["done"] == 1
+    sample = ds.first()
+    want = engine(refer, path, queries_of(c))
+    for k, (results, name) in enumerate(zip(want.values(), c.shapes, strict=True)):
+        got = class_masks(sample, "auralsam2", name)
+        for r in results:
+            np.testing.assert_array_equal(got[r.index + 1], r.mask)
+            assert sample.frames[r.index + 1].auralsam2.class_probs[k] == pytest.approx(
+                r.sounding_prob, abs=6e-6)
+
+
 def test_classes_default_to_the_datasets_own(op_spec, op_model, clip):
     """``variant`` refavs without classes: a chosen label field's classes (declared, else its
     labels), else the dataset's ``default_classes``."""
