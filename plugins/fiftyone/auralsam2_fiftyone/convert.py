@@ -12,7 +12,7 @@ person reads (an interval's ``frame_range`` / ``time_range``) is in the App's ti
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -41,16 +41,17 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def detection_dict(mask: np.ndarray, *, confidence: float, predicted_iou: float,
-                   review_priority: float, mask_score: float, index: int = TRACK_INDEX
-                   ) -> dict | None:
+                   review_priority: float, mask_score: float, index: int = TRACK_INDEX,
+                   label: str = LABEL) -> dict | None:
     """``fo.Detection`` keyword arguments for a frame mask (None for an empty mask): the box
-    is the mask's tight box, the mask is cropped to it; ``index`` is the object's track id."""
+    is the mask's tight box, the mask is cropped to it; ``index`` is the object's track id,
+    ``label`` its class (``sounding`` for the AVS model)."""
     box = mask_box(mask)
     if box is None:
         return None
     h, w = mask.shape
     x0, y0, x1, y1 = box
-    return {"label": LABEL, "index": int(index),
+    return {"label": label, "index": int(index),
             "bounding_box": [x0 / w, y0 / h, (x1 - x0 + 1) / w, (y1 - y0 + 1) / h],
             "mask": np.ascontiguousarray(mask[y0:y1 + 1, x0:x1 + 1], dtype=bool),
             "confidence": float(confidence), "predicted_iou": float(predicted_iou),
@@ -72,6 +73,56 @@ def frame_dict(result, instances: list[tuple[int, np.ndarray]] | None = None) ->
             "sounding_prob": round(float(result.sounding_prob), 6),
             "review_priority": round(float(result.review_priority), 6),
             "detections": [d for d in dets if d]}
+
+
+def by_frame(results: Iterable, queries: int) -> Iterator[list]:
+    """The engine's results grouped by frame (it yields a frame's results together): lists
+    of one result (AVS) or of one per query, in the queries' order."""
+    frame: list = []
+    for r in results:
+        frame.append(r)
+        if len(frame) == max(queries, 1):
+            yield frame
+            frame = []
+
+
+def class_frame_dict(results: Sequence, classes: Mapping[str, str]) -> dict:
+    """What one frame stores with classes (Ref-AVS): ``results`` are the engine's results of
+    one frame, one per query; ``classes`` maps each query to its class
+    (:func:`auralsam2_core.inference.engine.class_queries`). One detection per class with a
+    non-empty mask, labelled with the class, its ``index`` the class's position + 1 (its
+    track); the frame keeps every class's scores, also for empty masks (``classes``,
+    ``class_probs``, ``class_priorities``, in the classes' order), and as ``sounding_prob`` /
+    ``review_priority`` the largest of them (what the review order and the sound panel
+    read)."""
+    if [r.query for r in results] != list(classes) or \
+            len({r.index for r in results}) != 1:
+        raise ValueError(f"expected one result per query {list(classes)} for one frame, got "
+                         f"{[(r.index, r.query) for r in results]}")
+    dets = [detection_dict(r.mask, index=k + 1, label=classes[r.query],
+                           confidence=r.sounding_prob, predicted_iou=r.predicted_iou,
+                           review_priority=r.review_priority, mask_score=r.mask_score)
+            for k, r in enumerate(results)]
+    probs = [round(float(r.sounding_prob), 6) for r in results]
+    prios = [round(float(r.review_priority), 6) for r in results]
+    return {"frame_number": frame_number(results[0].index),
+            "sounding_prob": max(probs), "review_priority": max(prios),
+            "classes": [classes[r.query] for r in results], "class_probs": probs,
+            "class_priorities": prios, "detections": [d for d in dets if d]}
+
+
+def class_frames(frames: Sequence[Mapping], name: str) -> list[dict]:
+    """The frames that hold class ``name``'s scores, each as ``{frame_number,
+    sounding_prob, review_priority}`` of that class (for :func:`interval_supports`)."""
+    out = []
+    for f in frames:
+        names = f.get("classes") or ()
+        if name in names:
+            k = list(names).index(name)
+            out.append({"frame_number": f["frame_number"],
+                        "sounding_prob": f["class_probs"][k],
+                        "review_priority": (f.get("class_priorities") or [0.0] * len(names))[k]})
+    return out
 
 
 def paste(bounding_box: Sequence[float], crop: np.ndarray, size: tuple[int, int],
@@ -103,7 +154,7 @@ def _resize_nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def interval_supports(frames: Sequence[Mapping], *, fps: float, stride: int = 1,
                       last_frame: int | None = None,
-                      rule: Hysteresis | None = None) -> list[dict]:
+                      rule: Hysteresis | None = None, label: str = LABEL) -> list[dict]:
     """Sounding intervals as ``fo.TemporalDetection`` keyword arguments: ``support`` (1-based,
     what the App draws from), ``confidence`` (mean probability), and ``frame_range`` /
     ``time_range``, the interval as the App's timeline shows it (``#0–#6``, ``0:00.00–0:01.40``).
@@ -111,7 +162,7 @@ def interval_supports(frames: Sequence[Mapping], *, fps: float, stride: int = 1,
     ``frames``: the labelled frames in order, dicts with ``frame_number`` and
     ``sounding_prob``. With ``stride > 1`` an interval also covers the unlabelled frames after
     its last labelled frame, up to the next labelled frame (at most ``stride - 1`` frames and
-    never past ``last_frame``)."""
+    never past ``last_frame``). ``label``: the intervals' class."""
     recs = [{"index": int(f["frame_number"]) - 1,
              "time": (int(f["frame_number"]) - 1) / fps if fps else 0.0,
              "sounding_prob": float(f["sounding_prob"])} for f in frames]
@@ -126,7 +177,7 @@ def interval_supports(frames: Sequence[Mapping], *, fps: float, stride: int = 1,
             end = min(end, last_frame - 1)
         support = [frame_number(iv["start_frame"]), frame_number(end)]
         terms = {k: v for k, v in interval_terms(support, fps).items() if v is not None}
-        out.append({"label": LABEL, "support": support, "confidence": iv["mean_prob"],
+        out.append({"label": label, "support": support, "confidence": iv["mean_prob"],
                     **terms})
     return out
 

@@ -21,13 +21,22 @@ from . import convert, fields
 INFO_KEY = "auralsam2_evaluations"
 
 
-def label_mask(label, size: tuple[int, int] | None) -> np.ndarray | None:
+def label_mask(label, size: tuple[int, int] | None, cls: str | None = None,
+               targets: dict | None = None) -> np.ndarray | None:
     """Binary (or, for heatmaps, [0, 1]) ``(H, W)`` array of a frame label; None for None.
-    ``size`` is required for detections (relative boxes) and used to resize others."""
+    ``size`` is required for detections (relative boxes) and used to resize others. ``cls``:
+    only that class (detections labelled ``cls``; a segmentation's pixels whose value
+    ``targets``, the field's mask targets, names ``cls``)."""
     if label is None:
         return None if size is None else np.zeros(size, bool)
     if isinstance(label, fo.Segmentation):
         m = label.get_mask()
+        if m is not None and cls is not None:
+            values = [int(v) for v, name in (targets or {}).items() if name == cls]
+            if m.ndim == 3 or not values:
+                raise ValueError(f"per-class evaluation needs the ground truth's mask targets "
+                                 f"to name class {cls!r} (dataset.mask_targets)")
+            m = np.isin(m, values)
         out = np.zeros(size, bool) if m is None else (m.any(axis=-1) if m.ndim == 3 else m) != 0
     elif isinstance(label, fo.Heatmap):
         m = label.get_map().astype(np.float32)
@@ -37,6 +46,7 @@ def label_mask(label, size: tuple[int, int] | None) -> np.ndarray | None:
         if size is None:
             raise ValueError("detections need the frame size")
         dets = label.detections if isinstance(label, fo.Detections) else [label]
+        dets = [d for d in dets if cls is None or d.label == cls]
         out = np.zeros(size, bool)
         for d in dets:
             crop = d.get_mask()
@@ -68,9 +78,10 @@ def _frame_size(sample) -> tuple[int, int]:
     return info.height, info.width
 
 
-def video_arrays(sample, pred_field: str, gt_field: str):
-    """``(probs, gts, frame_numbers)`` of one video's ground-truth frames, or None when it
-    has no ground-truth frame or no prediction at all."""
+def video_arrays(sample, pred_field: str, gt_field: str, cls: str | None = None,
+                 targets: dict | None = None):
+    """``(probs, gts, frame_numbers)`` of one video's ground-truth frames (of class ``cls``
+    only, when given), or None when it has no ground-truth frame or no prediction at all."""
     frames = [(n, f[gt_field], f[pred_field]) for n, f in sample.frames.items()
               if f[gt_field] is not None]
     if not frames or all(p is None for _, _, p in frames):
@@ -80,46 +91,86 @@ def video_arrays(sample, pred_field: str, gt_field: str):
         size = next(label_mask(g, None).shape for _, g, _ in frames
                     if isinstance(g, fo.Segmentation))
     size = size or _frame_size(sample)
-    gts = np.stack([label_mask(g, size) for _, g, _ in frames]).astype(bool)
-    probs = np.stack([label_mask(p, size) for _, _, p in frames]).astype(np.float32)
+    gts = np.stack([label_mask(g, size, cls, targets) for _, g, _ in frames]).astype(bool)
+    probs = np.stack([label_mask(p, size, cls) for _, _, p in frames]).astype(np.float32)
     return probs, gts, [n for n, _, _ in frames]
 
 
 def evaluate_collection(collection, pred_field: str, gt_field: str, *,
-                        eval_key: str | None = None, overwrite: bool = False) -> dict:
+                        eval_key: str | None = None, overwrite: bool = False,
+                        classes: list[str] | bool | None = None) -> dict:
     """Score every video; store ``<eval_key>`` = {J, F, frames, ...} on each scored sample
     and the overall numbers in ``dataset.info["auralsam2_evaluations"][eval_key]``. Returns
-    the overall report (``metrics.MetricsReport.to_dict()`` plus ``skipped``)."""
+    the overall report (``metrics.MetricsReport.to_dict()`` plus ``skipped``).
+
+    ``classes`` (a list, or True for every label the predictions hold): score each class on
+    its own (its predicted detections against its ground truth: detections with its label,
+    or the segmentation pixels the field's mask targets name it by). The report's and each
+    sample's ``per_class`` list the classes' J and F; the overall J and F are then their
+    means over the classes."""
     eval_key = eval_key or f"{pred_field}_avs"
     dataset = collection._root_dataset
     for name in (pred_field, gt_field):
         if dataset.get_field(f"frames.{name}") is None:
             raise ValueError(f"no frame field {name!r} in {dataset.name}")
+    if classes is True:
+        classes = sorted(v for v in collection.distinct(f"frames.{pred_field}.detections.label")
+                         if v)
+        if not classes:
+            raise ValueError(f"per class: {pred_field!r} holds no labelled detections")
     fields.claim(dataset, fields.eval_targets(eval_key), overwrite=overwrite,
                  owner_info={"pred_field": pred_field, "gt_field": gt_field})
-    acc = MetricsAccumulator()
+    targets = dataset.get_mask_targets(f"frames.{gt_field}") or \
+        dataset.get_mask_targets(gt_field) if classes else None
+    accs = {c: MetricsAccumulator() for c in (classes or [None])}
     stored, skipped = {}, []
     view = collection.select_fields([f"frames.{pred_field}", f"frames.{gt_field}", "metadata"])
     for sample in view.iter_samples(progress=False):
-        arrays = video_arrays(sample, pred_field, gt_field)
-        if arrays is None:
+        rows = {}
+        for cls, acc in accs.items():
+            arrays = video_arrays(sample, pred_field, gt_field, cls, targets)
+            if arrays is not None:
+                rows[cls] = acc.add(arrays[0], arrays[1], name=sample.filepath)
+        if not rows:
             skipped.append(sample.filepath)
             continue
-        probs, gts, _ = arrays
-        row = acc.add(probs, gts, name=sample.filepath)
-        stored[sample.id] = fo.DynamicEmbeddedDocument(
-            J=row["J"], F=row["F"], frames=row["frames"], empty_gt_frames=row["empty_gt_frames"],
-            pred_field=pred_field, gt_field=gt_field)
+        first = next(iter(rows.values()))
+        doc = {"J": float(np.mean([r["J"] for r in rows.values()])),
+               "F": float(np.mean([r["F"] for r in rows.values()])),
+               "frames": first["frames"], "empty_gt_frames": first["empty_gt_frames"],
+               "pred_field": pred_field, "gt_field": gt_field}
+        if classes:
+            doc["per_class"] = [fo.DynamicEmbeddedDocument(
+                **{"class": c, "J": r["J"], "F": r["F"], "empty_gt_frames": r["empty_gt_frames"]})
+                for c, r in rows.items()]
+        stored[sample.id] = fo.DynamicEmbeddedDocument(**doc)
     if not stored:
         raise ValueError(f"nothing to evaluate: no video has both {gt_field!r} frames and "
                          f"{pred_field!r} predictions")
     dataset.set_values(eval_key, stored, key_field="id", dynamic=True)
-    report = acc.report().to_dict()
+    reports = {c: acc.report().to_dict() for c, acc in accs.items()}
+    report = dict(reports[None]) if not classes else _class_means(reports)
     overall = {k: report[k] for k in ("protocol", "J", "F", "J&F", "num_videos", "num_frames",
                                       "dataset_level")}
     overall.update(pred_field=pred_field, gt_field=gt_field, skipped=len(skipped))
+    if classes:
+        overall["per_class"] = report["per_class"]
     info = dict(dataset.info or {})
     info[INFO_KEY] = {**info.get(INFO_KEY, {}), eval_key: overall}
     dataset.info = info
     dataset.save()
     return {**report, "eval_key": eval_key, "skipped": skipped}
+
+
+def _class_means(reports: dict[str, dict]) -> dict:
+    """One report over classes: each class's J, F, J&F (``per_class``, in order) and their
+    means as the overall numbers (mJ, mF)."""
+    per_class = [{"class": c, **{k: r[k] for k in ("J", "F", "J&F", "num_videos",
+                                                   "num_frames")}}
+                 for c, r in reports.items()]
+    first = next(iter(reports.values()))
+    return {"protocol": first["protocol"] + " (mean over classes)",
+            **{k: float(np.mean([p[k] for p in per_class])) for k in ("J", "F", "J&F")},
+            "num_videos": max(p["num_videos"] for p in per_class),
+            "num_frames": max(p["num_frames"] for p in per_class),
+            "dataset_level": None, "per_class": per_class}

@@ -35,13 +35,20 @@ class Target:
         return self.path.startswith("frames.")
 
 
-def prelabel_targets(label_field: str) -> list[Target]:
+def prelabel_targets(label_field: str, classes: bool = False) -> list[Target]:
+    """The fields a pre-label run writes; ``classes``: a run with the project's classes
+    (Ref-AVS), whose labels are the classes (the descriptions say so)."""
+    what = ("one detection per class and frame, labelled with the class; Detections carry "
+            "the frame's classes, class_probs and class_priorities, and their largest as "
+            "sounding_prob and review_priority") if classes else \
+        "one per frame; Detections carry the frame's sounding_prob and review_priority"
     return [
         Target(f"frames.{label_field}", fo.Detections, "frames",
-               "AuralSAM2 sounding-object masks (one per frame; Detections carry the frame's "
-               "sounding_prob and review_priority)"),
+               f"AuralSAM2 sounding-object masks ({what})"),
         Target(f"{label_field}_intervals", fo.TemporalDetections, "intervals",
-               "AuralSAM2 sounding intervals (hysteresis on the sounding probability). "
+               "AuralSAM2 sounding intervals" + (", per class (label = class)" if classes
+                                                 else "") +
+               " (hysteresis on the sounding probability). "
                "frame_range / time_range: as the App's timeline shows them (#0 = first "
                "frame); support: FiftyOne's 1-based frame numbers (#0 is support 1)",
                attributes=(("detections.frame_range", fo.StringField),

@@ -20,11 +20,19 @@ from auralsam2_core.model_spec import DEFAULT_SAM2_CONFIG
 from auralsam2_core.modeling.build import SAM2_CONFIGS
 from auralsam2_core.serving.engines import engine_from_env
 
+from .classes import label_fields, run_classes
 from .evaluate import evaluate_collection
 from .fields import conflicts, is_owned, prelabel_targets
 from .prelabel import PrelabelSettings, RunPlan, plan_run, prelabel_collection
 from .review import clips_by_priority, frames_by_priority, videos_by_priority
-from .spec import BUNDLED, resolve_model, spec_from_params
+from .spec import (
+    BUNDLED,
+    check_available,
+    describe,
+    resolve_model,
+    spec_from_params,
+    variant_from_params,
+)
 from .timeline import frame_label
 
 #: Above this many frames to pre-label (known from metadata; a video without a frame count
@@ -64,13 +72,18 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _settings(params: dict) -> PrelabelSettings:
+def _settings(params: dict, dataset=None) -> PrelabelSettings:
+    """The run's settings; with ``variant`` ``refavs`` (or classes given), the classes
+    (:func:`~auralsam2_fiftyone.classes.run_classes`: given, a label field's, or the dataset's
+    ``default_classes``)."""
+    refer = variant_from_params(params) == "refavs"
     return PrelabelSettings(label_field=params.get("label_field") or "auralsam2",
                             stride=max(int(params.get("stride") or 1), 1),
                             no_audio=params.get("no_audio") or "error",
                             audio_track=_audio_track(params.get("audio_track")),
                             overwrite=bool(params.get("overwrite", False)),
-                            instance_min_area=_instance_min_area(params))
+                            instance_min_area=None if refer else _instance_min_area(params),
+                            classes=tuple(run_classes(dataset, params)) if refer else ())
 
 
 def _instance_min_area(params: dict) -> float | None:
@@ -162,6 +175,13 @@ def what_happens(ctx, plan: RunPlan, lf: str) -> list[tuple[str, types.View]]:
     return out
 
 
+def _has_classes(dataset, pred_field: str) -> bool:
+    """Whether ``pred_field`` was pre-labelled with classes (its run summary lists them)."""
+    if dataset is None or dataset.get_field(f"{pred_field}_summary") is None:
+        return False
+    return any(dataset.values(f"{pred_field}_summary.classes"))
+
+
 class PrelabelSoundingObjects(foo.Operator):
     @property
     def config(self):
@@ -179,7 +199,7 @@ class PrelabelSoundingObjects(foo.Operator):
         )
 
     def _plan(self, ctx) -> RunPlan:
-        return plan_run(ctx.target_view(), _settings(ctx.params))
+        return plan_run(ctx.target_view(), _settings(ctx.params, ctx.dataset))
 
     def resolve_execution_options(self, ctx):
         from fiftyone.operators.executor import ExecutionOptions
@@ -197,8 +217,16 @@ class PrelabelSoundingObjects(foo.Operator):
         inputs.str("label_field", default="auralsam2", label="Label field",
                    description="frames.<field> gets the masks; <field>_intervals and "
                                "<field>_summary the sounding intervals and run summary")
+        inputs.enum("variant", ["avs", "refavs"], default="avs", label="Labels",
+                    view=_choices([("avs", "Whatever sounds: one label, sounding (AVS model)"),
+                                   ("refavs", "The dataset's classes: one label per class "
+                                              "(Ref-AVS model)")]))
+        refer = ctx.params.get("variant") == "refavs"
+        if refer:
+            self._class_inputs(ctx, inputs)
         inputs.enum("model", [BUNDLED, "checkpoints"], default=BUNDLED, label="Model",
-                    view=_choices([(BUNDLED, "Bundled demo model"),
+                    view=_choices([(BUNDLED, "Bundled demo model" + (
+                                       " (Ref-AVS)" if refer else "")),
                                    ("checkpoints", "Released weights (paths)")]))
         if ctx.params.get("model") == "checkpoints":
             inputs.enum("sam2_config", list(SAM2_CONFIGS), default=DEFAULT_SAM2_CONFIG,
@@ -206,7 +234,16 @@ class PrelabelSoundingObjects(foo.Operator):
             inputs.str("sam2_checkpoint", label="SAM2 checkpoint",
                        description="path (or weight registry name) of Meta's SAM2 .pt")
             inputs.str("fuser_checkpoint", label="AuralSAM2 fuser checkpoint",
-                       description="path (or weight registry name) of the fuser .pth")
+                       description="path (or weight registry name) of the fuser .pth" + (
+                           " (a Ref-AVS one, e.g. auralsam2_refavs_best)" if refer else ""))
+            if refer:
+                inputs.str("text_encoder", default="distilroberta-base", label="Text encoder",
+                           description="registry name or folder of the Ref-AVS text encoder")
+        elif refer:
+            try:
+                check_available(spec_from_params(ctx.params))
+            except FileNotFoundError as e:
+                inputs.view("model_missing", types.Warning(label=str(e)))
         inputs.enum("device", ["auto", "cpu", "cuda"], default="auto", label="Device",
                     view=_choices([("auto", "auto"), ("cpu", "CPU"), ("cuda", "CUDA GPU")]))
         inputs.int("stride", default=1, min=1, label="Stride",
@@ -218,11 +255,13 @@ class PrelabelSoundingObjects(foo.Operator):
         inputs.int("audio_track", label="Audio track", min=0,
                    description="which audio track to hear (0 = the first); empty: the track "
                                "marked default, else the first")
-        inputs.bool("instances", default=False, label="Instances",
-                    description="one detection per separate sounding object (connected part "
-                                "of the mask), each its own track across frames; off: one "
-                                "detection per frame covering everything that sounds")
-        if ctx.params.get("instances"):
+        if not refer:
+            inputs.bool("instances", default=False, label="Instances",
+                        description="one detection per separate sounding object (connected "
+                                    "part of the mask), each its own track across frames; "
+                                    "off: one detection per frame covering everything that "
+                                    "sounds")
+        if ctx.params.get("instances") and not refer:
             inputs.float("min_instance_area", default=DEFAULT_MIN_AREA, min=0, max=1,
                          label="Minimum instance area",
                          description="fraction of the frame (0.002 = 0.2 %) a part must cover; "
@@ -245,15 +284,41 @@ class PrelabelSoundingObjects(foo.Operator):
             else:
                 for name, view in what_happens(ctx, plan, lf):
                     inputs.view(name, view)
+                if refer:
+                    names = _settings(ctx.params, ctx.dataset).class_names or []
+                    inputs.view("classes_note", types.Notice(
+                        label=f"Labels: {', '.join(names)}",
+                        description="each class is its own track; its detections and "
+                                    "intervals carry its name"))
         return types.Property(inputs, view=types.View(label="AuralSAM2 pre-label"))
+
+    @staticmethod
+    def _class_inputs(ctx, inputs) -> None:
+        """The classes of a Ref-AVS run: a label field to take them from (optional), and a
+        list that, when filled, replaces them. (The list has no default: the App keeps a
+        value once set, so a default from one field would outlive choosing another; the
+        notice below the form names the classes the run will use.)"""
+        fields_ = label_fields(ctx.dataset)
+        if fields_:
+            inputs.enum("classes_field", fields_, label="Classes from label field",
+                        description="use this field's classes (dataset.classes, else the "
+                                    "labels it holds); empty: the dataset's default_classes",
+                        view=types.Dropdown())
+        inputs.list("classes", types.String(), label="Classes (optional)",
+                    description="your own list instead: one label per class; the Ref-AVS "
+                                "model reads each name as its expression (e.g. 'the dog', "
+                                "'the man playing the guitar')")
 
     def execute(self, ctx):
         params = ctx.params
-        settings = _settings(params)
+        settings = _settings(params, ctx.dataset)
         spec = spec_from_params(params)
+        service = _service_env(ctx)
+        if not service.get("AURALSAM2_SERVER_URL"):
+            check_available(spec)
         # With AURALSAM2_SERVER_URL set, the shared service runs its model; none loads here.
         model = engine_from_env(lambda: resolve_model(spec, params.get("device") or "auto"),
-                                _service_env(ctx))
+                                service)
         last = [0.0]
 
         def progress(fraction, label):
@@ -263,11 +328,12 @@ class PrelabelSoundingObjects(foo.Operator):
                 ctx.set_progress(progress=fraction, label=label)
 
         outcomes = prelabel_collection(ctx.target_view(), model, settings,
-                                       model_description=spec.describe(), on_progress=progress)
+                                       model_description=describe(spec), on_progress=progress)
         ctx.ops.reload_dataset()
         counts = {s: sum(o.status == s for o in outcomes)
                   for s in ("complete", "partial", "skipped", "failed")}
         return {**counts, "label_field": settings.label_field,
+                "classes": list(settings.class_names or []),
                 "failures": [{"filepath": o.filepath, "error": o.error}
                              for o in outcomes if o.status == "failed"]}
 
@@ -275,6 +341,7 @@ class PrelabelSoundingObjects(foo.Operator):
         outputs = types.Object()
         for key in ("complete", "partial", "skipped", "failed"):
             outputs.int(key, label=f"videos {key}")
+        outputs.list("classes", types.String(), label="classes pre-labelled")
         table = types.TableView()
         table.add_column("filepath", label="video")
         table.add_column("error", label="error")
@@ -308,19 +375,28 @@ class EvaluateSoundingObjects(foo.Operator):
         pred = ctx.params.get("pred_field") or "auralsam2"
         inputs.str("eval_key", default=f"{pred}_avs", label="Evaluation key",
                    description="per-video J and F are stored in this sample field")
+        inputs.bool("per_class", default=_has_classes(ctx.dataset, pred), label="Per class",
+                    description="score each class the predictions hold on its own (against "
+                                "ground truth of the same label); J and F are then the "
+                                "means over the classes")
         inputs.bool("overwrite", default=False, label="Overwrite")
         return types.Property(inputs, view=types.View(label="AuralSAM2 evaluation"))
 
     def execute(self, ctx):
         p = ctx.params
         pred = p.get("pred_field") or "auralsam2"
+        per_class = p.get("per_class")
+        if per_class is None:
+            per_class = _has_classes(ctx.dataset, pred)
         report = evaluate_collection(ctx.target_view(), pred, p["gt_field"],
                                      eval_key=p.get("eval_key") or f"{pred}_avs",
-                                     overwrite=bool(p.get("overwrite", False)))
+                                     overwrite=bool(p.get("overwrite", False)),
+                                     classes=p.get("classes") or bool(per_class))
         ctx.ops.reload_dataset()
         return {"J": report["J"], "F": report["F"], "J&F": report["J&F"],
                 "num_videos": report["num_videos"], "num_frames": report["num_frames"],
-                "eval_key": report["eval_key"], "skipped": len(report["skipped"])}
+                "eval_key": report["eval_key"], "skipped": len(report["skipped"]),
+                "per_class": report.get("per_class", [])}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
@@ -330,6 +406,10 @@ class EvaluateSoundingObjects(foo.Operator):
         outputs.int("num_videos", label="videos scored")
         outputs.int("skipped", label="videos skipped (no ground truth or no prediction)")
         outputs.str("eval_key", label="per-video results in")
+        table = types.TableView()
+        for key in ("class", "J", "F", "J&F"):
+            table.add_column(key, label=key)
+        outputs.list("per_class", types.Object(), label="Per class", view=table)
         return types.Property(outputs, view=types.View(label="AVSBench J and F"))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import fiftyone as fo
-from auralsam2_core.inference.engine import PrelabelOptions
+from auralsam2_core.inference.engine import PrelabelOptions, check_model_options, class_queries
 from auralsam2_core.inference.instances import InstanceTracker
 from auralsam2_core.media.video import MediaError, probe
 from auralsam2_core.serving.engines import as_engine
@@ -39,11 +39,30 @@ class PrelabelSettings:
     #: split each frame's mask into its connected parts of at least this fraction of the frame,
     #: one detection each, tracked across frames (``index``); None: one detection per frame
     instance_min_area: float | None = None
+    #: the project's classes to pre-label (Ref-AVS model): names, or ``(name, hint)`` pairs
+    #: whose hint is the expression the model reads; each class gets its own track and its
+    #: detections its label. Empty: the AVS model's one ``sounding`` label.
+    classes: tuple = ()
 
     def __post_init__(self) -> None:
         if self.instance_min_area is not None and not 0 <= self.instance_min_area < 1:
             raise ValueError(f"the minimum instance area is a fraction of the frame in [0, 1), "
                              f"got {self.instance_min_area}")
+        object.__setattr__(self, "classes", tuple(
+            c if isinstance(c, str) else tuple(c) for c in self.classes or ()))
+        self.class_of_query  # noqa: B018 - refuses bad classes now, before any run
+        if self.classes and self.instance_min_area is not None:
+            raise ValueError("instances and classes cannot be combined yet: with classes, "
+                             "each class is one detection per frame")
+
+    @property
+    def class_of_query(self) -> dict[str, str]:
+        """``{query: class name}`` the engine runs (empty without classes)."""
+        return class_queries(self.classes) if self.classes else {}
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return list(self.class_of_query.values()) or None
 
 
 @dataclass
@@ -99,13 +118,14 @@ def prelabel_collection(collection, model, settings: PrelabelSettings | None = N
     field exists that this plugin did not create and ``overwrite`` is false."""
     settings = settings or PrelabelSettings()
     lf = check_label_field(settings.label_field)
-    opts = PrelabelOptions(clip_len=settings.clip_len, stride=settings.stride,
-                           no_audio=settings.no_audio, audio_track=settings.audio_track)
+    opts = options(settings)
+    if hasattr(model, "variant"):  # a model here (an engine checks when it runs)
+        check_model_options(model, opts)
     units = _units(collection)
     dataset = collection._root_dataset
-    fields.claim(dataset, fields.prelabel_targets(lf), overwrite=settings.overwrite,
-                 owner_info={"label_field": lf})
-    status = _statuses(dataset, [u.sample_id for u in units], lf)
+    fields.claim(dataset, fields.prelabel_targets(lf, classes=bool(settings.classes)),
+                 overwrite=settings.overwrite, owner_info={"label_field": lf})
+    status = _statuses(dataset, [u.sample_id for u in units], lf, settings)
     progress = on_progress or (lambda fraction, label: None)
     for i, unit in enumerate(units):
         def frame_progress(frac, i=i, unit=unit):
@@ -117,9 +137,20 @@ def prelabel_collection(collection, model, settings: PrelabelSettings | None = N
             unit.outcome = Outcome(unit.sample_id, unit.filepath, "skipped")
         else:
             unit.outcome = _run_one(dataset, model, unit, lf, opts, settings,
-                                    model_description, frame_progress)
+                                    model_description, frame_progress,
+                                    stale=status.get(unit.sample_id) == "stale")
         progress((i + 1) / len(units), f"{i + 1}/{len(units)} videos")
     return [u.outcome for u in units]
+
+
+def options(settings: PrelabelSettings) -> PrelabelOptions:
+    """The engine's options for ``settings``: with classes, their queries (and the Ref-AVS
+    clip length, T = 10, unless ``clip_len`` is set to another value than the AVS default)."""
+    queries = tuple(settings.class_of_query)
+    clip_len = None if queries and settings.clip_len == PrelabelSettings.clip_len \
+        else settings.clip_len
+    return PrelabelOptions(clip_len=clip_len, stride=settings.stride, no_audio=settings.no_audio,
+                           audio_track=settings.audio_track, queries=queries)
 
 
 @dataclass(frozen=True)
@@ -144,7 +175,7 @@ def plan_run(collection, settings: PrelabelSettings | None = None) -> RunPlan:
     dataset = collection._root_dataset
     status = {}
     if not settings.overwrite and dataset.get_field(f"{lf}_summary") is not None:
-        status = _statuses(dataset, [u.sample_id for u in units], lf)
+        status = _statuses(dataset, [u.sample_id for u in units], lf, settings)
     todo = [u for u in units
             if not (status and _finished(dataset, u, status.get(u.sample_id), lf,
                                          settings.stride))]
@@ -160,19 +191,29 @@ def plan_run(collection, settings: PrelabelSettings | None = None) -> RunPlan:
     return RunPlan(len(units), len(units) - len(todo), frames, unknown)
 
 
-def _statuses(dataset, ids: list[str], lf: str) -> dict[str, str | None]:
-    got_ids, got = dataset.select(ids).values(["id", f"{lf}_summary.status"])
-    return dict(zip(got_ids, got, strict=True))
+def _statuses(dataset, ids: list[str], lf: str, settings: PrelabelSettings
+              ) -> dict[str, str | None]:
+    """Each sample's run status; ``"stale"`` where its results hold other classes (or read
+    other queries) than ``settings`` (none: the AVS model's ``sounding``): a run replaces
+    them."""
+    want = (settings.class_names, list(settings.class_of_query) or None)
+    got_ids, got, had, read = dataset.select(ids).values(
+        ["id", f"{lf}_summary.status", f"{lf}_summary.classes", f"{lf}_summary.queries"])
+    return {i: ("stale" if s is not None and (h or None, q or None) != want else s)
+            for i, s, h, q in zip(got_ids, got, had, read, strict=True)}
 
 
 def _labelled(dataset, sample_id: str, lf: str) -> list[dict]:
     """The frames of one sample that hold a pre-label: frame number and frame-level scores
     (no masks are loaded)."""
     view = dataset.select(sample_id)
-    numbers, probs, prios = (v[0] for v in view.values(
-        ["frames.frame_number", f"frames.{lf}.sounding_prob", f"frames.{lf}.review_priority"]))
-    return [{"frame_number": n, "sounding_prob": p, "review_priority": r or 0.0}
-            for n, p, r in zip(numbers, probs, prios, strict=True) if p is not None]
+    numbers, probs, prios, names, cprobs, cprios = (v[0] for v in view.values(
+        ["frames.frame_number", f"frames.{lf}.sounding_prob", f"frames.{lf}.review_priority",
+         f"frames.{lf}.classes", f"frames.{lf}.class_probs", f"frames.{lf}.class_priorities"]))
+    return [{"frame_number": n, "sounding_prob": p, "review_priority": r or 0.0,
+             **({"classes": c, "class_probs": cp, "class_priorities": cr} if c else {})}
+            for n, p, r, c, cp, cr in zip(numbers, probs, prios, names, cprobs, cprios,
+                                          strict=True) if p is not None]
 
 
 def _finished(dataset, unit: _Unit, status: str | None, lf: str, stride: int) -> bool:
@@ -186,8 +227,10 @@ def _finished(dataset, unit: _Unit, status: str | None, lf: str, stride: int) ->
 
 
 def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
-             settings: PrelabelSettings, model_description: str, progress) -> Outcome:
+             settings: PrelabelSettings, model_description: str, progress,
+             stale: bool = False) -> Outcome:
     t0 = time.perf_counter()
+    classes = settings.class_of_query
     sample_view = dataset.select(unit.sample_id)
     written = 0
     try:
@@ -201,19 +244,24 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
         tracker = None if settings.instance_min_area is None else \
             InstanceTracker(min_area=settings.instance_min_area)
         instance_ids: set[int] = set()
-        for r in results:
-            n = convert.frame_number(r.index)
+        for frame in convert.by_frame(results, len(opts.queries)):
+            n = convert.frame_number(frame[0].index)
             if last is not None and n > last:
                 results.close()
                 break
             if not convert.in_ranges(n, unit.ranges):
                 continue
-            if written == 0 and unit.ranges is None:
-                sample_view.clear_frame_field(lf)  # a full re-run replaces every frame
+            if written == 0 and (unit.ranges is None or stale):
+                # a full re-run, or one with other classes, replaces every frame
+                sample_view.clear_frame_field(lf)
                 writer = sample_view.select_fields(f"frames.{lf}").first()
-            parts = None if tracker is None else tracker.update(r.mask)
-            instance_ids.update(i for i, _ in parts or ())
-            pending[n] = {lf: labels.detections(convert.frame_dict(r, parts))}
+            if classes:
+                doc = convert.class_frame_dict(frame, classes)
+            else:
+                parts = None if tracker is None else tracker.update(frame[0].mask)
+                instance_ids.update(i for i, _ in parts or ())
+                doc = convert.frame_dict(frame[0], parts)
+            pending[n] = {lf: labels.detections(doc)}
             written += 1
             if len(pending) >= settings.chunk_frames:
                 writer.frames.merge(pending)
@@ -233,8 +281,16 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
     frames = _labelled(dataset, unit.sample_id, lf)
     last_frame = info.num_frames or (frames[-1]["frame_number"] + opts.stride - 1
                                      if frames else None)
-    supports = convert.interval_supports(frames, fps=info.fps, stride=opts.stride,
-                                         last_frame=last_frame)
+    if classes:
+        supports = sorted((s for name in classes.values()
+                           for s in convert.interval_supports(
+                               convert.class_frames(frames, name), fps=info.fps,
+                               stride=opts.stride, last_frame=last_frame, label=name)),
+                          key=lambda s: (s["support"][0], list(classes.values()).index(
+                              s["label"])))
+    else:
+        supports = convert.interval_supports(frames, fps=info.fps, stride=opts.stride,
+                                             last_frame=last_frame)
     dataset.set_values(f"{lf}_intervals", {unit.sample_id: labels.temporal_detections(supports)},
                        key_field="id")
     summary = {"status": "complete" if whole else "partial", "error": None,
@@ -244,6 +300,9 @@ def _run_one(dataset, model, unit: _Unit, lf: str, opts: PrelabelOptions,
                "seconds": round(time.perf_counter() - t0, 2)}
     if tracker is not None:
         summary["instances"] = len(instance_ids)
+    if classes:
+        summary["classes"] = list(classes.values())
+        summary["queries"] = list(classes)
     if not whole:
         summary["frame_ranges"] = [list(r) for r in unit.ranges]
     _set_summary(dataset, unit.sample_id, lf, summary)
