@@ -60,14 +60,11 @@ GT_FRAMES = {"stereo": [1, 2, 3, 4, 5, 6], "stereo2": [2, 4, 5], "mono": [1, 6],
 def fiftyone_setup(tmp_path_factory):
     """Plugins dir holding this repo's plugin (as `fiftyone plugins download` would), one
     torch thread, and no non-persistent dataset left behind."""
-    plugins = fiftyone_env.plugins_dir(tmp_path_factory.mktemp("fo_plugins"))
-    old_dir, old_threads = fo.config.plugins_dir, torch.get_num_threads()
-    fo.config.plugins_dir = str(plugins)
+    old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    fo.config.plugins_dir = old_dir
+    with fiftyone_env.plugin_installed(tmp_path_factory.mktemp("fo_plugins")):
+        yield
     torch.set_num_threads(old_threads)
-    fo.delete_non_persistent_datasets()
 
 
 @pytest.fixture(scope="module")

@@ -100,15 +100,7 @@ def editor(browser, ls, project: int, task: int):
     """A logged-in page with ``task`` open in the labelling editor, its prediction loaded."""
     page = browser.new_page(viewport=VIEWPORT)
     try:
-        page.goto(f"{ls.url}/user/login/")
-        page.fill("input[name=email]", lss.USER)
-        page.fill("input[name=password]", lss.PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(lambda u: "/login" not in u, timeout=60_000)
-        page.goto(f"{ls.url}/projects/{project}/data?task={task}")
-        page.wait_for_function("() => window.Htx && Htx.annotationStore.selected && "
-                               "Htx.annotationStore.selected.regions.length > 0",
-                               timeout=120_000)
+        lss.open_task_in_editor(page, ls.url, project, task)
         page.wait_for_function("() => { const m = document.querySelector('video, audio');"
                                " const v = Htx.annotationStore.selected.names.get('video');"
                                " return m && m.readyState >= 2 && (!v || v.length > 1) }",

@@ -65,12 +65,8 @@ needs_refer_bundle = pytest.mark.skipif(
 
 @pytest.fixture(scope="module", autouse=True)
 def fiftyone_setup(tmp_path_factory):
-    plugins = fiftyone_env.plugins_dir(tmp_path_factory.mktemp("fo_plugins"))
-    old = fo.config.plugins_dir
-    fo.config.plugins_dir = str(plugins)
-    yield
-    fo.config.plugins_dir = old
-    fo.delete_non_persistent_datasets()
+    with fiftyone_env.plugin_installed(tmp_path_factory.mktemp("fo_plugins")):
+        yield
 
 
 def sounding(model):

