@@ -2,8 +2,7 @@
 
 Every job is a JSON file under ``state_dir/jobs`` written at each change, and its results go
 through :class:`~auralsam2_core.inference.results.ResultsWriter` (partial, then final, atomically).
-One
-process owns a state directory (an OS lock held for its lifetime; a second service on it
+One process owns a state directory (an OS lock held for its lifetime; a second service on it
 refuses to start and touches nothing). When the owner dies mid-job, the next owner finds the
 job "running" and queues it again (up to ``max_attempts`` runs, then it is marked failed with
 the reason): a job is never lost, and never taken from a live owner.

@@ -1,6 +1,5 @@
 """The one engine interface (auralsam2_core.serving.engines): the local model loaded once on first
-use
-and shared in turns, the one results loop with its streaming callback, and the shared service
+use and shared in turns, the one results loop with its streaming callback, and the shared service
 behind the same calls, refinements (``clip_origin``) included."""
 
 from __future__ import annotations

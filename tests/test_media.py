@@ -1,6 +1,5 @@
 """Reading real media (auralsam2_core/media/video.py) and the audio track (audio_track.py): every
-bad
-input gives a clear MediaError or a documented behaviour, and odd-but-valid inputs (VFR,
+bad input gives a clear MediaError or a documented behaviour, and odd-but-valid inputs (VFR,
 rotation, odd sizes, 8-96 kHz, mono / 5.1, short audio) come out right.
 
 Documented behaviours chosen here:

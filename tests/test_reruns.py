@@ -1,7 +1,6 @@
 """Re-running ``auralsam2 prelabel`` into a results folder that already holds results
 (auralsam2_core/inference/prelabel_videos.py, results.py): nothing is lost, overwritten by mistake
-or wrongly
-reused.
+or wrongly reused.
 
 Documented behaviours chosen here:
 

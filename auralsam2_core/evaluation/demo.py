@@ -2,8 +2,7 @@
 engine, scored three ways that only a model which *listens* can pass.
 
 Each held-out clip (seeds from :data:`~auralsam2_core.training.datasets.HELDOUT_SEED_BASE`, never
-used
-in training; colours, sizes, motion and pitch random, so the sound can only be tied to the
+used in training; colours, sizes, motion and pitch random, so the sound can only be tied to the
 *shape*) shows two moving shapes while one of them sounds throughout. Three videos per clip:
 
 * ``sounding``: the clip as generated. Ground truth: the sounding object's visible mask.

@@ -4,8 +4,7 @@ shape), *looks* (is it there) and *listens* (does it sound) can pass.
 
 Each held-out clip (seeds from :data:`REFER_SEED_BASE`, never trained on) shows two moving
 shapes in named colours, each with its own sound (:mod:`auralsam2_core.training.synthetic`). Two
-videos
-are made of it, with the same frames:
+videos are made of it, with the same frames:
 
 * ``both``: both shapes sound throughout. Queried for shape A ("the red disc"), for shape B,
   and for the third shape, which the clip does not show (a *null* expression).

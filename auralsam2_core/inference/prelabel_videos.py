@@ -176,8 +176,7 @@ def prelabel_videos(model: AuralSAM2 | LocalEngine | Callable[[], AuralSAM2],
     A video that fails (missing, not a regular file, corrupt, no audio, its results name
     busy...) is reported and the others still run. ``model`` may be an engine
     (:class:`~auralsam2_core.serving.engines.LocalEngine`) or a function that builds the model,
-    called
-    only when the first usable video comes up. :class:`OutputDirError` when
+    called only when the first usable video comes up. :class:`OutputDirError` when
     ``out_dir`` cannot be written."""
     opts = options or PrelabelOptions()
     outs = outputs or OutputOptions()

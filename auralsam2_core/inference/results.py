@@ -346,9 +346,8 @@ def frame_records(doc: dict) -> Iterator[dict]:
 
 def targets_document(video: Path, frames: list[dict], query: str | None = None) -> dict:
     """A results-format file of corrected targets (frames with ``index``, ``time``, ``mask``,
-    no model) for fine-tuning
-    (:class:`~auralsam2_core.training.datasets.CorrectedResultsDataset`); ``query``: the
-    Ref-AVS expression the masks belong to."""
+    no model) for fine-tuning (:class:`~auralsam2_core.training.datasets.CorrectedResultsDataset`);
+    ``query``: the Ref-AVS expression the masks belong to."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete",
             "video": {"path": str(video.resolve()), "name": video.name},
             "objects": [{"label": SOUNDING_LABEL if query is None else query, "query": query,

@@ -3,11 +3,11 @@
 The track is turned into 10 ms log-mel frames as it decodes. :class:`AudioStream` (what the
 engine uses) keeps only the frames that later video frames can still need, so memory does not
 grow with the video's length; :class:`AudioTrack` keeps all of them (30 MB for ten minutes),
-for training data and tests. The example for
-a video frame at time ``t`` is the 96 log-mel frames (0.96 s) **centred on t**; where that
-window leaves the track it is padded with silence frames (``log(0.01)``). AVSBench pairs each
-1 fps frame with the preceding second's example instead; centring is our choice for
-arbitrary frame rates (the sound at the instant shown sits in the middle of the window).
+for training data and tests. The example for a video frame at time ``t`` is the 96 log-mel frames
+(0.96 s) **centred on t**; where that window leaves the track it is padded with silence frames
+(``log(0.01)``). AVSBench pairs each 1 fps frame with the preceding second's example instead;
+centring is our choice for arbitrary frame rates (the sound at the instant shown sits in the middle
+of the window).
 """
 
 from __future__ import annotations

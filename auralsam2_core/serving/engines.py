@@ -5,11 +5,10 @@ With ``AURALSAM2_SERVER_URL`` set (and ``AURALSAM2_SERVER_TOKEN`` or ``_TOKEN_FI
 the adapter never loads a model. Otherwise it gives a :class:`LocalEngine`: the model in this
 process, loaded on first use (thread-safe) and shared in turns (:class:`ModelTurns`). Both
 offer ``frames(video, options, ...)`` yielding
-:class:`~auralsam2_core.inference.engine.FrameResult`,
-``document(...)`` returning the results document and ``to_results(video, writer, ...)`` writing
+:class:`~auralsam2_core.inference.engine.FrameResult`, ``document(...)`` returning the results
+document and ``to_results(video, writer, ...)`` writing
 it through a :class:`~auralsam2_core.inference.results.ResultsWriter`; the remote one rebuilds
-frames
-from the service's results file, so its numbers are those of the results format
+frames from the service's results file, so its numbers are those of the results format
 (probabilities rounded to 5 decimals; masks identical). The options travel in the wire format
 of :mod:`auralsam2_core.serving.wire`.
 """
@@ -295,10 +294,10 @@ class LocalEngine:
                    on_frame: Callable[[int], None] | None = None,
                    on_record: Callable[[dict], None] | None = None, cache=None,
                    deadline: float | None = None, hysteresis=None) -> dict:
-        """The results loop (:func:`auralsam2_core.inference.prelabel_videos.prelabel_to_results`)
-        into
-        ``writer``; the caller holds :attr:`turns` when the model is shared. ``deadline`` is
-        the caller's to enforce (``on_frame`` may raise)."""
+        """The one results loop
+        (:func:`auralsam2_core.inference.prelabel_videos.prelabel_to_results`) into ``writer``;
+        the caller holds :attr:`turns` when the model is shared. ``deadline`` is the caller's
+        to enforce (``on_frame`` may raise)."""
         from auralsam2_core.inference.prelabel_videos import prelabel_to_results
 
         return prelabel_to_results(self.model, video, writer, options, info=info,

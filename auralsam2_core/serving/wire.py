@@ -1,14 +1,12 @@
 """The options wire format of a pre-labelling job: the ``options`` object the shared service's
 ``POST /v1/jobs`` takes (and its job files keep), and the one strict check of it. The service's
 client (:mod:`auralsam2_core.serving.engines`) and the service
-(:mod:`auralsam2_service.job_service`) both
-import it from here.
+(:mod:`auralsam2_service.job_service`) both import it from here.
 
 Fields (all optional): ``clip_len``, ``stride``, ``no_audio``, ``start_frame``, ``stop_frame``,
 ``audio_track``, ``queries``, ``clip_origin`` (a refinement's clip alignment, see
 :class:`~auralsam2_core.inference.engine.PrelabelOptions`; sent only when set, so requests without
-it
-are those of older clients) and ``prompts`` (``{"<frame>": {"coords", "labels"}}``).
+it are those of older clients) and ``prompts`` (``{"<frame>": {"coords", "labels"}}``).
 """
 
 from __future__ import annotations

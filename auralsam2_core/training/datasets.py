@@ -220,8 +220,7 @@ class SyntheticClipDataset(torch.utils.data.Dataset):
 
     def clip(self, index: int):
         """The :class:`~auralsam2_core.training.synthetic.SyntheticClip` behind item ``index`` and
-        the
-        first frame of its training window."""
+        the first frame of its training window."""
         from auralsam2_core.training.synthetic import make_clip
 
         seed = self.seed_base + int(index)
@@ -273,8 +272,8 @@ def referred_target(clip, obj: int | None) -> np.ndarray:
 class ReferringClipDataset(torch.utils.data.Dataset):
     """Synthetic Ref-AVS clips: 2-3 shapes in named colours, each with its own sound, and a
     referring expression naming one shape
-    (:func:`~auralsam2_core.training.synthetic.referring_expression`,
-    with its colour half of the time).
+    (:func:`~auralsam2_core.training.synthetic.referring_expression`, with its colour half of
+    the time).
 
     Ground truth (:func:`referred_target`): the named shape's visible mask while it sounds;
     empty while it is silent, and throughout when the expression names a shape the clip does
@@ -641,8 +640,7 @@ def evaluate_predictions(pred: str | os.PathLike, gt: str | os.PathLike):
     ``pred`` is either a results folder of the engine's ``<video>.json`` files (matched to
     ``gt/<video>/`` by name, or by the folder's own name anywhere under ``gt``), or a PNG tree
     scored by :func:`~auralsam2_core.evaluation.metrics.evaluate_dirs`. Results frames are paired
-    with
-    the ground-truth PNGs in order when the counts agree, else by the number in the PNG's
+    with the ground-truth PNGs in order when the counts agree, else by the number in the PNG's
     name (= frame index, or index + 1). Predicted masks at another size than the ground
     truth are resized to it (nearest).
     """

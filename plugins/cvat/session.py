@@ -3,8 +3,7 @@ thumbnails for recognising CVAT's images, and the engine's results as they appea
 
 Everything runs on background threads; request handlers only wait (with a deadline) for what
 they need. The engine (local model or shared service, :mod:`auralsam2_core.serving.engines`) writes
-its
-results into the cache directory through the core's one results loop, so a finished task is
+its results into the cache directory through the core's one results loop, so a finished task is
 never computed twice (and a new process picks it up from disk); each frame's record is
 published to waiting requests as it is written.
 """

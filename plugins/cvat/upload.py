@@ -266,8 +266,8 @@ def replace_own(api: CvatApi, label_ids: int | Collection[int], jobs: Sequence[J
                 runs: Sequence[PolygonRun] | None = None, attempts: int = 4,
                 delay: float = 1.0, log=None) -> dict:
     """In each job: delete this adapter's earlier masks and polygon tracks (on ``label_ids``,
-    the labels it writes), then create the
-    mask ``shapes`` of its frames, or the parts of the polygon tracks ``runs`` on them.
+    the labels it writes), then create the mask ``shapes`` of its frames, or the parts of the
+    polygon tracks ``runs`` on them.
 
     Each job's read-delete-create is retried as a whole on transient failures, so an answer
     lost after CVAT applied a create cannot leave duplicates: the retry deletes what it finds

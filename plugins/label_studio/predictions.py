@@ -11,8 +11,7 @@ and ``enabled: false`` on the last frame of each stretch hides the box after it.
 images get a ``BrushLabels`` mask. With instances on (``AURALSAM2_INSTANCES``), each connected
 part of the mask is its own ``VideoRectangle`` track (ids stable across frames, see
 :mod:`auralsam2_core.inference.instances`), hidden on the frames where that part is absent; a
-keyframe
-image gets one brush mask per part. With a Ref-AVS model each of the project's classes is a
+keyframe image gets one brush mask per part. With a Ref-AVS model each of the project's classes is a
 query and gets all of the above under its own label (``query``: the results object read).
 
 Scores are the model's own confidence (see :func:`frame_confidence`); the review priority

@@ -63,8 +63,7 @@ def frame_dict(result, instances: list[tuple[int, np.ndarray]] | None = None) ->
     intervals and review order can be recomputed from the dataset) and at most one
     detection; with ``instances`` (``(instance id, part mask)`` from
     :mod:`auralsam2_core.inference.instances`), one detection per instance, its ``index`` the
-    instance
-    id. ``result`` is an engine ``FrameResult``."""
+    instance id. ``result`` is an engine ``FrameResult``."""
     parts = [(TRACK_INDEX, result.mask)] if instances is None else instances
     scores = {"confidence": result.sounding_prob, "predicted_iou": result.predicted_iou,
               "review_priority": result.review_priority, "mask_score": result.mask_score}

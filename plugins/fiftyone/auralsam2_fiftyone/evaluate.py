@@ -1,8 +1,7 @@
 """AVSBench J and F of a prediction frame field against a ground-truth frame field.
 
 Scores come from :mod:`auralsam2_core.evaluation.metrics` (the official per-video protocol); this
-module
-only turns FiftyOne labels into ``(T, H, W)`` arrays. Only frames whose ground truth is set
+module only turns FiftyOne labels into ``(T, H, W)`` arrays. Only frames whose ground truth is set
 are scored (AVSBench annotates some frames only); a missing prediction on such a frame is an
 empty mask. Videos without any ground-truth frame, or without any prediction, are skipped
 and listed.
