@@ -371,6 +371,29 @@ def test_sounding_intervals_hysteresis():
     assert (iv["start_frame"], iv["end_frame"]) == (0, 3)
 
 
+def test_refined_frames_replace_one_objects_and_its_intervals():
+    """A refinement's frames go into the object refined: its intervals and the summary counts
+    follow them; the other objects and frames stay as they were."""
+    from auralsam2_core.inference.results import make_object, with_frames_replaced
+
+    rule = Hysteresis()
+    dog, gtr = _frames([0.9, 0.9, 0.1, 0.1]), _frames([0.1, 0.1, 0.1, 0.1])
+    objs = [make_object("dog", dog, 10, rule), make_object("guitar", gtr, 10, rule)]
+    doc = {"video": {"fps": 10}, "hysteresis": {"enter": 0.6, "exit": 0.4, "min_frames": 1},
+           "objects": objs, "summary": {"frames": 4, "objects": 2, "sounding_frames": 2,
+                                        "intervals": 1, "seconds": 1.0}}
+    part = {"video": {"fps": 10},
+            "objects": [make_object("guitar", _frames([0.9, 0.9], 0.1)[1:] + [
+                {"index": 2, "time": 0.2, "sounding_prob": 0.8}], 10, rule)]}
+    got = with_frames_replaced(doc, part, "guitar")
+    assert got["objects"][0] == objs[0]
+    assert [f["sounding_prob"] for f in got["objects"][1]["frames"]] == [0.1, 0.9, 0.8, 0.1]
+    assert [(i["start_frame"], i["end_frame"]) for i in got["objects"][1]["intervals"]] == \
+        [(1, 2)]
+    assert got["summary"]["intervals"] == 2 and got["summary"]["seconds"] == 1.0
+    assert doc["objects"][1]["frames"] == gtr  # the input is not changed
+
+
 def test_read_results_rejects_foreign_json(tmp_path):
     foreign = tmp_path / "coco.json"
     foreign.write_text(json.dumps({"images": [], "annotations": []}))

@@ -192,6 +192,18 @@ def with_intervals(doc: dict, rule: Hysteresis) -> dict:
             "summary": {**doc["summary"], **_totals(objs)}}
 
 
+def with_frames_replaced(doc: dict, part: dict, query: str | None = None) -> dict:
+    """``doc`` with the frames of ``part`` (e.g. a refinement's re-propagated frames) in place
+    of its own in the object of ``query`` (the AVS model's one object: None), that object's
+    intervals and the summary counts recomputed; the other objects kept."""
+    new = {f["index"]: f for f in track(part, query)["frames"]}
+    rule = Hysteresis(**doc.get("hysteresis", {}))
+    fps = doc["video"].get("fps") or 0.0
+    objs = [make_object(o["query"], [new.get(f["index"], f) for f in o["frames"]], fps, rule)
+            if o["query"] == query else o for o in objects(doc)]
+    return {**doc, "objects": objs, "summary": {**doc["summary"], **_totals(objs)}}
+
+
 def make_object(query: str | None, frames: list[dict], fps: float, rule: Hysteresis) -> dict:
     """One entry of the results' ``objects``: its label and query, frames, intervals."""
     intervals = sounding_intervals(frames, fps, rule)

@@ -31,12 +31,10 @@ from auralsam2_core.inference.engine import NoAudioError, PrelabelOptions, class
 from auralsam2_core.inference.feature_cache import FeatureCache
 from auralsam2_core.inference.instances import connected_parts
 from auralsam2_core.inference.results import (
-    Hysteresis,
     ResultsWriter,
-    make_object,
-    objects,
     read_results,
     track,
+    with_frames_replaced,
 )
 from auralsam2_core.media.video import MediaError, probe
 from auralsam2_core.model_spec import ModelSpec, load_model
@@ -448,7 +446,7 @@ class Backend:
             return self.keyframe_results(part, media, cfg, refined or None)
         base = self.cached(media.key, tuple(classes))
         query = next(iter(refined), None)
-        doc = _merge(base, part, query) if base else part
+        doc = with_frames_replaced(base, part, query) if base else part
         return self.video_results(doc, cfg, classes if base else refined), self.score(doc)
 
     # ------------------------------------------------------------------ background
@@ -571,14 +569,3 @@ def _refined_class(context: dict, classes: dict[str, str]) -> dict[str, str]:
         raise TaskError(f"refining needs the class of the region: label the box or click "
                         f"with one of {list(by_label)} (got {sorted(labels) or 'no label'})")
     return {by_label[chosen[0]]: chosen[0]}
-
-
-def _merge(base: dict, part: dict, query: str | None = None) -> dict:
-    """``base`` with the frames of ``part`` replaced in the object of ``query`` (the AVS
-    model's one object: None) and its intervals recomputed; other objects kept."""
-    new = {f["index"]: f for f in track(part, query)["frames"]}
-    rule = Hysteresis(**base.get("hysteresis", {}))
-    fps = base["video"].get("fps") or 0.0
-    objs = [make_object(o["query"], [new.get(f["index"], f) for f in o["frames"]], fps, rule)
-            if o["query"] == query else o for o in objects(base)]
-    return {**base, "objects": objs}
