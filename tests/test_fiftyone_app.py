@@ -13,13 +13,10 @@ length is unknown to the form).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
 import shutil
-import socket
-import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +42,7 @@ from scipy import ndimage  # noqa: E402
 
 from auralsam2_core.training.synthetic import make_clip, write_clip  # noqa: E402
 
+from helpers import fiftyone_browser as fb  # noqa: E402
 from helpers.instances_media import write_two_sounding_shapes  # noqa: E402
 
 PLUGIN = "@auralsam2/auralsam2"
@@ -52,7 +50,6 @@ PRELABEL = f"{PLUGIN}/prelabel_sounding_objects"
 OURS = ["prelabel_sounding_objects", "review_sounding_objects", "evaluate_sounding_objects"]
 PARAMS = {"device": "cpu"}  # the bundled demo model
 FPS, SECONDS = 5.0, 2.0  # 10 frames per clip
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DASH = "\u2013"
 
 
@@ -66,10 +63,7 @@ class App:
 
 @pytest.fixture(scope="module")
 def artifacts() -> Path:
-    out = Path(os.environ.get("AURALSAM2_TEST_ARTIFACTS",
-                              fiftyone_env.ROOT / "out" / "test-artifacts"))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return fb.artifacts_dir()
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +88,8 @@ def app(tmp_path_factory):
     execute_operator(PRELABEL, dataset=ds, view=ds.select(first.id),
                      params={**PARAMS, "view_target": "CURRENT_VIEW"})
     first.reload()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    session = fo.launch_app(ds, remote=True, port=port, address="127.0.0.1", auto=False)
-    yield App(f"http://127.0.0.1:{port}/datasets/{ds.name}", ds, session, first)
+    url, session = fb.launch(fo, ds)
+    yield App(url, ds, session, first)
     torch.set_num_threads(threads)
     fo.config.plugins_dir = old_dir
     if old_env is None:
@@ -108,31 +99,6 @@ def app(tmp_path_factory):
     ds.delete()
 
 
-@contextlib.contextmanager
-def browser_page(height: int = 900):
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": height})
-        finally:
-            browser.close()
-
-
-def _open(page, url: str) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            page.goto(url, timeout=30_000)
-            break
-        except playwright.Error:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-    with contextlib.suppress(playwright.Error):  # "Explore Enterprise" covers the grid
-        page.get_by_text("Dismiss").click(timeout=15_000)
-    page.locator("canvas[canvas-loaded=true]").first.wait_for(timeout=60_000)
-
-
 def _close_modal(page) -> None:
     if page.locator("#modal canvas").count():
         page.mouse.click(5, 5)  # the backdrop
@@ -140,18 +106,9 @@ def _close_modal(page) -> None:
 
 
 def _open_modal(page, index: int = 0) -> None:
-    """Open the grid's ``index``-th video. The modal lays out its panel tabs once, from the
-    modal panels registered by then (and keeps that layout in localStorage
-    "fo-sample-modal-plugins"): wait for the plugin's operators before the first open."""
-    _close_modal(page)  # the App's session remembers an open modal
-    page.wait_for_function(
-        "() => !!localStorage.getItem('fo-sample-modal-plugins') || "
-        "performance.getEntriesByType('resource').some(e => e.name.includes('/operators'))",
-        timeout=60_000)
-    page.wait_for_timeout(1500)
-    page.locator("canvas[canvas-loaded=true]").nth(index).click()
-    page.locator("#modal [data-cy=modal-looker-container]").wait_for(timeout=60_000)
-    page.wait_for_timeout(1500)
+    """Open the grid's ``index``-th video (the App's session remembers an open modal)."""
+    _close_modal(page)
+    fb.open_modal(page, index)
 
 
 def _browser_names(page) -> list[str]:
@@ -187,8 +144,8 @@ def _text(page, selector: str = "body") -> str:
 def test_app_lists_operators_and_draws_masks(app, artifacts):
     ds = app.dataset
     assert app.labelled.frames[1]["auralsam2"].detections  # frame 1 (the thumbnail) has a mask
-    with browser_page() as page:
-        _open(page, app.url)
+    with fb.page() as page:
+        fb.open_grid(page, app.url)
         canvas = page.locator("canvas[canvas-loaded=true]").first
         page.wait_for_timeout(1500)
         page.screenshot(path=artifacts / "fiftyone_app_grid.png")
@@ -216,8 +173,8 @@ def test_app_lists_operators_and_draws_masks(app, artifacts):
 def test_operator_browser_lists_auralsam2_together_and_first_for_sound(app, artifacts):
     """Issue #17.7: the browser orders by the first character of each operator's description
     (or label), so all three start with "AuralSAM2"; "sound" lists them, pre-label first."""
-    with browser_page() as page:
-        _open(page, app.url)
+    with fb.page() as page:
+        fb.open_grid(page, app.url)
         page.keyboard.press("`")
         page.locator("[data-cy=operators-browser]").wait_for(timeout=30_000)
         page.wait_for_function("() => document.querySelector('[data-cy=operators-browser]')"
@@ -250,8 +207,8 @@ def test_prelabel_form_says_what_will_happen(app, artifacts):
         page.get_by_text("AuralSAM2 pre-label").wait_for(timeout=30_000)
         page.wait_for_timeout(2500)
 
-    with browser_page() as page:
-        _open(page, app.url)
+    with fb.page() as page:
+        fb.open_grid(page, app.url)
         _close_modal(page)
         open_form(page)
         page.screenshot(path=artifacts / "fiftyone_prelabel_form.png")
@@ -291,8 +248,8 @@ def test_sound_panel_plays_the_sample_audio(app, artifacts):
     probs = {n: f["auralsam2"].sounding_prob for n, f in sample.frames.items()
              if f["auralsam2"] is not None}
     (interval,) = sample.auralsam2_intervals.detections
-    with browser_page() as page:
-        _open(page, app.url)
+    with fb.page() as page:
+        fb.open_grid(page, app.url)
         _open_modal(page, 0)
         page.screenshot(path=artifacts / "fiftyone_sound_modal.png")
         try:
@@ -366,8 +323,8 @@ def test_interval_labels_read_like_the_app_timeline(app, artifacts):
     sample = app.labelled
     (interval,) = sample.auralsam2_intervals.detections
     a, b = interval.support  # FiftyOne's 1-based frames: the App draws from these
-    with browser_page() as page:
-        _open(page, app.url)
+    with fb.page() as page:
+        fb.open_grid(page, app.url)
         _open_modal(page, 0)
         try:
             canvas = page.locator("#modal [data-cy=modal-looker-container] canvas").first
@@ -484,8 +441,8 @@ def test_two_sounding_shapes_show_as_two_detections(app, two_shapes, artifacts):
     sample = ds.first()
     h, w = clip.frames.shape[1:3]
     url = f"{app.url.rsplit('/', 1)[0]}/{urllib.parse.quote(ds.name)}"
-    with browser_page(height=1000) as page:
-        _open(page, url)
+    with fb.page(height=1000) as page:
+        fb.open_grid(page, url)
         _open_modal(page, 0)
         try:
             canvas = page.locator("#modal [data-cy=modal-looker-container] canvas").first
