@@ -102,6 +102,37 @@ def test_referring_dataset_targets_follow_the_named_shape_and_its_sound():
     assert collate([data[0], data[1]])["expressions"] == [data.item(0)[2], data.item(1)[2]]
 
 
+def test_queries_per_clip_name_different_things_in_one_clip():
+    """k consecutive items: the same frames and sound, each naming something else (the clip's
+    shapes, then a missing one), so their targets differ and only the text tells them apart."""
+    k = 3
+    data = ReferringClipDataset(8 * k, image_size=64, render_size=64, queries_per_clip=k)
+    assert data.config()["queries_per_clip"] == k
+    nulls = 0
+    for c in range(8):
+        items = [data.item(c * k + r) for r in range(k)]
+        clips = [clip for clip, _, _ in items]
+        assert len({clip.seed for clip in clips}) == 1
+        np.testing.assert_array_equal(clips[0].frames, clips[-1].frames)
+        np.testing.assert_array_equal(clips[0].audio, clips[-1].audio)
+        objs = [obj for _, obj, _ in items]
+        assert len(set(objs)) == k  # k different referents: each shape once, a missing one
+        nulls += objs.count(None)
+        for clip, obj, expression in items:
+            if obj is None:
+                assert len(clip.shapes) < len(SHAPES)
+            else:
+                shape = clip.shapes[obj]
+                assert shape in expression or (shape == "disc" and "circle" in expression)
+    assert nulls, "two-shape clips get a null query"
+    with pytest.raises(ValueError, match="at least 1"):
+        ReferringClipDataset(3, queries_per_clip=0)
+    # k = 1 is the dataset the earlier stages were trained on, item for item
+    one, default = ReferringClipDataset(6, image_size=64, render_size=64, queries_per_clip=1), \
+        ReferringClipDataset(6, image_size=64, render_size=64)
+    assert [one.item(i)[1:] for i in range(6)] == [default.item(i)[1:] for i in range(6)]
+
+
 def test_demo_protocol_queries():
     videos = refer_clips(2, size=64)
     assert [v.name for v in videos] == ["clip00_both", "clip00_one", "clip01_both",

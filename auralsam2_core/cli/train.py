@@ -20,7 +20,8 @@ def _dataset_from_args(args, image_size: int):
     if args.synthetic and args.variant == "refavs":
         return ReferringClipDataset(args.steps * args.batch_size, image_size=image_size,
                                     seed_base=args.seed * 10_000_000,
-                                    render_size=args.render_size), False
+                                    render_size=args.render_size,
+                                    queries_per_clip=args.queries_per_clip), False
     if args.synthetic:
         return SyntheticClipDataset(args.steps * args.batch_size, image_size=image_size,
                                     clip_len=args.clip_len, seed_base=args.seed * 10_000_000,
@@ -149,6 +150,10 @@ def register(sub) -> None:
     t.add_argument("--clip-len", type=int, default=5, help="frames per clip (authors: 5)")
     t.add_argument("--render-size", type=int, default=128,
                    help="synthetic clips are drawn at this size, then scaled to the input")
+    t.add_argument("--queries-per-clip", type=int, default=1, metavar="K",
+                   help="--synthetic --variant refavs: K consecutive samples share a clip and "
+                        "name different shapes in it (or a missing one), so that only the "
+                        "text tells them apart (keep --batch-size a multiple of K)")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=0.05)
     t.add_argument("--warmup-steps", type=int, default=30)

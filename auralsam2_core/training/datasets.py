@@ -191,7 +191,9 @@ class SyntheticClipDataset(torch.utils.data.Dataset):
                  num_objects: int | None = 2,
                  schedules: Sequence[str] = ("one", "silent", "mixed"),
                  schedule_weights: Sequence[float] = (0.6, 0.2, 0.2),
-                 render_size: int | None = None) -> None:
+                 render_size: int | None = None, queries_per_clip: int = 1) -> None:
+        if queries_per_clip < 1:
+            raise ValueError("queries_per_clip must be at least 1")
         if len(schedules) != len(schedule_weights):
             raise ValueError("schedules and schedule_weights must have the same length")
         self.length = int(length)
@@ -208,6 +210,7 @@ class SyntheticClipDataset(torch.utils.data.Dataset):
         w = np.asarray(schedule_weights, np.float64)
         self.schedule_p = w / w.sum()
         self.render_size = int(render_size or image_size)
+        self.queries_per_clip = int(queries_per_clip)
 
     def __len__(self) -> int:
         return self.length
@@ -282,6 +285,11 @@ class ReferringClipDataset(torch.utils.data.Dataset):
     off, one sounding throughout, all sounding throughout, silence), so the model must read
     the text (which shape), look (is it there) and listen (does it sound). Whole clips of
     ``seconds * fps`` frames (Ref-AVS: T = 10).
+
+    ``queries_per_clip`` = k > 1: k consecutive items share one clip and name different things
+    in it (its shapes in a seeded order, then a missing shape), so that a batch of consecutive
+    items holds the same frames and sound with different expressions and different targets:
+    only the text tells them apart.
     """
 
     def __init__(self, length: int, *, image_size: int = 96, seed_base: int = 0,
@@ -289,7 +297,9 @@ class ReferringClipDataset(torch.utils.data.Dataset):
                  schedules: Sequence[str] = ("mixed", "one", "all", "silent"),
                  schedule_weights: Sequence[float] = (0.35, 0.3, 0.25, 0.1),
                  null_fraction: float = 0.2, colour_fraction: float = 0.5,
-                 render_size: int | None = None) -> None:
+                 render_size: int | None = None, queries_per_clip: int = 1) -> None:
+        if queries_per_clip < 1:
+            raise ValueError("queries_per_clip must be at least 1")
         if len(schedules) != len(schedule_weights):
             raise ValueError("schedules and schedule_weights must have the same length")
         self.length = int(length)
@@ -304,6 +314,7 @@ class ReferringClipDataset(torch.utils.data.Dataset):
         self.null_fraction = float(null_fraction)
         self.colour_fraction = float(colour_fraction)
         self.render_size = int(render_size or image_size)
+        self.queries_per_clip = int(queries_per_clip)
 
     def __len__(self) -> int:
         return self.length
@@ -314,28 +325,38 @@ class ReferringClipDataset(torch.utils.data.Dataset):
                 "num_objects": self.num_objects, "schedules": list(self.schedules),
                 "schedule_weights": self.schedule_p.tolist(),
                 "null_fraction": self.null_fraction, "colour_fraction": self.colour_fraction,
-                "render_size": self.render_size}
+                "render_size": self.render_size, "queries_per_clip": self.queries_per_clip}
 
     def item(self, index: int):
         """``(clip, referred object index or None for a null expression, expression)``."""
-        from auralsam2_core.training.synthetic import SHAPES, make_clip, referring_expression
+        from auralsam2_core.training.synthetic import (
+            COLOUR_NAMES,
+            SHAPES,
+            make_clip,
+            referring_expression,
+        )
 
-        seed = self.seed_base + int(index)
+        k = self.queries_per_clip
+        seed = self.seed_base + int(index) // k
         rng = np.random.default_rng([seed, 11])
         schedule = self.schedules[int(rng.choice(len(self.schedules), p=self.schedule_p))]
         clip = make_clip(seed, size=(self.render_size, self.render_size), fps=self.fps,
                          seconds=self.seconds, num_objects=self.num_objects,
                          schedule=schedule, colours="named")
         absent = [s for s in SHAPES if s not in clip.shapes]
-        null = bool(absent) and rng.random() < self.null_fraction
+        if k == 1:
+            null = bool(absent) and rng.random() < self.null_fraction
+        else:  # the clip's shapes in a seeded order, then a missing one, then again
+            order = rng.permutation(len(clip.shapes)).tolist()
+            role = int(index) % k % (len(order) + bool(absent))
+            null = role == len(order)
+            rng = np.random.default_rng([seed, 11, int(index) % k])
         with_colour = rng.random() < self.colour_fraction
         if null:
-            from auralsam2_core.training.synthetic import COLOUR_NAMES
-
             obj, shape = None, absent[int(rng.integers(len(absent)))]
             colour = list(COLOUR_NAMES)[int(rng.integers(len(COLOUR_NAMES)))]
         else:
-            obj = int(rng.integers(len(clip.shapes)))
+            obj = int(rng.integers(len(clip.shapes))) if k == 1 else order[role]
             shape, colour = clip.shapes[obj], clip.colour_names[obj]
         return clip, obj, referring_expression(shape, colour if with_colour else None, rng)
 
