@@ -235,6 +235,21 @@ def test_two_classes_prelabelled_under_their_own_labels(ls, clip, classes, queri
     assert sorted(r["id"] for r in stored["result"]) == sorted(r["id"] for r in pred["result"])
     assert {lab for r in stored["result"] for lab in r["value"].get("labels", [])} == \
         {name for name, _ in classes}
+    assert stored["model_version"] == b.model_version(parse(config)) != b.model_version()
+    assert prelabel_project(b, p["id"], progress=False)["skipped"] == 1  # nothing redone
+    # the project's classes change (another hint, so another query): the version names the
+    # classes, so the project command labels the task again instead of skipping it
+    _, first_query = classes[0]
+    changed = config.replace(f'hint="{first_query}"', 'hint="the loud one"')
+    assert changed != config
+    ls.api("PATCH", f"/api/projects/{p['id']}", json={"label_config": changed})
+    again = prelabel_project(b, p["id"], progress=False)
+    assert again["created"] == 1 and again["skipped"] == 0, again
+    assert ls.api("GET", f"/api/projects/{p['id']}")["model_version"] == b.model_version(parse(changed)) \
+        != b.model_version(parse(config))
+    assert len(ls.predictions(tid)) == 2  # the first prediction is kept
+    setup = client.post("/setup", json={"project": "1", "schema": changed}).json()
+    assert setup["model_version"] == again["model_version"]
 
 
 def test_the_avs_model_still_labels_one_sounding_object(ls, clip, classes, tmp_path):

@@ -16,6 +16,7 @@ box track, timeline ranges and keyframe masks under its own label (:meth:`Backen
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import threading
@@ -104,11 +105,22 @@ class Backend:
             self._client = LabelStudioClient(self.settings)
         return self._client
 
-    def model_version(self) -> str:
+    def model_version(self, cfg: ProjectConfig | None = None) -> str:
+        """The predictions' version. With the Ref-AVS model and a project's ``cfg``, it also
+        names the project's classes (``-q`` + a hash of them), so that predictions made for
+        other classes count as another version (re-labelled by ``labelstudio prelabel``)."""
         if isinstance(self.engine, RemoteEngine):
-            return self.engine.model_version
-        gen = self.finetune.generation
-        return f"auralsam2-{self.served.identity()}" + (f"-ft{gen}" if gen else "")
+            base = self.engine.model_version
+        else:
+            gen = self.finetune.generation
+            base = f"auralsam2-{self.served.identity()}" + (f"-ft{gen}" if gen else "")
+        if cfg is None or not self.refer:
+            return base
+        classes = {kind: self.classes(cfg, keyframe=kind == "keyframe")
+                   for kind, used in (("video", cfg.video_box or cfg.timeline),
+                                      ("keyframe", cfg.brush)) if used}
+        digest = hashlib.sha256(json.dumps(classes, sort_keys=True).encode()).hexdigest()
+        return f"{base}-q{digest[:8]}"
 
     @property
     def model(self):
@@ -167,6 +179,7 @@ class Backend:
                 self.check_classes(parse(body["schema"]))
             except LabelConfigError as e:
                 raise BadRequest(str(e)) from None
+            return {"model_version": self.model_version(parse(body["schema"]))}
         return {"model_version": self.model_version()}
 
     def metrics(self) -> dict:
@@ -213,7 +226,7 @@ class Backend:
                 context.get("result", []), list)):
             raise BadRequest("'params.context' must be an object with a 'result' list")
         deadline = time.monotonic() + self.settings.predict_budget
-        version = self.model_version()
+        version = self.model_version(cfg)
         out = []
         for task in tasks:
             try:

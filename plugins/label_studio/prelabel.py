@@ -1,7 +1,8 @@
 """Pre-label a whole Label Studio project: every video (or keyframe) task gets this model
 version's prediction, computed without Label Studio's 100 s limit and imported through the API.
 
-Resumable: tasks that already hold a prediction with this model version are skipped, and
+Resumable: tasks that already hold a prediction with this model version are skipped (with the
+Ref-AVS model the version names the project's classes: changing them re-labels every task), and
 engine results are cached on disk, so an interrupted run redoes at most one video. Set the
 project's model version to this one (done here) so annotators see these predictions.
 """
@@ -30,7 +31,7 @@ def prelabel_project(backend: Backend, project_id: int, *, task_ids: list[int] |
         backend.check_classes(cfg)
     except LabelConfigError as e:
         raise SystemExit(f"auralsam2 labelstudio: project {project_id}: {e}") from None
-    version = backend.model_version()
+    version = backend.model_version(cfg)
     tasks = [t for t in client.tasks(project_id) if not task_ids or t["id"] in task_ids]
     report = {"project": project_id, "model_version": version, "tasks": len(tasks),
               "created": 0, "skipped": 0, "failed": 0, "errors": {}}
