@@ -214,6 +214,25 @@ def test_python_api_labels_each_class(refer, clip):
     f1 = sample.frames[1].auralsam2
     assert f1.sounding_prob == max(f1.class_probs)
     assert f1.review_priority == max(f1.class_priorities)
+    # the sound panel draws one probability line per class, the engine's, and names the
+    # class of each interval
+    from auralsam2_fiftyone import panel
+
+    want = engine(refer, path, queries_of(c))
+    track = panel.sound_track(ds.view(), sample.id, "auralsam2")
+    assert list(track["classes"]) == list(c.shapes)
+    for name, query in zip(c.shapes, queries_of(c), strict=True):
+        assert [n for n, _ in track["classes"][name]] == [r.index + 1 for r in want[query]]
+        assert [p for _, p in track["classes"][name]] == pytest.approx(
+            [r.sounding_prob for r in want[query]], abs=1e-6)
+    traces = panel.plot_traces(track)
+    assert [t["name"] for t in traces[:-2]] == list(c.shapes)
+    assert traces[-2]["name"] == "threshold" and traces[-1]["name"].startswith("hearing")
+    assert len({t["line"]["color"] for t in traces[:-2]}) == len(c.shapes)
+    assert panel.plot_layout(track)["showlegend"]
+    lines = panel.interval_lines(track)
+    assert sorted(line.split("**")[1] for line in lines) == sorted(
+        d.label for d in sample.auralsam2_intervals.detections)
 
 
 def test_operator_with_classes(op_spec, op_model, clip):
@@ -543,6 +562,17 @@ def test_app_shows_each_class_under_its_own_label(app_labelled):
                 sidebars[field] = text[text.index(field):]
                 arrow.click(timeout=10_000)  # fold it again
                 pg.wait_for_timeout(1000)
+            # the sound panel beside the video: one probability line per class
+            pg.locator("[data-cy=panel-tab-sounding_objects_sound]").wait_for(timeout=30_000)
+            pg.locator("#modal button[title='Split horizontally']").first.click()
+            pg.wait_for_function("() => { const g = document.querySelector("
+                                 "'#modal .js-plotly-plot'); return g && g.data && "
+                                 "g.data.length > 2 }", timeout=30_000)
+            pg.wait_for_timeout(1000)
+            plotted = pg.evaluate("() => document.querySelector('#modal .js-plotly-plot')"
+                                  ".data.map(t => ({name: t.name, y: t.y}))")
+            panel_text = pg.locator("#modal").inner_text()
+            pg.screenshot(path=out / f"fiftyone_refavs_{which}_sound_panel.png")
             # the form: one setting switches to the classes, which it names
             pg.mouse.click(5, 5)  # close the modal
             pg.locator("#modal canvas").first.wait_for(state="detached", timeout=15_000)
@@ -582,6 +612,14 @@ def test_app_shows_each_class_under_its_own_label(app_labelled):
         if spans.count(name):
             assert re.search(rf"\n{name}\s+{spans.count(name)}\b", intervals_side), \
                 intervals_side
+    # the panel drew each class's probabilities as stored, and named each interval's class
+    assert [t["name"] for t in plotted[:-2]] == names, plotted
+    for name, trace in zip(names, plotted, strict=False):
+        k = names.index(name)
+        stored = [f.auralsam2.class_probs[k] for _, f in sample.frames.items() if f.auralsam2]
+        assert trace["y"] == pytest.approx(stored, abs=1e-6)
+    for name in spans:
+        assert f"{name} sounding" in panel_text, panel_text
     assert note in form_text and "Classes from label field" in form_text
     assert "Bundled demo model (Ref-AVS)" in form_text and "Instances" not in form_text
     assert "\nsounding\n" not in frames_side + intervals_side  # no AVS label anywhere

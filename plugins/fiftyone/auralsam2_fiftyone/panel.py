@@ -6,7 +6,8 @@ beside the video with the modal's "Split horizontally" button) shows
 - an audio player (``<audio controls>``, not muted, with its volume control) on the sample's
   own media file, served by the App's ``/media`` route;
 - the sounding probability of every pre-labelled frame on the App's time axis (seconds from
-  0, as the modal's timeline shows them), the sounding intervals shaded, and a marker at the
+  0, as the modal's timeline shows them; with classes, one line per class), the sounding
+  intervals shaded, and a marker at the
   frame being heard, which follows the player while it plays or seeks; a click on the plot
   moves the player to that time;
 - the sounding intervals in the App's terms (``0:00.00–0:01.40``, frames ``#0–#6``).
@@ -33,7 +34,10 @@ from .fields import is_owned
 
 PANEL_NAME = "sounding_objects_sound"
 PLOT = "plot"
-MARKER_TRACE = 2  # plot traces: probability, threshold, marker of the frame being heard
+#: The plot's traces: the probability (one per class with classes), the threshold, then the
+#: marker of the frame being heard (the last trace).
+CLASS_COLOURS = ("#3f9ae8", "#e8543f", "#2ca25f", "#9467bd", "#8c564b", "#e377c2",
+                 "#7f7f7f", "#bcbd22")
 PROGRESS_MS = 250  # how often the player reports its position while playing
 
 
@@ -57,8 +61,9 @@ def owned_frame_fields(dataset) -> list[str]:
 def sound_track(view, sample_id: str, label_field: str) -> dict | None:
     """What the panel shows for one sample of ``view`` (a clip shows its source video):
     ``filepath``, ``fps``, ``frames`` (``[(frame_number, sounding_prob)]`` of the
-    pre-labelled frames), ``intervals`` (supports) and ``num_frames``; None when the sample
-    is not in ``view``."""
+    pre-labelled frames), ``classes`` (with classes: ``{class: [(frame_number, prob)]}``, in
+    the classes' order; else empty), ``intervals`` (supports), ``interval_labels`` and
+    ``num_frames``; None when the sample is not in ``view``."""
     if isinstance(view, ClipsView):
         ids = view.select(sample_id).values("sample_id")
         if not ids:
@@ -68,14 +73,23 @@ def sound_track(view, sample_id: str, label_field: str) -> dict | None:
     sel = dataset.select(sample_id)
     if not len(sel):
         return None
-    path, meta_fps, meta_frames, numbers, probs, supports, fps = (v[0] for v in sel.values([
+    (path, meta_fps, meta_frames, numbers, probs, names, class_probs, supports, labels,
+     fps) = (v[0] for v in sel.values([
         "filepath", "metadata.frame_rate", "metadata.total_frame_count", "frames.frame_number",
-        f"frames.{label_field}.sounding_prob", f"{label_field}_intervals.detections.support",
-        f"{label_field}_summary.fps"]))
+        f"frames.{label_field}.sounding_prob", f"frames.{label_field}.classes",
+        f"frames.{label_field}.class_probs", f"{label_field}_intervals.detections.support",
+        f"{label_field}_intervals.detections.label", f"{label_field}_summary.fps"]))
     frames = [(int(n), float(p)) for n, p in zip(numbers, probs, strict=True) if p is not None]
+    classes: dict[str, list] = {}
+    for n, frame_names, frame_probs in zip(numbers, names or [], class_probs or [],
+                                           strict=False):
+        for name, p in zip(frame_names or (), frame_probs or (), strict=True):
+            classes.setdefault(name, []).append((int(n), float(p)))
     return {"filepath": path, "fps": float(fps or meta_fps or 0.0) or None,
             "num_frames": int(meta_frames or (frames[-1][0] if frames else 0)),
-            "frames": frames, "intervals": [list(s) for s in supports or []]}
+            "frames": frames, "classes": classes,
+            "intervals": [list(s) for s in supports or []],
+            "interval_labels": list(labels or [None] * len(supports or []))}
 
 
 def frame_at(seconds: float, fps: float, num_frames: int) -> int:
@@ -92,15 +106,21 @@ def marker(frame_number: int, fps: float) -> dict:
 
 
 def plot_traces(track: dict) -> list[dict]:
-    """Probability over time, the 0.5 threshold, and the marker at the first frame."""
+    """Probability over time (one line per class with classes), the 0.5 threshold, and the
+    marker at the first frame (the last trace)."""
     fps = track["fps"]
-    xs = [timeline.frame_start(n, fps) for n, _ in track["frames"]]
     end = track["num_frames"] / fps
+    lines = track.get("classes") or {"sounding probability": track["frames"]}
+    named = bool(track.get("classes"))
     return [
-        {"type": "scatter", "mode": "lines+markers", "name": "sounding probability",
-         "x": xs, "y": [p for _, p in track["frames"]],
-         "text": [f"{timeline.frame_label(n, fps)} p={p:.2f}" for n, p in track["frames"]],
-         "hoverinfo": "text", "line": {"color": "#3f9ae8", "shape": "hv"}},
+        *({"type": "scatter", "mode": "lines+markers", "name": name,
+           "x": [timeline.frame_start(n, fps) for n, _ in frames],
+           "y": [p for _, p in frames],
+           "text": [f"{timeline.frame_label(n, fps)} {name + ' ' if named else ''}p={p:.2f}"
+                    for n, p in frames],
+           "hoverinfo": "text",
+           "line": {"color": CLASS_COLOURS[k % len(CLASS_COLOURS)], "shape": "hv"}}
+          for k, (name, frames) in enumerate(lines.items())),
         {"type": "scatter", "mode": "lines", "name": "threshold", "x": [0, end],
          "y": [0.5, 0.5], "line": {"color": "#888888", "dash": "dot", "width": 1},
          "hoverinfo": "skip"},
@@ -114,7 +134,8 @@ def plot_layout(track: dict) -> dict:
     shapes = [{"type": "rect", "xref": "x", "yref": "paper", "x0": (a - 1) / fps,
                "x1": b / fps, "y0": 0, "y1": 1, "fillcolor": "#ff6d04", "opacity": 0.15,
                "line": {"width": 0}, "layer": "below"} for a, b in track["intervals"]]
-    return {"shapes": shapes, "showlegend": False, "height": 220, "hovermode": "x",
+    return {"shapes": shapes, "showlegend": bool(track.get("classes")), "height": 220,
+            "hovermode": "x", "legend": {"orientation": "h", "y": 1.12},
             "margin": {"t": 8, "l": 40, "b": 36, "r": 8},
             "xaxis": {"title": {"text": "time (as the App's timeline)"}, "ticksuffix": "s",
                       "range": [0, track["num_frames"] / fps]},
@@ -124,9 +145,12 @@ def plot_layout(track: dict) -> dict:
 def interval_lines(track: dict) -> list[str]:
     fps = track["fps"]
     lines = []
-    for support in track["intervals"]:
+    labels = track.get("interval_labels") or [None] * len(track["intervals"])
+    for support, label in zip(track["intervals"], labels, strict=True):
         terms = timeline.interval_terms(support, fps)
-        lines.append(f"- sounding **{terms['time_range']}** (frames {terms['frame_range']})")
+        who = f"**{label}** " if label and track.get("classes") else ""
+        lines.append(f"- {who}sounding **{terms['time_range']}** (frames "
+                     f"{terms['frame_range']})")
     return lines or ["- no sounding interval"]
 
 
@@ -179,7 +203,7 @@ class SoundingObjectsSound(foo.Panel):
         if n != state.hearing:
             state.hearing = n
             state.hearing_label = timeline.frame_label(n, state.fps)
-            ctx.panel.set_data(f"{PLOT}[{MARKER_TRACE}]", marker(n, state.fps))
+            ctx.panel.set_data(f"{PLOT}[{state.marker_trace}]", marker(n, state.fps))
 
     def _load(self, ctx):
         state = ctx.panel.state
@@ -200,7 +224,9 @@ class SoundingObjectsSound(foo.Panel):
                    "hearing": 1, "hearing_label": timeline.frame_label(1, track["fps"]),
                    "intervals_md": "\n".join(interval_lines(track)),
                    "layout": plot_layout(track)})
-        ctx.panel.set_data(PLOT, plot_traces(track))
+        traces = plot_traces(track)
+        state.marker_trace = len(traces) - 1
+        ctx.panel.set_data(PLOT, traces)
 
     def render(self, ctx):
         panel = types.Object()
