@@ -404,9 +404,12 @@ def test_keyframe_image_task_gets_a_brush_mask(ls, tmp_path, model, media, engin
     assert region["type"] == "brushlabels" and region["value"]["format"] == "rle"
     assert (region["original_width"], region["original_height"]) == (256, 192)
     got = brush.decode(region["value"]["rle"], 192, 256)
-    # The keyframe run restarts SAM2's memory 8 frames before: compare with that run.
-    ref = list(prelabel(model, media["clip"], PrelabelOptions(start_frame=max(0, k - 8),
-                                                              stop_frame=k + 1)))[-1]
+    # The keyframe run restarts SAM2's memory 8 or more frames before, at the start of one of
+    # the whole video's clips, and runs whole clips: compare with that run.
+    origin = max(0, (k - 8) // 5 * 5)
+    ref = list(prelabel(model, media["clip"], PrelabelOptions(
+        start_frame=origin, stop_frame=k + 1, clip_origin=0)))[-1]
+    assert ref.index == k
     want = np.asarray(Image.fromarray(ref.mask).resize((256, 192), Image.NEAREST))
     assert np.array_equal(got, want)
     # A click on the keyframe (Label Studio's smart keypoint, percent of the image): the
@@ -415,8 +418,13 @@ def test_keyframe_image_task_gets_a_brush_mask(ls, tmp_path, model, media, engin
                          "original_width": 256, "original_height": 192, "is_positive": True,
                          "value": {"x": 25.0, "y": 50.0, "width": 1.0,
                                    "keypointlabels": ["Sounding"]}}]}
+    # Its fuser clip is the one the first pass kept: the click runs SAM2's tracking only.
+    before = b.features.stats()
     [r] = b.predict(predict_body([task], config=KEYFRAME_CONFIG, context=click))["results"]
-    ref = list(prelabel(model, media["clip"], PrelabelOptions(start_frame=k, stop_frame=k + 1),
+    after = b.features.stats()
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+    ref = list(prelabel(model, media["clip"], PrelabelOptions(start_frame=k, stop_frame=k + 1,
+                                                              clip_origin=0),
                         prompts={k: PointPrompt(((32.0, 48.0),), (1,))}))[0]  # 128 x 96 video
     want = np.asarray(Image.fromarray(ref.mask).resize((256, 192), Image.NEAREST))
     got = brush.decode(r["result"][0]["value"]["rle"], 192, 256) if r["result"] else \

@@ -361,16 +361,25 @@ class Backend:
         if media.image is None:
             doc = self.video_doc(media, deadline, tuple(classes))
             return self.video_results(doc, cfg, classes), self.score(doc)
-        # Ref-AVS conditions a run on the middle of its first clip: the run starts two clips
-        # before the keyframe, so that the keyframe is tracked with memory, as in a whole pass.
-        back = 8 if not classes else 2 * (self.settings.clip_len or 10)
         doc = self.cached(media.key, tuple(classes)) or self.compute(
-            media, deadline=deadline, store=False, options=self.options(
-                tuple(classes), start_frame=max(0, media.frame - back),
-                stop_frame=media.frame + 1))
+            media, deadline=deadline, store=False,
+            options=self.keyframe_options(media.frame, tuple(classes)))
         if doc is None:
             raise TaskError("no time left in this request for this keyframe")
         return self.keyframe_results(doc, media, cfg)
+
+    def keyframe_options(self, frame: int, queries=(), **kw) -> PrelabelOptions:
+        """A keyframe's run: SAM2's memory starts some frames before it, so that the keyframe
+        is tracked with memory as in a whole pass. AVS: from the clip (of the whole video's
+        clips) 8 or more frames back, over whole clips, so that the keyframe's fuser clip is
+        the one a whole pass has, and a click on it finds its features in ``self.features``.
+        Ref-AVS (conditioned on the middle of its first clip): two clips before it."""
+        t_len = self.options(queries).clip_len
+        if queries:
+            return self.options(queries, start_frame=max(0, frame - 2 * t_len),
+                                stop_frame=frame + 1, **kw)
+        return self.options(start_frame=max(0, (frame - 8) // t_len * t_len),
+                            stop_frame=frame + 1, clip_origin=0, **kw)
 
     def score(self, doc: dict) -> float:
         return P.prediction_score(doc, self.settings.threshold)
@@ -448,9 +457,10 @@ class Backend:
         frame, prompt = _context_prompt(context, media, cfg, info)
         stop = frame + 1 if media.image is not None else \
             min(frame + self.settings.refine_frames, info.num_frames or frame + 1)
-        # Ref-AVS: the one class refined (its query's clips start at the prompt's frame).
+        # Ref-AVS: the one class refined (its query's clips start at the prompt's frame); AVS:
+        # the whole video's clips, whose features the first pass kept (keyframes too).
         opts = self.options(tuple(refined), start_frame=frame, stop_frame=max(stop, frame + 1),
-                            clip_origin=None if media.image is not None or refined else 0)
+                            clip_origin=None if refined else 0)
         part = self.compute(media, deadline=deadline, options=opts, prompts={frame: prompt},
                             store=False)
         if part is None:
