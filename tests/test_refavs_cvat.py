@@ -453,21 +453,24 @@ def test_two_classes_in_one_video_with_the_bundled_refavs_demo_model(emu, monkey
     """The bundled Ref-AVS demo model (AURALSAM2_VARIANT=refavs, nothing else set), a clip with
     two named shapes, a task whose labels are those two classes (one read through its 'query'
     attribute): each is pre-labelled under its own label, with the engine's masks."""
-    clip = write_clip(make_clip(11, size=(96, 128), fps=5, seconds=2.0, num_objects=2,
-                                schedule="all", colours="named"), tmp_path / "two.mp4")
+    c = make_clip(11, size=(96, 128), fps=5, seconds=2.0, num_objects=2, schedule="all",
+                  colours="named")
+    clip = write_clip(c, tmp_path / "two.mp4")
+    first, second = c.shapes  # the task's classes name the clip's own shapes
     model_spec.load_model.cache_clear()
     function_env(monkeypatch, emu.url, tmp_path / "cache", AURALSAM2_VARIANT="refavs",
                  AURALSAM2_DEVICE="cpu")
     model = model_spec.load_model(model_spec.ModelSpec.from_env())
     assert model.variant == "refavs" and model.meta["sam2_config"].startswith("bundled")
-    task = emu.add_task(ce.EmuTask(15, clip, labels=[label(10, "disc", query="the disc"),
-                                                     label(20, "square")]))
+    queries = (f"the {first}", second)
+    task = emu.add_task(ce.EmuTask(15, clip, labels=[label(10, first, query=queries[0]),
+                                                     label(20, second)]))
     status, report = call(Platform(), {"task_id": task.id, "wait": 60, "threshold": 0.01})
     assert status == 200 and report["state"] == "done", report
-    ref = {q: {} for q in ("the disc", "square")}
-    for r in prelabel(model, clip, PrelabelOptions(queries=("the disc", "square"))):
+    ref = {q: {} for q in queries}
+    for r in prelabel(model, clip, PrelabelOptions(queries=queries)):
         ref[r.query][r.index] = r
-    got = check_saved(task, {10: ref["the disc"], 20: ref["square"]}, 0.01)
+    got = check_saved(task, {10: ref[queries[0]], 20: ref[second]}, 0.01)
     assert got[10] and got[20]
     emu.check_ui_and_export()
     model_spec.load_model.cache_clear()

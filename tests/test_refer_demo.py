@@ -304,3 +304,34 @@ def test_refer_demo_runs_through_the_engine_and_scores_its_results_files(tmp_pat
             iou = np.logical_and(m, q.target).sum() / union if union else 1.0
             assert rows[k]["iou"] == pytest.approx(iou)
             assert rows[k]["foreground_fraction"] == pytest.approx(m.mean())
+
+
+def test_bundle_records_the_chain_of_stages_back_to_the_avs_bundle(tmp_path):
+    """A stage that continued another run's weights records that run (and the runs before it)
+    and, at the root of the chain, the bundle the first stage started from."""
+    from auralsam2_core.model_spec import ModelSpec
+    from auralsam2_core.training.train import _lineage, spec_record
+
+    avs = tmp_path / "avs"
+    avs.mkdir()
+    (avs / "model.json").write_text(json.dumps({"name": "the-avs-demo", "training": {}}))
+
+    def stage(name, sam2, fuser, steps):
+        run = tmp_path / name
+        run.mkdir()
+        spec = ModelSpec(sam2_config="demo", variant="refavs", sam2_checkpoint=str(sam2),
+                         fuser_checkpoint=str(fuser))
+        (run / "train.json").write_text(json.dumps({
+            "command": f"auralsam2 train ... --out {name}", "steps": steps, "seconds": 1.0,
+            "model": spec_record(spec)}))
+        return run
+
+    one = stage("one", avs / "sam2.safetensors", avs / "fuser.safetensors", 10)
+    two = stage("two", avs / "sam2.safetensors", one / "fuser.pth", 20)
+    three = ModelSpec(sam2_config="demo", variant="refavs", sam2_checkpoint=str(two / "sam2.pt"),
+                      fuser_checkpoint=str(two / "fuser.pth"))
+    root, earlier = _lineage(three)
+    assert root["name"] == "the-avs-demo"
+    assert [e["steps"] for e in earlier] == [10, 20]
+    assert earlier[-1]["command"].endswith("--out two")
+    assert _lineage(ModelSpec(sam2_config="demo", variant="refavs")) == (None, [])

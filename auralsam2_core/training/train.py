@@ -649,6 +649,28 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
     return bundle
 
 
+def _lineage(spec: ModelSpec) -> tuple[dict | None, list[dict]]:
+    """Where a run's starting weights came from: the bundle (its ``model.json``) at the root of
+    the chain, and the training runs in between (``train.json`` next to the weights a stage
+    continued from), first stage first, each as its command, steps and seconds."""
+    earlier: list[dict] = []
+    seen: set[Path] = set()
+    while True:
+        folders = [Path(p).parent for p in (spec.fuser_init, spec.fuser_checkpoint,
+                                            spec.sam2_checkpoint) if p]
+        run = next((f for f in folders if (f / "train.json").is_file()
+                    and f.resolve() not in seen), None)
+        if run is None:
+            bundle = next((f / "model.json" for f in folders if (f / "model.json").is_file()),
+                          None)
+            return (json.loads(bundle.read_text()) if bundle else None), earlier
+        seen.add(run.resolve())
+        info = json.loads((run / "train.json").read_text())
+        earlier.insert(0, {"command": info["command"], "steps": info["steps"],
+                           "wall_seconds": info["seconds"]})
+        spec = ModelSpec(**info["model"])
+
+
 def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
                              name: str = "auralsam2-refer-demo-tiny", demo_clips: int = 6,
                              demo_size: int = 128) -> dict:
@@ -671,10 +693,7 @@ def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLi
         raise ValueError("a Ref-AVS demo bundle needs a Ref-AVS run of the demo model "
                          "(sam2_config 'demo', variant 'refavs')")
     model = load_trained(train_out)
-    origins = [Path(p).parent / "model.json" for p in (spec.fuser_init, spec.fuser_checkpoint,
-                                                       spec.sam2_checkpoint) if p]
-    origin = next((o for o in origins if o.is_file()), None)
-    started_from = json.loads(origin.read_text()) if origin is not None else None
+    started_from, earlier = _lineage(spec)
     dest.mkdir(parents=True, exist_ok=True)
     if (dest / "text_encoder").is_dir():
         shutil.rmtree(dest / "text_encoder")
@@ -717,6 +736,7 @@ def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLi
                      "machine": info["machine"], "last_losses": info["last_losses"],
                      "final_eval": info.get("final_eval"),
                      "package_version": info["package_version"],
+                     **({"earlier_stages": earlier} if earlier else {}),
                      **({"started_from": {"name": started_from.get("name"),
                                           "training": started_from.get("training")}}
                         if started_from else {})},
