@@ -335,3 +335,24 @@ def test_bundle_records_the_chain_of_stages_back_to_the_avs_bundle(tmp_path):
     assert [e["steps"] for e in earlier] == [10, 20]
     assert earlier[-1]["command"].endswith("--out two")
     assert _lineage(ModelSpec(sam2_config="demo", variant="refavs")) == (None, [])
+
+
+def test_schedule_weights_and_objects_reach_the_dataset(tmp_path):
+    """`auralsam2 train --synthetic --variant refavs --schedule-weights ... --num-objects 2`:
+    the referring clips are drawn with those schedules and that many shapes; bad weights are
+    refused with the schedules named."""
+    import argparse
+
+    from auralsam2_core.cli.train import _dataset_from_args, _schedule_weights
+
+    args = argparse.Namespace(synthetic=True, variant="refavs", steps=4, batch_size=3, seed=1,
+                              render_size=64, queries_per_clip=3, num_objects=2,
+                              schedule_weights="all=1,silent=0")
+    data, shuffle = _dataset_from_args(args, 64)
+    assert not shuffle and data.config()["schedules"] == ["all", "silent"]
+    for i in range(len(data)):
+        clip, _, _ = data.item(i)
+        assert len(clip.shapes) == 2 and clip.sounding.all()  # every shape sounds throughout
+    for bad in ("all=x", "loud=1", "all=0,one=0", "all"):
+        with pytest.raises(ValueError, match="--schedule-weights"):
+            _schedule_weights(bad)

@@ -21,7 +21,9 @@ def _dataset_from_args(args, image_size: int):
         return ReferringClipDataset(args.steps * args.batch_size, image_size=image_size,
                                     seed_base=args.seed * 10_000_000,
                                     render_size=args.render_size,
-                                    queries_per_clip=args.queries_per_clip), False
+                                    queries_per_clip=args.queries_per_clip,
+                                    num_objects=args.num_objects,
+                                    **_schedule_weights(args.schedule_weights)), False
     if args.synthetic:
         return SyntheticClipDataset(args.steps * args.batch_size, image_size=image_size,
                                     clip_len=args.clip_len, seed_base=args.seed * 10_000_000,
@@ -34,6 +36,24 @@ def _dataset_from_args(args, image_size: int):
         return AVSBenchV2(args.avsbench_v2, args.split, image_size=image_size), True
     return CorrectedResultsDataset(args.results, image_size=image_size,
                                    clip_len=args.clip_len), True
+
+
+def _schedule_weights(text: str | None) -> dict:
+    """``--schedule-weights all=0.5,one=0.3,...`` as ReferringClipDataset keywords."""
+    if not text:
+        return {}
+    pairs = [part.split("=", 1) for part in text.split(",")]
+    try:
+        weights = {name.strip(): float(w) for name, w in pairs}
+    except ValueError:
+        raise ValueError(f"--schedule-weights: expected name=weight,... got {text!r}") from None
+    from auralsam2_core.training.synthetic import SCHEDULES
+
+    unknown = set(weights) - set(SCHEDULES)
+    if unknown or any(w < 0 for w in weights.values()) or not sum(weights.values()):
+        raise ValueError(f"--schedule-weights: schedules are {', '.join(SCHEDULES)} with "
+                         f"weights >= 0, not all 0; got {text!r}")
+    return {"schedules": tuple(weights), "schedule_weights": tuple(weights.values())}
 
 
 def cmd_train(args) -> int:
@@ -154,6 +174,12 @@ def register(sub) -> None:
                    help="--synthetic --variant refavs: K consecutive samples share a clip and "
                         "name different shapes in it (or a missing one), so that only the "
                         "text tells them apart (keep --batch-size a multiple of K)")
+    t.add_argument("--schedule-weights", metavar="NAME=W,...",
+                   help="--synthetic --variant refavs: how often each sound schedule is drawn "
+                        "(mixed, one, all, silent; default mixed=0.35,one=0.3,all=0.25,"
+                        "silent=0.1)")
+    t.add_argument("--num-objects", type=int, metavar="K",
+                   help="--synthetic --variant refavs: shapes per clip (default 2 or 3)")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=0.05)
     t.add_argument("--warmup-steps", type=int, default=30)
