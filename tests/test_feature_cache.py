@@ -87,6 +87,51 @@ def test_refinement_from_the_cache_equals_recomputing(model, video, calls):
     assert fields(refine(model, video, 7, None, cache)) == fields(refine(model, video, 7, None))
 
 
+def test_refavs_queries_are_kept_per_query_and_a_click_reuses_them(tiny_refavs_model, video,
+                                                                   monkeypatch):
+    """Ref-AVS: the first pass with two queries keeps each query's clips (the image encoder
+    ran once per clip for both); a click refining one query on the whole video's clips takes
+    that query's features from the cache (nothing decoded or encoded) and equals recomputing
+    them; the other query's features are not used for it."""
+    m = tiny_refavs_model
+    n = {"encode": 0, "decode": 0}
+    encode, frames = type(m).encode_images, engine.iter_frames
+
+    def counted_encode(self, x):
+        n["encode"] += x.shape[0]
+        return encode(self, x)
+
+    def counted_frames(*a, **k):
+        for f in frames(*a, **k):
+            n["decode"] += 1
+            yield f
+
+    monkeypatch.setattr(type(m), "encode_images", counted_encode)
+    monkeypatch.setattr(engine, "iter_frames", counted_frames)
+    both = ("the disc", "a square")
+    plain = list(prelabel(m, video, PrelabelOptions(clip_len=T, queries=both)))
+    cache = FeatureCache.from_mb(64)
+    n.update(encode=0, decode=0)
+    first = list(prelabel(m, video, PrelabelOptions(clip_len=T, queries=both), cache=cache))
+    assert fields(first) == fields(plain) and [r.query for r in first[:2]] == list(both)
+    assert n == {"encode": 11, "decode": 11}  # one encoder pass per frame for both queries
+    assert len(cache) == 2 * 4  # 4 clips x 2 queries
+
+    def click(c=None):
+        opts = PrelabelOptions(clip_len=T, queries=("a square",), start_frame=4, stop_frame=8,
+                               clip_origin=0)
+        return list(prelabel(m, video, opts, prompts={4: BOX}, cache=c))
+
+    fresh = click()
+    n.update(encode=0, decode=0)
+    hits = cache.stats()["hits"]
+    hit = click(cache)
+    assert fields(hit) == fields(fresh) and [r.index for r in hit] == [4, 5, 6, 7]
+    assert n == {"encode": 0, "decode": 0} and cache.stats()["hits"] == hits + 2
+    assert {r.query for r in hit} == {"a square"}
+    assert [r.sounding_prob for r in hit] != [r.sounding_prob for r in first[9:17:2]]
+
+
 def test_origin_on_a_clip_boundary_is_a_run_from_there(model, video):
     """The fuser's clips from clip_origin 0 starting at frame 6 are those of a run from 6."""
     aligned = PrelabelOptions(clip_len=T, start_frame=6, stop_frame=9, clip_origin=0)

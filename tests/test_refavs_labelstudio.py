@@ -290,14 +290,19 @@ def test_refinement_keeps_the_label_of_the_region_refined(ls, clip, classes, que
     box = {"x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0}
     drawn = {"type": "videorectangle", "from_name": "box", "to_name": "video",
              "value": {"labels": [name], "sequence": [{"frame": 3, **box, "enabled": True}]}}
+    kept = b.features.stats()
     [refined] = b.predict(predict_body([task], config, {"result": [drawn]}))["results"]
+    cache = b.features.stats()  # the refined class's clips came from the first pass
+    assert cache["hits"] > kept["hits"] and cache["misses"] == kept["misses"]
     tracks = {t["value"]["labels"][0]: t for t in by_type(refined["result"], "videorectangle")}
     before = {t["value"]["labels"][0]: t for t in by_type(first["result"], "videorectangle")}
     assert set(tracks) == {name, other}
     assert tracks[other] == before[other]
     prompt = PointPrompt(((10.0 * w / 100, 20.0 * h / 100), (40.0 * w / 100, 60.0 * h / 100)),
                          (2, 3))
-    again = list(prelabel(model, video, PrelabelOptions(queries=(query,), start_frame=2),
+    # the clips of the whole video (from frame 0), whose features the first pass kept
+    again = list(prelabel(model, video, PrelabelOptions(queries=(query,), start_frame=2,
+                                                        clip_len=10, clip_origin=0),
                           prompts={2: prompt}))
     expected = [P.mask_box(r.mask) for r in engine[query][:2]] + \
         [P.mask_box(r.mask) for r in again]
@@ -389,8 +394,9 @@ def test_keyframe_task_gets_one_brush_mask_per_class(ls, clip, classes, queries,
     masks = by_type(pred["result"], "brushlabels")
     assert [m["value"]["brushlabels"] for m in masks] == [[name] for name, _ in classes]
     # the engine's masks for the same frames (the backend labels the keyframe's clip from
-    # two clips before it), at the image's size (twice the video's)
-    opts = PrelabelOptions(queries=queries, start_frame=0, stop_frame=k + 1)
+    # two clips before it, on the whole video's clips), at the image's size (twice the video's)
+    opts = PrelabelOptions(queries=queries, start_frame=0, stop_frame=k + 1, clip_len=10,
+                           clip_origin=0)
     want = {r.query: r.mask for r in prelabel(model, video, opts) if r.index == k}
     for m, q in zip(masks, queries, strict=True):
         got = brush.decode(m["value"]["rle"], 192, 256)
@@ -401,13 +407,16 @@ def test_keyframe_task_gets_one_brush_mask_per_class(ls, clip, classes, queries,
     drawn = {"type": "rectanglelabels", "from_name": "rect", "to_name": "image",
              "value": {"x": 5.0, "y": 10.0, "width": 50.0, "height": 60.0,
                        "rectanglelabels": [name]}}
+    kept = b.features.stats()
     [refined] = b.predict(predict_body([task], config, {"result": [drawn]}))["results"]
+    assert b.features.stats()["hits"] == kept["hits"] + 1  # the keyframe's clip, kept
     [m] = refined["result"]
     assert m["value"]["brushlabels"] == [name]
     prompt = PointPrompt(((5.0 * w / 100, 10.0 * h / 100), (55.0 * w / 100, 70.0 * h / 100)),
                          (2, 3))
     [r] = prelabel(model, video, PrelabelOptions(queries=(query,), start_frame=k,
-                                                 stop_frame=k + 1), prompts={k: prompt})
+                                                 stop_frame=k + 1, clip_len=10, clip_origin=0),
+                   prompts={k: prompt})
     assert np.array_equal(brush.decode(m["value"]["rle"], 192, 256),
                           r.mask.repeat(2, 0).repeat(2, 1))
     assert not np.array_equal(r.mask, want[query])  # the prompt changed the mask

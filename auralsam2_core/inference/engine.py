@@ -252,8 +252,8 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
     without queries, and for prompts with several queries (a click names one object; with one
     query, it refines that query's track).
 
-    ``cache`` (AVS): keep each clip's image features and fuser prompts there, and take them
-    from there when a clip is already in it (same results, see :mod:`.feature_cache`).
+    ``cache``: keep each clip's image features and fuser prompts (per query) there, and take
+    them from there when a clip is already in it (same results, see :mod:`.feature_cache`).
     """
     opts = options or PrelabelOptions()
     check_model_options(model, opts, prompts)
@@ -278,19 +278,11 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
                     "--audio-track N (0-based)", video, info.audio_tracks, info.audio_track,
                     "" if opts.audio_track is not None else ", the default one")
     track = AudioStream.from_file(video, info.audio_track)
-    shape = (info.height, info.width)
-    if opts.queries:
-        clips = _Producer(video, model.image_size, opts, info.fps).clips()
-        try:
-            yield from _label_queries(model, clips, track, info.num_frames, shape,
-                                      on_progress, opts.queries, prompts)
-        finally:
-            clips.close()  # stops the decoding thread even if the caller gives up early
-        return
-    clips = _clip_features(model, video, info, opts, track, cache)
+    with torch.inference_mode():  # as forward_clip(text=q) encodes it
+        texts = [model.encode_text(q) for q in opts.queries] or [None]
+    clips = _clip_features(model, video, info, opts, track, cache, texts)
     try:
-        yield from _label_clips(model, clips, model.new_state(info.num_frames), shape,
-                                on_progress, prompts, opts)
+        yield from _label_clips(model, clips, info, on_progress, prompts, opts)
     finally:
         clips.close()
 
@@ -337,10 +329,14 @@ def _to_model_pixels(p: PointPrompt, info: MediaInfo, size: int) -> PointPrompt:
 
 
 def _clip_features(model, video, info: MediaInfo, opts: PrelabelOptions, track,
-                   cache: FeatureCache | None) -> Iterator[tuple[list[int], list[float], object]]:
-    """(indices, times, :class:`ClipFeatures`) of the fuser's clips covering the frames to
-    label, from ``cache`` where it has them (no decoding), else decoded and computed (and
-    stored). With ``opts.clip_origin`` the clips are those of the whole video from there."""
+                   cache: FeatureCache | None, texts: list
+                   ) -> Iterator[tuple[list[int], list[float], list]]:
+    """(indices, times, one :class:`ClipFeatures` per query) of the fuser's clips covering the
+    frames to label (``texts``: the queries' encoded expressions, ``[None]`` for the AVS
+    model), from ``cache`` where it has every query's (no decoding), else decoded and
+    computed (the image encoder once for all queries) and stored. With
+    ``opts.clip_origin`` the clips are those of the whole video from there."""
+    queries = opts.queries or (None,)
     step = opts.stride * opts.clip_len
     if opts.clip_origin is None:
         first, stop = opts.start_frame, opts.stop_frame
@@ -350,20 +346,26 @@ def _clip_features(model, video, info: MediaInfo, opts: PrelabelOptions, track,
             first + -(-(opts.stop_frame - first) // step) * step  # to its clip's end
     vkey = video_key(video, info.audio_track) if cache is not None else None
 
-    def key(g: int) -> tuple:
-        return (vkey, opts.clip_len, opts.stride, g)
+    def cached(g: int) -> list | None:
+        hits = []
+        for q in queries if cache is not None else ():
+            hit = cache.get(model, (vkey, opts.clip_len, opts.stride, g, q))
+            if hit is None:
+                return None
+            hits.append(hit)
+        return hits or None
 
     def whole(indices: list[int]) -> bool:
         # The clip a run over the whole video has there: full, or cut by the video's end.
         return len(indices) == opts.clip_len or stop is None or indices[-1] + opts.stride < stop
 
     g = first
-    while cache is not None and (stop is None or g < stop):
-        hit = cache.get(model, key(g))
-        if hit is None:
+    while stop is None or g < stop:
+        hits = cached(g)
+        if hits is None:
             break
-        yield list(hit.indices), list(hit.times), hit.features
-        if len(hit.indices) < opts.clip_len:  # the video's last clip
+        yield list(hits[0].indices), list(hits[0].times), [h.features for h in hits]
+        if len(hits[0].indices) < opts.clip_len:  # the video's last clip
             return
         g += step
     if stop is not None and g >= stop:
@@ -371,26 +373,34 @@ def _clip_features(model, video, info: MediaInfo, opts: PrelabelOptions, track,
     clips = _Producer(video, model.image_size, opts, info.fps, start=g, stop=stop).clips()
     try:
         for indices, times, clip in clips:
-            hit = cache.get(model, key(indices[0])) if cache is not None else None
-            if hit is not None and list(hit.indices) == indices:
-                yield indices, times, hit.features
+            hits = cached(indices[0])
+            if hits is not None and all(list(h.indices) == indices for h in hits):
+                yield indices, times, [h.features for h in hits]
                 continue
             with torch.inference_mode():
                 enc = model.encode_images(clip.to(model.device))
-                features, _ = model.clip_features(enc, track.examples_at(times).to(model.device))
+                log_mel = track.examples_at(times).to(model.device)
+                features = [model.clip_features(enc, log_mel, text)[0] for text in texts]
             if cache is not None and whole(indices):
-                cache.put(model, key(indices[0]), indices, times, features)
+                for q, f in zip(queries, features, strict=True):
+                    cache.put(model, (vkey, opts.clip_len, opts.stride, indices[0], q),
+                              indices, times, f)
             yield indices, times, features
     finally:
         clips.close()  # stops the decoding thread even if the caller gives up early
 
 
-def _label_clips(model, clips, state, shape, on_progress, prompts, opts: PrelabelOptions
+def _label_clips(model, clips, info: MediaInfo, on_progress, prompts, opts: PrelabelOptions
                  ) -> Iterator[FrameResult]:
     """SAM2's tracking of the frames from ``opts.start_frame`` to ``opts.stop_frame`` over
-    the clips' features (frames of a clip outside that range are not tracked)."""
+    the clips' features (frames of a clip outside that range are not tracked), per query with
+    its own SAM2 memory; per frame, one result per query in the queries' order. ``prompts``
+    (model pixels, by frame; one query at most) join that query's text and audio prompts."""
+    queries = opts.queries or (None,)
+    states = [model.new_state(info.num_frames) for _ in queries]
+    prev: list[torch.Tensor | None] = [None] * len(queries)
+    shape = (info.height, info.width)
     done = 0
-    prev: torch.Tensor | None = None
     stop = opts.stop_frame
     for indices, times, features in clips:
         a = sum(1 for i in indices if i < opts.start_frame)
@@ -398,15 +408,19 @@ def _label_clips(model, clips, state, shape, on_progress, prompts, opts: Prelabe
         if a >= b:
             continue
         if (a, b) != (0, len(indices)):
-            features, indices, times = features.frames(a, b), indices[a:b], times[a:b]
+            features = [f.frames(a, b) for f in features]
+            indices, times = indices[a:b], times[a:b]
         points = {j: prompts[i] for j, i in enumerate(indices) if i in prompts}
         with torch.inference_mode():
-            out = model.track_features(features, state, points)
-        probs = out.object_score_logits.sigmoid().flatten().tolist()
-        ious = out.ious.gather(1, out.chosen[:, None]).flatten().tolist()
+            outs = [model.track_features(f, st, points) for f, st in
+                    zip(features, states, strict=True)]
+        stats = [(o.object_score_logits.sigmoid().flatten().tolist(),
+                  o.ious.gather(1, o.chosen[:, None]).flatten().tolist()) for o in outs]
         for j, (index, time) in enumerate(zip(indices, times, strict=True)):
-            result, prev = _frame_results(out, j, index, time, shape, prev, probs, ious, None)
-            yield result
+            for k, (out, (probs, ious)) in enumerate(zip(outs, stats, strict=True)):
+                result, prev[k] = _frame_results(out, j, index, time, shape, prev[k], probs,
+                                                 ious, queries[k])
+                yield result
             done += 1
             if on_progress:
                 on_progress(done)
@@ -427,36 +441,6 @@ def _frame_results(out, j: int, index: int, time: float, shape, prev: torch.Tens
                        mask_score=float(inside.mean()) if inside.numel() else 0.0,
                        review_priority=review_priority(probs[j], ious[j], stability),
                        query=query), low_mask
-
-
-def _label_queries(model, clips, track, num_frames, shape, on_progress, queries,
-                   prompts: Mapping | None = None) -> Iterator[FrameResult]:
-    """Ref-AVS: per clip, one image-encoder pass, then fuser + tracking per query (each query
-    its own SAM2 memory); per frame, one result per query in the queries' order. ``prompts``
-    (model pixels, by frame; one query only) join that query's text and audio prompts."""
-    with torch.inference_mode():
-        texts = [model.encode_text(q) for q in queries]  # as forward_clip(text=q) encodes it
-    states = [model.new_state(num_frames) for _ in queries]
-    prev: list[torch.Tensor | None] = [None] * len(queries)
-    done = 0
-    for indices, times, clip in clips:
-        with torch.inference_mode():
-            log_mel = track.examples_at(times).to(model.device)
-            enc = model.encode_images(clip.to(model.device))
-            points = {j: prompts[i] for j, i in enumerate(indices) if i in (prompts or {})}
-            outs = [model.forward_features(enc, log_mel, states[k], text=texts[k],
-                                           points=points or None)
-                    for k in range(len(queries))]
-        stats = [(o.object_score_logits.sigmoid().flatten().tolist(),
-                  o.ious.gather(1, o.chosen[:, None]).flatten().tolist()) for o in outs]
-        for j, (index, time) in enumerate(zip(indices, times, strict=True)):
-            for k, (out, (probs, ious)) in enumerate(zip(outs, stats, strict=True)):
-                result, prev[k] = _frame_results(out, j, index, time, shape, prev[k], probs,
-                                                 ious, queries[k])
-                yield result
-            done += 1
-            if on_progress:
-                on_progress(done)
 
 
 def _silent(video, info: MediaInfo, opts: PrelabelOptions, on_progress) -> Iterator[FrameResult]:

@@ -11,7 +11,8 @@ needs no decoding either. Results are the same as without the cache (tests/test_
 The cache is bounded by bytes (the tensors' storage, on the model's device), least recently
 used clips go first, and it holds one model's products at a time (a fine-tuned or another model
 empties it). Entries are keyed by the file (path, size, modification time), its audio track, the
-clip length and stride and the clip's first frame.
+clip length and stride, the clip's first frame and the query (Ref-AVS: the fuser's prompts depend
+on the text; None for the AVS model).
 """
 
 from __future__ import annotations

@@ -67,10 +67,12 @@ class ClipFeatures:
     audio: list[torch.Tensor]  # the fuser's [d1, d2, d3], (B, M, C)
 
     def frames(self, start: int, stop: int) -> ClipFeatures:
-        """Frames ``start:stop`` of a single (B = 1) AVS clip, as views (SAM2 then tracks them
-        as a clip of their own: frame ``start`` opens a fresh state)."""
-        if self.visual[0].shape[0] != 1 or self.audio[0].shape[1] != self.visual[0].shape[1]:
-            raise ValueError("only one AVS clip (one audio row per frame) can be cut")
+        """Frames ``start:stop`` of a single (B = 1) clip, as views (SAM2 then tracks them as a
+        clip of their own: frame ``start`` opens a fresh state). The tracking reads audio row
+        ``t`` for frame ``t``: rows ``start:stop`` are kept (Ref-AVS: its text rows, which the
+        tracking never reads, are dropped)."""
+        if self.visual[0].shape[0] != 1 or self.audio[0].shape[1] < self.visual[0].shape[1]:
+            raise ValueError("only one clip with an audio row per frame can be cut")
         return ClipFeatures([x[:, start:stop] for x in self.feats], self.pos[:, start:stop],
                             self.sizes, [v[:, start:stop] for v in self.visual],
                             [d[:, start:stop] for d in self.audio])

@@ -369,16 +369,14 @@ class Backend:
         return self.keyframe_results(doc, media, cfg)
 
     def keyframe_options(self, frame: int, queries=(), **kw) -> PrelabelOptions:
-        """A keyframe's run: SAM2's memory starts some frames before it, so that the keyframe
-        is tracked with memory as in a whole pass. AVS: from the clip (of the whole video's
-        clips) 8 or more frames back, over whole clips, so that the keyframe's fuser clip is
-        the one a whole pass has, and a click on it finds its features in ``self.features``.
-        Ref-AVS (conditioned on the middle of its first clip): two clips before it."""
+        """A keyframe's run: SAM2's memory starts some frames before it (AVS: 8 or more;
+        Ref-AVS, conditioned on the middle of its first clip: two clips), at the start of one
+        of the whole video's clips, and runs whole clips, so that the keyframe's fuser clip
+        is the one a whole pass has, and a click on it finds its features in
+        ``self.features``."""
         t_len = self.options(queries).clip_len
-        if queries:
-            return self.options(queries, start_frame=max(0, frame - 2 * t_len),
-                                stop_frame=frame + 1, **kw)
-        return self.options(start_frame=max(0, (frame - 8) // t_len * t_len),
+        back = 2 * t_len if queries else 8
+        return self.options(queries, start_frame=max(0, (frame - back) // t_len * t_len),
                             stop_frame=frame + 1, clip_origin=0, **kw)
 
     def score(self, doc: dict) -> float:
@@ -444,9 +442,10 @@ class Backend:
 
     def refine(self, task: dict, cfg: ProjectConfig, context: dict, deadline: float
                ) -> tuple[list[dict], float]:
-        """Re-run from the annotator's box or click (plus the audio) and re-propagate. Video
-        tasks keep the first pass's fuser clips (from frame 0), so the features it kept
-        (``self.features``) serve the frames re-propagated: only SAM2's tracking runs."""
+        """Re-run from the annotator's box or click (plus the audio) and re-propagate. The run
+        keeps the first pass's fuser clips (from frame 0), so the features it kept
+        (``self.features``, per query) serve the frames re-propagated: only SAM2's tracking
+        runs."""
         media = self.task_media(task, cfg)
         classes = self.classes(cfg, keyframe=media.image is not None)
         refined = _refined_class(context, classes) if classes else {}
@@ -457,10 +456,10 @@ class Backend:
         frame, prompt = _context_prompt(context, media, cfg, info)
         stop = frame + 1 if media.image is not None else \
             min(frame + self.settings.refine_frames, info.num_frames or frame + 1)
-        # Ref-AVS: the one class refined (its query's clips start at the prompt's frame); AVS:
-        # the whole video's clips, whose features the first pass kept (keyframes too).
+        # The whole video's clips, whose features the first pass kept (per query; keyframes
+        # too); Ref-AVS: the one class refined.
         opts = self.options(tuple(refined), start_frame=frame, stop_frame=max(stop, frame + 1),
-                            clip_origin=None if refined else 0)
+                            clip_origin=0)
         part = self.compute(media, deadline=deadline, options=opts, prompts={frame: prompt},
                             store=False)
         if part is None:
