@@ -356,3 +356,56 @@ def test_schedule_weights_and_objects_reach_the_dataset(tmp_path):
     for bad in ("all=x", "loud=1", "all=0,one=0", "all"):
         with pytest.raises(ValueError, match="--schedule-weights"):
             _schedule_weights(bad)
+
+
+def test_a_stopped_stage_keeps_its_trained_sam2_and_says_where_it_stopped(tmp_path):
+    """A stage stopped early (--stop-after) with SAM2 unfrozen leaves both weights for the next
+    stage and a stopped.json the bundle's lineage reads (not a train.json: it did not finish)."""
+    from auralsam2_core.model_spec import ModelSpec
+    from auralsam2_core.training.train import _lineage
+
+    spec = demo_spec(variant="refavs", text_encoder="demo-words",
+                     sam2_checkpoint=str(AVS_BUNDLE / "sam2.safetensors"),
+                     fuser_init=str(AVS_BUNDLE / "fuser.safetensors"))
+    data = ReferringClipDataset(6, image_size=96, queries_per_clip=2)
+    out = tmp_path / "stage"
+    result = train(_refer_cfg(out, steps=3, unfreeze_sam2=True), data, spec, stop_after=1,
+                   command="auralsam2 train ... --stop-after 1")
+    assert result.steps == 1 and result.sam2 == out / "sam2.pt" and result.sam2.is_file()
+    assert not (out / "train.json").exists()
+    stopped = json.loads((out / "stopped.json").read_text())
+    assert (stopped["steps"], stopped["schedule_steps"]) == (1, 3)
+    assert stopped["dataset"]["queries_per_clip"] == 2
+    sam2 = torch.load(out / "sam2.pt", map_location="cpu", weights_only=True)["model"]
+    start = read_state_dict(AVS_BUNDLE / "sam2.safetensors")
+    assert any(not torch.equal(sam2[k], start[k]) for k in start if k in sam2)  # trained
+    root, earlier = _lineage(ModelSpec(sam2_config="demo", variant="refavs",
+                                       sam2_checkpoint=str(out / "sam2.pt"),
+                                       fuser_checkpoint=str(out / "fuser.pth")))
+    assert root["name"] == "auralsam2-demo-tiny"
+    assert earlier == [{"command": "auralsam2 train ... --stop-after 1", "steps": 1,
+                        "wall_seconds": stopped["seconds"], "stopped_after": 1, "of": 3}]
+
+
+def test_clips_with_given_shapes_and_a_focus_pair():
+    """make_clip(shapes=...) draws those shapes, each with its own sound; a referring dataset
+    with focus_shapes shows that pair in about focus_fraction of its clips."""
+    from auralsam2_core.training.synthetic import SIGNATURE_HZ, clip_meta, make_clip
+
+    c = make_clip(5, size=(64, 64), seconds=1.0, colours="named", shapes=("square", "disc"))
+    assert c.shapes == ["square", "disc"] and c.object_masks.shape[0] == 2
+    assert clip_meta(c)["signature_hz"] == {s: SIGNATURE_HZ[s] for s in ("square", "disc")}
+    for bad in (("disc", "disc"), ("star",), ()):
+        with pytest.raises(ValueError, match="shapes"):
+            make_clip(5, size=(64, 64), shapes=bad)
+    with pytest.raises(ValueError, match="num_objects"):
+        make_clip(5, size=(64, 64), shapes=("disc", "square"), num_objects=3)
+    data = ReferringClipDataset(120, image_size=64, render_size=64, queries_per_clip=2,
+                                num_objects=2, focus_shapes=("disc", "square"),
+                                focus_fraction=0.6)
+    pairs = [sorted(data.item(i)[0].shapes) for i in range(0, 120, 2)]
+    share = pairs.count(["disc", "square"]) / len(pairs)
+    assert 0.6 <= share <= 0.95  # 0.6 forced + a third of the rest by chance
+    assert data.config()["focus_shapes"] == ["disc", "square"]
+    with pytest.raises(ValueError, match="focus_shapes"):
+        ReferringClipDataset(4, num_objects=3, focus_shapes=("disc", "square"))

@@ -23,6 +23,9 @@ def _dataset_from_args(args, image_size: int):
                                     render_size=args.render_size,
                                     queries_per_clip=args.queries_per_clip,
                                     num_objects=args.num_objects,
+                                    focus_shapes=args.focus_shapes.split(",")
+                                    if args.focus_shapes else None,
+                                    focus_fraction=args.focus_fraction,
                                     **_schedule_weights(args.schedule_weights)), False
     if args.synthetic:
         return SyntheticClipDataset(args.steps * args.batch_size, image_size=image_size,
@@ -180,6 +183,11 @@ def register(sub) -> None:
                         "silent=0.1)")
     t.add_argument("--num-objects", type=int, metavar="K",
                    help="--synthetic --variant refavs: shapes per clip (default 2 or 3)")
+    t.add_argument("--focus-shapes", metavar="A,B",
+                   help="--synthetic --variant refavs: this share (--focus-fraction) of the "
+                        "clips shows exactly these shapes (e.g. disc,square: the pair hardest "
+                        "to tell apart by name)")
+    t.add_argument("--focus-fraction", type=float, default=0.5)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=0.05)
     t.add_argument("--warmup-steps", type=int, default=30)

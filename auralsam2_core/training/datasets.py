@@ -191,9 +191,7 @@ class SyntheticClipDataset(torch.utils.data.Dataset):
                  num_objects: int | None = 2,
                  schedules: Sequence[str] = ("one", "silent", "mixed"),
                  schedule_weights: Sequence[float] = (0.6, 0.2, 0.2),
-                 render_size: int | None = None, queries_per_clip: int = 1) -> None:
-        if queries_per_clip < 1:
-            raise ValueError("queries_per_clip must be at least 1")
+                 render_size: int | None = None) -> None:
         if len(schedules) != len(schedule_weights):
             raise ValueError("schedules and schedule_weights must have the same length")
         self.length = int(length)
@@ -210,7 +208,6 @@ class SyntheticClipDataset(torch.utils.data.Dataset):
         w = np.asarray(schedule_weights, np.float64)
         self.schedule_p = w / w.sum()
         self.render_size = int(render_size or image_size)
-        self.queries_per_clip = int(queries_per_clip)
 
     def __len__(self) -> int:
         return self.length
@@ -290,6 +287,10 @@ class ReferringClipDataset(torch.utils.data.Dataset):
     in it (its shapes in a seeded order, then a missing shape), so that a batch of consecutive
     items holds the same frames and sound with different expressions and different targets:
     only the text tells them apart.
+
+    ``focus_shapes`` (e.g. ``("disc", "square")``, the pair hardest to tell apart by name):
+    that fraction (``focus_fraction``) of the clips shows exactly these shapes, in a seeded
+    order.
     """
 
     def __init__(self, length: int, *, image_size: int = 96, seed_base: int = 0,
@@ -297,7 +298,9 @@ class ReferringClipDataset(torch.utils.data.Dataset):
                  schedules: Sequence[str] = ("mixed", "one", "all", "silent"),
                  schedule_weights: Sequence[float] = (0.35, 0.3, 0.25, 0.1),
                  null_fraction: float = 0.2, colour_fraction: float = 0.5,
-                 render_size: int | None = None, queries_per_clip: int = 1) -> None:
+                 render_size: int | None = None, queries_per_clip: int = 1,
+                 focus_shapes: Sequence[str] | None = None, focus_fraction: float = 0.5
+                 ) -> None:
         if queries_per_clip < 1:
             raise ValueError("queries_per_clip must be at least 1")
         if len(schedules) != len(schedule_weights):
@@ -315,6 +318,10 @@ class ReferringClipDataset(torch.utils.data.Dataset):
         self.colour_fraction = float(colour_fraction)
         self.render_size = int(render_size or image_size)
         self.queries_per_clip = int(queries_per_clip)
+        self.focus_shapes = tuple(focus_shapes) if focus_shapes else None
+        self.focus_fraction = float(focus_fraction)
+        if self.focus_shapes and num_objects not in (None, len(self.focus_shapes)):
+            raise ValueError(f"focus_shapes {self.focus_shapes} with num_objects={num_objects}")
 
     def __len__(self) -> int:
         return self.length
@@ -325,7 +332,9 @@ class ReferringClipDataset(torch.utils.data.Dataset):
                 "num_objects": self.num_objects, "schedules": list(self.schedules),
                 "schedule_weights": self.schedule_p.tolist(),
                 "null_fraction": self.null_fraction, "colour_fraction": self.colour_fraction,
-                "render_size": self.render_size, "queries_per_clip": self.queries_per_clip}
+                "render_size": self.render_size, "queries_per_clip": self.queries_per_clip,
+                **({"focus_shapes": list(self.focus_shapes),
+                    "focus_fraction": self.focus_fraction} if self.focus_shapes else {})}
 
     def item(self, index: int):
         """``(clip, referred object index or None for a null expression, expression)``."""
@@ -340,9 +349,12 @@ class ReferringClipDataset(torch.utils.data.Dataset):
         seed = self.seed_base + int(index) // k
         rng = np.random.default_rng([seed, 11])
         schedule = self.schedules[int(rng.choice(len(self.schedules), p=self.schedule_p))]
+        shapes = None
+        if self.focus_shapes and rng.random() < self.focus_fraction:
+            shapes = [self.focus_shapes[i] for i in rng.permutation(len(self.focus_shapes))]
         clip = make_clip(seed, size=(self.render_size, self.render_size), fps=self.fps,
                          seconds=self.seconds, num_objects=self.num_objects,
-                         schedule=schedule, colours="named")
+                         schedule=schedule, colours="named", shapes=shapes)
         absent = [s for s in SHAPES if s not in clip.shapes]
         if k == 1:
             null = bool(absent) and rng.random() < self.null_fraction

@@ -34,6 +34,7 @@ masks always align; ``meta.json`` records the clip's own ``size`` and the ``vide
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -186,7 +187,7 @@ def _named_colours(rng: np.random.Generator, k: int, avoid: np.ndarray
 
 
 def _sample_scene(seed: int, num_objects: int | None, h: int, w: int, noise_level: float,
-                  colours: str = "random"):
+                  colours: str = "random", shapes: Sequence[str] | None = None):
     ss = np.random.SeedSequence(seed)
     scene_ss, schedule_ss, audio_ss = ss.spawn(3)
     rng = np.random.default_rng(scene_ss)
@@ -194,7 +195,9 @@ def _sample_scene(seed: int, num_objects: int | None, h: int, w: int, noise_leve
     if not 1 <= k <= len(SHAPES):
         raise ValueError(f"num_objects must be 1..{len(SHAPES)} (or None), got {num_objects}")
     bg, base = _background(rng, h, w)
-    shapes = [SHAPES[i] for i in rng.choice(len(SHAPES), size=k, replace=False)]
+    drawn = [SHAPES[i] for i in rng.choice(len(SHAPES), size=k, replace=False)]
+    # Given shapes replace the drawn ones (in the drawn order's places), nothing else changes.
+    shapes = drawn if shapes is None else list(shapes)
     radius = rng.uniform(*_RADIUS_RANGE, size=k) * min(h, w)
     colour_names = None
     if colours == "named":
@@ -406,7 +409,7 @@ def _render_audio(scene: _Scene, sounding: np.ndarray, *, sources: np.ndarray, h
 def make_clip(seed: int, *, size: tuple[int, int] = (128, 128), fps: float = 5.0,
               seconds: float = 2.0, sample_rate: int = 16000, num_objects: int | None = None,
               schedule: str = "mixed", noise_level: float = 0.002,
-              colours: str = "random") -> SyntheticClip:
+              colours: str = "random", shapes: Sequence[str] | None = None) -> SyntheticClip:
     """Generate one clip, deterministically from ``seed``.
 
     ``size`` is ``(H, W)``; ``T = max(1, round(seconds * fps))`` frames and exactly
@@ -416,9 +419,17 @@ def make_clip(seed: int, *, size: tuple[int, int] = (128, 128), fps: float = 5.0
     silent throughout), ``"one"`` (one object, chosen by the seed, sounds in every frame) or
     ``"silent"`` or ``"all"`` (every object sounds in every frame). ``noise_level``: std of the
     light, deterministic background noise. ``colours``: ``"random"`` RGB or ``"named"``
-    (distinct colours of :data:`COLOUR_NAMES`, for referring expressions).
+    (distinct colours of :data:`COLOUR_NAMES`, for referring expressions). ``shapes``: these
+    shapes (distinct, in this order) instead of those the seed draws (each with its own
+    sound; sizes, colours and motion from the seed, as for ``num_objects=len(shapes)``).
     """
     h, w = int(size[0]), int(size[1])
+    if shapes is not None:
+        if len(set(shapes)) != len(shapes) or not set(shapes) <= set(SHAPES) or not shapes:
+            raise ValueError(f"shapes must be distinct ones of {SHAPES}, got {shapes!r}")
+        if num_objects is not None and num_objects != len(shapes):
+            raise ValueError(f"{len(shapes)} shapes but num_objects={num_objects}")
+        num_objects = len(shapes)
     if h < 8 or w < 8:
         raise ValueError(f"size must be at least 8x8, got {size}")
     if fps <= 0 or seconds <= 0 or sample_rate < 8000:
@@ -429,7 +440,8 @@ def make_clip(seed: int, *, size: tuple[int, int] = (128, 128), fps: float = 5.0
         raise ValueError(f"colours must be 'random' or 'named', got {colours!r}")
     num_t = max(1, int(round(seconds * fps)))
     n = int(round(num_t / fps * sample_rate))
-    scene, bg, sched_rng = _sample_scene(int(seed), num_objects, h, w, noise_level, colours)
+    scene, bg, sched_rng = _sample_scene(int(seed), num_objects, h, w, noise_level, colours,
+                                         shapes)
     t = np.arange(num_t) / fps
     frames, masks = _render(scene, bg, t)
     k = len(scene.shapes)

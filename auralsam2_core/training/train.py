@@ -480,20 +480,24 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
                 _save_checkpoint(ckpt_dir, model, opt, sched, done, cfg,
                                  elapsed_before + time.perf_counter() - t0)
             if stop_after is not None and done >= stop_after and done < cfg.steps:
-                # A stage of a longer schedule: its fuser is the next stage's start.
+                # A stage of a longer schedule: its weights are the next stage's start.
                 save_state_dict(model.fuser.state_dict(), out / "fuser.pth")
-                return TrainResult(out, out / "fuser.pth", None, done,
+                sam2_path = _save_sam2(model, out) if cfg.unfreeze_sam2 else None
+                (out / "stopped.json").write_text(json.dumps({
+                    "format": "auralsam2-train-stopped", "command": command,
+                    "steps": done, "schedule_steps": cfg.steps,
+                    "seconds": round(elapsed_before + time.perf_counter() - t0, 1),
+                    "train_config": cfg.to_dict(), "model": spec_record(spec),
+                    "dataset": dataset.config() if hasattr(dataset, "config") else
+                    type(dataset).__name__}, indent=1))
+                return TrainResult(out, out / "fuser.pth", sam2_path, done,
                                    elapsed_before + time.perf_counter() - t0, last)
     finally:
         bar.close()
     seconds = elapsed_before + time.perf_counter() - t0
     final_eval = _run_eval(model, evaluate, cfg.steps, cfg) if evaluate is not None else None
     fuser_path = save_state_dict(model.fuser.state_dict(), out / "fuser.pth")
-    sam2_path = None
-    if cfg.unfreeze_sam2:
-        sam2_path = out / "sam2.pt"
-        _atomic_save({"model": {k: v.detach().cpu() for k, v in
-                                model.sam2.state_dict().items()}}, sam2_path)
+    sam2_path = _save_sam2(model, out) if cfg.unfreeze_sam2 else None
     info = {
         "format": "auralsam2-train", "package_version": __version__,
         "command": command, "train_config": cfg.to_dict(), "model": spec_record(spec),
@@ -518,6 +522,14 @@ def _run_eval(model: AuralSAM2, evaluate, step: int, cfg: TrainConfig) -> dict:
             return evaluate(model, step)
     finally:
         _set_train_mode(model, cfg)
+
+
+def _save_sam2(model: AuralSAM2, out: Path) -> Path:
+    """SAM2's trained weights, as Meta's checkpoints hold them (``{"model": state_dict}``)."""
+    path = out / "sam2.pt"
+    _atomic_save({"model": {k: v.detach().cpu() for k, v in model.sam2.state_dict().items()}},
+                 path)
+    return path
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -651,23 +663,27 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
 
 def _lineage(spec: ModelSpec) -> tuple[dict | None, list[dict]]:
     """Where a run's starting weights came from: the bundle (its ``model.json``) at the root of
-    the chain, and the training runs in between (``train.json`` next to the weights a stage
-    continued from), first stage first, each as its command, steps and seconds."""
+    the chain, and the training runs in between (``train.json``, or ``stopped.json`` for a
+    stage stopped early, next to the weights a stage continued from), first stage first, each
+    as its command, steps and seconds."""
     earlier: list[dict] = []
     seen: set[Path] = set()
     while True:
         folders = [Path(p).parent for p in (spec.fuser_init, spec.fuser_checkpoint,
                                             spec.sam2_checkpoint) if p]
-        run = next((f for f in folders if (f / "train.json").is_file()
-                    and f.resolve() not in seen), None)
+        record = next((f / name for f in folders for name in ("train.json", "stopped.json")
+                       if (f / name).is_file() and f.resolve() not in seen), None)
+        run = None if record is None else record.parent
         if run is None:
             bundle = next((f / "model.json" for f in folders if (f / "model.json").is_file()),
                           None)
             return (json.loads(bundle.read_text()) if bundle else None), earlier
         seen.add(run.resolve())
-        info = json.loads((run / "train.json").read_text())
+        info = json.loads(record.read_text())
         earlier.insert(0, {"command": info["command"], "steps": info["steps"],
-                           "wall_seconds": info["seconds"]})
+                           "wall_seconds": info["seconds"],
+                           **({"stopped_after": info["steps"], "of": info["schedule_steps"]}
+                              if "schedule_steps" in info else {})})
         spec = ModelSpec(**info["model"])
 
 
