@@ -409,3 +409,20 @@ def test_clips_with_given_shapes_and_a_focus_pair():
     assert data.config()["focus_shapes"] == ["disc", "square"]
     with pytest.raises(ValueError, match="focus_shapes"):
         ReferringClipDataset(4, num_objects=3, focus_shapes=("disc", "square"))
+
+
+def test_text_proj_can_learn_faster_than_the_rest():
+    """--text-lr-scale X: text_proj's parameters sit in their own AdamW groups (decay / no
+    decay kept) at X times the rate; every parameter is in exactly one group."""
+    from auralsam2_core.modeling.fuser import AuralFuser
+    from auralsam2_core.training.train import param_groups
+
+    fuser = AuralFuser.from_official_config(DEMO_FUSER_CONFIG, variant="refavs")
+    groups = param_groups([fuser], 0.05, fuser.text_proj, 10.0)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == sum(p.requires_grad for p in fuser.parameters())
+    scaled = [g for g in groups if g.get("lr_scale") == 10.0]
+    assert {id(p) for g in scaled for p in g["params"]} == {id(p) for p in
+                                                            fuser.text_proj.parameters()}
+    assert sorted(g["weight_decay"] for g in scaled) == [0.0, 0.05]
+    assert len(param_groups([fuser], 0.05, fuser.text_proj, 1.0)) == 2  # default: as before

@@ -100,7 +100,8 @@ def cmd_train(args) -> int:
                                                supervise_all_iou=not args.iou_best_only,
                                                iou_loss=iou_loss),
                       device=args.device, progress=not args.quiet, resume=args.resume,
-                      threads=args.threads, train_candidate=candidate)
+                      threads=args.threads, train_candidate=candidate,
+                      text_lr_scale=args.text_lr_scale)
     evaluate = None
     if args.synthetic and args.eval_every:
         from auralsam2_core.evaluation.demo import quick_audio_checks
@@ -189,6 +190,8 @@ def register(sub) -> None:
                         "to tell apart by name)")
     t.add_argument("--focus-fraction", type=float, default=0.5)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--text-lr-scale", type=float, default=1.0, metavar="X",
+                   help="Ref-AVS: text_proj learns at X times --lr")
     t.add_argument("--weight-decay", type=float, default=0.05)
     t.add_argument("--warmup-steps", type=int, default=30)
     t.add_argument("--grad-clip", type=float, default=1.0)

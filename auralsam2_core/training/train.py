@@ -198,6 +198,7 @@ class TrainConfig:
     progress: bool = True
     resume: bool = False
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    text_lr_scale: float = 1.0  # Ref-AVS: text_proj's learning rate, as a multiple of lr
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -252,11 +253,17 @@ def forward_batch(model: AuralSAM2, frames: torch.Tensor, log_mel: torch.Tensor,
 # --------------------------------------------------------------------------- optimiser
 
 
-def param_groups(modules: Sequence[nn.Module], weight_decay: float) -> list[dict]:
+def param_groups(modules: Sequence[nn.Module], weight_decay: float,
+                 scaled: nn.Module | None = None, lr_scale: float = 1.0) -> list[dict]:
     """AdamW groups: decay on weight matrices / conv kernels, none on 1-d parameters
-    (norm scales and shifts, biases)."""
-    decay, no_decay = [], []
+    (norm scales and shifts, biases); ``scaled``'s parameters in groups of their own with
+    ``lr_scale`` (an ``lr`` multiple a LambdaLR schedule keeps)."""
+    groups = []
     seen = set()
+    if scaled is not None and lr_scale != 1.0:
+        groups = [{**g, "lr_scale": lr_scale} for g in param_groups([scaled], weight_decay)]
+        seen = {id(p) for g in groups for p in g["params"]}
+    decay, no_decay = [], []
     for m in modules:
         for p in m.parameters():
             if not p.requires_grad or id(p) in seen:
@@ -264,7 +271,7 @@ def param_groups(modules: Sequence[nn.Module], weight_decay: float) -> list[dict
             seen.add(id(p))
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+            {"params": no_decay, "weight_decay": 0.0}, *groups]
 
 
 def lr_factor(step: int, total: int, warmup: int, power: float) -> float:
@@ -392,8 +399,11 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
     _seed_everything(cfg.seed)
     model = build_model(spec, device="cpu").to(device)
     modules = _trainable(model, cfg)
-    opt = torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.lr,
-                            betas=(0.9, 0.999))
+    groups = param_groups(modules, cfg.weight_decay, getattr(model.fuser, "text_proj", None),
+                          cfg.text_lr_scale)
+    for g in groups:
+        g["lr"] = cfg.lr * g.pop("lr_scale", 1.0)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.poly_power))
     start = 0
