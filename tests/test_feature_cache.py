@@ -36,6 +36,10 @@ def video(tmp_path_factory):
 @pytest.fixture
 def calls(monkeypatch, model):
     """How often the engine runs the image encoder and decodes frames."""
+    return count_calls(monkeypatch, model)
+
+
+def count_calls(monkeypatch, model) -> dict:
     n = {"encode": 0, "decode": 0}
     encode, frames = type(model).encode_images, engine.iter_frames
 
@@ -94,20 +98,7 @@ def test_refavs_queries_are_kept_per_query_and_a_click_reuses_them(tiny_refavs_m
     that query's features from the cache (nothing decoded or encoded) and equals recomputing
     them; the other query's features are not used for it."""
     m = tiny_refavs_model
-    n = {"encode": 0, "decode": 0}
-    encode, frames = type(m).encode_images, engine.iter_frames
-
-    def counted_encode(self, x):
-        n["encode"] += x.shape[0]
-        return encode(self, x)
-
-    def counted_frames(*a, **k):
-        for f in frames(*a, **k):
-            n["decode"] += 1
-            yield f
-
-    monkeypatch.setattr(type(m), "encode_images", counted_encode)
-    monkeypatch.setattr(engine, "iter_frames", counted_frames)
+    n = count_calls(monkeypatch, m)
     both = ("the disc", "a square")
     plain = list(prelabel(m, video, PrelabelOptions(clip_len=T, queries=both)))
     cache = FeatureCache.from_mb(64)
