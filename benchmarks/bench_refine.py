@@ -14,6 +14,10 @@ refinements must give identical results (checked). Prints:
   (target <= 0.05: the click costs SAM2's tracking only);
 - ``uncached_over_cached``: the speed-up of a click.
 
+``--query TEXT``: the Ref-AVS variant (random weights, a tiny random text encoder: the text is
+encoded once per run, outside what a click costs), first pass and click with that query (the
+cache keeps features per query).
+
     .venv/bin/python benchmarks/bench_refine.py --config sam2.1_hiera_t --size 256 --frames 60
 """
 
@@ -64,6 +68,7 @@ def main() -> None:
     p.add_argument("--cache-mb", type=float, default=1024.0)
     p.add_argument("--fuser-config", help="JSON fuser config (default: the authors')")
     p.add_argument("--device", default="auto")
+    p.add_argument("--query", help="Ref-AVS: the query of the first pass and the click")
     add_output_args(p)
     args = apply_quick(p, {"size": 64, "frames": 12, "fps": 10, "refine_frames": 6,
                            "clip_len": 3, "repeats": 1,
@@ -71,8 +76,14 @@ def main() -> None:
 
     torch.manual_seed(0)
     fuser_config = json.loads(args.fuser_config) if args.fuser_config else None
+    refer = {}
+    if args.query:
+        from auralsam2_core.modeling.text_encoder import tiny_random_text_encoder
+
+        refer = {"variant": "refavs", "text_encoder": tiny_random_text_encoder(seed=0)}
     model = build_auralsam2(args.config, image_size=args.size, fuser_config=fuser_config,
-                            device=args.device)
+                            device=args.device, **refer)
+    queries = (args.query,) if args.query else ()
     tmp = Path(tempfile.gettempdir()) / "auralsam2-bench"
     video = make_video(tmp / f"clip_{args.frames}f_{args.fps}fps.mp4", args.frames / args.fps,
                        args.fps)
@@ -81,14 +92,17 @@ def main() -> None:
     # A click mid-clip in the first third, re-propagating up to refine_frames frames.
     frame = min(info.num_frames // 3 // t_len * t_len + t_len // 2, info.num_frames - 1)
     stop = min(frame + args.refine_frames, info.num_frames)
-    opts = PrelabelOptions(clip_len=t_len, start_frame=frame, stop_frame=stop, clip_origin=0)
+    opts = PrelabelOptions(clip_len=t_len, start_frame=frame, stop_frame=stop, clip_origin=0,
+                           queries=queries)
     box = PointPrompt.box(info.width * 0.25, info.height * 0.25, info.width * 0.75,
                           info.height * 0.75)
     prompts = {frame: box}
 
-    timed_run(model, video, PrelabelOptions(clip_len=t_len, stop_frame=t_len))  # warm-up
+    timed_run(model, video, PrelabelOptions(clip_len=t_len, stop_frame=t_len,
+                                           queries=queries))  # warm-up
     cache = FeatureCache.from_mb(args.cache_mb)
-    t_first, first = timed_run(model, video, PrelabelOptions(clip_len=t_len), cache=cache)
+    t_first, first = timed_run(model, video, PrelabelOptions(clip_len=t_len, queries=queries),
+                              cache=cache)
     per_frame = t_first / len(first)
     kept = cache.stats()
     t_cached = t_uncached = float("inf")
@@ -102,7 +116,8 @@ def main() -> None:
     n = len(cached)
     print(f"device={model.device} config={args.config} size={args.size} frames={len(first)} "
           f"T={t_len} click on frame {frame}, {n} frames re-propagated, "
-          f"threads={torch.get_num_threads()} best of {args.repeats}")
+          f"threads={torch.get_num_threads()} best of {args.repeats}"
+          f"{f' query {args.query!r} (Ref-AVS)' if args.query else ''}")
     print(f"cache: {kept['clips']} clips, {kept['bytes'] / 2**20:.1f} MB "
           f"({kept['bytes'] / len(first) / 2**20:.2f} MB per frame), "
           f"{kept['evictions']} evicted; refinement results identical with and without it")

@@ -83,6 +83,11 @@ ROWS: tuple[Row, ...] = (
          "--refine-frames", "50", "--repeats", "2"),
         "refinement click (up to 50 frames re-propagated) with / without the first pass's "
         "kept features vs a first-pass frame; Hiera-t, 256 px, 60 frames"),
+    Row("refine_refavs_256", "bench_refine.py",
+        ("--config", "sam2.1_hiera_t", "--size", "256", "--frames", "60",
+         "--refine-frames", "50", "--clip-len", "10", "--query", "the dog", "--repeats", "2"),
+        "Ref-AVS refinement click on one query's track (T = 10) with / without the kept "
+        "features vs a first-pass frame; Hiera-t, 256 px, 60 frames"),
 )
 #: Scripts that run through ``gpu_suite.sh`` rather than a CPU row.
 GPU_SCRIPTS = ("gpu_prelabel.py",)

@@ -162,6 +162,20 @@ def _split(text: str) -> tuple[str, str, str]:
     return head, table, tail
 
 
+def test_refine_bench_with_a_query_runs_the_refavs_click(tmp_path):
+    """bench_refine.py --query: the Ref-AVS first pass and click (per-query cache), checked
+    identical with and without the cache by the script itself, ending with its ratios."""
+    js = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_refine.py"), "--quick", "--query",
+                           "the dog", "--json", str(js)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "query 'the dog' (Ref-AVS)" in proc.stdout
+    doc = json.loads(js.read_text())
+    _assert_finite(doc["ratios"])
+    assert set(doc["ratios"]) >= {"cached_frame_over_frame", "uncached_over_cached"}
+
+
 def test_parse_results_reads_only_the_closing_lines():
     out = "ratio early = 1\nsome log\nfigure fps = 12.5  (goal)\nratio a = 0.5\nratio b = nan\n"
     got = parse_results(out)
