@@ -174,13 +174,14 @@ class Backend:
 
     def setup(self, body: dict) -> dict:
         # Label Studio calls /setup before every predict and gives it 3 s: never load here.
+        cfg = None
         if body.get("schema") is not None:
             try:
-                self.check_classes(parse(body["schema"]))
+                cfg = parse(body["schema"])
+                self.check_classes(cfg)
             except LabelConfigError as e:
                 raise BadRequest(str(e)) from None
-            return {"model_version": self.model_version(parse(body["schema"]))}
-        return {"model_version": self.model_version()}
+        return {"model_version": self.model_version(cfg)}
 
     def metrics(self) -> dict:
         return {"model_version": self.model_version(), **self.stats,
