@@ -347,7 +347,8 @@ def test_schedule_weights_and_objects_reach_the_dataset(tmp_path):
 
     args = argparse.Namespace(synthetic=True, variant="refavs", steps=4, batch_size=3, seed=1,
                               render_size=64, queries_per_clip=3, num_objects=2,
-                              schedule_weights="all=1,silent=0")
+                              schedule_weights="all=1,silent=0", focus_shapes=None,
+                              focus_fraction=0.5)
     data, shuffle = _dataset_from_args(args, 64)
     assert not shuffle and data.config()["schedules"] == ["all", "silent"]
     for i in range(len(data)):
