@@ -419,11 +419,11 @@ def test_text_proj_can_learn_faster_than_the_rest():
     from auralsam2_core.training.train import param_groups
 
     fuser = AuralFuser.from_official_config(DEMO_FUSER_CONFIG, variant="refavs")
-    groups = param_groups([fuser], 0.05, fuser.text_proj, 10.0)
+    groups = param_groups([fuser], 0.05, fuser.text_proj, 10 * 1e-4)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == sum(p.requires_grad for p in fuser.parameters())
-    scaled = [g for g in groups if g.get("lr_scale") == 10.0]
+    scaled = [g for g in groups if g.get("lr") == 10 * 1e-4]
     assert {id(p) for g in scaled for p in g["params"]} == {id(p) for p in
                                                             fuser.text_proj.parameters()}
     assert sorted(g["weight_decay"] for g in scaled) == [0.0, 0.05]
-    assert len(param_groups([fuser], 0.05, fuser.text_proj, 1.0)) == 2  # default: as before
+    assert len(param_groups([fuser], 0.05, fuser.text_proj, None)) == 2  # default: as before

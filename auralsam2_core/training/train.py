@@ -254,14 +254,14 @@ def forward_batch(model: AuralSAM2, frames: torch.Tensor, log_mel: torch.Tensor,
 
 
 def param_groups(modules: Sequence[nn.Module], weight_decay: float,
-                 scaled: nn.Module | None = None, lr_scale: float = 1.0) -> list[dict]:
+                 own: nn.Module | None = None, own_lr: float | None = None) -> list[dict]:
     """AdamW groups: decay on weight matrices / conv kernels, none on 1-d parameters
-    (norm scales and shifts, biases); ``scaled``'s parameters in groups of their own with
-    ``lr_scale`` (an ``lr`` multiple a LambdaLR schedule keeps)."""
+    (norm scales and shifts, biases); with ``own_lr``, ``own``'s parameters in groups of
+    their own at that rate (a LambdaLR schedule scales every group's rate alike)."""
     groups = []
     seen = set()
-    if scaled is not None and lr_scale != 1.0:
-        groups = [{**g, "lr_scale": lr_scale} for g in param_groups([scaled], weight_decay)]
+    if own is not None and own_lr is not None:
+        groups = [{**g, "lr": own_lr} for g in param_groups([own], weight_decay)]
         seen = {id(p) for g in groups for p in g["params"]}
     decay, no_decay = [], []
     for m in modules:
@@ -400,9 +400,7 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
     model = build_model(spec, device="cpu").to(device)
     modules = _trainable(model, cfg)
     groups = param_groups(modules, cfg.weight_decay, getattr(model.fuser, "text_proj", None),
-                          cfg.text_lr_scale)
-    for g in groups:
-        g["lr"] = cfg.lr * g.pop("lr_scale", 1.0)
+                          cfg.lr * cfg.text_lr_scale if cfg.text_lr_scale != 1.0 else None)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.poly_power))
@@ -494,12 +492,10 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
                 save_state_dict(model.fuser.state_dict(), out / "fuser.pth")
                 sam2_path = _save_sam2(model, out) if cfg.unfreeze_sam2 else None
                 (out / "stopped.json").write_text(json.dumps({
-                    "format": "auralsam2-train-stopped", "command": command,
-                    "steps": done, "schedule_steps": cfg.steps,
-                    "seconds": round(elapsed_before + time.perf_counter() - t0, 1),
-                    "train_config": cfg.to_dict(), "model": spec_record(spec),
-                    "dataset": dataset.config() if hasattr(dataset, "config") else
-                    type(dataset).__name__}, indent=1))
+                    "format": "auralsam2-train-stopped",
+                    **_run_record(command, cfg, spec, dataset, done,
+                                  elapsed_before + time.perf_counter() - t0),
+                    "schedule_steps": cfg.steps}, indent=1))
                 return TrainResult(out, out / "fuser.pth", sam2_path, done,
                                    elapsed_before + time.perf_counter() - t0, last)
     finally:
@@ -510,10 +506,8 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
     sam2_path = _save_sam2(model, out) if cfg.unfreeze_sam2 else None
     info = {
         "format": "auralsam2-train", "package_version": __version__,
-        "command": command, "train_config": cfg.to_dict(), "model": spec_record(spec),
-        "dataset": dataset.config() if hasattr(dataset, "config") else type(dataset).__name__,
-        "steps": cfg.steps, "seconds": round(seconds, 1), "last_losses": last,
-        "final_eval": final_eval,
+        **_run_record(command, cfg, spec, dataset, cfg.steps, seconds),
+        "last_losses": last, "final_eval": final_eval,
         "params": {"fuser": sum(p.numel() for p in model.fuser.parameters()),
                    "sam2": sum(p.numel() for p in model.sam2.parameters())},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -532,6 +526,14 @@ def _run_eval(model: AuralSAM2, evaluate, step: int, cfg: TrainConfig) -> dict:
             return evaluate(model, step)
     finally:
         _set_train_mode(model, cfg)
+
+
+def _run_record(command: str | None, cfg: TrainConfig, spec: ModelSpec, dataset, steps: int,
+                seconds: float) -> dict:
+    """What a run's ``train.json`` (or a stopped stage's ``stopped.json``) says of it."""
+    return {"command": command, "train_config": cfg.to_dict(), "model": spec_record(spec),
+            "dataset": dataset.config() if hasattr(dataset, "config") else
+            type(dataset).__name__, "steps": steps, "seconds": round(seconds, 1)}
 
 
 def _save_sam2(model: AuralSAM2, out: Path) -> Path:
@@ -615,9 +617,8 @@ def export_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLike, *,
     model = load_trained(train_out)
     # A run that continued another bundle (its weights as --*-checkpoint) records that one's
     # training too, so the whole recipe stays in one model.json (read before dest is written).
-    origin = Path(spec.fuser_checkpoint).parent / "model.json" if spec.fuser_checkpoint else None
-    started_from = (json.loads(origin.read_text()).get("training")
-                    if origin is not None and origin.is_file() else None)
+    root, _ = _lineage(spec)
+    started_from = root.get("training") if root else None
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.safetensors"):
         old.unlink()

@@ -34,8 +34,8 @@ from .fields import is_owned
 
 PANEL_NAME = "sounding_objects_sound"
 PLOT = "plot"
-#: The plot's traces: the probability (one per class with classes), the threshold, then the
-#: marker of the frame being heard (the last trace).
+#: One line colour per class (the plot's traces: the probability, one per class with classes,
+#: the threshold, then the marker of the frame being heard, always the last trace).
 CLASS_COLOURS = ("#3f9ae8", "#e8543f", "#2ca25f", "#9467bd", "#8c564b", "#e377c2",
                  "#7f7f7f", "#bcbd22")
 PROGRESS_MS = 250  # how often the player reports its position while playing
