@@ -53,12 +53,31 @@ def test_word_encoder_tokens_and_states():
     states = enc(["the red disc", "the blue disc"])
     assert states.shape == (2, MAX_TOKENS, 768)
     assert not torch.allclose(states[0, 2], states[1, 2])  # "red" vs "blue"
-    torch.testing.assert_close(states[0, 3], states[1, 3])  # "disc" at the same position
     assert not any(p.requires_grad for p in enc.parameters())
-    assert enc.model.config.num_hidden_layers == 0
+    assert enc.model.config.num_hidden_layers == 1
     # the same seed gives the same encoder, another seed another one
     torch.testing.assert_close(tiny_word_text_encoder()("a square"), enc("a square"))
     assert not torch.allclose(tiny_word_text_encoder(seed=1)("a square"), enc("a square"))
+
+
+def test_word_encoder_gives_every_position_the_expression():
+    """The fixed layer: position i = LayerNorm(x_i + gain * mean of the expression's tokens), so
+    the shape's word reaches all 25 rows (pads included), as a real RoBERTa's context does."""
+    from auralsam2_core.modeling.text_encoder import DEMO_CONTEXT_GAIN
+
+    enc = tiny_word_text_encoder()
+    tok = enc.tokenize(["the disc", "the square"])
+    with torch.no_grad():
+        x = enc.model.embeddings(input_ids=tok["input_ids"])  # (2, 25, 768), before the layer
+    mask = tok["attention_mask"].unsqueeze(-1).to(x.dtype)
+    mean = (x * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)
+    expected = torch.nn.functional.layer_norm(x + DEMO_CONTEXT_GAIN * mean, (768,), eps=1e-12)
+    states = enc(["the disc", "the square"])
+    torch.testing.assert_close(states, expected, atol=1e-4, rtol=1e-4)
+    # every row differs between the two expressions, the pads' rows by a good share
+    diff = (states[0] - states[1]).norm(dim=-1) / states[0].norm(dim=-1)
+    assert (diff > 0.1).all(), diff
+
 
 
 def test_word_encoder_saves_and_loads_offline(tmp_path):
