@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -375,10 +375,11 @@ class Backend:
         of the whole video's clips, and runs whole clips, so that the keyframe's fuser clip
         is the one a whole pass has, and a click on it finds its features in
         ``self.features``."""
-        t_len = self.options(queries).clip_len
+        opts = self.options(queries, **kw)
+        t_len = opts.clip_len
         back = 2 * t_len if queries else 8
-        return self.options(queries, start_frame=max(0, (frame - back) // t_len * t_len),
-                            stop_frame=frame + 1, clip_origin=0, **kw)
+        return replace(opts, start_frame=max(0, (frame - back) // t_len * t_len),
+                       stop_frame=frame + 1, clip_origin=0)
 
     def score(self, doc: dict) -> float:
         return P.prediction_score(doc, self.settings.threshold)
