@@ -446,3 +446,54 @@ def test_text_proj_can_learn_faster_than_the_rest():
                                                             fuser.text_proj.parameters()}
     assert sorted(g["weight_decay"] for g in scaled) == [0.0, 0.05]
     assert len(param_groups([fuser], 0.05, fuser.text_proj, None)) == 2  # default: as before
+
+
+def test_synthetic_samples_say_which_shape_sounds_when():
+    """ClipSample.sources: (T, len(SHAPES)), 1 where that shape's own sound is on, whatever the
+    query; collate stacks them (None when a clip has none, e.g. AVSBench)."""
+    from auralsam2_core.training.datasets import ClipSample, clip_sample
+    from auralsam2_core.training.synthetic import SHAPES, make_clip
+
+    c = make_clip(7, size=(64, 64), seconds=2.0, colours="named", shapes=("square", "disc"),
+                  schedule="one")
+    s = clip_sample(c, 64)
+    assert s.sources.shape == (c.num_frames, len(SHAPES))
+    for k, shape in enumerate(c.shapes):
+        assert s.sources[:, SHAPES.index(shape)].tolist() == c.sounding[k].astype(float).tolist()
+    assert s.sources[:, SHAPES.index("triangle")].sum() == 0  # not in the clip
+    assert collate([s, s])["sources"].shape == (2, c.num_frames, len(SHAPES))
+    bare = ClipSample(frames=s.frames, log_mel=s.log_mel, gt=s.gt, valid=s.valid)
+    assert collate([s, bare])["sources"] is None
+
+
+def test_sound_identity_loss_trains_the_audio_encoder_and_resumes(tmp_path):
+    """--sound-id-weight: a training-only head reads the fuser's audio embedding; its loss is
+    logged, reaches the audio encoder, is kept in the checkpoint for resuming (same result as
+    an uninterrupted run) and never enters the model's weights."""
+    from auralsam2_core.training.train import SoundIdentityHead
+
+    spec = demo_spec(variant="refavs", text_encoder="demo-words",
+                     sam2_checkpoint=str(AVS_BUNDLE / "sam2.safetensors"),
+                     fuser_init=str(AVS_BUNDLE / "fuser.safetensors"))
+    data = ReferringClipDataset(8, image_size=96, render_size=96, queries_per_clip=2,
+                                num_objects=2)
+    full = train(_refer_cfg(tmp_path / "full", steps=2, sound_id_weight=3.0,
+                            checkpoint_every=1), data, spec)
+    logged = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert all(r["sound_id"] > 0 for r in logged)
+    plain = train(_refer_cfg(tmp_path / "plain", steps=2), data, spec)
+    a, b = read_state_dict(full.fuser), read_state_dict(plain.fuser)
+    assert a.keys() == b.keys()  # no head in the model's weights
+    enc = [k for k in a if k.startswith("audio_encoder.") and a[k].is_floating_point()]
+    assert any(not torch.equal(a[k], b[k]) for k in enc)
+    ck = torch.load(tmp_path / "full" / "checkpoints" / "latest.pt", weights_only=True)
+    assert set(ck["sound_id_head"]) == {"linear.weight", "linear.bias"}
+    train(_refer_cfg(tmp_path / "resumed", steps=2, sound_id_weight=3.0, checkpoint_every=1),
+          data, spec, stop_after=1)
+    resumed = train(_refer_cfg(tmp_path / "resumed", steps=2, sound_id_weight=3.0,
+                               checkpoint_every=1, resume=True), data, spec)
+    c = read_state_dict(resumed.fuser)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    fuser = build_model(spec).fuser
+    assert not any(p is q for p in SoundIdentityHead(fuser).parameters()
+                   for q in fuser.parameters())

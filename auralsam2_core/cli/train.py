@@ -101,7 +101,7 @@ def cmd_train(args) -> int:
                                                iou_loss=iou_loss),
                       device=args.device, progress=not args.quiet, resume=args.resume,
                       threads=args.threads, train_candidate=candidate,
-                      text_lr_scale=args.text_lr_scale)
+                      text_lr_scale=args.text_lr_scale, sound_id_weight=args.sound_id_weight)
     evaluate = None
     if args.synthetic and args.eval_every:
         from auralsam2_core.evaluation.demo import quick_audio_checks
@@ -192,6 +192,10 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--text-lr-scale", type=float, default=1.0, metavar="X",
                    help="Ref-AVS: text_proj learns at X times --lr")
+    t.add_argument("--sound-id-weight", type=float, default=0.0, metavar="W",
+                   help="--synthetic: add W x a training-only loss that makes the audio "
+                        "embedding tell which shapes sound (how the Ref-AVS demo learns to "
+                        "tell the disc's tone from the square's)")
     t.add_argument("--weight-decay", type=float, default=0.05)
     t.add_argument("--warmup-steps", type=int, default=30)
     t.add_argument("--grad-clip", type=float, default=1.0)

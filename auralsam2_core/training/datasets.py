@@ -58,6 +58,9 @@ class ClipSample:
     valid: torch.Tensor  # (T,) bool: frame has an annotation
     name: str = ""
     expression: str | None = None  # Ref-AVS: the referring expression gt belongs to
+    # Synthetic clips: (T, len(SHAPES)) 0/1, which shape sounds in each frame (whatever the
+    # query); the target of the training-only sound-identity loss (--sound-id-weight).
+    sources: torch.Tensor | None = None
 
     @property
     def sounding(self) -> torch.Tensor:
@@ -67,13 +70,16 @@ class ClipSample:
 
 def collate(samples: Sequence[ClipSample]) -> dict:
     """Stack clips of equal length: frames (B, T, 3, S, S), log_mel (B, T, 2, 96, 64),
-    gt (B, T, S, S), valid (B, T), names, expressions (None each for AVS)."""
+    gt (B, T, S, S), valid (B, T), names, expressions (None each for AVS), sources
+    (B, T, len(SHAPES), or None unless every clip is synthetic)."""
     return {"frames": torch.stack([s.frames for s in samples]),
             "log_mel": torch.stack([s.log_mel for s in samples]),
             "gt": torch.stack([s.gt for s in samples]),
             "valid": torch.stack([s.valid for s in samples]),
             "names": [s.name for s in samples],
-            "expressions": [s.expression for s in samples]}
+            "expressions": [s.expression for s in samples],
+            "sources": (torch.stack([s.sources for s in samples])
+                        if all(s.sources is not None for s in samples) else None)}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -248,8 +254,13 @@ def clip_sample(clip, image_size: int, start: int = 0, clip_len: int | None = No
     replaces the clip's sounding mask as ground truth (Ref-AVS: the referred object's)."""
     from auralsam2_core.media.audio_track import AudioTrack
     from auralsam2_core.media.log_mel import resample_to_16k
+    from auralsam2_core.training.synthetic import SHAPES
 
     stop = clip.num_frames if clip_len is None else start + clip_len
+    sources = torch.zeros(stop - start, len(SHAPES))
+    for k, shape in enumerate(clip.shapes):
+        sources[:, SHAPES.index(shape)] = torch.from_numpy(
+            np.asarray(clip.sounding[k][start:stop], dtype=np.float32))
     audio = resample_to_16k(torch.from_numpy(clip.audio), clip.sample_rate)
     track = AudioTrack.from_chunks([audio.numpy().astype(np.float32)])
     times = [i / clip.fps for i in range(start, stop)]
@@ -258,7 +269,7 @@ def clip_sample(clip, image_size: int, start: int = 0, clip_len: int | None = No
     return ClipSample(frames=normalise_frames(clip.frames[start:stop], image_size),
                       log_mel=track.examples_at(times), gt=gt,
                       valid=torch.ones(stop - start, dtype=torch.bool), name=name,
-                      expression=expression)
+                      expression=expression, sources=sources)
 
 
 def referred_target(clip, obj: int | None) -> np.ndarray:

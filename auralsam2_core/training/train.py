@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from auralsam2_core import __version__
@@ -199,6 +200,8 @@ class TrainConfig:
     resume: bool = False
     threads: int | None = None  # torch CPU threads (None: torch's default)
     text_lr_scale: float = 1.0  # Ref-AVS: text_proj's learning rate, as a multiple of lr
+    # Synthetic data: weight of the training-only sound-identity loss (SoundIdentityHead).
+    sound_id_weight: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -248,6 +251,35 @@ def forward_batch(model: AuralSAM2, frames: torch.Tensor, log_mel: torch.Tensor,
         chosen_logits, chosen = choose_masks(multi, ious, obj, model.mask_choice)
         outputs.append(ClipOutput(multi, raw, ious, obj, chosen_logits, chosen, pc[2]))
     return outputs
+
+
+# --------------------------------------------------------------------------- sound identity
+
+
+class SoundIdentityHead(nn.Module):
+    """Training-only auxiliary: a linear read-out of the fuser's per-frame audio embedding
+    (``embed_audio``, before any text) predicting which synthetic shapes sound in the frame
+    (multi-label BCE against ``ClipSample.sources``). Not part of the model and never saved in
+    a bundle.
+
+    Why: the Ref-AVS demo reads a shape's name mostly through its *sound* (the fuser's text
+    rows reach the decoder through the audio rows), and the AVS demo's tiny audio encoder,
+    trained where the stereo pan alone finds the sounding shape, keeps the disc's and the
+    square's tones almost together (centroid distance about the within-class spread) while
+    Ref-AVS training pushed only the triangle's buzz away; so "the disc" and "the square"
+    were answered alike."""
+
+    def __init__(self, fuser: nn.Module) -> None:
+        from auralsam2_core.training.synthetic import SHAPES
+
+        super().__init__()
+        self.fuser = [fuser]  # not a submodule: its weights belong to the model
+        self.linear = nn.Linear(fuser.dim, len(SHAPES))
+
+    def loss(self, log_mel: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """``log_mel`` (B, T, 2, 96, 64), ``sources`` (B, T, len(SHAPES)) 0/1."""
+        emb = self.fuser[0].embed_audio(log_mel.flatten(0, 1))
+        return F.binary_cross_entropy_with_logits(self.linear(emb), sources.flatten(0, 1))
 
 
 # --------------------------------------------------------------------------- optimiser
@@ -399,7 +431,9 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
     _seed_everything(cfg.seed)
     model = build_model(spec, device="cpu").to(device)
     modules = _trainable(model, cfg)
-    groups = param_groups(modules, cfg.weight_decay, getattr(model.fuser, "text_proj", None),
+    head = SoundIdentityHead(model.fuser).to(device) if cfg.sound_id_weight > 0 else None
+    groups = param_groups(modules + ([head] if head is not None else []), cfg.weight_decay,
+                          getattr(model.fuser, "text_proj", None),
                           cfg.lr * cfg.text_lr_scale if cfg.text_lr_scale != 1.0 else None)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -412,6 +446,8 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
         load_into(model.fuser, ck["fuser"], what="AuralFuser", source=latest)
         if "sam2" in ck:
             load_into(model.sam2, ck["sam2"], what="SAM2", source=latest)
+        if head is not None:
+            head.load_state_dict(ck["sound_id_head"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
@@ -458,6 +494,13 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
                 for k, v in t.items():
                     if k != "best":
                         terms[k] = terms.get(k, 0.0) + v / len(outs)
+            if head is not None:
+                if batch["sources"] is None:
+                    raise ValueError("--sound-id-weight needs synthetic clips (which shape "
+                                     "sounds when)")
+                terms["sound_id"] = head.loss(batch["log_mel"].to(device),
+                                              batch["sources"].to(device))
+                terms["loss"] = terms["loss"] + cfg.sound_id_weight * terms["sound_id"]
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 parts = {k: round(float(v), 5) for k, v in terms.items() if k != "loss"}
@@ -486,7 +529,7 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
             if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or
                                          done == stop_after) and done < cfg.steps:
                 _save_checkpoint(ckpt_dir, model, opt, sched, done, cfg,
-                                 elapsed_before + time.perf_counter() - t0)
+                                 elapsed_before + time.perf_counter() - t0, head)
             if stop_after is not None and done >= stop_after and done < cfg.steps:
                 # A stage of a longer schedule: its weights are the next stage's start.
                 save_state_dict(model.fuser.state_dict(), out / "fuser.pth")
@@ -550,7 +593,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def _save_checkpoint(ckpt_dir: Path, model: AuralSAM2, opt, sched, step: int,
-                     cfg: TrainConfig, seconds: float) -> Path:
+                     cfg: TrainConfig, seconds: float, head: nn.Module | None = None) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ck = {"step": step, "seconds": seconds,
           "fuser": {k: v.detach().cpu() for k, v in model.fuser.state_dict().items()},
@@ -558,6 +601,8 @@ def _save_checkpoint(ckpt_dir: Path, model: AuralSAM2, opt, sched, step: int,
           "rng": _rng_state(), "config": json.loads(json.dumps(cfg.to_dict()))}
     if cfg.unfreeze_sam2:
         ck["sam2"] = {k: v.detach().cpu() for k, v in model.sam2.state_dict().items()}
+    if head is not None:
+        ck["sound_id_head"] = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     path = ckpt_dir / "latest.pt"
     _atomic_save(ck, path)
     if cfg.keep_checkpoints:
