@@ -269,27 +269,30 @@ def test_refavs_training_is_reproducible_and_resumable(tmp_path):
 
 @pytest.mark.slow
 def test_refer_recipe_script_writes_a_verified_bundle(tmp_path):
-    """scripts/train_refer_demo_model.sh (README's recipe), both stages shortened (stage 1
-    stops after 1 step of a 3-step schedule, stage 2 runs 2 steps with SAM2 unfrozen): the
-    bundle loads through build_refer_demo_model (sha256 of every file) and records the
-    recipe; stage 2 starts from stage 1's fuser."""
+    """scripts/train_refer_demo_model.sh (README's recipe), every stage shortened
+    (AURALSAM2_REFER_SHORT: stopped stages 1 step of 3, the others 2 steps): the bundle loads
+    through build_refer_demo_model (sha256 of every file) and records the recipe and its
+    chain of stages back to the AVS bundle; each stage starts from the previous one."""
     from auralsam2_core.modeling.build import build_refer_demo_model
     from auralsam2_core.modeling.weights import sha256_file
 
-    env = {**os.environ, "AURALSAM2_REFER_STEPS": "3", "AURALSAM2_REFER_STOP": "1",
-           "AURALSAM2_REFER_STEPS2": "2", "AURALSAM2_REFER_EVAL_EVERY": "0"}
+    env = {**os.environ, "AURALSAM2_REFER_SHORT": "1", "AURALSAM2_REFER_EVAL_EVERY": "0"}
     subprocess.run(["bash", str(ROOT / "scripts" / "train_refer_demo_model.sh"),
                     str(tmp_path)], cwd=ROOT, env=env, check=True, capture_output=True,
-                   timeout=900)
+                   timeout=1500)
     bundle = tmp_path / "bundle"
     info = json.loads((bundle / "model.json").read_text())
     assert info["variant"] == "refavs" and info["training"]["steps"] == 2
-    assert "--variant refavs --text-encoder demo-words" in info["training"]["command"]
-    assert "--unfreeze-sam2" in info["training"]["command"]
+    last = info["training"]["command"]
+    assert "--text-encoder demo-words " in last and "--sound-id-weight" in last
+    assert "--unfreeze-sam2" in last and f"{tmp_path}/stage5/fuser.pth" in last
     stage1 = json.loads((tmp_path / "stage1" / "log.jsonl").read_text().splitlines()[-1])
     assert stage1["step"] == 1 and (tmp_path / "stage1" / "fuser.pth").is_file()
     assert not (tmp_path / "stage1" / "train.json").exists()  # stopped, not finished
     assert info["training"]["started_from"]["name"] == "auralsam2-demo-tiny"
+    earlier = info["training"]["earlier_stages"]
+    assert len(earlier) == 5 and "demo-words-plain" in earlier[0]["command"]
+    assert [e.get("stopped_after") for e in earlier] == [1, None, None, 1, None]
     assert {"text_encoder/model.safetensors", "text_encoder/tokenizer.json",
             "fuser.safetensors", "sam2.safetensors"} <= set(info["files"])
     for name, rec in info["files"].items():
