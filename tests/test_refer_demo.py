@@ -505,3 +505,17 @@ def test_sound_identity_loss_trains_the_audio_encoder_and_resumes(tmp_path):
     fuser = build_model(spec).fuser
     assert not any(p is q for p in SoundIdentityHead(fuser).parameters()
                    for q in fuser.parameters())
+    # rows="prompts": the head reads the fuser's decoder-facing audio rows of every level
+    prompts = train(_refer_cfg(tmp_path / "prompts", steps=2, sound_id_weight=3.0,
+                               sound_id_rows="prompts"), data, spec)
+    logged = [json.loads(x) for x in (tmp_path / "prompts" / "log.jsonl").read_text()
+              .splitlines()]
+    assert all(r["sound_id"] > 0 for r in logged)
+    d = read_state_dict(prompts.fuser)
+    assert any(not torch.equal(d[k], a[k]) for k in a)
+    head = SoundIdentityHead(fuser, "prompts")
+    assert head.linear.in_features == 3 * fuser.dim
+    with pytest.raises(RuntimeError, match="fuser calls"):
+        head.loss(torch.zeros(2, 10, 2, 96, 64), torch.zeros(2, 10, len(SHAPES)))
+    with pytest.raises(ValueError, match="rows"):
+        SoundIdentityHead(fuser, "pixels")

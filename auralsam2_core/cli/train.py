@@ -101,7 +101,8 @@ def cmd_train(args) -> int:
                                                iou_loss=iou_loss),
                       device=args.device, progress=not args.quiet, resume=args.resume,
                       threads=args.threads, train_candidate=candidate,
-                      text_lr_scale=args.text_lr_scale, sound_id_weight=args.sound_id_weight)
+                      text_lr_scale=args.text_lr_scale, sound_id_weight=args.sound_id_weight,
+                      sound_id_rows=args.sound_id_rows)
     evaluate = None
     if args.synthetic and args.eval_every:
         from auralsam2_core.evaluation.demo import quick_audio_checks
@@ -197,6 +198,9 @@ def register(sub) -> None:
                    help="--synthetic: add W x a training-only loss that makes the audio "
                         "embedding tell which shapes sound (how the Ref-AVS demo learns to "
                         "tell the disc's tone from the square's)")
+    t.add_argument("--sound-id-rows", choices=("embedding", "prompts"), default="embedding",
+                   help="what the sound-identity loss reads: the audio encoder's embedding, or "
+                        "the fuser's audio rows that reach SAM2's decoder")
     t.add_argument("--weight-decay", type=float, default=0.05)
     t.add_argument("--warmup-steps", type=int, default=30)
     t.add_argument("--grad-clip", type=float, default=1.0)
