@@ -515,6 +515,14 @@ def test_sound_identity_loss_trains_the_audio_encoder_and_resumes(tmp_path):
     assert any(not torch.equal(d[k], a[k]) for k in a)
     head = SoundIdentityHead(fuser, "prompts")
     assert head.linear.in_features == 3 * fuser.dim
+    # only calls that train are recorded (evaluations run without grad); close() unhooks
+    with torch.no_grad():
+        head._record(fuser, (), (None, "evaluation"))
+    assert head._seen == []
+    head._record(fuser, (), (None, "training"))
+    assert head._seen == ["training"] and len(fuser._forward_hooks) == 1
+    head.close()
+    assert head._seen == [] and len(fuser._forward_hooks) == 0
     with pytest.raises(RuntimeError, match="fuser calls"):
         head.loss(torch.zeros(2, 10, 2, 96, 64), torch.zeros(2, 10, len(SHAPES)))
     with pytest.raises(ValueError, match="rows"):

@@ -286,8 +286,19 @@ class SoundIdentityHead(nn.Module):
         levels = len(fuser.fusion_modules) if rows == "prompts" else 1
         self.linear = nn.Linear(levels * fuser.dim, len(SHAPES))
         self._seen: list = []  # the fuser's audio outputs since reset() (rows="prompts")
-        if rows == "prompts":
-            fuser.register_forward_hook(lambda _m, _a, out: self._seen.append(out[1]))
+        self._hook = fuser.register_forward_hook(self._record) if rows == "prompts" else None
+
+    def _record(self, _module, _args, out) -> None:
+        # Only calls that can train (evaluations run without grad and are not the batch's).
+        if torch.is_grad_enabled():
+            self._seen.append(out[1])
+
+    def close(self) -> None:
+        """Detach from the fuser (the end of training): later calls are not recorded."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._seen.clear()
 
     def reset(self) -> None:
         """Forget the fuser calls seen so far (before each training forward pass)."""
@@ -571,6 +582,8 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
                                    elapsed_before + time.perf_counter() - t0, last)
     finally:
         bar.close()
+        if head is not None:
+            head.close()
     seconds = elapsed_before + time.perf_counter() - t0
     final_eval = _run_eval(model, evaluate, cfg.steps, cfg) if evaluate is not None else None
     fuser_path = save_state_dict(model.fuser.state_dict(), out / "fuser.pth")
