@@ -29,7 +29,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone.core.clips import ClipsView
 
-from . import timeline
+from . import convert, timeline
 from .fields import is_owned
 
 PANEL_NAME = "sounding_objects_sound"
@@ -80,11 +80,12 @@ def sound_track(view, sample_id: str, label_field: str) -> dict | None:
         f"frames.{label_field}.class_probs", f"{label_field}_intervals.detections.support",
         f"{label_field}_intervals.detections.label", f"{label_field}_summary.fps"]))
     frames = [(int(n), float(p)) for n, p in zip(numbers, probs, strict=True) if p is not None]
-    classes: dict[str, list] = {}
-    for n, frame_names, frame_probs in zip(numbers, names or [], class_probs or [],
-                                           strict=False):
-        for name, p in zip(frame_names or (), frame_probs or (), strict=True):
-            classes.setdefault(name, []).append((int(n), float(p)))
+    per_frame = [{"frame_number": int(n), "classes": c, "class_probs": p}
+                 for n, c, p in zip(numbers, names or [], class_probs or [], strict=False)
+                 if c]
+    order = dict.fromkeys(name for f in per_frame for name in f["classes"])
+    classes = {name: [(f["frame_number"], float(f["sounding_prob"]))
+                      for f in convert.class_frames(per_frame, name)] for name in order}
     return {"filepath": path, "fps": float(fps or meta_fps or 0.0) or None,
             "num_frames": int(meta_frames or (frames[-1][0] if frames else 0)),
             "frames": frames, "classes": classes,
