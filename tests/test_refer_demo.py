@@ -527,3 +527,68 @@ def test_sound_identity_loss_trains_the_audio_encoder_and_resumes(tmp_path):
         head.loss(torch.zeros(2, 10, 2, 96, 64), torch.zeros(2, 10, len(SHAPES)))
     with pytest.raises(ValueError, match="rows"):
         SoundIdentityHead(fuser, "pixels")
+    # pan: the head also says where each sounding shape is (its horizontal centre)
+    sample = data[0]
+    clip = data.item(0)[0]
+    x = clip.centres[:, :, 0] / clip.frames.shape[2] * 2 - 1
+    for k, shape in enumerate(clip.shapes):
+        assert sample.source_x[:, SHAPES.index(shape)].numpy() == pytest.approx(
+            x[k, :sample.source_x.shape[0]], abs=1e-6)
+    assert set(SHAPES) - set(clip.shapes) and all(
+        not sample.source_x[:, SHAPES.index(s)].any() for s in SHAPES if s not in clip.shapes)
+    panned = train(_refer_cfg(tmp_path / "pan", steps=2, sound_id_weight=3.0,
+                              sound_id_pan=True), data, spec)
+    e = read_state_dict(panned.fuser)
+    assert any(not torch.equal(e[k], a[k]) for k in enc)  # not the run without pan
+    head = SoundIdentityHead(fuser, pan=True)
+    assert head.linear.out_features == 2 * len(SHAPES)
+    batch = collate([data[0], data[1]])
+    with torch.no_grad():
+        right = head.loss(batch["log_mel"], batch["sources"], batch["source_x"])
+        wrong = head.loss(batch["log_mel"], batch["sources"], -batch["source_x"])
+    assert right != wrong  # the positions enter the loss
+    with pytest.raises(ValueError, match="source_x"):
+        head.loss(batch["log_mel"], batch["sources"])
+
+
+def test_referred_source_loss_reads_the_decoder_facing_rows(tmp_path):
+    """--sound-id-target referred: the head reads the fuser's decoder-facing audio rows and
+    asks whether the referred object sounds and where its target mask's centroid is."""
+    from auralsam2_core.training.train import SoundIdentityHead
+
+    spec = demo_spec(variant="refavs", text_encoder="demo-words",
+                     sam2_checkpoint=str(AVS_BUNDLE / "sam2.safetensors"),
+                     fuser_init=str(AVS_BUNDLE / "fuser.safetensors"))
+    fuser = build_model(spec).fuser
+    with pytest.raises(ValueError, match="prompts"):
+        SoundIdentityHead(fuser, "embedding", target="referred")
+    with pytest.raises(ValueError, match="target"):
+        SoundIdentityHead(fuser, "prompts", target="colour")
+    head = SoundIdentityHead(fuser, "prompts", target="referred")
+    assert head.linear.out_features == 3
+    # the loss: BCE on "sounds" + squared centroid error on sounding frames
+    gt = torch.zeros(1, 2, 8, 8)
+    gt[0, 0, 0:2, 6:8] = 1  # frame 0: top right, centroid (0.75, -0.75); frame 1 silent
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.tensor([0.0, 0.75, -0.75]))
+    head._seen = [[torch.zeros(2, fuser.dim)] * 3]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.zeros(2),
+                                                               torch.tensor([1.0, 0.0]))
+    assert head.loss(torch.zeros(1, 2, 2, 96, 64), None, gt=gt).item() == pytest.approx(
+        bce.item())
+    with torch.no_grad():
+        head.linear.bias.copy_(torch.tensor([0.0, -0.25, -0.75]))
+    assert head.loss(torch.zeros(1, 2, 2, 96, 64), None, gt=gt).item() == pytest.approx(
+        bce.item() + 1.0)
+    head.close()
+    data = ReferringClipDataset(4, image_size=96, render_size=96, queries_per_clip=2,
+                                num_objects=2)
+    run = train(_refer_cfg(tmp_path / "referred", steps=2, sound_id_weight=3.0,
+                           sound_id_rows="prompts", sound_id_target="referred"), data, spec)
+    logged = [json.loads(x) for x in (tmp_path / "referred" / "log.jsonl").read_text()
+              .splitlines()]
+    assert all(r["sound_id"] > 0 for r in logged)
+    plain = train(_refer_cfg(tmp_path / "plain", steps=2), data, spec)
+    a, b = read_state_dict(run.fuser), read_state_dict(plain.fuser)
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
