@@ -102,8 +102,7 @@ def cmd_train(args) -> int:
                       device=args.device, progress=not args.quiet, resume=args.resume,
                       threads=args.threads, train_candidate=candidate,
                       text_lr_scale=args.text_lr_scale, sound_id_weight=args.sound_id_weight,
-                      sound_id_rows=args.sound_id_rows, sound_id_pan=args.sound_id_pan,
-                      sound_id_target=args.sound_id_target)
+                      sound_id_rows=args.sound_id_rows)
     evaluate = None
     if args.synthetic and args.eval_every:
         from auralsam2_core.evaluation.demo import quick_audio_checks
@@ -202,13 +201,6 @@ def register(sub) -> None:
     t.add_argument("--sound-id-rows", choices=("embedding", "prompts"), default="embedding",
                    help="what the sound-identity loss reads: the audio encoder's embedding, or "
                         "the fuser's audio rows that reach SAM2's decoder")
-    t.add_argument("--sound-id-pan", action="store_true",
-                   help="the sound-identity loss also asks where each sounding shape is "
-                        "(its sound's pan), so that each tone keeps its own position")
-    t.add_argument("--sound-id-target", choices=("sources", "referred"), default="sources",
-                   help="what the loss asks: which shapes sound (synthetic clips), or, read "
-                        "from the decoder-facing rows (--sound-id-rows prompts), whether the "
-                        "referred object sounds and where (its target mask's centroid)")
     t.add_argument("--weight-decay", type=float, default=0.05)
     t.add_argument("--warmup-steps", type=int, default=30)
     t.add_argument("--grad-clip", type=float, default=1.0)

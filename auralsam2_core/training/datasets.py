@@ -61,9 +61,6 @@ class ClipSample:
     # Synthetic clips: (T, len(SHAPES)) 0/1, which shape sounds in each frame (whatever the
     # query); the target of the training-only sound-identity loss (--sound-id-weight).
     sources: torch.Tensor | None = None
-    # Synthetic clips: (T, len(SHAPES)) each shape's horizontal centre in [-1, 1] (0 where the
-    # clip does not show it): where its sound pans (--sound-id-pan).
-    source_x: torch.Tensor | None = None
 
     @property
     def sounding(self) -> torch.Tensor:
@@ -73,8 +70,8 @@ class ClipSample:
 
 def collate(samples: Sequence[ClipSample]) -> dict:
     """Stack clips of equal length: frames (B, T, 3, S, S), log_mel (B, T, 2, 96, 64),
-    gt (B, T, S, S), valid (B, T), names, expressions (None each for AVS), sources and
-    source_x (B, T, len(SHAPES), or None unless every clip is synthetic)."""
+    gt (B, T, S, S), valid (B, T), names, expressions (None each for AVS), sources
+    (B, T, len(SHAPES), or None unless every clip is synthetic)."""
     return {"frames": torch.stack([s.frames for s in samples]),
             "log_mel": torch.stack([s.log_mel for s in samples]),
             "gt": torch.stack([s.gt for s in samples]),
@@ -82,9 +79,7 @@ def collate(samples: Sequence[ClipSample]) -> dict:
             "names": [s.name for s in samples],
             "expressions": [s.expression for s in samples],
             "sources": (torch.stack([s.sources for s in samples])
-                        if all(s.sources is not None for s in samples) else None),
-            "source_x": (torch.stack([s.source_x for s in samples])
-                         if all(s.source_x is not None for s in samples) else None)}
+                        if all(s.sources is not None for s in samples) else None)}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -263,16 +258,9 @@ def clip_sample(clip, image_size: int, start: int = 0, clip_len: int | None = No
 
     stop = clip.num_frames if clip_len is None else start + clip_len
     sources = torch.zeros(stop - start, len(SHAPES))
-    source_x = torch.zeros(stop - start, len(SHAPES))
-    width = clip.frames.shape[2]
-    centre_x = clip.centres[:, start:stop, 0] / width * 2 - 1 if clip.scene is not None \
-        else None
     for k, shape in enumerate(clip.shapes):
         sources[:, SHAPES.index(shape)] = torch.from_numpy(
             np.asarray(clip.sounding[k][start:stop], dtype=np.float32))
-        if centre_x is not None:
-            source_x[:, SHAPES.index(shape)] = torch.from_numpy(
-                centre_x[k].astype(np.float32))
     audio = resample_to_16k(torch.from_numpy(clip.audio), clip.sample_rate)
     track = AudioTrack.from_chunks([audio.numpy().astype(np.float32)])
     times = [i / clip.fps for i in range(start, stop)]
@@ -281,8 +269,7 @@ def clip_sample(clip, image_size: int, start: int = 0, clip_len: int | None = No
     return ClipSample(frames=normalise_frames(clip.frames[start:stop], image_size),
                       log_mel=track.examples_at(times), gt=gt,
                       valid=torch.ones(stop - start, dtype=torch.bool), name=name,
-                      expression=expression, sources=sources,
-                      source_x=source_x if centre_x is not None else None)
+                      expression=expression, sources=sources)
 
 
 def referred_target(clip, obj: int | None) -> np.ndarray:

@@ -204,9 +204,6 @@ class TrainConfig:
     # Synthetic data: weight of the training-only sound-identity loss (SoundIdentityHead).
     sound_id_weight: float = 0.0
     sound_id_rows: str = "embedding"  # what the head reads: "embedding" or "prompts"
-    sound_id_pan: bool = False  # the head also predicts where each sounding shape is
-    # "sources" (which shapes sound) or "referred" (whether the referred object sounds, where)
-    sound_id_target: str = "sources"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -274,35 +271,20 @@ class SoundIdentityHead(nn.Module):
     disc's and the square's tones almost together; and where the embedding does tell them
     apart, the fuser's audio path loses it level by level (disc-square distance over the
     within-class spread: 4.95 in the embedding, 1.27 / 0.36 / 0.12 in d1 / d2 / d3; the
-    triangle's buzz keeps 1.04 in d3).
-
-    ``pan``: also predict where each sounding shape's sound is (its horizontal centre, which
-    the stereo pan follows; masked MSE). Why: the AVS demo finds the sounding shape by the
-    *overall* pan, and with two shapes sounding a ridge probe of its embedding recovers the
-    sum of their positions (R^2 0.99) but each one's hardly better than the sum gives
-    (disc 0.51, square 0.63): a name can only pick its shape by sound if each tone keeps its
-    own pan."""
+    triangle's buzz keeps 1.04 in d3)."""
 
     ROWS = ("embedding", "prompts")
-    TARGETS = ("sources", "referred")
 
-    def __init__(self, fuser: nn.Module, rows: str = "embedding", pan: bool = False,
-                 target: str = "sources") -> None:
+    def __init__(self, fuser: nn.Module, rows: str = "embedding") -> None:
         from auralsam2_core.training.synthetic import SHAPES
 
         super().__init__()
         if rows not in self.ROWS:
             raise ValueError(f"rows must be one of {self.ROWS}, got {rows!r}")
-        if target not in self.TARGETS:
-            raise ValueError(f"target must be one of {self.TARGETS}, got {target!r}")
-        if target == "referred" and rows != "prompts":
-            raise ValueError("target 'referred' reads the rows that carry the text: "
-                             "rows='prompts'")
-        self.rows, self.pan, self.target = rows, pan, target
+        self.rows = rows
         self.fuser = [fuser]  # not a submodule: its weights belong to the model
         levels = len(fuser.fusion_modules) if rows == "prompts" else 1
-        outputs = 3 if target == "referred" else len(SHAPES) * (2 if pan else 1)
-        self.linear = nn.Linear(levels * fuser.dim, outputs)
+        self.linear = nn.Linear(levels * fuser.dim, len(SHAPES))
         self._seen: list = []  # the fuser's audio outputs since reset() (rows="prompts")
         self._hook = fuser.register_forward_hook(self._record) if rows == "prompts" else None
 
@@ -310,21 +292,6 @@ class SoundIdentityHead(nn.Module):
         # Only calls that can train (evaluations run without grad and are not the batch's).
         if torch.is_grad_enabled():
             self._seen.append(out[1])
-
-    @staticmethod
-    def _referred_loss(out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        # Whether the referred object sounds in the frame (its mask is not empty) and, where it
-        # does, its mask's centroid (x, y in [-1, 1]).
-        masks = gt.flatten(0, 1).float()
-        area = masks.flatten(1).sum(-1)
-        sounds = (area > 0).float()
-        size = masks.shape[-1]
-        grid = (torch.arange(size, dtype=masks.dtype, device=masks.device) + 0.5) / size * 2 - 1
-        cx = (masks.sum(1) * grid).sum(-1) / area.clamp(min=1)
-        cy = (masks.sum(2) * grid).sum(-1) / area.clamp(min=1)
-        err = ((out[:, 1] - cx) ** 2 + (out[:, 2] - cy) ** 2) * sounds
-        return (F.binary_cross_entropy_with_logits(out[:, 0], sounds)
-                + err.sum() / sounds.sum().clamp(min=1))
 
     def close(self) -> None:
         """Detach from the fuser (the end of training): later calls are not recorded."""
@@ -337,13 +304,9 @@ class SoundIdentityHead(nn.Module):
         """Forget the fuser calls seen so far (before each training forward pass)."""
         self._seen.clear()
 
-    def loss(self, log_mel: torch.Tensor, sources: torch.Tensor | None,
-             source_x: torch.Tensor | None = None, gt: torch.Tensor | None = None
-             ) -> torch.Tensor:
-        """``log_mel`` (B, T, 2, 96, 64), ``sources`` (B, T, len(SHAPES)) 0/1, ``source_x``
-        (same shape, needed with ``pan``) the shapes' horizontal centres in [-1, 1]; with
-        target ``"referred"`` only ``gt`` (B, T, S, S), the referred object's masks."""
-        b, t_len = (gt if self.target == "referred" else sources).shape[:2]
+    def loss(self, log_mel: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """``log_mel`` (B, T, 2, 96, 64), ``sources`` (B, T, len(SHAPES)) 0/1."""
+        b, t_len = sources.shape[:2]
         if self.rows == "embedding":
             feats = self.fuser[0].embed_audio(log_mel.flatten(0, 1))
         else:  # one fuser call per clip, in order
@@ -352,18 +315,7 @@ class SoundIdentityHead(nn.Module):
                                    f"{len(self._seen)}")
             feats = torch.cat([torch.cat([d[:t_len] for d in audio], dim=-1)
                                for audio in self._seen])
-        out = self.linear(feats)
-        if self.target == "referred":
-            return self._referred_loss(out, gt)
-        s = sources.shape[-1]
-        sources = sources.flatten(0, 1)
-        loss = F.binary_cross_entropy_with_logits(out[:, :s], sources)
-        if self.pan:
-            if source_x is None:
-                raise ValueError("pan needs the shapes' positions (source_x)")
-            err = (out[:, s:] - source_x.flatten(0, 1)) ** 2 * sources
-            loss = loss + err.sum() / sources.sum().clamp(min=1)
-        return loss
+        return F.binary_cross_entropy_with_logits(self.linear(feats), sources.flatten(0, 1))
 
 
 # --------------------------------------------------------------------------- optimiser
@@ -515,8 +467,7 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
     _seed_everything(cfg.seed)
     model = build_model(spec, device="cpu").to(device)
     modules = _trainable(model, cfg)
-    head = SoundIdentityHead(model.fuser, cfg.sound_id_rows, cfg.sound_id_pan,
-                             cfg.sound_id_target).to(device) \
+    head = SoundIdentityHead(model.fuser, cfg.sound_id_rows).to(device) \
         if cfg.sound_id_weight > 0 else None
     groups = param_groups(modules + ([head] if head is not None else []), cfg.weight_decay,
                           getattr(model.fuser, "text_proj", None),
@@ -582,17 +533,12 @@ def train(cfg: TrainConfig, dataset: torch.utils.data.Dataset, spec: ModelSpec |
                 for k, v in t.items():
                     if k != "best":
                         terms[k] = terms.get(k, 0.0) + v / len(outs)
-            if head is not None and head.target == "referred":
-                terms["sound_id"] = head.loss(batch["log_mel"].to(device), None,
-                                              gt=batch["gt"].to(device))
-                terms["loss"] = terms["loss"] + cfg.sound_id_weight * terms["sound_id"]
-            elif head is not None:
+            if head is not None:
                 if batch["sources"] is None:
                     raise ValueError("--sound-id-weight needs synthetic clips (which shape "
                                      "sounds when)")
-                terms["sound_id"] = head.loss(
-                    batch["log_mel"].to(device), batch["sources"].to(device),
-                    None if batch["source_x"] is None else batch["source_x"].to(device))
+                terms["sound_id"] = head.loss(batch["log_mel"].to(device),
+                                              batch["sources"].to(device))
                 terms["loss"] = terms["loss"] + cfg.sound_id_weight * terms["sound_id"]
             loss = terms["loss"]
             if not torch.isfinite(loss):
