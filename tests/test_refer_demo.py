@@ -284,15 +284,18 @@ def test_refer_recipe_script_writes_a_verified_bundle(tmp_path):
     info = json.loads((bundle / "model.json").read_text())
     assert info["variant"] == "refavs" and info["training"]["steps"] == 2
     last = info["training"]["command"]
-    assert "--text-encoder demo-words " in last and "--sound-id-weight" in last
-    assert "--unfreeze-sam2" in last and f"{tmp_path}/stage5/fuser.pth" in last
+    assert "--text-encoder demo-words " in last and "--sound-id-weight 5" in last
+    assert "--unfreeze-sam2" in last and "--queries-per-clip 3" in last
+    assert f"{tmp_path}/stage2/fuser.pth" in last
     stage1 = json.loads((tmp_path / "stage1" / "log.jsonl").read_text().splitlines()[-1])
     assert stage1["step"] == 1 and (tmp_path / "stage1" / "fuser.pth").is_file()
     assert not (tmp_path / "stage1" / "train.json").exists()  # stopped, not finished
     assert info["training"]["started_from"]["name"] == "auralsam2-demo-tiny"
     earlier = info["training"]["earlier_stages"]
-    assert len(earlier) == 5 and "demo-words-plain" in earlier[0]["command"]
-    assert [e.get("stopped_after") for e in earlier] == [1, None, None, 1, None]
+    assert len(earlier) == 2 and "--fuser-init" in earlier[0]["command"]
+    assert "--unfreeze-sam2" not in earlier[0]["command"]
+    assert f"{tmp_path}/stage1/fuser.pth" in earlier[1]["command"]
+    assert [e.get("stopped_after") for e in earlier] == [1, 1]
     assert {"text_encoder/model.safetensors", "text_encoder/tokenizer.json",
             "fuser.safetensors", "sam2.safetensors"} <= set(info["files"])
     for name, rec in info["files"].items():

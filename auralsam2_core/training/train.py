@@ -833,8 +833,10 @@ def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLi
         "sam2_config": DEMO_SAM2_CONFIG, "sam2_config_sha256": sha256_file(yaml),
         "image_size": model.image_size, "mask_choice": spec.mask_choice,
         "fuser_config": spec.fuser_config_dict,
-        "text_encoder": {"folder": "text_encoder", "kind": "tiny word-level RoBERTa "
-                         "(embeddings only, frozen random; see text_encoder.py)",
+        "text_encoder": {"folder": "text_encoder", "kind": "tiny word-level RoBERTa (frozen "
+                         "random embeddings" + (", one fixed bag-of-words layer"
+                                                if enc.model.config.num_hidden_layers else "")
+                         + "; see text_encoder.py)",
                          "vocabulary": len(enc.tokenizer), "hidden_size":
                          enc.model.config.hidden_size,
                          "layers": enc.model.config.num_hidden_layers,
