@@ -168,7 +168,7 @@ def test_cli_check_and_prelabel_default_to_the_bundled_model(tmp_path, capsys):
 REFER_BUNDLE = build.refer_model_dir()
 needs_refer_bundle = pytest.mark.skipif(
     not (REFER_BUNDLE / "model.json").is_file(),
-    reason="the Ref-AVS demo model is not shipped yet (its recipe has not met the marks, #14)")
+    reason="the bundled Ref-AVS demo model is not installed (refer_model_dir()/model.json)")
 REFER_SUMMARY_KEYS = {"j_referred", "f_referred", "j_other_query", "f_other_query", "null_s",
                       "null_s_sqrt_per_clip", "silent_low_confidence_fraction",
                       "j_sounding_alone", "passed", "per_query"}

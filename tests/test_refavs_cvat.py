@@ -444,7 +444,7 @@ def test_without_the_setting_the_avs_model_labels_one_sounding_object(emu, avs_e
 needs_refer_bundle = pytest.mark.skipif(
     not (refer_model_dir() / "model.json").is_file(),
     reason="the bundled Ref-AVS demo model (auralsam2_core/data/refer_demo_model) is not "
-           "shipped yet (#14)")
+           "installed")
 
 
 @needs_refer_bundle

@@ -56,8 +56,8 @@ TINY = {"sam2_config": "sam2_hiera_t", "image_size": 64, "fuser_config": {"f_dep
 AVS_SPEC = ModelSpec(**TINY)
 needs_refer_bundle = pytest.mark.skipif(
     not (refer_model_dir() / "model.json").is_file(),
-    reason="the bundled Ref-AVS demo model is not shipped yet (refer_model_dir()/model.json "
-           "is missing; it is being trained, #14)")
+    reason="the bundled Ref-AVS demo model is not installed (refer_model_dir()/model.json "
+           "is missing)")
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -465,11 +465,13 @@ def test_form_offers_the_classes_switch_and_fills_the_classes(clip):
         assert "not installed" in refer["model_missing"]["view"]["label"]
 
 
-@pytest.mark.skipif((refer_model_dir() / "model.json").is_file(),
-                    reason="the bundled Ref-AVS demo model is installed")
-def test_bundled_refer_model_missing_is_said_plainly(clip):
+def test_bundled_refer_model_missing_is_said_plainly(clip, monkeypatch, tmp_path):
+    import auralsam2_core.modeling.build as build
+
+    monkeypatch.setattr(build, "refer_model_dir", lambda: tmp_path / "not-installed")
     path, c = clip
     ds = dataset(path)
+    assert "not installed" in _form(ds, variant="refavs")["model_missing"]["view"]["label"]
     with pytest.raises(ExecutionError, match="Ref-AVS demo model is not installed"):
         execute_operator(PRELABEL, dataset=ds, params={"device": "cpu",
                                                        "classes": list(c.shapes)})

@@ -426,12 +426,19 @@ def test_keyframe_task_gets_one_brush_mask_per_class(ls, clip, classes, queries,
 
 
 @needs_refer_bundle
-def test_bundled_refavs_demo_model_prelabels_two_classes(ls, clip, classes, tmp_path):
+def test_bundled_refavs_demo_model_prelabels_two_classes(ls, tmp_path):
     """The bundled Ref-AVS demo model, through the real Label Studio: each class's track sits
-    on its own shape on (nearly) every frame, and the results equal the engine's."""
+    on its own shape on (nearly) every frame, and the results equal the engine's. The clip
+    (seed 8, a blue disc and a purple triangle) is one the demo model gets right (J 0.91 and
+    0.87): its J varies from clip to clip (0.25-0.94 per query on seeds 1-8, 0.82-0.87 on
+    average over the demo's held-out clips), and this test is about the adapter."""
     from helpers.instances_media import object_of
 
-    video, c = clip
+    c = make_clip(8, size=(96, 128), fps=FPS, seconds=2.0, num_objects=2, schedule="all",
+                  colours="named")
+    video = write_clip(c, tmp_path / "two classes.mp4")
+    classes = [(s.capitalize(), f"the {col} {s}") for col, s in zip(c.colour_names, c.shapes,
+                                                                    strict=True)]
     spec = ModelSpec(variant="refavs")
     m = load_model(spec)
     config = classes_config(lss.CLASSES_CONFIG, classes)

@@ -196,9 +196,9 @@ def build_refer_demo_model(device: str | torch.device = "auto",
     root = refer_model_dir() if root is None else Path(root)
     if not (root / "model.json").is_file():
         raise FileNotFoundError(
-            f"the Ref-AVS demo model is not installed ({root}): this version does not ship "
-            "one yet; train it with scripts/train_refer_demo_model.sh, or use the published "
-            "Ref-AVS model (--variant refavs with its checkpoints)")
+            f"the Ref-AVS demo model is not installed ({root}): reinstall the package (it "
+            "ships there), train it with scripts/train_refer_demo_model.sh, or use the "
+            "published Ref-AVS model (--variant refavs with its checkpoints)")
     info = bundled_model_info(verify=True, root=root)
     if info.get("variant") != "refavs":
         raise ValueError(f"{root} is not a Ref-AVS demo model (variant {info.get('variant')!r})")

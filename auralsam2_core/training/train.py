@@ -780,7 +780,8 @@ def _lineage(spec: ModelSpec) -> tuple[dict | None, list[dict]]:
         earlier.insert(0, {"command": info["command"], "steps": info["steps"],
                            "wall_seconds": info["seconds"],
                            **({"stopped_after": info["steps"], "of": info["schedule_steps"]}
-                              if "schedule_steps" in info else {})})
+                              if "schedule_steps" in info else {}),
+                           **({"note": info["note"]} if "note" in info else {})})
         spec = ModelSpec(**info["model"])
 
 

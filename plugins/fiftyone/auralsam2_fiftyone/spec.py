@@ -80,7 +80,7 @@ def check_available(spec: ModelSpec) -> None:
 
         if not (refer_model_dir() / "model.json").is_file():
             raise FileNotFoundError(
-                "the bundled Ref-AVS demo model is not installed in this version: choose "
+                "the bundled Ref-AVS demo model is not installed (reinstall the package): choose "
                 "released weights (model: checkpoints, with a Ref-AVS fuser and its text "
                 "encoder), or pre-label without classes")
 
