@@ -12,8 +12,8 @@
 #   3. a third query per clip names a shape the clip does not show (null expressions), 600
 #      steps at lr 1e-4. This stage makes the bundle.
 # About an hour on 2 quiet CPU cores (stage 1: 27 min, 2: 12 min, 3: 14 min); never run two
-# trainings at once on such a machine. One torch thread: on 2 shared cores two threads wait on each other whenever another process runs
-# (measured 13.7 s vs 1.1 s a step).
+# trainings at once on such a machine. One torch thread: on 2 shared cores two threads wait on
+# each other whenever another process runs (measured 13.7 s vs 1.1 s a step).
 # Usage: bash scripts/train_refer_demo_model.sh [OUT]   (default runs/refer_demo_model;
 # bundle: OUT/bundle). AURALSAM2_REFER_SHORT=1 runs every stage for 2 steps (stopped stages
 # 1 of 3; the tests); AURALSAM2_RESUME=1 continues an interrupted stage from its checkpoints
