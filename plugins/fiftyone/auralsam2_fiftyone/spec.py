@@ -74,7 +74,7 @@ def spec_to_params(spec: ModelSpec) -> dict[str, Any]:
 
 def check_available(spec: ModelSpec) -> None:
     """FileNotFoundError, said plainly, when ``spec`` is the bundled Ref-AVS demo model and
-    this version does not ship it."""
+    its folder is missing."""
     if spec.bundled and spec.variant == "refavs":
         from auralsam2_core.modeling.build import refer_model_dir
 
