@@ -165,8 +165,7 @@ def register(sub) -> None:
                         "with expressions naming a shape)")
     t.add_argument("--text-encoder",
                    help="refavs: text encoder (registry name, folder, or demo-words: the "
-                        "demo's tiny word encoder, demo-words-plain: the same without its "
-                        "context layer, as the demo's first stages; default distilroberta-base)")
+                        "demo's tiny word encoder; default distilroberta-base)")
     t.add_argument("--fuser-init", metavar="AVS_FUSER",
                    help="refavs: start the fuser from an AVS fuser's weights (the keys both "
                         "share; text_proj and the projection heads start fresh)")

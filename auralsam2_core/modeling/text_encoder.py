@@ -195,9 +195,6 @@ DEMO_WORDS: tuple[str, ...] = (
     "yellow", "orange", "purple", "white", "black")
 #: ``ModelSpec.text_encoder`` / ``--text-encoder`` value for the demo's tiny word encoder.
 DEMO_TEXT_ENCODER = "demo-words"
-#: The same without the context layer (embeddings only), as the first demo stages were trained
-#: (kept so that the recipe reruns them exactly).
-DEMO_TEXT_ENCODER_PLAIN = "demo-words-plain"
 
 
 def word_level_tokenizer(words: Sequence[str]):
@@ -228,8 +225,7 @@ def word_level_tokenizer(words: Sequence[str]):
 DEMO_CONTEXT_GAIN = 2.0
 
 
-def tiny_word_text_encoder(seed: int = 0, words: Sequence[str] = DEMO_WORDS, *,
-                           context: bool = True) -> TextEncoder:
+def tiny_word_text_encoder(seed: int = 0, words: Sequence[str] = DEMO_WORDS) -> TextEncoder:
     """The Ref-AVS demo's text encoder: a RoBERTa with **one fixed "bag of words" layer** over a
     word-level vocabulary (frozen; word and position embeddings random from ``seed``), giving
     the fuser's 768-d states for 25 tokens like distilroberta-base.
@@ -241,23 +237,19 @@ def tiny_word_text_encoder(seed: int = 0, words: Sequence[str] = DEMO_WORDS, *,
     becomes ``LayerNorm(x_i + gain * mean_j x_j)``. Why: a real RoBERTa gives *every* position,
     pads included, the sentence's context, and the fuser reads the text only as a sum over its
     25 rows; with embeddings alone the shape's word sat in 1 row of 25 and the trained demo
-    could not tell "the disc" from "the square". ``context=False``: embeddings only (no layer;
-    other random vectors, as the RNG is drawn in another order), :data:`DEMO_TEXT_ENCODER_PLAIN`.
+    collapsed "the disc" and "the square" into one meaning (README, "Ref-AVS demo model").
     It knows only :data:`DEMO_WORDS`; the published model uses distilroberta-base
     (``build_auralsam2(variant="refavs")``)."""
     from transformers import RobertaConfig, RobertaModel
 
     tokenizer = word_level_tokenizer(words)
     config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=TEXT_DIM,
-                           num_hidden_layers=int(context), num_attention_heads=12,
-                           intermediate_size=1 if context else 64,
+                           num_hidden_layers=1, num_attention_heads=12, intermediate_size=1,
                            max_position_embeddings=MAX_TOKENS + 2, type_vocab_size=1,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = RobertaModel(config, add_pooling_layer=False)
-    if not context:
-        return TextEncoder(model, tokenizer, source=DEMO_TEXT_ENCODER_PLAIN)
     layer = model.encoder.layer[0]
     eye = torch.eye(TEXT_DIM)
     with torch.no_grad():

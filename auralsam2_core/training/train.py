@@ -142,14 +142,13 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> AuralSAM
 def _text_encoder(name: str | None):
     from auralsam2_core.modeling.text_encoder import (
         DEMO_TEXT_ENCODER,
-        DEMO_TEXT_ENCODER_PLAIN,
         TEXT_ENCODER_NAME,
         load_text_encoder,
         tiny_word_text_encoder,
     )
 
-    if name in (DEMO_TEXT_ENCODER, DEMO_TEXT_ENCODER_PLAIN):
-        return tiny_word_text_encoder(context=name == DEMO_TEXT_ENCODER)
+    if name == DEMO_TEXT_ENCODER:
+        return tiny_word_text_encoder()
     return load_text_encoder(name or TEXT_ENCODER_NAME)
 
 
