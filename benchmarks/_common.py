@@ -298,7 +298,7 @@ class StageTimer:
     breakdown follows whatever the engine calls (no copy of its code to rot):
     ``encoder`` (SAM2 image encoder), ``audio_encoder`` (VGGish or the tiny one),
     ``fuser`` (the rest of the AuralFuser), ``tracking`` (the rest of the model's clip methods
-    ``encode_images``, ``clip_features`` and ``track_features``: SAM2 memory attention,
+    ``encode_images``, ``query_features`` and ``track_features``: SAM2 memory attention,
     prompted decoder, memory encoder) and ``engine_other`` (everything outside them on the
     engine's thread: audio examples, upsampling, scores).
     On CUDA each hook synchronises, so run it on a separate pass from the timed one."""
@@ -309,6 +309,7 @@ class StageTimer:
             ("encoder", "audio_encoder", "fuser", "tracking", "engine_other"), 0.0)
         self._handles: list = []
         self._start: dict[str, float] = {}
+        self._audio_in_fuser = 0.0
 
     def _now(self) -> float:
         sync(self.model.device)
@@ -319,7 +320,10 @@ class StageTimer:
             self._start[name] = self._now()
 
         def post(*_):
-            self.t[name] += self._now() - self._start.pop(name)
+            dt = self._now() - self._start.pop(name)
+            self.t[name] += dt
+            if name == "audio_encoder" and "fuser_total" in self._start:
+                self._audio_in_fuser += dt  # the fuser embeds the audio itself
 
         self._handles += [module.register_forward_pre_hook(pre),
                           module.register_forward_hook(post)]
@@ -334,7 +338,7 @@ class StageTimer:
         self._hook(audio, "audio_encoder")
         self.t.setdefault("fuser_total", 0.0)
         clip_time = [0.0]
-        methods = ("encode_images", "clip_features", "track_features")  # what the engine calls
+        methods = ("encode_images", "query_features", "track_features")  # what the engine calls
 
         def timed_method(original):
             def method(*a, **k):
@@ -357,8 +361,9 @@ class StageTimer:
             for h in self._handles:
                 h.remove()
             fuser_total = self.t.pop("fuser_total")
-            self.t["fuser"] = fuser_total - self.t["audio_encoder"]
-            self.t["tracking"] = clip_time[0] - fuser_total - self.t["encoder"]
+            self.t["fuser"] = fuser_total - self._audio_in_fuser
+            audio_outside = self.t["audio_encoder"] - self._audio_in_fuser
+            self.t["tracking"] = clip_time[0] - fuser_total - self.t["encoder"] - audio_outside
             self.t["engine_other"] = total - clip_time[0]
 
     def shares(self) -> dict[str, float]:

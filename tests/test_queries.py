@@ -132,22 +132,49 @@ def test_engine_masks_equal_forward_clip_per_query(refavs, video):
 
 
 def test_image_encoder_runs_once_per_clip_for_all_queries(refavs, video):
-    calls = {"encoder": 0, "fuser": 0}
+    """And so do the audio encoder and SAM2's tracking inputs (they do not depend on the
+    text); only the fuser (and tracking) repeat per query."""
+    calls = {"encoder": 0, "fuser": 0, "audio": 0, "conv_s0": 0}
 
     def count(name):
         def hook(*_):
             calls[name] += 1
         return hook
 
+    fuser = refavs.fuser
+    audio = fuser.vgg if hasattr(fuser, "vgg") else fuser.audio_encoder
     handles = [refavs.sam2.image_encoder.register_forward_hook(count("encoder")),
-               refavs.fuser.register_forward_hook(count("fuser"))]
+               fuser.register_forward_hook(count("fuser")),
+               audio.register_forward_hook(count("audio")),
+               refavs.sam2.sam_mask_decoder.conv_s0.register_forward_hook(count("conv_s0"))]
     try:
         results = list(prelabel(refavs, video, PrelabelOptions(queries=QUERIES)))
     finally:
         for h in handles:
             h.remove()
     assert len(results) == 13 * 3
-    assert calls == {"encoder": 2, "fuser": 2 * 3}  # 2 clips (10 + 3 frames), 3 queries
+    # 2 clips (10 + 3 frames), 3 queries
+    assert calls == {"encoder": 2, "fuser": 2 * 3, "audio": 2, "conv_s0": 2}
+
+
+def test_query_features_equal_one_clip_features_call_per_text(refavs, avs, video):
+    """What the engine computes once per clip for all queries changes nothing: every
+    query's prompts and tracking inputs are those of its own clip_features call, exactly."""
+    _, frames, log_mel = next(_clips(refavs, video, 10))
+    with torch.inference_mode():
+        enc = refavs.encode_images(frames)
+        texts = [refavs.encode_text(q) for q in QUERIES]
+        shared = refavs.query_features(enc, log_mel, texts)
+        for text, got in zip(texts, shared, strict=True):
+            want, _ = refavs.clip_features(enc, log_mel, text)
+            for a, b in zip(got.tensors(), want.tensors(), strict=True):
+                assert torch.equal(a, b)
+        assert not torch.equal(shared[0].audio[2], shared[1].audio[2])  # text matters
+        enc = avs.encode_images(frames[:5])
+        (got,), (want, _) = (avs.query_features(enc, log_mel[:5], [None]),
+                             avs.clip_features(enc, log_mel[:5]))
+        assert all(torch.equal(a, b)
+                   for a, b in zip(got.tensors(), want.tensors(), strict=True))
 
 
 def test_model_and_query_mismatches_are_clear_errors(refavs, avs, video):

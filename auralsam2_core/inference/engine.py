@@ -380,7 +380,7 @@ def _clip_features(model, video, info: MediaInfo, opts: PrelabelOptions, track,
             with torch.inference_mode():
                 enc = model.encode_images(clip.to(model.device))
                 log_mel = track.examples_at(times).to(model.device)
-                features = [model.clip_features(enc, log_mel, text)[0] for text in texts]
+                features = model.query_features(enc, log_mel, texts)
             if cache is not None and whole(indices):
                 for q, f in zip(queries, features, strict=True):
                     cache.put(model, (vkey, opts.clip_len, opts.stride, indices[0], q),

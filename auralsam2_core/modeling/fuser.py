@@ -478,10 +478,13 @@ class AuralFuser(nn.Module):
         return self.text_proj(text)
 
     def forward(self, backbone_fpn: Sequence[torch.Tensor], log_mel: torch.Tensor,
-                text: torch.Tensor | None = None, *, projections: bool | None = None):
+                text: torch.Tensor | None = None, *, projections: bool | None = None,
+                audio_embedding: torch.Tensor | None = None):
         """Return ``(visual, audio, proj)``: ``visual = [a, b, c]`` each ``(N, h*h, dim)``,
         ``audio = [d1, d2, d3]`` each ``(M, dim)``; ``proj`` holds the contrastive-loss
         projections (computed in training mode or when ``projections=True``, else None).
+        ``audio_embedding``: :meth:`embed_audio` of ``log_mel``, when the caller already has
+        it (several expressions over one clip: the audio does not depend on the text).
 
         AVS: ``M = N`` (one log-mel example per frame). Ref-AVS: ``text`` is the expression's
         hidden states ``(1, 25, 768)``; ``M = n_audio + 25`` rows, audio rows first, and
@@ -498,7 +501,7 @@ class AuralFuser(nn.Module):
         elif text is None:
             raise ValueError("the Ref-AVS fuser needs text: the expression's RoBERTa hidden "
                              "states (1, 25, 768)")
-        d = self.embed_audio(log_mel)
+        d = self.embed_audio(log_mel) if audio_embedding is None else audio_embedding
         if text is not None:
             # Text tokens become extra rows ("frames") of the audio stream, after the audio.
             d = torch.cat([d, self.embed_text(text).to(d.dtype)])

@@ -360,12 +360,29 @@ class AuralSAM2(nn.Module):
         tracking features of one clip (and the fuser's projections, see the fuser). An
         annotator's click changes nothing here, so a refinement can reuse them
         (:class:`~auralsam2_core.inference.feature_cache.FeatureCache`). Inputs as checked there."""
+        (features, proj), = self._clip_features(enc, log_mel, [text], projections)
+        return features, proj
+
+    def query_features(self, enc: dict, log_mel: torch.Tensor,
+                       texts: Sequence[torch.Tensor | None]) -> list[ClipFeatures]:
+        """:meth:`clip_features` of one clip for several expressions (Ref-AVS queries;
+        ``[None]`` for the AVS model): the audio embedding and SAM2's tracking inputs do not
+        depend on the text, so they are computed once. Same results as one call per text."""
+        return [features for features, _ in self._clip_features(enc, log_mel, texts, None)]
+
+    def _clip_features(self, enc: dict, log_mel: torch.Tensor, texts: Sequence,
+                       projections: bool | None) -> list[tuple[ClipFeatures, list | None]]:
+        out = []
         with self._autocast():
-            visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, text,
-                                             projections=projections)
+            audio_embedding = self.fuser.embed_audio(log_mel)
             feats, pos, sizes = self.tracking_features(enc)
-        return ClipFeatures(feats, pos[-1], sizes, [v[None] for v in visual],
-                            [d[None] for d in audio]), proj
+            for text in texts:
+                visual, audio, proj = self.fuser(enc["backbone_fpn"], log_mel, text,
+                                                 projections=projections,
+                                                 audio_embedding=audio_embedding)
+                out.append((ClipFeatures(feats, pos[-1], sizes, [v[None] for v in visual],
+                                         [d[None] for d in audio]), proj))
+        return out
 
     def track_features(self, features: ClipFeatures, state: TrackState,
                        points: dict[int, PointPrompt] | None = None) -> ClipOutput:
