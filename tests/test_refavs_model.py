@@ -126,16 +126,19 @@ def test_text_string_equals_embedding_and_text_matters(model):
 def test_queries_share_one_image_encoder_pass(model):
     frames, log_mel = _clip(seed=3)
     texts = ["the dog", "the man playing the guitar", model.encode_text("the piano")]
-    encoder_calls = []
-    hook = model.sam2.image_encoder.register_forward_hook(
-        lambda m, i, o: encoder_calls.append(1))
+    encoder_calls, audio_calls = [], []
+    audio = model.fuser.vgg if hasattr(model.fuser, "vgg") else model.fuser.audio_encoder
+    hooks = [model.sam2.image_encoder.register_forward_hook(
+        lambda m, i, o: encoder_calls.append(1)),
+        audio.register_forward_hook(lambda m, i, o: audio_calls.append(1))]
     try:
         with torch.inference_mode():
             shared = model.forward_queries(frames, log_mel, texts)
-            assert len(encoder_calls) == 1
+            assert len(encoder_calls) == len(audio_calls) == 1
             single = [model.forward_clip(frames, log_mel, text=t) for t in texts]
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     assert len(shared) == 3
     for a, b in zip(shared, single, strict=True):
         assert torch.equal(a.multimask_logits, b.multimask_logits)

@@ -368,7 +368,7 @@ class AuralSAM2(nn.Module):
         """:meth:`clip_features` of one clip for several expressions (Ref-AVS queries;
         ``[None]`` for the AVS model): the audio embedding and SAM2's tracking inputs do not
         depend on the text, so they are computed once. Same results as one call per text."""
-        return [features for features, _ in self._clip_features(enc, log_mel, texts, None)]
+        return [features for features, _ in self._clip_features(enc, log_mel, texts, False)]
 
     def _clip_features(self, enc: dict, log_mel: torch.Tensor, texts: Sequence,
                        projections: bool | None) -> list[tuple[ClipFeatures, list | None]]:
@@ -396,14 +396,20 @@ class AuralSAM2(nn.Module):
     def forward_queries(self, frames: torch.Tensor, log_mel: torch.Tensor,
                         texts: Sequence[torch.Tensor | str],
                         states: Sequence[TrackState] | None = None) -> list[ClipOutput]:
-        """Ref-AVS: one clip, K expressions. The image encoder runs once; the fuser and the
-        tracking run per expression, each with its own SAM2 memory (``states[k]``, fresh when
-        None). Same results as K :meth:`forward_clip` calls."""
+        """Ref-AVS: one clip, K expressions. The image encoder, the audio encoder and SAM2's
+        tracking inputs run once (:meth:`query_features`); the fuser and the tracking run per
+        expression, each with its own SAM2 memory (``states[k]``, fresh when None). Same
+        results as K :meth:`forward_clip` calls."""
+        if self.variant != "refavs":
+            raise ValueError("forward_queries is for the Ref-AVS model (variant='refavs')")
         if states is not None and len(states) != len(texts):
             raise ValueError(f"{len(texts)} expressions but {len(states)} track states")
-        enc = self.encode_images(frames)
-        return [self.forward_features(enc, log_mel, None if states is None else states[k],
-                                      text=text) for k, text in enumerate(texts)]
+        if log_mel.shape[0] == 0:
+            raise ValueError("need at least one log-mel example")
+        texts = [self.encode_text(t) if isinstance(t, str) else t for t in texts]
+        features = self.query_features(self.encode_images(frames), log_mel, texts)
+        return [self.track_features(f, self.new_state(frames.shape[0]) if states is None
+                                    else states[k]) for k, f in enumerate(features)]
 
     def _frame_order(self, t_len: int, state: TrackState) -> tuple[list[int], int | None]:
         """Processing order of a clip's frames and its conditioning frame (None when the clip
