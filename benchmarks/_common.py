@@ -218,25 +218,19 @@ def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
 
 
 def decoded_clips(video, size: int, clip_len: int) -> Iterator[tuple[list, torch.Tensor]]:
-    """(frames, normalised (T, 3, S, S) clip) as the engine makes them, without threading."""
-    from auralsam2_core.inference.engine import IMAGENET_MEAN, IMAGENET_STD
+    """(frames, uint8 (T, 3, S, S) clip) as the engine makes them, without threading (the
+    consumer normalises on the model's device: ``engine.normalise_pixels``)."""
+    from auralsam2_core.inference.engine import clip_pixels
     from auralsam2_core.media.video import iter_frames
-
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-
-    def norm(batch):
-        rgb = torch.from_numpy(np.stack([f.rgb for f in batch])).permute(0, 3, 1, 2).float()
-        return batch, ((rgb - mean) / std).contiguous()
 
     batch = []
     for f in iter_frames(video, size=size):
         batch.append(f)
         if len(batch) == clip_len:
-            yield norm(batch)
+            yield batch, clip_pixels(batch)
             batch = []
     if batch:
-        yield norm(batch)
+        yield batch, clip_pixels(batch)
 
 
 # ----------------------------------------------------------------------------- plain SAM2
@@ -265,13 +259,14 @@ def plain_sam2_prelabel(model, video, clip_len: int, shape: tuple[int, int]) -> 
     """Plain SAM2 propagation from the video file to full-resolution masks, decoding on a
     background thread like the engine: the baseline the engine's overhead is measured against.
     Returns the number of frames."""
+    from auralsam2_core.inference.engine import normalise_pixels
     from auralsam2_core.modeling.model import upsample_logits
 
     state = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     n = 0
     with torch.inference_mode(), model._autocast():
         for batch, clip in _prefetch(decoded_clips(video, model.image_size, clip_len)):
-            enc = model.encode_images(clip.to(model.device))
+            enc = model.encode_images(normalise_pixels(clip.to(model.device)))
             for low in plain_sam2_step(model.sam2, enc, state, n):
                 (upsample_logits(low[:, :1], shape)[0, 0] > 0).cpu().numpy()
             n += len(batch)

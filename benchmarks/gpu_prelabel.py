@@ -99,7 +99,7 @@ def main() -> None:
     t0 = time.perf_counter()
     n_dec = sum(len(b) for b, _ in decoded_clips(video, args.size, args.clip_len))
     decode_fps = n_dec / (time.perf_counter() - t0)
-    print(f"decode + scale + normalise alone: {decode_fps:.1f} frames/s "
+    print(f"decode + scale alone (uint8 clips): {decode_fps:.1f} frames/s "
           f"({info.width}x{info.height} -> {args.size}px)", flush=True)
 
     gflop = flops_of_runs(model, video, opts, shape)  # before compiling (eager FLOPs)

@@ -545,3 +545,31 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["prelabel", str(good), *base, "--stride", "0"]) == 2  # a wrong command
     assert "stride must be >= 1" in capsys.readouterr().err
+
+
+def _pixels(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, 3, 16, 16), generator=g, dtype=torch.uint8)
+
+
+def test_clips_travel_as_uint8_and_normalise_as_imagenet():
+    """The engine moves uint8 clips to the model's device and normalises them there: the same
+    float32 values as ImageNet's (x - 255 mean) / (255 std) on the CPU, bit for bit."""
+    from auralsam2_core.inference.engine import IMAGENET_MEAN, IMAGENET_STD, normalise_pixels
+
+    x = _pixels()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    got = normalise_pixels(x)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, (x.float() - mean) / std)
+    assert got[:, 0].mean().abs() < 2.5  # roughly centred: channels not swapped or unscaled
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_normalising_on_the_gpu_gives_the_cpu_values():
+    from auralsam2_core.inference.engine import normalise_pixels
+
+    x = _pixels(1)
+    assert torch.equal(normalise_pixels(x.cuda()).cpu(), normalise_pixels(x))

@@ -171,8 +171,23 @@ def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
+def clip_pixels(frames) -> torch.Tensor:
+    """Decoded frames -> ``(T, 3, S, S)`` uint8 RGB: what travels to the model's device (a
+    quarter of float32's bytes), to be normalised there (:func:`normalise_pixels`)."""
+    return torch.from_numpy(np.stack([f.rgb for f in frames])).permute(0, 3, 1, 2).contiguous()
+
+
+def normalise_pixels(x: torch.Tensor) -> torch.Tensor:
+    """RGB in 0-255 ``(T, 3, S, S)`` -> float32 ImageNet-normalised, on ``x``'s device. One
+    subtraction and one division, each correctly rounded: the same values on every device."""
+    mean = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255).to(x.device)
+    std = (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255).to(x.device)
+    return ((x.float() - mean) / std).contiguous()
+
+
 class _Producer(threading.Thread):
-    """Decodes frames into normalised clips on a background thread (bounded queue)."""
+    """Decodes frames into uint8 clips (:func:`clip_pixels`) on a background thread (bounded
+    queue); the consumer normalises them on the model's device."""
 
     _END = object()
 
@@ -184,9 +199,6 @@ class _Producer(threading.Thread):
         self.stop_frame = opts.stop_frame if start is None else stop
         self.q: queue.Queue = queue.Queue(maxsize=opts.prefetch_clips)
         self.stop = threading.Event()
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-        self.mean, self.std = mean, std
 
     def _put(self, item) -> bool:
         while not self.stop.is_set():
@@ -198,9 +210,8 @@ class _Producer(threading.Thread):
         return False
 
     def _emit(self, batch) -> bool:
-        rgb = torch.from_numpy(np.stack([f.rgb for f in batch])).permute(0, 3, 1, 2).float()
-        clip = ((rgb - self.mean) / self.std).contiguous()
-        return self._put(([f.index for f in batch], [f.time for f in batch], clip))
+        return self._put(([f.index for f in batch], [f.time for f in batch],
+                          clip_pixels(batch)))
 
     def run(self) -> None:
         try:
@@ -378,7 +389,7 @@ def _clip_features(model, video, info: MediaInfo, opts: PrelabelOptions, track,
                 yield indices, times, [h.features for h in hits]
                 continue
             with torch.inference_mode():
-                enc = model.encode_images(clip.to(model.device))
+                enc = model.encode_images(normalise_pixels(clip.to(model.device)))
                 log_mel = track.examples_at(times).to(model.device)
                 features = model.query_features(enc, log_mel, texts)
             if cache is not None and whole(indices):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from auralsam2_core.inference.engine import IMAGENET_MEAN, IMAGENET_STD
+from auralsam2_core.inference.engine import normalise_pixels
 
 __all__ = [
     "ClipSample",
@@ -95,9 +95,7 @@ def normalise_frames(rgb: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
         mode = "area" if x.shape[-1] >= size and x.shape[-2] >= size else "bilinear"
         kw = {} if mode == "area" else {"align_corners": False}
         x = F.interpolate(x, size=(size, size), mode=mode, **kw)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    return ((x - mean) / std).contiguous()
+    return normalise_pixels(x)
 
 
 def resize_masks(masks: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
