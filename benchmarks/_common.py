@@ -292,7 +292,7 @@ class StageTimer:
     """Splits the real engine's time into stages with hooks on the model's modules, so the
     breakdown follows whatever the engine calls (no copy of its code to rot):
     ``encoder`` (SAM2 image encoder), ``audio_encoder`` (VGGish or the tiny one),
-    ``fuser`` (the rest of the AuralFuser), ``tracking`` (the rest of the model's clip methods
+    ``fuser`` (the AuralFuser's forward), ``tracking`` (the rest of the model's clip methods
     ``encode_images``, ``query_features`` and ``track_features``: SAM2 memory attention,
     prompted decoder, memory encoder) and ``engine_other`` (everything outside them on the
     engine's thread: audio examples, upsampling, scores).
@@ -304,7 +304,6 @@ class StageTimer:
             ("encoder", "audio_encoder", "fuser", "tracking", "engine_other"), 0.0)
         self._handles: list = []
         self._start: dict[str, float] = {}
-        self._audio_in_fuser = 0.0
 
     def _now(self) -> float:
         sync(self.model.device)
@@ -315,10 +314,7 @@ class StageTimer:
             self._start[name] = self._now()
 
         def post(*_):
-            dt = self._now() - self._start.pop(name)
-            self.t[name] += dt
-            if name == "audio_encoder" and "fuser_total" in self._start:
-                self._audio_in_fuser += dt  # the fuser embeds the audio itself
+            self.t[name] += self._now() - self._start.pop(name)
 
         self._handles += [module.register_forward_pre_hook(pre),
                           module.register_forward_hook(post)]
@@ -356,9 +352,11 @@ class StageTimer:
             for h in self._handles:
                 h.remove()
             fuser_total = self.t.pop("fuser_total")
-            self.t["fuser"] = fuser_total - self._audio_in_fuser
-            audio_outside = self.t["audio_encoder"] - self._audio_in_fuser
-            self.t["tracking"] = clip_time[0] - fuser_total - self.t["encoder"] - audio_outside
+            # The model embeds each clip's audio once, outside the fuser's forward
+            # (AuralSAM2.query_features).
+            self.t["fuser"] = fuser_total
+            self.t["tracking"] = (clip_time[0] - fuser_total - self.t["encoder"]
+                                  - self.t["audio_encoder"])
             self.t["engine_other"] = total - clip_time[0]
 
     def shares(self) -> dict[str, float]:

@@ -333,22 +333,8 @@ class AuralSAM2(nn.Module):
         """:meth:`forward_clip` from image features already computed by :meth:`encode_images`
         (the fuser and SAM2's tracking only). ``enc`` is left as it is."""
         t_len = enc["backbone_fpn"][0].shape[0]
-        if self.variant == "refavs":
-            if text is None:
-                raise ValueError("the Ref-AVS model needs a referring expression (text=)")
-            if isinstance(text, str):
-                text = self.encode_text(text)
-            if log_mel.shape[0] == 0:
-                raise ValueError("need at least one log-mel example")
-        else:
-            if text is not None:
-                raise ValueError("text is only for the Ref-AVS model (variant='refavs')")
-            if log_mel.shape[0] != t_len:
-                raise ValueError(f"need one log-mel example per frame: {t_len} frames, "
-                                 f"{log_mel.shape[0]} examples")
-        if state is None:
-            # Ref-AVS as published: one clip is one video (SAM2's num_frames = T).
-            state = self.new_state(t_len if self.variant == "refavs" else None)
+        text = self._checked_text(t_len, log_mel, text)
+        state = self._clip_state(t_len) if state is None else state
         features, proj = self.clip_features(enc, log_mel, text, projections=projections)
         out = self.track_features(features, state, points)
         out.projections = proj
@@ -400,16 +386,35 @@ class AuralSAM2(nn.Module):
         tracking inputs run once (:meth:`query_features`); the fuser and the tracking run per
         expression, each with its own SAM2 memory (``states[k]``, fresh when None). Same
         results as K :meth:`forward_clip` calls."""
-        if self.variant != "refavs":
-            raise ValueError("forward_queries is for the Ref-AVS model (variant='refavs')")
         if states is not None and len(states) != len(texts):
             raise ValueError(f"{len(texts)} expressions but {len(states)} track states")
-        if log_mel.shape[0] == 0:
-            raise ValueError("need at least one log-mel example")
-        texts = [self.encode_text(t) if isinstance(t, str) else t for t in texts]
+        t_len = frames.shape[0]
+        texts = [self._checked_text(t_len, log_mel, t) for t in texts]
         features = self.query_features(self.encode_images(frames), log_mel, texts)
-        return [self.track_features(f, self.new_state(frames.shape[0]) if states is None
+        return [self.track_features(f, self._clip_state(t_len) if states is None
                                     else states[k]) for k, f in enumerate(features)]
+
+    def _checked_text(self, t_len: int, log_mel: torch.Tensor,
+                      text: torch.Tensor | str | None) -> torch.Tensor | None:
+        """``text`` as hidden states (a string is encoded), after checking it and ``log_mel``
+        against the variant: Ref-AVS needs an expression, AVS none and one example a frame."""
+        if self.variant == "refavs":
+            if text is None:
+                raise ValueError("the Ref-AVS model needs a referring expression (text=)")
+            if log_mel.shape[0] == 0:
+                raise ValueError("need at least one log-mel example")
+            return self.encode_text(text) if isinstance(text, str) else text
+        if text is not None:
+            raise ValueError("text is only for the Ref-AVS model (variant='refavs')")
+        if log_mel.shape[0] != t_len:
+            raise ValueError(f"need one log-mel example per frame: {t_len} frames, "
+                             f"{log_mel.shape[0]} examples")
+        return None
+
+    def _clip_state(self, t_len: int) -> TrackState:
+        """A fresh state for a clip that starts a video. Ref-AVS as published: one clip is one
+        video (SAM2's num_frames = T)."""
+        return self.new_state(t_len if self.variant == "refavs" else None)
 
     def _frame_order(self, t_len: int, state: TrackState) -> tuple[list[int], int | None]:
         """Processing order of a clip's frames and its conditioning frame (None when the clip

@@ -834,9 +834,8 @@ def export_refer_demo_bundle(train_out: str | os.PathLike, dest: str | os.PathLi
         "image_size": model.image_size, "mask_choice": spec.mask_choice,
         "fuser_config": spec.fuser_config_dict,
         "text_encoder": {"folder": "text_encoder", "kind": "tiny word-level RoBERTa (frozen "
-                         "random embeddings" + (", one fixed bag-of-words layer"
-                                                if enc.model.config.num_hidden_layers else "")
-                         + "; see text_encoder.py)",
+                         "random embeddings, one fixed bag-of-words layer; see "
+                         "text_encoder.py)",
                          "vocabulary": len(enc.tokenizer), "hidden_size":
                          enc.model.config.hidden_size,
                          "layers": enc.model.config.num_hidden_layers,
