@@ -116,9 +116,16 @@ def test_refavs_queries_are_kept_per_query_and_a_click_reuses_them(tiny_refavs_m
     fresh = click()
     n.update(encode=0, decode=0)
     hits = cache.stats()["hits"]
+    texts = []
+    encode_text = type(m).encode_text
+    monkeypatch.setattr(type(m), "encode_text", lambda self, q: texts.append(q) or
+                        encode_text(self, q))
     hit = click(cache)
     assert fields(hit) == fields(fresh) and [r.index for r in hit] == [4, 5, 6, 7]
     assert n == {"encode": 0, "decode": 0} and cache.stats()["hits"] == hits + 2
+    assert texts == []  # the cache's prompts already hold the text: none is encoded
+    click()
+    assert texts == ["a square"]  # computed: encoded once for the whole run
     assert {r.query for r in hit} == {"a square"}
     assert [r.sounding_prob for r in hit] != [r.sounding_prob for r in first[9:17:2]]
 
@@ -185,6 +192,32 @@ def test_a_changed_file_or_model_is_not_served_from_the_cache(model, tmp_path, c
     calls.update(encode=0)
     refine(model, video, 3, 6, cache)
     assert calls["encode"] == 3 and len(cache) == 1
+    # Weights replaced by new tensors with the same values (load_state_dict(assign=True)).
+    model.fuser.load_state_dict(model.fuser.state_dict(), assign=True)
+    refine(model, video, 3, 6, cache)
+    assert calls["encode"] == 6 and len(cache) == 1
+
+
+def test_a_run_that_stops_skips_only_the_memory_nothing_reads(model, video, monkeypatch):
+    """A run with a stop frame does not encode its last frame's memory (a one-frame click is
+    a quarter cheaper): its labels are those of a longer run, bit for bit."""
+    encoded = []
+    monkeypatch.setattr(model.sam2.memory_encoder, "forward", _counted(
+        model.sam2.memory_encoder.forward, encoded))
+    cache = FeatureCache.from_mb(64)
+    list(prelabel(model, video, PrelabelOptions(clip_len=T), cache=cache))
+    for frame, stop in ((4, 5), (4, 6), (4, 9), (3, 6)):
+        encoded.clear()
+        short = refine(model, video, frame, stop, cache)
+        assert len(encoded) == stop - frame - 1
+        assert fields(short) == fields(refine(model, video, frame, None, cache)[:stop - frame])
+
+
+def _counted(fn, log: list):
+    def counted(*a, **k):
+        log.append(1)
+        return fn(*a, **k)
+    return counted
 
 
 def test_nbytes_counts_shared_storage_once():

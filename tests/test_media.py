@@ -73,6 +73,26 @@ def test_probe_describes_a_normal_video(tmp_path):
     assert scaled.rgb.shape == (32, 32, 3)
 
 
+def test_probe_remembers_a_file_until_it_changes(tmp_path, monkeypatch):
+    """An unchanged file is described from memory (a click probes its video twice); a file
+    replaced under the same name, or the same one asked for another audio track, is probed."""
+    from auralsam2_core.media import video as v
+
+    opened = []
+    real_open = v._open
+    monkeypatch.setattr(v, "_open", lambda p: opened.append(p) or real_open(p))
+    p = mf.make_video(tmp_path / "v.mp4", frames=5, fps=5, size=(64, 48))
+    first = probe(p)
+    assert probe(p) is first and probe(str(p)) is first and len(opened) == 1
+    assert probe(p, audio_track=0).audio_track == 0 and len(opened) == 2
+    mf.make_video(tmp_path / "other.mp4", frames=7, fps=5, size=(32, 48))
+    (tmp_path / "other.mp4").replace(p)  # another file (another inode) under the same name
+    assert (probe(p).width, probe(p).num_frames) == (32, 7) and len(opened) == 3
+    p.write_bytes(b"not a video any more")  # changed in place: size and time differ
+    with pytest.raises(MediaError, match="not a readable media file"):
+        probe(p)
+
+
 def test_missing_directory_and_empty_files(tmp_path):
     missing = tmp_path / "nope.mp4"
     with pytest.raises(MediaError, match="not found") as e:

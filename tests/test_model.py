@@ -196,6 +196,31 @@ def test_memory_encoder_gets_binarised_mask(model):
         assert set(m.unique().tolist()) <= {bias, scale + bias}
 
 
+def test_a_last_clip_skips_only_its_final_frames_memory(model):
+    """track_features(last=True): the same outputs, one memory encoding fewer (the final
+    frame's, which nothing would read), and a state that refuses to go on."""
+    frames, log_mel = _clip(3)
+    calls = []
+    handle = model.sam2.memory_encoder.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with torch.inference_mode():
+            enc = model.encode_images(frames)
+            features, _ = model.clip_features(enc, log_mel)
+            full = model.track_features(features, model.new_state())
+            n_full = len(calls)
+            state = model.new_state()
+            ended = model.track_features(features, state, last=True)
+    finally:
+        handle.remove()
+    assert (n_full, len(calls) - n_full) == (3, 2)
+    for a, b in zip(ended.__dict__.values(), full.__dict__.values(), strict=True):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+    assert state.ended and 2 not in state.output_dict["non_cond_frame_outputs"]
+    with pytest.raises(ValueError, match="ended"), torch.inference_mode():
+        model.track_features(features, state)
+
+
 def test_mask_choices():
     # (T=3, M=3, 4, 4): frame t, candidate i holds the value i
     multi = torch.stack([torch.full((3, 4, 4), float(i)) for i in range(3)], 1)

@@ -17,6 +17,7 @@ memory.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -289,8 +290,11 @@ def prelabel(model: AuralSAM2, video: str | os.PathLike, options: PrelabelOption
                     "--audio-track N (0-based)", video, info.audio_tracks, info.audio_track,
                     "" if opts.audio_track is not None else ", the default one")
     track = AudioStream.from_file(video, info.audio_track)
-    with torch.inference_mode():  # as forward_clip(text=q) encodes it
-        texts = [model.encode_text(q) for q in opts.queries] or [None]
+    @functools.cache
+    def texts() -> list:  # only when a clip is computed: a click from the cache needs none
+        with torch.inference_mode():  # as forward_clip(text=q) encodes it
+            return [model.encode_text(q) for q in opts.queries] or [None]
+
     clips = _clip_features(model, video, info, opts, track, cache, texts)
     try:
         yield from _label_clips(model, clips, info, on_progress, prompts, opts)
@@ -340,10 +344,10 @@ def _to_model_pixels(p: PointPrompt, info: MediaInfo, size: int) -> PointPrompt:
 
 
 def _clip_features(model, video, info: MediaInfo, opts: PrelabelOptions, track,
-                   cache: FeatureCache | None, texts: list
+                   cache: FeatureCache | None, texts: Callable[[], list]
                    ) -> Iterator[tuple[list[int], list[float], list]]:
     """(indices, times, one :class:`ClipFeatures` per query) of the fuser's clips covering the
-    frames to label (``texts``: the queries' encoded expressions, ``[None]`` for the AVS
+    frames to label (``texts()``: the queries' encoded expressions, ``[None]`` for the AVS
     model), from ``cache`` where it has every query's (no decoding), else decoded and
     computed (the image encoder once for all queries) and stored. With
     ``opts.clip_origin`` the clips are those of the whole video from there."""
@@ -391,7 +395,7 @@ def _clip_features(model, video, info: MediaInfo, opts: PrelabelOptions, track,
             with torch.inference_mode():
                 enc = model.encode_images(normalise_pixels(clip.to(model.device)))
                 log_mel = track.examples_at(times).to(model.device)
-                features = model.query_features(enc, log_mel, texts)
+                features = model.query_features(enc, log_mel, texts())
             if cache is not None and whole(indices):
                 for q, f in zip(queries, features, strict=True):
                     cache.put(model, (vkey, opts.clip_len, opts.stride, indices[0], q),
@@ -422,8 +426,10 @@ def _label_clips(model, clips, info: MediaInfo, on_progress, prompts, opts: Prel
             features = [f.frames(a, b) for f in features]
             indices, times = indices[a:b], times[a:b]
         points = {j: prompts[i] for j, i in enumerate(indices) if i in prompts}
+        # No frame to label follows: its memory would never be read (a one-frame click).
+        last = stop is not None and indices[-1] + opts.stride >= stop
         with torch.inference_mode():
-            outs = [model.track_features(f, st, points) for f, st in
+            outs = [model.track_features(f, st, points, last=last) for f, st in
                     zip(features, states, strict=True)]
         stats = [(o.object_score_logits.sigmoid().flatten().tolist(),
                   o.ious.gather(1, o.chosen[:, None]).flatten().tolist()) for o in outs]

@@ -50,9 +50,22 @@ def nbytes(tensors: list[torch.Tensor]) -> int:
 
 def model_key(model: AuralSAM2) -> tuple:
     """Changes when the model or any of its weights does (in-place updates, such as
-    fine-tuning or loading a state dict, bump a tensor's version counter)."""
-    return (id(model), sum(t._version for t in model.parameters()) +
-            sum(t._version for t in model.buffers()))
+    fine-tuning or loading a state dict, bump a tensor's version counter; a replaced tensor
+    starts a new count, so its identity counts too). Read on every cache access: a plain walk
+    of the module tree (``parameters()`` builds names and de-duplicates: 3.5x slower, 2 ms of a
+    ~20 ms click at 256 px)."""
+    versions = idents = 0
+    stack: list[torch.nn.Module | None] = [model]
+    while stack:
+        module = stack.pop()
+        if module is None:
+            continue
+        for t in [*module._parameters.values(), *module._buffers.values()]:
+            if t is not None:
+                versions += t._version
+                idents += id(t)
+        stack += module._modules.values()
+    return (id(model), versions, idents)
 
 
 def video_key(video: str | os.PathLike, audio_track: int | None) -> tuple:

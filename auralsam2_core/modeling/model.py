@@ -177,6 +177,7 @@ class TrackState:
         default_factory=lambda: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}})
     next_frame: int = 0
     num_frames: int = 1 << 30  # video length if known; SAM2 uses it only as an upper bound
+    ended: bool = False  # its last frame's memory was not encoded: it cannot be continued
 
     def store(self, frame_idx: int, out: dict, is_cond: bool, keep: int) -> None:
         slim = {k: out[k] for k in _MEMORY_KEYS if k in out}
@@ -371,11 +372,14 @@ class AuralSAM2(nn.Module):
         return out
 
     def track_features(self, features: ClipFeatures, state: TrackState,
-                       points: dict[int, PointPrompt] | None = None) -> ClipOutput:
+                       points: dict[int, PointPrompt] | None = None, *,
+                       last: bool = False) -> ClipOutput:
         """SAM2's tracking of the clip ``features`` describe, continuing ``state``: the rest of
-        :meth:`forward_features` (``points`` as there)."""
+        :meth:`forward_features` (``points`` as there). ``last``: no frame follows this clip,
+        so the memory of its final frame, which nothing would read, is not encoded (the same
+        outputs; ``state`` ends). A one-frame refinement is then a quarter cheaper."""
         with self._autocast():
-            (multi, raw, ious, obj), = self._track(features, state, points or {})
+            (multi, raw, ious, obj), = self._track(features, state, points or {}, last)
         chosen_logits, chosen = choose_masks(multi, ious, obj, self.mask_choice)
         return ClipOutput(multi, raw, ious.float(), obj.float(), chosen_logits, chosen)
 
@@ -438,13 +442,16 @@ class AuralSAM2(nn.Module):
 
     def track_step(self, frame_idx: int, is_cond: bool, feats: list, pos: list, sizes: list,
                    prompts: FramePrompts, state: TrackState,
-                   clicks: dict | None = None) -> tuple[torch.Tensor, ...]:
+                   clicks: dict | None = None, remember: bool = True
+                   ) -> tuple[torch.Tensor, ...]:
         """One frame of SAM2's tracking with AuralSAM2's prompts, for B videos at once (the
         columns of ``feats``/``pos``; ``state`` holds their memory, batched the same way).
 
         The only place that calls SAM2's private tracking functions (a ``sam2`` upgrade
         touches this method). Returns ``(multimask_logits, raw_multimask_logits, ious,
         object_score_logits)``, ``(B, M, s, s)``, ``(B, M, s, s)``, ``(B, M)``, ``(B, 1)``.
+        ``remember=False``: the frame's memory is neither encoded nor stored and ``state`` ends
+        (for a video's last frame; the outputs do not depend on it).
         """
         sam2 = self.sam2
         decoder = sam2.sam_mask_decoder
@@ -453,6 +460,9 @@ class AuralSAM2(nn.Module):
                 frame_idx, is_cond, feats, pos, sizes, clicks, None, state.output_dict,
                 state.num_frames, False, None)
         multi, _, ious, _, high_res, obj_ptr, obj_logits = sam_out
+        if not remember:
+            state.ended = True
+            return multi, captured[-1][0].float(), ious, obj_logits
         out["obj_ptr"] = obj_ptr
         out["object_score_logits"] = obj_logits
         # Quirk: the authors pass a non-None "point input" here so that the memory encoder
@@ -476,7 +486,11 @@ class AuralSAM2(nn.Module):
                            state, points or {})
 
     def _track(self, features: ClipFeatures, state: TrackState,
-               points: dict[int, PointPrompt]) -> list[tuple[torch.Tensor, ...]]:
+               points: dict[int, PointPrompt], last: bool = False
+               ) -> list[tuple[torch.Tensor, ...]]:
+        if state.ended:
+            raise ValueError("this track state ended with its video's last frame "
+                             "(track_features(last=True)): start a new one")
         feats, sizes, visual, audio = (features.feats, features.sizes, features.visual,
                                        features.audio)
         b, t_len = visual[0].shape[:2]
@@ -499,7 +513,7 @@ class AuralSAM2(nn.Module):
                                    keep_sparse=clicks is not None)
             multi, raw, ious, obj = self.track_step(
                 start + t, is_cond, [x[:, cols] for x in feats], [*no_pos, features.pos[:, cols]],
-                sizes, prompts, state, clicks)
+                sizes, prompts, state, clicks, remember=not (last and t == order[-1]))
             if multi.shape[1] == 1:  # a box or several clicks: SAM2 predicts a single mask
                 multi, raw, ious = (x.expand(-1, 3, *x.shape[2:]) for x in (multi, raw, ious))
             steps[t] = (multi, raw, ious, obj)
