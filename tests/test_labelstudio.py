@@ -12,6 +12,7 @@ The model is the bundled demo model (real weights, masks that follow the sound).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import subprocess
@@ -348,6 +349,18 @@ def test_refinement_with_a_box_repropagates(ls, project, tmp_path, model, media,
     check_video_prediction(r["result"], merged, 0.0)
     assert any(not np.array_equal(a.mask, e.mask) for a, e in zip(refined, engine[7:17],
                                                                   strict=True))
+    # AURALSAM2_LS_REFINE_FRAMES=1: the click re-labels its own frame only (from the cache;
+    # its label is the first frame of the 10-frame refinement's, bit for bit).
+    b.settings = dataclasses.replace(b.settings, refine_frames=1)
+    encoded.clear()
+    [own] = b.predict(predict_body([task], context=ctx))["results"]
+    assert encoded == []
+    check_video_prediction(own["result"], engine[:7] + refined[:1] + engine[8:], 0.0)
+    for bad_env in ("0", "-3", "2.5", "many"):
+        with pytest.raises(ValueError, match="AURALSAM2_LS_REFINE_FRAMES"):
+            LabelStudioBackendSettings.from_env({"AURALSAM2_LS_REFINE_FRAMES": bad_env})
+    assert LabelStudioBackendSettings.from_env(
+        {"AURALSAM2_LS_REFINE_FRAMES": "1"}).refine_frames == 1
     # Without the cache (AURALSAM2_REFINE_CACHE_MB=0) the features are computed: same answer.
     nocache = make_backend(ls, tmp_path / "nocache", model, keyframe_tolerance=0.0,
                            refine_frames=10, refine_cache_mb=0)

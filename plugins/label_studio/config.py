@@ -60,6 +60,11 @@ class LabelStudioBackendSettings:
         if not (self.refine_cache_mb >= 0 and math.isfinite(self.refine_cache_mb)):
             raise ValueError("AURALSAM2_REFINE_CACHE_MB must be a number of megabytes >= 0 "
                              f"(0: no cache), got {self.refine_cache_mb}")
+        if isinstance(self.refine_frames, bool) or not isinstance(self.refine_frames, int) \
+                or self.refine_frames < 1:
+            raise ValueError("AURALSAM2_LS_REFINE_FRAMES must be a whole number of frames >= 1 "
+                             f"(1: a click re-labels its own frame only), got "
+                             f"{self.refine_frames}")
         if not 0 < self.predict_budget < LABEL_STUDIO_PREDICT_TIMEOUT:
             raise ValueError("AURALSAM2_LS_PREDICT_BUDGET must be between 0 and 100 seconds "
                              "(Label Studio gives up on /predict after 100 s)")
@@ -78,7 +83,7 @@ class LabelStudioBackendSettings:
             threshold=number(env, "AURALSAM2_LS_THRESHOLD", cls.threshold),
             keyframe_tolerance=number(env, "AURALSAM2_LS_KEYFRAME_TOLERANCE",
                                        cls.keyframe_tolerance),
-            refine_frames=int(number(env, "AURALSAM2_LS_REFINE_FRAMES", cls.refine_frames)),
+            refine_frames=_whole(number(env, "AURALSAM2_LS_REFINE_FRAMES", cls.refine_frames)),
             refine_cache_mb=number(env, "AURALSAM2_REFINE_CACHE_MB", cls.refine_cache_mb),
             train_steps=int(number(env, "AURALSAM2_LS_TRAIN_STEPS", cls.train_steps)),
             max_download_bytes=int(number(env, "AURALSAM2_LS_MAX_DOWNLOAD_BYTES",
@@ -99,6 +104,11 @@ class LabelStudioBackendSettings:
         if self.basic_auth_user and self.basic_auth_pass:
             return self.basic_auth_user, self.basic_auth_pass
         return None
+
+
+def _whole(x: float) -> int | float:
+    """``x`` as an int when it is a whole number (else as is, for the check to refuse)."""
+    return int(x) if math.isfinite(x) and x == int(x) else x
 
 
 def _clip_len(env: Mapping[str, str]) -> int | None:
