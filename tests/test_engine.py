@@ -573,3 +573,62 @@ def test_normalising_on_the_gpu_gives_the_cpu_values():
 
     x = _pixels(1)
     assert torch.equal(normalise_pixels(x.cuda()).cpu(), normalise_pixels(x))
+
+
+def _clip_output(t: int, seed: int, device="cpu"):
+    """A clip's model output with mixed masks: random logits, one frame all background."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(t, 1, 16, 16, generator=g) + torch.linspace(-2, 2, 16)
+    logits[1] = -1.0
+    scores, ious = torch.randn(t, 1, generator=g), torch.rand(t, 3, generator=g)
+    scores[0], ious[0] = 10.0, 1.0  # frame 0: sure and exact, its priority is the instability
+    return SimpleNamespace(mask_logits=logits.to(device), object_score_logits=scores.to(device),
+                           ious=ious.to(device),
+                           chosen=torch.randint(0, 3, (t,), generator=g).to(device))
+
+
+def _per_frame_reference(out, j, shape, prev):
+    """The engine's per-frame post-processing as it was (five device-to-host copies a frame)."""
+    from auralsam2_core.inference.engine import review_priority
+    from auralsam2_core.modeling.model import upsample_logits
+
+    low = out.mask_logits[j:j + 1]
+    on = low[0, 0] > 0
+    inside = torch.sigmoid(low[0, 0])[on]
+    union = (on | prev).sum().item() if prev is not None else 0
+    stability = 1.0 if prev is None or union == 0 else (on & prev).sum().item() / union
+    p = out.object_score_logits.sigmoid().flatten().tolist()[j]
+    iou = out.ious.gather(1, out.chosen[:, None]).flatten().tolist()[j]
+    return ((upsample_logits(low, shape)[0, 0] > 0).cpu().numpy(), p, iou,
+            float(inside.mean()) if inside.numel() else 0.0, review_priority(p, iou, stability)
+            ), on
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                         reason="needs a CUDA GPU")])])
+def test_a_clips_results_are_the_per_frame_ones(device):
+    """The engine turns a clip's output into results with two copies to the host per clip:
+    the same masks, probabilities, IoUs and review priorities as frame by frame (the mean
+    score inside the mask to float rounding), the stability term carried across clips."""
+    from auralsam2_core.inference.engine import _clip_results
+
+    shape = (37, 53)  # not a multiple of the 16 x 16 low-res masks
+    prev = ref_prev = None
+    for clip, (t, seed) in enumerate([(5, 0), (5, 1), (2, 2)]):
+        out = _clip_output(t, seed, device)
+        results, prev = _clip_results(out, list(range(t)), [0.1 * i for i in range(t)], shape,
+                                      prev, "q")
+        assert len(results) == t and {r.query for r in results} == {"q"}
+        for j, r in enumerate(results):
+            (mask, p, iou, score, priority), ref_prev = _per_frame_reference(out, j, shape,
+                                                                             ref_prev)
+            assert np.array_equal(r.mask, mask) and r.mask.shape == shape
+            assert (r.sounding_prob, r.predicted_iou, r.review_priority) == (p, iou, priority)
+            assert r.mask_score == pytest.approx(score, rel=1e-6, abs=1e-9)
+        assert torch.equal(prev, ref_prev)
+        assert results[1].mask_score == 0.0 and not results[1].mask.any()
+        assert 0 < results[0].mask.mean() < 1 and len({r.review_priority for r in results}) > 1
+        assert (results[0].review_priority > 0.1) == (clip > 0)  # against the previous clip

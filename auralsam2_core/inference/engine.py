@@ -167,11 +167,6 @@ def review_priority(sounding_prob: float, predicted_iou: float, stability: float
     return float(max(uncertainty, quality, 1.0 - stability))
 
 
-def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = (a | b).sum().item()
-    return 1.0 if union == 0 else (a & b).sum().item() / union
-
-
 def clip_pixels(frames) -> torch.Tensor:
     """Decoded frames -> ``(T, 3, S, S)`` uint8 RGB: what travels to the model's device (a
     quarter of float32's bytes), to be normalised there (:func:`normalise_pixels`)."""
@@ -431,33 +426,44 @@ def _label_clips(model, clips, info: MediaInfo, on_progress, prompts, opts: Prel
         with torch.inference_mode():
             outs = [model.track_features(f, st, points, last=last) for f, st in
                     zip(features, states, strict=True)]
-        stats = [(o.object_score_logits.sigmoid().flatten().tolist(),
-                  o.ious.gather(1, o.chosen[:, None]).flatten().tolist()) for o in outs]
-        for j, (index, time) in enumerate(zip(indices, times, strict=True)):
-            for k, (out, (probs, ious)) in enumerate(zip(outs, stats, strict=True)):
-                result, prev[k] = _frame_results(out, j, index, time, shape, prev[k], probs,
-                                                 ious, queries[k])
-                yield result
+            per_query = []
+            for k, out in enumerate(outs):
+                results, prev[k] = _clip_results(out, indices, times, shape, prev[k],
+                                                 queries[k])
+                per_query.append(results)
+        for frame_results in zip(*per_query, strict=True):
+            yield from frame_results
             done += 1
             if on_progress:
                 on_progress(done)
 
 
-def _frame_results(out, j: int, index: int, time: float, shape, prev: torch.Tensor | None,
-                   probs: list[float], ious: list[float], query: str | None
-                   ) -> tuple[FrameResult, torch.Tensor]:
-    """Frame ``j`` of a clip's output as a :class:`FrameResult` (and its low-res mask, the
-    next frame's ``prev`` for the stability term)."""
-    low = out.mask_logits[j:j + 1]
-    low_mask = low[0, 0] > 0
-    inside = torch.sigmoid(low[0, 0])[low_mask]
-    stability = _mask_iou(low_mask, prev) if prev is not None else 1.0
-    mask = (upsample_logits(low, shape)[0, 0] > 0).cpu().numpy()
-    return FrameResult(index=index, time=time, mask=mask, sounding_prob=probs[j],
-                       predicted_iou=ious[j],
-                       mask_score=float(inside.mean()) if inside.numel() else 0.0,
-                       review_priority=review_priority(probs[j], ious[j], stability),
-                       query=query), low_mask
+def _clip_results(out, indices: list[int], times: list[float], shape, prev: torch.Tensor | None,
+                  query: str | None) -> tuple[list[FrameResult], torch.Tensor]:
+    """A clip's output as :class:`FrameResult` per frame (and its last low-res mask, the next
+    clip's ``prev`` for the stability term). Two device-to-host copies per clip, the numbers
+    and the masks (on a GPU each copy waits for the GPU; per frame they were five)."""
+    low = out.mask_logits[:, 0]  # (T, s, s) logits of the chosen masks
+    on = low > 0
+    before = torch.cat([on[:1] if prev is None else prev[None], on[:-1]])
+    union = (on | before).sum((1, 2))
+    numbers = torch.stack([
+        out.object_score_logits.sigmoid().flatten().double(),  # sounding probability
+        out.ious.gather(1, out.chosen[:, None]).flatten().double(),  # predicted IoU
+        torch.where(on, torch.sigmoid(low), 0).sum((1, 2), dtype=torch.float64),
+        on.sum((1, 2)).double(),  # mask area (low-res pixels)
+        (on & before).sum((1, 2)).double(), union.double()]).T.tolist()
+    # One frame at a time: a 4K clip's logits at full size would take T x 33 MB at once.
+    masks = torch.stack([upsample_logits(low[j, None, None], shape)[0, 0] > 0
+                         for j in range(low.shape[0])]).cpu().numpy()
+    results = []
+    for j, (p, iou, inside, area, inter, uni) in enumerate(numbers):
+        stability = 1.0 if (j == 0 and prev is None) or uni == 0 else inter / uni
+        results.append(FrameResult(
+            index=indices[j], time=times[j], mask=masks[j], sounding_prob=p, predicted_iou=iou,
+            mask_score=inside / area if area else 0.0,
+            review_priority=review_priority(p, iou, stability), query=query))
+    return results, on[-1]
 
 
 def _silent(video, info: MediaInfo, opts: PrelabelOptions, on_progress) -> Iterator[FrameResult]:
