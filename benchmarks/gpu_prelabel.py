@@ -65,6 +65,9 @@ def main() -> None:
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--breakdown", action="store_true",
                    help="one more pass with per-stage timing hooks (synchronising)")
+    p.add_argument("--profile-ops", type=int, default=0, metavar="N",
+                   help="one more pass under torch.profiler: device time per engine stage and "
+                        "the N ops that take the most (what to attack next)")
     p.add_argument("--fuser-config", help="JSON fuser config (default: the authors')")
     p.add_argument("--sam2-checkpoint")
     p.add_argument("--fuser-checkpoint")
@@ -142,6 +145,7 @@ def main() -> None:
     print(f"plain SAM2: {n / t_plain:.2f} frames/s, {memory} {peak_plain:.2f} GiB",
           flush=True)
     overhead = t_aural / t_plain - 1
+    profile = op_profile(model, video, opts, args.profile_ops) if args.profile_ops else None
     finish(args, {"overhead": overhead, "flop_share": share,
                   "overhead_over_flop_share": overhead / share},
            {"engine_fps": "goal >= 50 on one H100 with bf16 + compile",
@@ -149,7 +153,61 @@ def main() -> None:
            figures={"engine_fps": n / t_aural, "plain_sam2_fps": n / t_plain,
                     "decode_fps": decode_fps, "peak_memory_gib": peak_aural},
            device_name=name, dtype=dtype, compile=args.compile, frames=n,
-           gflop_per_frame=gflop, peak_memory_gib_plain=peak_plain, time_split=parts)
+           gflop_per_frame=gflop, peak_memory_gib_plain=peak_plain, time_split=parts,
+           op_profile=profile)
+
+
+#: The engine's calls on the model, named as the stages of bench_prelabel's time split.
+STAGES = {"encode_images": "encoder", "query_features": "audio_encoder + fuser",
+          "track_features": "tracking"}
+
+
+def op_profile(model, video, opts, top: int) -> dict:
+    """One engine pass under torch.profiler (after timing: it slows the run). Prints and
+    returns the device time (CUDA; CPU on a dry run) per stage, marked with record_function
+    around the engine's calls on the model, and the ``top`` ops by their own device time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cuda = model.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+
+    def marked(name, fn):
+        def call(*a, **k):
+            with record_function(name):
+                return fn(*a, **k)
+        return call
+
+    for method, stage in STAGES.items():
+        setattr(model, method, marked(f"stage: {stage}", getattr(model, method)))
+    try:
+        with profile(activities=activities) as prof:
+            n = engine_run(model, video, opts)
+            sync(model.device)
+    finally:
+        for method in STAGES:
+            delattr(model, method)
+    events = prof.key_averages()
+
+    def total(e) -> float:  # microseconds on the device (self time for ops, total for stages)
+        return e.device_time_total if cuda else e.cpu_time_total
+
+    def own(e) -> float:
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+    whole = sum(own(e) for e in events)
+    stages = {e.key.removeprefix("stage: "): total(e) / n / 1e3 for e in events
+              if e.key.startswith("stage: ")}
+    ops = sorted((e for e in events if not e.key.startswith("stage: ")), key=own,
+                 reverse=True)[:top]
+    rows = [{"op": e.key, "ms_per_frame": own(e) / n / 1e3, "share": own(e) / whole,
+             "calls_per_frame": e.count / n} for e in ops]
+    where = "device" if cuda else "CPU (dry run)"
+    print(f"op profile ({where} time per frame, one pass of {n} frames): " + ", ".join(
+        f"{k} {v:.2f} ms" for k, v in stages.items()), flush=True)
+    for r in rows:
+        print(f"  {r['ms_per_frame']:8.3f} ms {r['share']:6.1%} {r['calls_per_frame']:7.1f} "
+              f"calls  {r['op'][:90]}", flush=True)
+    return {"device": where, "stages_ms_per_frame": stages, "top_ops": rows}
 
 
 if __name__ == "__main__":

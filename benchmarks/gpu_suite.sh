@@ -4,7 +4,8 @@
 #      when torch sees no CUDA GPU;
 #   2. the CUDA tests (pytest -m cuda);
 #   3. the published configuration (Hiera-L, 1024 px, bf16) eager, with a per-stage time split;
-#   4. the same with torch.compile (image encoder + fuser);
+#   4. the same with torch.compile (image encoder + fuser), then one pass under torch.profiler:
+#      device time per engine stage and the 25 ops that take the most (what to attack next);
 #   5. a summary: frames/s, overhead over plain SAM2, FLOP share, peak GPU memory, written to
 #      $OUT_DIR/gpu_results.json for `benchmarks/report.py --gpu-results` (README table).
 # Every stage runs under its own time budget, cut to what is left of the total; each prints its
@@ -111,7 +112,7 @@ fi
 run_stage eager 130 "$PY" benchmarks/gpu_prelabel.py "${GPU_ARGS[@]}" --breakdown \
   --json "$OUT_DIR/eager.json"
 run_stage compile 300 "$PY" benchmarks/gpu_prelabel.py "${GPU_ARGS[@]}" --compile \
-  --json "$OUT_DIR/compile.json"
+  --profile-ops 25 --json "$OUT_DIR/compile.json"
 
 log "summary"
 "$PY" benchmarks/report.py --gpu-summary "$OUT_DIR" || FAILED+=("summary")

@@ -111,6 +111,11 @@ def test_gpu_suite_dry_run_runs_every_stage(gpu_dry_run):
         assert printed["ratio"].keys() == run["ratios"].keys()
     assert set(results["runs"]["eager"]["time_split"]) >= {"encoder", "audio_encoder", "fuser",
                                                            "tracking"}
+    profile = results["runs"]["compile"]["op_profile"]  # what the next GPU run should attack
+    assert set(profile["stages_ms_per_frame"]) == {"encoder", "audio_encoder + fuser",
+                                                   "tracking"}
+    assert all(v > 0 for v in profile["stages_ms_per_frame"].values())
+    assert len(profile["top_ops"]) == 25 and 0 < sum(r["share"] for r in profile["top_ops"]) <= 1
 
 
 def test_gpu_suite_says_what_is_missing_without_a_gpu(tmp_path):
