@@ -188,6 +188,53 @@ def test_label_configs():
         video.video_box.label("Dog")
 
 
+def _greedy_keyframes(boxes, tolerance):
+    """The keyframe rule box by box, as its definition reads (P.keyframes checks all of a
+    kept box's candidates at once)."""
+    if len(boxes) <= 2 or tolerance <= 0:
+        return list(boxes)
+    kept, i = [boxes[0]], 0
+    while i < len(boxes) - 1:
+        j = i + 1
+        while j + 1 < len(boxes) and j + 1 - i <= P.MAX_KEYFRAME_GAP:
+            (fa, a), (fc, c) = boxes[i], boxes[j + 1]
+            if all(max(abs(x + (f - fa) / (fc - fa) * (y - x) - q)
+                       for x, y, q in zip(a, c, b, strict=True)) <= tolerance
+                   for f, b in boxes[i + 1:j + 1]):
+                j += 1
+            else:
+                break
+        kept.append(boxes[j])
+        i = j
+    return kept
+
+
+def test_keyframes_and_boxes_equal_their_definitions():
+    """Keyframes of straight, jittering, jumping and gappy tracks longer than the keyframe
+    gap, and boxes from RLE runs (no decoding, remembered): exactly the definitions'."""
+    rng = np.random.default_rng(0)
+    for case in range(60):
+        n = int(rng.choice([0, 1, 2, 3, 7, 150, 300]))
+        frames = np.cumsum(rng.choice([1, 1, 1, 2, 5], n)) + 1
+        step = rng.choice([0.0, 0.3]) + rng.uniform(-1, 1, (n, 4)) * rng.choice([0, 0.3, 1])
+        step[rng.random(n) < 0.03] += 10  # jumps
+        track = 20 + np.cumsum(step, axis=0)
+        boxes = [(int(f), tuple(float(v) for v in b)) for f, b in zip(frames, track)]
+        for tolerance in (0.0, 0.25, 0.5, 2.0):
+            assert P.keyframes(boxes, tolerance) == _greedy_keyframes(boxes, tolerance), case
+    still = [(f, (10.0, 10.0, 5.0, 5.0)) for f in range(1, 301)]  # kept every MAX_KEYFRAME_GAP
+    assert [f for f, _ in P.keyframes(still, 0.5)] == [1, 121, 241, 300]
+    assert P.keyframes(still, 0.5) == _greedy_keyframes(still, 0.5)
+    for case in range(80):
+        h, w = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+        mask = rng.random((h, w)) < rng.choice([0.0, 0.01, 0.3])
+        if case % 3 == 0:  # a block, often wrapping column to column in RLE order
+            mask[rng.integers(h):, rng.integers(w):rng.integers(w) + 2] = True
+        encoded = rle.encode(mask)
+        assert P.rle_box(encoded) == P.mask_box(mask), case
+        assert P.rle_box(rle.encode(mask)) == P.mask_box(mask)  # remembered: the same
+
+
 def test_keyframes_and_label_studio_frame_numbers():
     line = [(f, (f * 1.0, 10.0, 20.0, 20.0)) for f in range(1, 11)]  # moves linearly
     assert P.keyframes(line, 0.5) == [line[0], line[-1]]
