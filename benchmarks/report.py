@@ -88,6 +88,9 @@ ROWS: tuple[Row, ...] = (
          "--refine-frames", "50", "--clip-len", "10", "--query", "the dog", "--repeats", "2"),
         "Ref-AVS refinement click on one query's track (T = 10) with / without the kept "
         "features vs a first-pass frame; Hiera-t, 256 px, 60 frames"),
+    Row("ls_answer", "bench_ls_answer.py", ("--minutes", "10", "--repeats", "3"),
+        "Label Studio's answer to a click outside the model (the whole track's keyframes "
+        "again) vs its first answer; 10 min at 25 fps, 640x360 masks"),
 )
 #: Scripts that run through ``gpu_suite.sh`` rather than a CPU row.
 GPU_SCRIPTS = ("gpu_prelabel.py",)
