@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from auralsam2_core.atomic import atomic_open, atomic_write_json
 from auralsam2_core.inference.engine import NoAudioError
+from auralsam2_core.inference.feature_cache import FeatureCache
 from auralsam2_core.inference.results import ResultsWriter, read_results
 from auralsam2_core.media.video import MediaError, probe
 from auralsam2_core.model_spec import ModelSpec, load_model
@@ -111,6 +112,9 @@ class JobService:
         self.served = served or ModelSpec.from_env()
         # The model, loaded on first use (the worker's first job, or ``auralsam2 serve``).
         self.engine = LocalEngine(model, load=lambda: load_model(self.served))
+        # A first pass's image features and fuser prompts, per clip: a refinement job on the
+        # same file (Label Studio's clicks, clip_origin 0) then runs only SAM2's tracking.
+        self.features = FeatureCache.from_mb(settings.refine_cache_mb)
         self.dir = Path(settings.state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._owner_lock = own_state_dir(self.dir)  # before reading or writing any job
@@ -238,11 +242,13 @@ class JobService:
             raise Refused(502, f"cannot download the video: {e}", field="video") from None
         return dest
 
+    def _downloaded(self, video: str | Path) -> bool:
+        return Path(video).parent == self.dir / "media"
+
     def _drop_download(self, video: str | Path) -> None:
         """A URL's file serves one job: removed when the job ends (or is refused)."""
-        path = Path(video)
-        if path.parent == self.dir / "media":
-            path.unlink(missing_ok=True)
+        if self._downloaded(video):
+            Path(video).unlink(missing_ok=True)
 
     def submit(self, video: str, options: dict | None = None) -> Job:
         """Check everything, then create the job; a refusal leaves nothing behind."""
@@ -327,6 +333,7 @@ class JobService:
         lines += [f"auralsam2_frames_total {self.counters['frames']}",
                   f"auralsam2_queue_depth {len(self.queue)}",
                   f"auralsam2_running_seconds_total {self.seconds_running:.3f}"]
+        lines += [f"auralsam2_refine_cache_{k} {v}" for k, v in self.features.stats().items()]
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ the worker
@@ -348,8 +355,10 @@ class JobService:
                 job.frames_done = n
                 self.counters["frames"] += 1
 
+            # A URL's copy serves this job alone: nothing of it can serve a later one.
+            cache = None if self._downloaded(job.video) else self.features
             doc = self.engine.to_results(job.video, writer, opts, info=info, prompts=prompts,
-                                         on_frame=progress)
+                                         on_frame=progress, cache=cache)
             if not doc["summary"]["frames"]:  # a container that did not tell its length
                 writer.final.unlink(missing_ok=True)
                 raise MediaError(f"no frame from start_frame {opts.start_frame} on: the "

@@ -100,6 +100,40 @@ def test_job_results_equal_the_engine(tmp_path, media, model):
     assert 'auralsam2_jobs_total{event="done"} 1' in text and "auralsam2_frames_total 8" in text
 
 
+def test_a_refinement_job_reuses_the_first_pass_features(tmp_path, media, model,
+                                                         monkeypatch):
+    """A refinement job after a first pass on the same file (Label Studio's click through the
+    service: clip_origin 0, a box) runs only SAM2's tracking, and equals the local refinement
+    computed from scratch; AURALSAM2_REFINE_CACHE_MB=0 keeps nothing."""
+    encoded = []
+    encode = type(model).encode_images
+    monkeypatch.setattr(type(model), "encode_images",
+                        lambda self, x: encoded.append(len(x)) or encode(self, x))
+    box = {"coords": [[10, 10], [50, 40]], "labels": [2, 3]}
+    click = {"clip_len": 3, "start_frame": 4, "stop_frame": 9, "clip_origin": 0,
+             "prompts": {"4": box}}
+    local = LocalEngine(model).document(media["clip"], PrelabelOptions(
+        clip_len=3, start_frame=4, stop_frame=9, clip_origin=0),
+        prompts={4: PointPrompt.box(10, 10, 50, 40)})
+    for mb, encoded_by_click in ((None, []), (0, [3, 3])):
+        kw = {} if mb is None else {"refine_cache_mb": mb}  # None: the default bound
+        service, client = client_for(tmp_path / f"mb{mb}", media, model, **kw)
+        first = client.post("/v1/jobs", json={"video": str(media["clip"]),
+                                              "options": {"clip_len": 3}}, headers=AUTH)
+        assert wait_done(client, first.json()["id"])["status"] == "done"
+        encoded.clear()
+        r = client.post("/v1/jobs", json={"video": str(media["clip"]), "options": click},
+                        headers=AUTH)
+        assert wait_done(client, r.json()["id"])["status"] == "done"
+        assert encoded == encoded_by_click  # clips 3-5 and 6-8, or nothing
+        doc = client.get(f"/v1/jobs/{r.json()['id']}/results", headers=AUTH).json()
+        assert comparable(doc) == comparable(local)
+        text = client.get("/metrics", headers=AUTH).text
+        assert f"auralsam2_refine_cache_hits {2 if mb is None else 0}" in text
+    with pytest.raises(ValueError, match="AURALSAM2_REFINE_CACHE_MB"):
+        ServiceSettings.from_env({"AURALSAM2_REFINE_CACHE_MB": "-1"})
+
+
 def test_refusals(tmp_path, media, model):
     service, client = client_for(tmp_path, media, model)
     ok = {"video": str(media["clip"])}
