@@ -219,7 +219,7 @@ def test_keyframes_and_boxes_equal_their_definitions():
         step = rng.choice([0.0, 0.3]) + rng.uniform(-1, 1, (n, 4)) * rng.choice([0, 0.3, 1])
         step[rng.random(n) < 0.03] += 10  # jumps
         track = 20 + np.cumsum(step, axis=0)
-        boxes = [(int(f), tuple(float(v) for v in b)) for f, b in zip(frames, track)]
+        boxes = [(int(f), tuple(float(v) for v in b)) for f, b in zip(frames, track, strict=True)]
         for tolerance in (0.0, 0.25, 0.5, 2.0):
             assert P.keyframes(boxes, tolerance) == _greedy_keyframes(boxes, tolerance), case
     still = [(f, (10.0, 10.0, 5.0, 5.0)) for f in range(1, 301)]  # kept every MAX_KEYFRAME_GAP
