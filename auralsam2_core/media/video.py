@@ -17,11 +17,10 @@ else the first (:func:`audio_stream`); :class:`MediaInfo` says which one and how
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import stat
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,11 +108,6 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
     return c
 
 
-_PROBED: OrderedDict[tuple, MediaInfo] = OrderedDict()  # the last files probed, as they were
-_PROBED_MAX = 256
-_PROBED_LOCK = threading.Lock()
-
-
 def probe(path: str | os.PathLike, audio_track: int | None = None) -> MediaInfo:
     """Describe a video file, or raise :class:`MediaError` saying what is wrong with it.
     ``audio_track`` picks the audio track (see :func:`audio_stream`).
@@ -123,21 +117,17 @@ def probe(path: str | os.PathLike, audio_track: int | None = None) -> MediaInfo:
     its video twice, in a click of ~15 ms."""
     try:
         st = os.stat(path)
-        key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, audio_track)
     except (OSError, TypeError, ValueError):
-        key = None  # _probe says what is wrong
-    with _PROBED_LOCK:
-        info = _PROBED.get(key) if key else None
-        if info is not None:
-            _PROBED.move_to_end(key)
-            return info
-    info = _probe(Path(path), audio_track)
-    if key:
-        with _PROBED_LOCK:
-            _PROBED[key] = info
-            while len(_PROBED) > _PROBED_MAX:
-                _PROBED.popitem(last=False)
-    return info
+        return _probe(Path(path), audio_track)  # it says what is wrong
+    return _probed(os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                   audio_track)
+
+
+@functools.lru_cache(maxsize=256)
+def _probed(path: str, _dev: int, _ino: int, _size: int, _mtime_ns: int,
+            audio_track: int | None) -> MediaInfo:
+    """:func:`_probe`, remembered per file state (errors are not remembered)."""
+    return _probe(Path(path), audio_track)
 
 
 def _probe(p: Path, audio_track: int | None) -> MediaInfo:
